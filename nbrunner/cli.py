@@ -1,0 +1,364 @@
+"""The `nbrunner` command: one verb per operation, `--json` on every listing.
+
+Errors are one line on stderr: exit status 2 for bad input, 1 for an operation that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import BadInput, NbrunnerError
+from .logs import LogFollower
+from .models import RunRecord
+from .runner import Runner
+from .states import RunStatus
+
+Handler = Callable[[argparse.Namespace, Runner], int]
+_HANDLERS: dict[str, Handler] = {}
+
+
+def verb(name: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        _HANDLERS[name] = handler
+        return handler
+
+    return register
+
+
+# -- output ----------------------------------------------------------------------------------
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _short_time(iso_time: str | None) -> str:
+    return iso_time[5:19].replace("T", " ") if iso_time else "-"
+
+
+def _print_table(records: Sequence[RunRecord]) -> None:
+    if not records:
+        print("no runs")
+        return
+    rows = [("ID", "MODULE", "STATUS", "EXIT", "DURATION", "SUBMITTED", "PARAMS")]
+    for r in records:
+        data = r.to_dict()
+        duration = f"{r.duration_s:.1f}s" if r.duration_s is not None else "-"
+        params = " ".join(f"{k}={v}" for k, v in r.params.items())
+        exit_code = "-" if r.exit_code is None else str(r.exit_code)
+        rows.append(
+            (
+                str(r.id),
+                r.module,
+                r.status.value,
+                exit_code,
+                duration,
+                _short_time(data["submitted_at"]),
+                params[:60],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        )
+
+
+def _print_records(records: Sequence[RunRecord], as_json: bool) -> None:
+    if as_json:
+        _print_json([r.to_dict() for r in records])
+    else:
+        _print_table(records)
+
+
+# -- verbs -----------------------------------------------------------------------------------
+@verb("modules")
+def _modules(args: argparse.Namespace, runner: Runner) -> int:
+    modules = runner.modules()
+    if args.json:
+        _print_json([m.to_dict() for m in modules.values()])
+        return 0
+    for name, spec in sorted(modules.items()):
+        params = ", ".join(
+            f"{p.name}:{p.type}" + (f"={p.default}" if p.default is not None else "")
+            for p in spec.params
+        )
+        print(f"{name:<16} {spec.description}")
+        if params:
+            print(f"{'':<16} params: {params}")
+    if not modules:
+        print(f"no modules; add some to {runner.modules_file}")
+    return 0
+
+
+def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"parameters are given as -p KEY=VALUE, got {pair!r}")
+        params[key.strip()] = value
+    return params
+
+
+@verb("run")
+def _run(args: argparse.Namespace, runner: Runner) -> int:
+    run = runner.submit(
+        args.module,
+        _parse_params(args.param),
+        priority=args.priority,
+        timeout=args.timeout,
+        group=args.group,
+        after=args.after,
+    )
+    print(run.id, flush=True)
+    if not args.wait:
+        return 0
+    record = runner.wait(run.id)
+    print(
+        f"run {record.id} {record.status.value}" + (f": {record.reason}" if record.reason else ""),
+        file=sys.stderr,
+    )
+    return 0 if record.status is RunStatus.SUCCEEDED else 1
+
+
+@verb("ps")
+def _ps(args: argparse.Namespace, runner: Runner) -> int:
+    _print_records(runner.store.active(), args.json)
+    return 0
+
+
+@verb("history")
+def _history(args: argparse.Namespace, runner: Runner) -> int:
+    from .store import HistoryFilter
+
+    query = HistoryFilter.build(args.status, args.module, args.since, args.until, args.text)
+    _print_records(runner.store.history(query, limit=args.limit, offset=args.offset), args.json)
+    return 0
+
+
+@verb("show")
+def _show(args: argparse.Namespace, runner: Runner) -> int:
+    record = runner.get(args.id).record
+    if args.json:
+        _print_json(record.to_dict())
+    else:
+        for key, value in record.to_dict().items():
+            if value not in (None, [], {}):
+                print(f"{key:<15} {value}")
+    return 0
+
+
+@verb("logs")
+def _logs(args: argparse.Namespace, runner: Runner) -> int:
+    from .logs import read_tail_bytes
+
+    record = runner.get(args.id).record
+    out = sys.stdout.buffer
+    if args.tail is not None:
+        data = read_tail_bytes(record.log_path, args.tail)
+        out.write(data)
+        follower = LogFollower(record.log_path, offset=_size(record.log_path))
+    else:
+        follower = LogFollower(record.log_path)
+    while True:
+        chunk = follower.read_bytes()
+        out.write(chunk)
+        out.flush()
+        if chunk:
+            continue
+        if not args.follow or (runner.store.get(record.id).is_done and not follower.read_bytes(1)):
+            return 0
+        time.sleep(0.2)
+
+
+def _size(path: str) -> int:
+    import os
+
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+@verb("cancel")
+def _cancel(args: argparse.Namespace, runner: Runner) -> int:
+    record = runner.cancel(args.id)
+    what = "cancelled" if record.is_done else "cancelling (its processes are being stopped)"
+    print(f"run {record.id} {what}")
+    return 0
+
+
+@verb("restart")
+def _restart(args: argparse.Namespace, runner: Runner) -> int:
+    print(runner.restart(args.id).id)
+    return 0
+
+
+@verb("wait")
+def _wait(args: argparse.Namespace, runner: Runner) -> int:
+    try:
+        record = runner.wait(args.id, timeout=args.timeout)
+    except TimeoutError as exc:
+        print(f"nbrunner: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(record.to_dict())
+    else:
+        print(
+            f"run {record.id} {record.status.value}"
+            + (f" (exit code {record.exit_code})" if record.exit_code is not None else "")
+            + (f": {record.reason}" if record.reason else "")
+        )
+    return 0 if record.status is RunStatus.SUCCEEDED else 1
+
+
+@verb("worker")
+def _worker(args: argparse.Namespace, runner: Runner) -> int:
+    def report(changes: list[RunRecord]) -> None:
+        for r in changes:
+            print(f"{time.strftime('%H:%M:%S')} run {r.id} {r.module} {r.status.value}", flush=True)
+
+    runner.subscribe(report)
+    runner.start()
+    print(f"nbrunner worker on {runner.home}; Ctrl-C to stop (runs keep going)", flush=True)
+    try:
+        while runner.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runner.close()
+    return 0
+
+
+@verb("dashboard")
+def _dashboard(args: argparse.Namespace, runner: Runner) -> int:
+    from .ui.serve import serve
+
+    return serve(
+        runner.home,
+        port=args.port,
+        ip=args.ip,
+        open_browser=not args.no_browser,
+        token=args.token,
+        modules_file=args.modules,
+    )
+
+
+@verb("config")
+def _config(args: argparse.Namespace, runner: Runner) -> int:
+    if args.key is None:
+        values = runner.config()
+        if args.json:
+            _print_json(values)
+        else:
+            for key, value in sorted(values.items()):
+                print(f"{key} = {json.dumps(value)}")
+        return 0
+    value = runner.config(args.key, args.value)
+    print(json.dumps({args.key: value}) if args.json else json.dumps(value))
+    return 0
+
+
+# -- argument parsing ------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--home",
+        default=argparse.SUPPRESS,
+        help="nbrunner home (default: $NBRUNNER_HOME or ~/.nbrunner)",
+    )
+    common.add_argument(
+        "--modules",
+        default=argparse.SUPPRESS,
+        help="modules file (default: $NBRUNNER_MODULES or HOME/modules.toml)",
+    )
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(
+        prog="nbrunner",
+        parents=[common],
+        description="Run many jobs at once, from Jupyter or here.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def add(
+        name: str, help_text: str, *parents: argparse.ArgumentParser
+    ) -> argparse.ArgumentParser:
+        return verbs.add_parser(name, help=help_text, parents=[common, *parents])
+
+    add("modules", "list the modules you can run", listing)
+    run = add("run", "queue a run of a module; prints its id", listing)
+    run.add_argument("module")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--priority", type=int, default=0, help="higher starts first")
+    run.add_argument("--timeout", type=float, help="seconds before the run is stopped")
+    run.add_argument("--group", help="queue group (its own limit: config group.NAME N)")
+    run.add_argument(
+        "--after",
+        type=int,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="start only after this run has succeeded",
+    )
+    run.add_argument("--wait", action="store_true", help="wait for it to end")
+    add("ps", "list active runs (queued, starting, running, paused)", listing)
+    history = add("history", "list past and present runs, newest first", listing)
+    history.add_argument("--status")
+    history.add_argument("--module")
+    history.add_argument("--since", help="submitted at or after (ISO date/time)")
+    history.add_argument("--until", help="submitted before (ISO date/time)")
+    history.add_argument("--text", help="text found in params, module or reason")
+    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--offset", type=int, default=0)
+    for name, help_text in (
+        ("show", "show one run's record"),
+        ("cancel", "cancel a run"),
+        ("restart", "run again with the same module and params"),
+    ):
+        add(name, help_text, listing).add_argument("id")
+    logs = add("logs", "print a run's log")
+    logs.add_argument("id")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
+    logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    wait = add("wait", "wait for a run to end; exit status 0 if it succeeded", listing)
+    wait.add_argument("id")
+    wait.add_argument("--timeout", type=float)
+    add("worker", "keep the queue moving with no notebook open")
+    dashboard = add("dashboard", "serve the dashboard as a web app (Voila)")
+    dashboard.add_argument("--port", type=int, default=8866)
+    dashboard.add_argument("--ip", default="127.0.0.1")
+    dashboard.add_argument("--token", help="required to listen on another address than localhost")
+    dashboard.add_argument("--no-browser", action="store_true")
+    config = add("config", "show or set settings (max_concurrent, paused, group.NAME...)", listing)
+    config.add_argument("key", nargs="?")
+    config.add_argument("value", nargs="?")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    home = getattr(args, "home", None)
+    args.modules = getattr(args, "modules", None)
+    try:
+        runner = Runner(home, args.modules, start=False)
+        code = _HANDLERS[args.verb](args, runner)
+    except BadInput as exc:
+        print(f"nbrunner: error: {exc}", file=sys.stderr)
+        return 2
+    except NbrunnerError as exc:
+        print(f"nbrunner: failed: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Settings kept in the store, shared by every kernel, CLI and worker using one home."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from .errors import InvalidConfig
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _int_at_least(minimum: int) -> Callable[[str, Any], int]:
+    def parse(key: str, value: Any) -> int:
+        try:
+            number = int(value)
+            if isinstance(value, bool) or (isinstance(value, float) and number != value):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise InvalidConfig(
+                f"{key} must be a whole number ≥ {minimum}, got {value!r}"
+            ) from None
+        if number < minimum:
+            raise InvalidConfig(f"{key} must be a whole number ≥ {minimum}, got {value!r}")
+        return number
+
+    return parse
+
+
+def _positive_float(key: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or number < 0:
+        raise InvalidConfig(f"{key} must be a number of seconds ≥ 0, got {value!r}")
+    return number
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise InvalidConfig(f"{key} must be true or false, got {value!r}")
+
+
+def _backend(key: str, value: Any) -> str:
+    if value not in ("local", "ray"):
+        raise InvalidConfig(f"{key} must be 'local' or 'ray', got {value!r}")
+    return str(value)
+
+
+def _text(key: str, value: Any) -> str:
+    return str(value)
+
+
+DEFAULTS: dict[str, Any] = {
+    "max_concurrent": 10,
+    "paused": False,
+    "grace_period": 5.0,
+    "backend": "local",
+    "ray.address": "",
+}
+_PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "max_concurrent": _int_at_least(1),
+    "paused": _bool,
+    "grace_period": _positive_float,
+    "backend": _backend,
+    "ray.address": _text,
+}
+GROUP_PREFIX = "group."
+
+
+def check_key(key: str) -> Callable[[str, Any], Any]:
+    """The parser for a config key, or InvalidConfig naming the keys there are."""
+    if key.startswith(GROUP_PREFIX) and len(key) > len(GROUP_PREFIX):
+        return _int_at_least(1)
+    parser = _PARSERS.get(key)
+    if parser is None:
+        keys = ", ".join([*_PARSERS, "group.NAME"])
+        raise InvalidConfig(f"unknown config key {key!r}; known keys: {keys}")
+    return parser
+
+
+def parse_value(key: str, value: Any) -> Any:
+    """The typed value for a config key, or InvalidConfig saying what form is allowed."""
+    return check_key(key)(key, value)
+
+
+def encode(value: Any) -> str:
+    return json.dumps(value)
+
+
+def decode(text: str) -> Any:
+    return json.loads(text)

@@ -1,0 +1,1 @@
+"""Demo modules bundled with nbrunner, so a new home has something to run."""

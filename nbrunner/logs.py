@@ -1,0 +1,112 @@
+"""Reading run logs while they grow: by byte offset, never the whole file for a tail.
+
+A run's output is untrusted bytes: invalid UTF-8 is replaced, not raised; a line may be
+megabytes long; tqdm redraws with carriage returns. Readers bound what they hold in memory.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+from pathlib import Path
+
+TAIL_BLOCK = 64 * 1024
+MAX_TAIL_BYTES = 4 * 1024 * 1024
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
+
+
+def collapse_carriage_returns(text: str) -> str:
+    """Keep each line's last redraw, as a terminal would show a tqdm bar."""
+    if "\r" not in text:
+        return text
+    lines = text.split("\n")
+    return "\n".join(_last_redraw(line) for line in lines)
+
+
+def _last_redraw(line: str) -> str:
+    for segment in reversed(line.split("\r")):
+        if segment:
+            return segment
+    return ""
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def read_tail_bytes(path: str | Path, lines: int, max_bytes: int = MAX_TAIL_BYTES) -> bytes:
+    """The last `lines` lines (at most max_bytes of them), read backwards from the end."""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            position, data = end, b""
+            while position > 0 and data.count(b"\n") <= lines and len(data) < max_bytes:
+                step = min(TAIL_BLOCK, position)
+                position -= step
+                f.seek(position)
+                data = f.read(step) + data
+    except FileNotFoundError:
+        return b""
+    if data.endswith(b"\n"):
+        kept = data[:-1].split(b"\n")[-lines:] if lines else []
+        result = b"\n".join(kept) + (b"\n" if kept else b"")
+    else:
+        result = b"\n".join(data.split(b"\n")[-lines:]) if lines else b""
+    return result[-max_bytes:]
+
+
+def decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def read_text(path: str | Path, tail: int | None = None, raw: bool = False) -> str:
+    """The log as text: whole, or its last `tail` lines; redraws collapsed unless raw."""
+    if tail is not None:
+        text = decode(read_tail_bytes(path, tail))
+    else:
+        try:
+            text = decode(Path(path).read_bytes())
+        except FileNotFoundError:
+            text = ""
+    return text if raw else collapse_carriage_returns(text)
+
+
+def last_line(path: str | Path) -> str:
+    """The last non-empty line as a person would see it: redraw collapsed, colours gone."""
+    text = strip_ansi(collapse_carriage_returns(decode(read_tail_bytes(path, 2, 16 * 1024))))
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+class LogFollower:
+    """Reads what was appended since the last call; cost is proportional to what is new."""
+
+    def __init__(self, path: str | Path, offset: int = 0) -> None:
+        self.path = Path(path)
+        self.offset = offset
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    @classmethod
+    def from_tail(cls, path: str | Path, max_bytes: int) -> LogFollower:
+        """Start near the end, so a huge log is not read from its beginning."""
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = 0
+        return cls(path, max(0, size - max_bytes))
+
+    def read_bytes(self, max_bytes: int = 1024 * 1024) -> bytes:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read(max_bytes)
+        except FileNotFoundError:
+            return b""
+        self.offset += len(data)
+        return data
+
+    def read(self, max_bytes: int = 1024 * 1024) -> str:
+        return self._decoder.decode(self.read_bytes(max_bytes))

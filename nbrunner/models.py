@@ -1,0 +1,92 @@
+"""The run record: one row of the store, as Python and as JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any
+
+from .states import RunStatus
+
+TIME_FIELDS = ("submitted_at", "claimed_at", "started_at", "ended_at")
+JSON_FIELDS = ("params", "argv", "env", "gpus", "resources", "after")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    module: str
+    params: dict[str, Any]
+    status: RunStatus
+    submitted_at: float
+    log_path: str
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    pid: int | None = None
+    supervisor_pid: int | None = None
+    priority: int = 0
+    claimed_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    timeout: float | None = None
+    restart_of: int | None = None
+    gpus: list[str] = field(default_factory=list)
+    resources: dict[str, Any] = field(default_factory=dict)
+    group: str | None = None
+    after: list[int] = field(default_factory=list)
+    backend: str = "local"
+    backend_ref: str | None = None
+    control: str | None = None
+    cpu_time: float | None = None
+    peak_rss: int | None = None
+    cpu_percent: float | None = None
+    rss: int | None = None
+    gpu_memory: int | None = None
+    warning: str | None = None
+    version: int = 0
+
+    @classmethod
+    def from_row(cls, row: Any) -> RunRecord:
+        data = dict(row)
+        data["group"] = data.pop("grp", None)
+        for key in JSON_FIELDS:
+            data[key] = json.loads(data[key]) if data.get(key) else _empty(key)
+        data["status"] = RunStatus(data["status"])
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def duration_s(self) -> float | None:
+        """Wall time of the run so far (running) or in all (ended)."""
+        if self.started_at is None:
+            return None
+        end = self.ended_at if self.ended_at is not None else time.time()
+        return round(end - self.started_at, 3)
+
+    @property
+    def is_done(self) -> bool:
+        return self.status.is_done
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: contract fields first, times as ISO-8601 UTC strings."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["status"] = self.status.value
+        data["duration_s"] = self.duration_s
+        for key in TIME_FIELDS:
+            data[key] = iso(data[key])
+        return data
+
+
+def _empty(key: str) -> Any:
+    return [] if key in ("argv", "gpus", "after") else {}

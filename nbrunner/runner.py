@@ -1,0 +1,562 @@
+"""The Runner: the API a notebook, the CLI and the dashboard use, over the store.
+
+Each process has one asyncio loop in a daemon thread of its own (a Proactor loop on Windows),
+never the kernel's loop: a cell running blocking code must not stall the queue, and kernels
+disagree about loop types. A runner's tick on that loop reads every change since the last
+tick in one store query, resolves waiters, feeds listeners (the dashboard), claims queued
+runs when slots free up, and now and then finds runs whose supervisor died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib import resources as package_files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import reconcile, scheduler
+from .config import check_key
+from .errors import BadInput, InvalidParameter, InvalidTransition
+from .logs import read_text
+from .models import RunRecord
+from .modules import ModuleSpec, build_module, load_modules_file, lookup
+from .resources import Resources
+from .states import RunStatus
+from .store import HistoryFilter, Store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TICK_S = 0.2
+RECONCILE_EVERY_S = 5.0
+CLAIM_EVERY_S = 1.0
+Listener = Callable[[list[RunRecord]], None]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("NBRUNNER_HOME") or Path.home() / ".nbrunner").expanduser()
+
+
+class _LoopThread:
+    """The process's one background asyncio loop."""
+
+    _instance: _LoopThread | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        policy_loop = getattr(asyncio, "ProactorEventLoop", asyncio.SelectorEventLoop)
+        self.loop: asyncio.AbstractEventLoop = policy_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="nbrunner-loop", daemon=True
+        )
+        self.thread.start()
+
+    @classmethod
+    def get(cls) -> _LoopThread:
+        with cls._lock:
+            if cls._instance is None or not cls._instance.thread.is_alive():
+                cls._instance = cls()
+            return cls._instance
+
+
+class Runner:
+    """Submit, watch and control runs in one nbrunner home."""
+
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        modules_file: str | Path | None = None,
+        *,
+        start: bool = True,
+        tick: float = TICK_S,
+    ) -> None:
+        self.home = Path(home).expanduser() if home else default_home()
+        self.store = Store(self.home)
+        self.modules_file = self._modules_path(modules_file)
+        self._modules_cache: tuple[float, dict[str, ModuleSpec]] | None = None
+        self._tick_s = tick
+        self._active: dict[int, RunRecord] = {}
+        self._version = 0
+        self._waiters: dict[int, list[concurrent.futures.Future[RunRecord]]] = {}
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+        self._loop: _LoopThread | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: concurrent.futures.Future[None] | None = None
+        self._closed = False
+        if start:
+            self.start()
+
+    def __repr__(self) -> str:
+        state = "running" if self._task and not self._task.done() else "stopped"
+        return f"<Runner home={str(self.home)!r} {state}, {len(self._active)} active runs>"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start this runner's tick on the process's background loop (idempotent)."""
+        if self._task is not None and not self._task.done():
+            return
+        self._closed = False
+        reconcile.mark_lost(self.store)
+        self._refresh_all()
+        self._loop = _LoopThread.get()
+        self._task = asyncio.run_coroutine_threadsafe(self._tick_forever(), self._loop.loop)
+
+    def close(self) -> None:
+        """Stop watching; runs go on in their supervisors."""
+        self._closed = True
+        self._kick()
+        if self._task is not None:
+            try:
+                self._task.result(timeout=5)
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+                self._task.cancel()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # -- modules -------------------------------------------------------------------------------
+    def _modules_path(self, given: str | Path | None) -> Path:
+        if given or os.environ.get("NBRUNNER_MODULES"):
+            return Path(given or os.environ["NBRUNNER_MODULES"]).expanduser()
+        path = self.home / "modules.toml"
+        if not path.exists():  # a new home starts with the demo modules, ready to edit
+            demo = package_files.files("nbrunner.demo") / "modules.toml"
+            with package_files.as_file(demo) as source:
+                shutil.copyfile(source, path)
+        return path
+
+    def modules(self) -> dict[str, ModuleSpec]:
+        """Modules from modules.toml, then those registered in code (which win on a clash)."""
+        try:
+            mtime = self.modules_file.stat().st_mtime
+        except OSError:
+            mtime = -1.0
+        if self._modules_cache is None or self._modules_cache[0] != mtime:
+            self._modules_cache = (mtime, load_modules_file(self.modules_file))
+        merged = dict(self._modules_cache[1])
+        for name, spec in self.store.registered_modules().items():
+            merged[name] = build_module(name, spec)
+        return merged
+
+    def register(self, name: str, **spec: Any) -> ModuleSpec:
+        """Register a module for every process using this home (see modules.toml keys)."""
+        spec.setdefault("cwd", os.getcwd())
+        module = build_module(name, spec)
+        self.store.save_module(name, module.to_dict() | {"cwd": module.cwd})
+        return module
+
+    def unregister(self, name: str) -> bool:
+        return self.store.delete_module(name)
+
+    # -- submitting ----------------------------------------------------------------------------
+    def submit(
+        self,
+        module: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        resources: Mapping[str, Any] | None = None,
+        group: str | None = None,
+        after: Sequence[int | Run] = (),
+        copies: int = 1,
+    ) -> Run:
+        """Validate and queue a run (or `copies` identical runs); returns the first."""
+        return self.submit_many(
+            module,
+            [params or {}] * _positive_int("copies", copies),
+            priority=priority,
+            timeout=timeout,
+            resources=resources,
+            group=group,
+            after=after,
+        )[0]
+
+    def submit_many(
+        self,
+        module: str,
+        params_list: Iterable[Mapping[str, Any]],
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        resources: Mapping[str, Any] | None = None,
+        group: str | None = None,
+        after: Sequence[int | Run] = (),
+    ) -> list[Run]:
+        """Queue one run per parameter set, all validated before any is queued."""
+        spec = lookup(self.modules(), module)
+        rows = [
+            self._run_row(spec, params, priority, timeout, resources, group, after)
+            for params in params_list
+        ]
+        ids = self.store.insert_runs(rows)
+        self._after_submit()
+        return [Run(self, run_id) for run_id in ids]
+
+    def _run_row(
+        self,
+        spec: ModuleSpec,
+        params: Mapping[str, Any],
+        priority: int,
+        timeout: float | None,
+        resources: Mapping[str, Any] | None,
+        group: str | None,
+        after: Sequence[int | Run],
+    ) -> dict[str, Any]:
+        values = spec.validate_params(params)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InvalidParameter(f"priority must be a whole number, got {priority!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise InvalidParameter(f"timeout must be a positive number of seconds, got {timeout!r}")
+        needs: Resources = spec.resources.merged(dict(resources) if resources else None)
+        return {
+            "module": spec.name,
+            "params": values,
+            "argv": spec.argv(values),
+            "env": dict(spec.env),
+            "cwd": spec.cwd,
+            "priority": priority,
+            "timeout": timeout if timeout is not None else spec.timeout,
+            "resources": needs.to_dict(),
+            "group": group or spec.group,
+            "after": [self._run_id(a) for a in after],
+        }
+
+    def _run_id(self, run: int | Run) -> int:
+        run_id = run.id if isinstance(run, Run) else run
+        self.store.get(run_id)  # unknown ids fail here, before anything is queued
+        return run_id
+
+    def _after_submit(self) -> None:
+        if self.running:
+            self._kick()
+        else:
+            scheduler.launch_ready(self.store)
+
+    # -- one run -------------------------------------------------------------------------------
+    def get(self, run_id: int | str) -> Run:
+        run_id = _parse_id(run_id)
+        self.store.get(run_id)
+        return Run(self, run_id)
+
+    def cancel(self, run_id: int | str) -> RunRecord:
+        """Queued: removed from the queue. Started: its supervisor stops the whole tree."""
+        run_id = _parse_id(run_id)
+        with self.store.write() as tx:
+            record = tx.get(run_id)
+            if record.status is RunStatus.QUEUED:
+                record = tx.transition(
+                    run_id,
+                    RunStatus.CANCELLED,
+                    ended_at=time.time(),
+                    reason="cancelled while queued",
+                )
+            elif record.status.holds_slot:
+                tx.update(run_id, control="cancel")
+                record = tx.get(run_id)
+            else:
+                raise InvalidTransition(
+                    f"run {run_id} has already ended ({record.status.value}); nothing to cancel"
+                )
+        self._kick()
+        return record
+
+    def restart(self, run_id: int | str) -> Run:
+        """A new run of the same module, params and settings; restart_of names the old one."""
+        old = self.store.get(_parse_id(run_id))
+        copied = (
+            "module",
+            "params",
+            "argv",
+            "env",
+            "cwd",
+            "priority",
+            "timeout",
+            "resources",
+            "group",
+        )
+        row = {key: getattr(old, key) for key in copied} | {"restart_of": old.id}
+        (new_id,) = self.store.insert_runs([row])
+        self._after_submit()
+        return Run(self, new_id)
+
+    def logs(self, run_id: int | str, tail: int | None = None, raw: bool = False) -> str:
+        return read_text(self.store.get(_parse_id(run_id)).log_path, tail=tail, raw=raw)
+
+    # -- waiting -------------------------------------------------------------------------------
+    def _done_future(self, run_id: int) -> concurrent.futures.Future[RunRecord]:
+        future: concurrent.futures.Future[RunRecord] = concurrent.futures.Future()
+        with self._lock:
+            self._waiters.setdefault(run_id, []).append(future)
+        record = self.store.get(run_id)  # after registering, so no ending slips between
+        if record.is_done:
+            self._resolve(record)
+        return future
+
+    def wait(self, run_id: int | str, timeout: float | None = None) -> RunRecord:
+        """Block until the run ends; TimeoutError if it has not after `timeout` seconds."""
+        run_id = _parse_id(run_id)
+        if not self.running:
+            return self._poll_until_done(run_id, timeout)
+        try:
+            return self._done_future(run_id).result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"run {run_id} still not ended after {timeout} s") from None
+
+    async def wait_async(self, run_id: int | str, timeout: float | None = None) -> RunRecord:
+        """Await the run's end from any event loop (a notebook cell's included)."""
+        run_id = _parse_id(run_id)
+        if not self.running:
+            self.start()
+        future = asyncio.wrap_future(self._done_future(run_id))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"run {run_id} still not ended after {timeout} s") from None
+
+    def _poll_until_done(self, run_id: int, timeout: float | None) -> RunRecord:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.store.get(run_id)
+            if record.is_done:
+                return record
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} still not ended after {timeout} s")
+            time.sleep(0.1)
+
+    # -- listings ------------------------------------------------------------------------------
+    def snapshot(self) -> list[RunRecord]:
+        """Active runs as of the last tick, in submission order (no store query)."""
+        with self._lock:
+            return sorted(self._active.values(), key=lambda r: r.id)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call listener(changed_records) from the runner's loop; returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def active(self) -> pd.DataFrame:
+        return _frame(self.store.active())
+
+    def history(
+        self,
+        status: str | Sequence[str] | None = None,
+        module: str | Sequence[str] | None = None,
+        since: Any = None,
+        until: Any = None,
+        text: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> pd.DataFrame:
+        """One page of runs, newest first, filtered and paged in SQL."""
+        query = HistoryFilter.build(status, module, since, until, text)
+        return _frame(self.store.history(query, limit=limit, offset=offset))
+
+    def count(
+        self,
+        status: str | Sequence[str] | None = None,
+        module: str | Sequence[str] | None = None,
+        since: Any = None,
+        until: Any = None,
+        text: str | None = None,
+    ) -> int:
+        return self.store.count_history(HistoryFilter.build(status, module, since, until, text))
+
+    # -- config --------------------------------------------------------------------------------
+    def config(self, key: str | None = None, value: Any = None) -> Any:
+        """All settings; one setting; or set one (validated) and return its typed value."""
+        if key is None:
+            return self.store.config()
+        if value is None:
+            check_key(key)
+            return self.store.config().get(key)
+        result = self.store.set_config(key, value)
+        self._kick()
+        return result
+
+    # -- the tick --------------------------------------------------------------------------------
+    def _kick(self) -> None:
+        if self._loop is not None and self._wake is not None:
+            self._loop.loop.call_soon_threadsafe(self._wake.set)
+
+    async def _tick_forever(self) -> None:
+        self._wake = asyncio.Event()
+        last_claim = last_reconcile = time.monotonic()
+        while not self._closed:
+            changed = self._apply_changes()
+            now = time.monotonic()
+            queued = any(r.status is RunStatus.QUEUED for r in self._active.values())
+            if queued and (changed or now - last_claim >= CLAIM_EVERY_S):
+                scheduler.launch_ready(self.store)
+                last_claim = now
+            if now - last_reconcile >= RECONCILE_EVERY_S:
+                reconcile.mark_lost(self.store)
+                last_reconcile = now
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._tick_s)
+            self._wake.clear()
+        self.store.close()
+
+    def _refresh_all(self) -> None:
+        self._version = self.store.version()
+        with self._lock:
+            self._active = {r.id: r for r in self.store.active()}
+
+    def _apply_changes(self) -> list[RunRecord]:
+        changes, self._version = self.store.changes_since(self._version)
+        if not changes:
+            return changes
+        with self._lock:
+            for record in changes:
+                if record.is_done:
+                    self._active.pop(record.id, None)
+                else:
+                    self._active[record.id] = record
+        for record in changes:
+            if record.is_done:
+                self._resolve(record)
+        for listener in list(self._listeners):
+            listener(changes)
+        return changes
+
+    def _resolve(self, record: RunRecord) -> None:
+        with self._lock:
+            futures = self._waiters.pop(record.id, [])
+        for future in futures:
+            if not future.done():
+                future.set_result(record)
+
+
+def _parse_id(run_id: int | str) -> int:
+    if isinstance(run_id, int) and not isinstance(run_id, bool):
+        return run_id
+    try:
+        return int(str(run_id).strip().lstrip("#"))
+    except ValueError:
+        raise BadInput(f"run ids are whole numbers like 42, got {run_id!r}") from None
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidParameter(f"{name} must be a whole number ≥ 1, got {value!r}")
+    return value
+
+
+def _frame(records: Sequence[RunRecord]) -> pd.DataFrame:
+    import pandas as pd
+
+    columns = [
+        "id",
+        "module",
+        "status",
+        "exit_code",
+        "reason",
+        "params",
+        "priority",
+        "submitted_at",
+        "started_at",
+        "ended_at",
+        "duration_s",
+        "pid",
+        "gpus",
+        "restart_of",
+        "log_path",
+        "group",
+        "backend",
+        "backend_ref",
+        "cpu_time",
+        "peak_rss",
+    ]
+    frame = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in records], columns=columns)
+    for column in ("submitted_at", "started_at", "ended_at"):
+        frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+    return frame
+
+
+class Run:
+    """A handle on one run; attributes read its current record from the store."""
+
+    def __init__(self, runner: Runner, run_id: int) -> None:
+        self.runner = runner
+        self.id = run_id
+
+    def __repr__(self) -> str:
+        r = self.record
+        detail = {
+            RunStatus.RUNNING: f" for {r.duration_s:.1f} s (pid {r.pid})",
+            RunStatus.QUEUED: f", priority {r.priority}",
+        }.get(r.status, f" (exit code {r.exit_code})" if r.exit_code is not None else "")
+        return f"<Run {r.id} {r.module} {r.status.value}{detail}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and other.id == self.id and other.runner is self.runner
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def record(self) -> RunRecord:
+        return self.runner.store.get(self.id)
+
+    @property
+    def status(self) -> RunStatus:
+        return self.record.status
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.record.exit_code
+
+    @property
+    def reason(self) -> str | None:
+        return self.record.reason
+
+    @property
+    def pid(self) -> int | None:
+        return self.record.pid
+
+    @property
+    def module(self) -> str:
+        return self.record.module
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.record.params
+
+    @property
+    def log_path(self) -> str:
+        return self.record.log_path
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.record.to_dict()
+
+    def wait(self, timeout: float | None = None) -> RunRecord:
+        return self.runner.wait(self.id, timeout)
+
+    async def wait_async(self, timeout: float | None = None) -> RunRecord:
+        return await self.runner.wait_async(self.id, timeout)
+
+    def logs(self, tail: int | None = None, raw: bool = False) -> str:
+        return self.runner.logs(self.id, tail=tail, raw=raw)
+
+    def cancel(self) -> RunRecord:
+        return self.runner.cancel(self.id)
+
+    def restart(self) -> Run:
+        return self.runner.restart(self.id)
