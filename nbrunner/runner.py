@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import reconcile, scheduler
+from .backends import BACKENDS
 from .config import check_key
 from .errors import BadInput, InvalidParameter, InvalidTransition
 from .logs import read_text
@@ -197,11 +198,14 @@ class Runner:
         resources: Mapping[str, Any] | None = None,
         group: str | None = None,
         after: Sequence[int | Run] = (),
+        backend: str | None = None,
     ) -> list[Run]:
         """Queue one run per parameter set, all validated before any is queued."""
         spec = lookup(self.modules(), module)
+        backend = self._backend(backend)
         rows = [
             self._run_row(spec, params, priority, timeout, resources, group, after)
+            | {"backend": backend}
             for params in params_list
         ]
         ids = self.store.insert_runs(rows)
@@ -238,6 +242,13 @@ class Runner:
             "group": group or spec.group,
             "after": [self._run_id(a) for a in after],
         }
+
+    def _backend(self, backend: str | None) -> str:
+        """The backend a submission goes to: as asked, else the configured one."""
+        chosen = backend or str(self.store.config()["backend"])
+        if chosen not in BACKENDS:
+            raise BadInput(f"unknown backend {chosen!r}; use one of {', '.join(BACKENDS)}")
+        return chosen
 
     def _run_id(self, run: int | Run) -> int:
         run_id = run.id if isinstance(run, Run) else run
