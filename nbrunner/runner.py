@@ -390,6 +390,12 @@ class Runner:
     ) -> int:
         return self.store.count_history(HistoryFilter.build(status, module, since, until, text))
 
+    def dashboard(self, **options: Any) -> Any:
+        """The dashboard widget for this runner, to show in a notebook cell."""
+        from .ui import Dashboard
+
+        return Dashboard(self, **options).widget
+
     # -- config --------------------------------------------------------------------------------
     def config(self, key: str | None = None, value: Any = None) -> Any:
         """All settings; one setting; or set one (validated) and return its typed value."""
