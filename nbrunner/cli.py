@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .backends import BACKENDS
 from .errors import BadInput, NbrunnerError
 from .logs import LogFollower
 from .models import RunRecord
@@ -113,6 +114,7 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
         timeout=args.timeout,
         group=args.group,
         after=args.after,
+        backend=args.backend,
     )
     print(run.id, flush=True)
     if not args.wait:
@@ -308,6 +310,11 @@ def _parser() -> argparse.ArgumentParser:
         help="start only after this run has succeeded",
     )
     run.add_argument("--wait", action="store_true", help="wait for it to end")
+    run.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="where it runs (default: config backend); ray uses config ray.address",
+    )
     add("ps", "list active runs (queued, starting, running, paused)", listing)
     history = add("history", "list past and present runs, newest first", listing)
     history.add_argument("--status")

@@ -67,8 +67,12 @@ class DeclaredGpus:
             if not isinstance(entries, list):
                 raise ValueError("not a list")
             self._devices = [
-                GpuInfo(i, str(e.get("name", f"GPU {i}")), str(e.get("uuid", f"GPU-fake-{i}")),
-                        parse_size(e.get("memory", "16GB")))
+                GpuInfo(
+                    i,
+                    str(e.get("name", f"GPU {i}")),
+                    str(e.get("uuid", f"GPU-fake-{i}")),
+                    parse_size(e.get("memory", "16GB")),
+                )
                 for i, e in enumerate(entries)
             ]
         except (ValueError, AttributeError) as exc:
@@ -81,8 +85,10 @@ class DeclaredGpus:
         return list(self._devices)
 
     def sample(self) -> list[GpuSample]:
-        return [GpuSample(d.index, d.name, d.uuid, d.memory_total, memory_used=0,
-                          utilization=0.0) for d in self._devices]
+        return [
+            GpuSample(d.index, d.name, d.uuid, d.memory_total, memory_used=0, utilization=0.0)
+            for d in self._devices
+        ]
 
 
 class NvmlGpus:
@@ -118,12 +124,14 @@ class NvmlGpus:
         infos = []
         for index, handle in enumerate(self._handles):
             memory = self._call(nvml.nvmlDeviceGetMemoryInfo, handle)
-            infos.append(GpuInfo(
-                index,
-                _text(self._call(nvml.nvmlDeviceGetName, handle)) or f"GPU {index}",
-                _text(self._call(nvml.nvmlDeviceGetUUID, handle)) or f"GPU-{index}",
-                int(memory.total) if memory else 0,
-            ))
+            infos.append(
+                GpuInfo(
+                    index,
+                    _text(self._call(nvml.nvmlDeviceGetName, handle)) or f"GPU {index}",
+                    _text(self._call(nvml.nvmlDeviceGetUUID, handle)) or f"GPU-{index}",
+                    int(memory.total) if memory else 0,
+                )
+            )
         return infos
 
     def sample(self) -> list[GpuSample]:
@@ -137,21 +145,28 @@ class NvmlGpus:
                 rates = self._call(nvml.nvmlDeviceGetUtilizationRates, handle)
                 temp = self._call(nvml.nvmlDeviceGetTemperature, handle, 0)  # 0: the GPU die
                 power = self._call(nvml.nvmlDeviceGetPowerUsage, handle)
-                samples.append(GpuSample(
-                    info.index, info.name, info.uuid, info.memory_total,
-                    memory_used=int(memory.used) if memory else None,
-                    utilization=float(rates.gpu) if rates else None,
-                    temperature=float(temp) if temp is not None else None,
-                    power_w=power / 1000 if power is not None else None,
-                    processes=self._processes(handle),
-                ))
+                samples.append(
+                    GpuSample(
+                        info.index,
+                        info.name,
+                        info.uuid,
+                        info.memory_total,
+                        memory_used=int(memory.used) if memory else None,
+                        utilization=float(rates.gpu) if rates else None,
+                        temperature=float(temp) if temp is not None else None,
+                        power_w=power / 1000 if power is not None else None,
+                        processes=self._processes(handle),
+                    )
+                )
             return samples
 
     def _processes(self, handle: Any) -> dict[int, int | None]:
         nvml = self._nvml
         found: dict[int, int | None] = {}
-        for getter in ("nvmlDeviceGetComputeRunningProcesses",
-                       "nvmlDeviceGetGraphicsRunningProcesses"):
+        for getter in (
+            "nvmlDeviceGetComputeRunningProcesses",
+            "nvmlDeviceGetGraphicsRunningProcesses",
+        ):
             for proc in self._call(getattr(nvml, getter), handle) or []:
                 used = getattr(proc, "usedGpuMemory", None)
                 found[int(proc.pid)] = int(used) if used is not None else None  # WDDM: None

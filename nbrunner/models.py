@@ -37,6 +37,7 @@ class RunRecord:
     supervisor_pid: int | None = None
     priority: int = 0
     claimed_at: float | None = None
+    claimed_by: int | None = None
     started_at: float | None = None
     ended_at: float | None = None
     timeout: float | None = None
@@ -47,6 +48,7 @@ class RunRecord:
     after: list[int] = field(default_factory=list)
     backend: str = "local"
     backend_ref: str | None = None
+    backend_address: str | None = None
     control: str | None = None
     cpu_time: float | None = None
     peak_rss: int | None = None

@@ -79,8 +79,9 @@ class SystemSampler:
                 self._stop.clear()
                 psutil.cpu_percent(percpu=True)  # primes the counters psutil diffs against
                 self.samples.append(take_sample())
-                self._thread = threading.Thread(target=self._loop, name="nbrunner-sampler",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, name="nbrunner-sampler", daemon=True
+                )
                 self._thread.start()
         return self
 

@@ -1,17 +1,26 @@
-"""Finding runs whose supervisor died without recording an outcome, and ending them `lost`."""
+"""Repairing runs whose owner died: claims never launched, supervisors gone.
+
+- A claimed run whose claimer died before its supervisor came up never ran: it goes back
+  to the queue (or fails, if its supervisor could not start and said why).
+- A run whose supervisor died without recording the outcome ends `lost`, and what is left of
+  its process tree is stopped.
+"""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import psutil
 
 from . import platform
 from .models import RunRecord
 from .states import RunStatus
-from .store import Store
+from .store import Store, Transaction
 
-# A claimed run whose supervisor has not reported its pid after this long never started.
+# A claim is given this long to bring up its supervisor once the claimer is gone, and this
+# long in any case.
+CLAIMER_GONE_GRACE_S = 2.0
 START_TIMEOUT_S = 30.0
 
 
@@ -28,32 +37,67 @@ def process_alive(pid: int | None, not_before: float | None) -> bool:
         return False
 
 
-def _why_lost(run: RunRecord, now: float) -> str | None:
-    if run.backend != "local":
-        return None
-    if run.supervisor_pid is None:
-        if run.status is RunStatus.STARTING and now - (run.claimed_at or now) > START_TIMEOUT_S:
-            return f"its supervisor never started (see {run.log_path[:-4]}.supervisor.err)"
-        return None
-    if process_alive(run.supervisor_pid, run.claimed_at):
-        return None
-    return (
-        f"its supervisor (pid {run.supervisor_pid}) ended without recording how the run "
-        "ended; the run's remaining processes were stopped"
-    )
+def _stranded(run: RunRecord, now: float) -> bool:
+    """Claimed, but its supervisor never came up and no longer will."""
+    if run.status is not RunStatus.STARTING or run.supervisor_pid is not None:
+        return False
+    waited = now - (run.claimed_at or now)
+    claimer_gone = not process_alive(run.claimed_by, None)
+    return waited > START_TIMEOUT_S or (claimer_gone and waited > CLAIMER_GONE_GRACE_S)
 
 
-def mark_lost(store: Store) -> list[RunRecord]:
-    """End as `lost` every slot-holding run whose supervisor is gone; returns those runs."""
+def _supervisor_gone(run: RunRecord) -> bool:
+    return run.supervisor_pid is not None and not process_alive(run.supervisor_pid, run.claimed_at)
+
+
+def _supervisor_error(run: RunRecord) -> str | None:
+    err = Path(run.log_path).with_suffix(".supervisor.err")
+    try:
+        lines = err.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    return lines[-1] if lines else None
+
+
+def _repair(tx: Transaction, run: RunRecord, now: float) -> RunRecord | None:
+    if _stranded(run, now):
+        error = _supervisor_error(run)
+        if error:
+            return tx.transition(
+                run.id,
+                RunStatus.FAILED,
+                ended_at=now,
+                reason=f"its supervisor could not start: {error}",
+            )
+        return tx.transition(run.id, RunStatus.QUEUED, claimed_at=None, claimed_by=None)
+    if _supervisor_gone(run):
+        return tx.transition(
+            run.id,
+            RunStatus.LOST,
+            ended_at=now,
+            reason=f"its supervisor (pid {run.supervisor_pid}) ended without recording how "
+            f"the run ended; {_leftovers(run)}",
+        )
+    return None
+
+
+def _leftovers(run: RunRecord) -> str:
+    if run.backend == "ray":
+        return f"its Ray job may still be running (ray job stop {run.backend_ref})"
+    return "the run's remaining processes were stopped"
+
+
+def repair(store: Store) -> list[RunRecord]:
+    """Fix every slot-holding run whose owner is gone; returns the runs changed."""
     now = time.time()
-    suspects = {run.id: why for run in store.holding_slot() if (why := _why_lost(run, now))}
-    lost: list[RunRecord] = []
-    for run_id, why in suspects.items():
+    suspects = [r for r in store.holding_slot() if _stranded(r, now) or _supervisor_gone(r)]
+    repaired: list[RunRecord] = []
+    for suspect in suspects:
         with store.write() as tx:
-            run = tx.get(run_id)  # re-read: it may have ended properly meanwhile
-            if not run.status.holds_slot or _why_lost(run, now) is None:
-                continue
-            lost.append(tx.transition(run_id, RunStatus.LOST, ended_at=now, reason=why))
-        if process_alive(run.pid, run.claimed_at):
-            platform.signal_group(run.pid, graceful=False)  # type: ignore[arg-type]
-    return lost
+            fixed = _repair(tx, tx.get(suspect.id), now)  # re-read: it may have moved on
+        if fixed is None:
+            continue
+        repaired.append(fixed)
+        if fixed.status is RunStatus.LOST and process_alive(fixed.pid, fixed.claimed_at):
+            platform.signal_group(fixed.pid, graceful=False)  # type: ignore[arg-type]
+    return repaired

@@ -77,8 +77,15 @@ class Runner:
         *,
         start: bool = True,
         tick: float = TICK_S,
+        backend: str | None = None,
+        address: str | None = None,
     ) -> None:
+        """`backend` and `address` (a Ray dashboard URL) say where submissions go unless a
+        submission says otherwise; without them, the `backend` and `ray.address` settings.
+        """
         self.home = Path(home).expanduser() if home else default_home()
+        self.backend = _check_backend(backend) if backend else None
+        self.address = address
         self.store = Store(self.home)
         self.modules_file = self._modules_path(modules_file)
         self._modules_cache: tuple[float, dict[str, ModuleSpec]] | None = None
@@ -105,7 +112,7 @@ class Runner:
         if self._task is not None and not self._task.done():
             return
         self._closed = False
-        reconcile.mark_lost(self.store)
+        reconcile.repair(self.store)
         self._refresh_all()
         self._loop = _LoopThread.get()
         self._task = asyncio.run_coroutine_threadsafe(self._tick_forever(), self._loop.loop)
@@ -158,7 +165,9 @@ class Runner:
         """Register a module for every process using this home (see modules.toml keys)."""
         spec.setdefault("cwd", os.getcwd())
         module = build_module(name, spec)
-        self.store.save_module(name, module.to_dict() | {"cwd": module.cwd})
+        stored = module.to_dict()
+        del stored["name"]
+        self.store.save_module(name, stored)
         return module
 
     def unregister(self, name: str) -> bool:
@@ -176,6 +185,7 @@ class Runner:
         group: str | None = None,
         after: Sequence[int | Run] = (),
         copies: int = 1,
+        backend: str | None = None,
     ) -> Run:
         """Validate and queue a run (or `copies` identical runs); returns the first."""
         return self.submit_many(
@@ -186,6 +196,7 @@ class Runner:
             resources=resources,
             group=group,
             after=after,
+            backend=backend,
         )[0]
 
     def submit_many(
@@ -202,10 +213,9 @@ class Runner:
     ) -> list[Run]:
         """Queue one run per parameter set, all validated before any is queued."""
         spec = lookup(self.modules(), module)
-        backend = self._backend(backend)
+        placement = self._placement(backend)
         rows = [
-            self._run_row(spec, params, priority, timeout, resources, group, after)
-            | {"backend": backend}
+            self._run_row(spec, params, priority, timeout, resources, group, after) | placement
             for params in params_list
         ]
         ids = self.store.insert_runs(rows)
@@ -243,12 +253,20 @@ class Runner:
             "after": [self._run_id(a) for a in after],
         }
 
-    def _backend(self, backend: str | None) -> str:
-        """The backend a submission goes to: as asked, else the configured one."""
-        chosen = backend or str(self.store.config()["backend"])
-        if chosen not in BACKENDS:
-            raise BadInput(f"unknown backend {chosen!r}; use one of {', '.join(BACKENDS)}")
-        return chosen
+    def _placement(self, backend: str | None, address: str | None = None) -> dict[str, Any]:
+        """Where submitted runs go: as asked, else this runner's choice, else the settings.
+
+        A Ray cluster is checked here, so one that cannot be reached fails the submission
+        (nothing is queued) rather than each run.
+        """
+        settings = self.store.config()
+        chosen = _check_backend(backend or self.backend or str(settings["backend"]))
+        if chosen != "ray":
+            return {"backend": chosen}
+        from .backends.ray import check_cluster
+
+        url = check_cluster(address or self.address or str(settings["ray.address"]))
+        return {"backend": chosen, "backend_address": url}
 
     def _run_id(self, run: int | Run) -> int:
         run_id = run.id if isinstance(run, Run) else run
@@ -304,6 +322,7 @@ class Runner:
             "group",
         )
         row = {key: getattr(old, key) for key in copied} | {"restart_of": old.id}
+        row |= self._placement(old.backend, old.backend_address)
         (new_id,) = self.store.insert_runs([row])
         self._after_submit()
         return Run(self, new_id)
@@ -424,7 +443,7 @@ class Runner:
                 scheduler.launch_ready(self.store)
                 last_claim = now
             if now - last_reconcile >= RECONCILE_EVERY_S:
-                reconcile.mark_lost(self.store)
+                reconcile.repair(self.store)
                 last_reconcile = now
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._tick_s)
@@ -468,6 +487,12 @@ def _parse_id(run_id: int | str) -> int:
         return int(str(run_id).strip().lstrip("#"))
     except ValueError:
         raise BadInput(f"run ids are whole numbers like 42, got {run_id!r}") from None
+
+
+def _check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise BadInput(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
+    return name
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -516,10 +541,12 @@ class Run:
 
     def __repr__(self) -> str:
         r = self.record
-        detail = {
-            RunStatus.RUNNING: f" for {r.duration_s:.1f} s (pid {r.pid})",
-            RunStatus.QUEUED: f", priority {r.priority}",
-        }.get(r.status, f" (exit code {r.exit_code})" if r.exit_code is not None else "")
+        if r.status is RunStatus.RUNNING:
+            detail = f" for {r.duration_s or 0:.1f} s (pid {r.pid})"
+        elif r.status is RunStatus.QUEUED:
+            detail = f", priority {r.priority}"
+        else:
+            detail = f" (exit code {r.exit_code})" if r.exit_code is not None else ""
         return f"<Run {r.id} {r.module} {r.status.value}{detail}>"
 
     def __eq__(self, other: object) -> bool:

@@ -7,6 +7,7 @@ many processes call it at once, the limits hold.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -61,7 +62,7 @@ def claim(tx: Transaction) -> list[RunRecord]:
     )
     now = time.time()
     return [
-        tx.transition(run.id, RunStatus.STARTING, claimed_at=now)
+        tx.transition(run.id, RunStatus.STARTING, claimed_at=now, claimed_by=os.getpid())
         for run in admit(queued, holding, cfg)
     ]
 

@@ -38,7 +38,8 @@ ACTIVE = frozenset({S.QUEUED}) | HOLDS_SLOT
 
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.QUEUED: frozenset({S.STARTING, S.CANCELLED}),
-    S.STARTING: frozenset({S.RUNNING, S.FAILED, S.CANCELLED, S.LOST}),
+    # back to queued: the claimer died before the run's supervisor came up, so it never ran
+    S.STARTING: frozenset({S.QUEUED, S.RUNNING, S.FAILED, S.CANCELLED, S.LOST}),
     S.RUNNING: frozenset({S.PAUSED, *DONE}),
     S.PAUSED: frozenset({S.RUNNING, *DONE}),
     **{done: frozenset() for done in DONE},

@@ -48,6 +48,7 @@ MIGRATIONS: Sequence[str] = (
         priority INTEGER NOT NULL DEFAULT 0,
         submitted_at REAL NOT NULL,
         claimed_at REAL,
+        claimed_by INTEGER,
         started_at REAL,
         ended_at REAL,
         timeout REAL,
@@ -72,6 +73,8 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX runs_queue ON runs(status, priority DESC, id);
     CREATE INDEX runs_module ON runs(module, id);
     """,
+    # the cluster a Ray run went to, so its supervisor, a restart and the record agree
+    "ALTER TABLE runs ADD COLUMN backend_address TEXT",
 )
 
 

@@ -17,8 +17,8 @@ import sys
 import time
 from typing import BinaryIO
 
-from . import scheduler
-from .backends import Child, start_child
+from . import reconcile, scheduler
+from .backends import Child, ChildEnded, start_child
 from .errors import NbrunnerError
 from .models import RunRecord
 from .states import RunStatus
@@ -41,17 +41,24 @@ class Supervisor:
             child = self._start_child(run, log)
             if child is None:
                 return
-            code, status, reason = self._watch(run, child)
+            try:
+                code, status, reason = self._watch(run, child)
+            except ChildEnded as ended:
+                code, status, reason = ended.exit_code, ended.status, ended.reason
         self._finish(code, status, reason)
 
     def _take_over(self) -> RunRecord | None:
         with self.store.write() as tx:
             run = tx.get(self.run_id)
-            if run.status is not RunStatus.STARTING:
-                return None  # cancelled, or taken by someone else, before we came up
+            if run.status is not RunStatus.STARTING or run.supervisor_pid is not None:
+                return None  # cancelled, re-queued or taken by another supervisor meanwhile
             if run.control == "cancel":
-                tx.transition(self.run_id, RunStatus.CANCELLED, ended_at=time.time(),
-                              reason="cancelled before it started")
+                tx.transition(
+                    self.run_id,
+                    RunStatus.CANCELLED,
+                    ended_at=time.time(),
+                    reason="cancelled before it started",
+                )
                 return None
             tx.update(self.run_id, supervisor_pid=os.getpid())
             return run
@@ -67,33 +74,46 @@ class Supervisor:
             what = run.argv[0] if run.argv else "(empty command)"
             reason = f"could not start {what}: {exc}"
             log.write(f"nbrunner: {reason}\n".encode())
-            self.store.transition(self.run_id, RunStatus.FAILED, ended_at=time.time(),
-                                  reason=reason)
+            self.store.transition(
+                self.run_id, RunStatus.FAILED, ended_at=time.time(), reason=reason
+            )
             return None
-        self.store.transition(self.run_id, RunStatus.RUNNING, pid=child.pid,
-                              backend_ref=child.ref, started_at=time.time())
+        self.store.update(self.run_id, pid=child.pid, backend_ref=child.ref)
         return child
 
-    def _watch(self, run: RunRecord, child: Child
-               ) -> tuple[int, RunStatus | None, str | None]:
-        """Wait for the child; on cancel or timeout stop it and say why."""
-        deadline = time.monotonic() + run.timeout if run.timeout else None
+    def _mark_running(self) -> float:
+        """Record that the run's work has begun; returns when, on the monotonic clock."""
+        self.store.transition(self.run_id, RunStatus.RUNNING, started_at=time.time())
+        return time.monotonic()
+
+    def _watch(self, run: RunRecord, child: Child) -> tuple[int, RunStatus | None, str | None]:
+        """Wait for the child; on cancel or timeout stop it and say why.
+
+        The run is `running` once its backend says its work began (a Ray job waiting for
+        resources is still `starting`); the timeout counts from then.
+        """
+        started: float | None = None
         while True:
+            if started is None and child.started:
+                started = self._mark_running()
             code = child.wait(POLL_S)
             if code is not None:
+                if started is None:
+                    self._mark_running()
                 return code, None, None
             if self.store.control(self.run_id) == "cancel":
                 return child.stop(self.grace), RunStatus.CANCELLED, "cancelled by request"
-            if deadline is not None and time.monotonic() >= deadline:
+            if started is not None and run.timeout and time.monotonic() - started >= run.timeout:
                 code = child.stop(self.grace)
                 return code, RunStatus.TIMED_OUT, f"timed out after {run.timeout:g} s"
 
-    def _finish(self, code: int, status: RunStatus | None, reason: str | None) -> None:
-        if status is None:
+    def _finish(self, code: int | None, status: RunStatus | None, reason: str | None) -> None:
+        if status is None and code is not None:
             status = RunStatus.SUCCEEDED if code == 0 else RunStatus.FAILED
             reason = None if code == 0 else describe_exit(code)
-        self.store.transition(self.run_id, status, exit_code=code, ended_at=time.time(),
-                              reason=reason)
+        self.store.transition(
+            self.run_id, status, exit_code=code, ended_at=time.time(), reason=reason
+        )
 
 
 def describe_exit(code: int) -> str:
@@ -111,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         Supervisor(store, int(run_id)).run()
     finally:
+        reconcile.repair(store)  # with no kernel open, supervisors are the ones who look
         scheduler.launch_ready(store)
         _drop_empty_stderr(store, run_id)
 

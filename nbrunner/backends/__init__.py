@@ -9,8 +9,23 @@ from __future__ import annotations
 from typing import BinaryIO, Protocol
 
 from ..models import RunRecord
+from ..states import RunStatus
 
 BACKENDS = ("local", "ray")
+
+
+class ChildEnded(Exception):
+    """Raised by `wait` or `stop` when a run ended in a way an exit code cannot say.
+
+    A Ray job stopped from Ray itself ends `cancelled`; a cluster that stopped answering
+    ends the run `lost`. `reason` is shown to the user.
+    """
+
+    def __init__(self, status: RunStatus, reason: str, exit_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.exit_code = exit_code
 
 
 class Child(Protocol):
@@ -18,9 +33,13 @@ class Child(Protocol):
 
     pid: int | None  # the local process (group leader), when there is one
     ref: str | None  # the backend's own id for the run (Ray's submission id)
+    started: bool  # its work has begun (False while a Ray job waits for resources)
 
     def wait(self, timeout: float) -> int | None:
-        """The exit code once ended, or None if still running after `timeout` seconds."""
+        """The exit code once ended, or None if still running after `timeout` seconds.
+
+        Also updates `started`; raises ChildEnded for an end that is not an exit code.
+        """
 
     def stop(self, grace: float) -> int:
         """Stop gracefully, force after `grace` seconds; returns the exit code."""

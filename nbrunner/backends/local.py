@@ -13,6 +13,7 @@ from ..models import RunRecord
 
 class LocalChild:
     ref = None
+    started = True  # a process is working as soon as it is spawned
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
@@ -21,8 +22,13 @@ class LocalChild:
     @classmethod
     def start(cls, run: RunRecord, log: BinaryIO, env: dict[str, str]) -> LocalChild:
         proc = subprocess.Popen(
-            run.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=run.cwd or None, env=env, **platform.child_popen_kwargs(),
+            run.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=run.cwd or None,
+            env=env,
+            **platform.child_popen_kwargs(),
         )
         return cls(proc)
 

@@ -1,0 +1,52 @@
+"""Helpers for tests that start real processes: portable children, liveness, waiting."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import psutil
+
+T = TypeVar("T")
+
+
+def python(code: str) -> list[str]:
+    """A portable child: this interpreter running `code`."""
+    return [sys.executable, "-c", code]
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (orphans may never be reaped in containers)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def processes_with(marker: str) -> list[psutil.Process]:
+    """Live processes whose command line contains marker."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if any(marker in part for part in proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found

@@ -1,0 +1,185 @@
+"""The nbrunner command end to end: every verb, --json parsed, exit statuses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers.procs import wait_until
+
+from nbrunner.store import HistoryFilter, Store
+
+
+def cli(
+    home: Path, *args: str, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "nbrunner", *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def cli_json(home: Path, *args: str) -> object:
+    return json.loads(cli(home, *args, "--json").stdout)
+
+
+def test_modules_lists_the_demo_modules_of_a_new_home(home: Path) -> None:
+    names = {m["name"] for m in cli_json(home, "modules")}
+    assert {"train", "count", "sleep"} <= names
+    assert "count" in cli(home, "modules").stdout
+
+
+def test_run_wait_logs_show_history_ps(home: Path) -> None:
+    run_id = cli(home, "run", "count", "-p", "n=3", "-p", "delay=0", "-p", "label=cli").stdout
+    run_id = run_id.strip()
+    waited = cli_json(home, "wait", run_id)
+    assert waited["status"] == "succeeded" and waited["exit_code"] == 0
+    assert cli(home, "logs", run_id).stdout == "cli 1/3\ncli 2/3\ncli 3/3\n"
+    assert cli(home, "logs", run_id, "--tail", "1").stdout == "cli 3/3\n"
+    shown = cli_json(home, "show", run_id)
+    for field in (
+        "id",
+        "module",
+        "params",
+        "status",
+        "exit_code",
+        "reason",
+        "pid",
+        "priority",
+        "submitted_at",
+        "started_at",
+        "ended_at",
+        "duration_s",
+        "log_path",
+        "restart_of",
+        "gpus",
+    ):
+        assert field in shown
+    assert shown["params"] == {"n": 3, "delay": 0.0, "label": "cli"}
+    assert shown["submitted_at"].endswith("+00:00")
+    history = cli_json(home, "history", "--module", "count", "--status", "succeeded")
+    assert [r["id"] for r in history] == [int(run_id)]
+    assert cli_json(home, "ps") == []
+
+
+def test_run_with_wait_exits_with_the_outcome(home: Path) -> None:
+    ok = cli(home, "run", "count", "-p", "n=1", "-p", "delay=0", "--wait")
+    assert ok.stdout.strip().isdigit() and "succeeded" in ok.stderr
+    timed_out = cli(
+        home, "run", "count", "-p", "delay=1", "--timeout", "0.3", "--wait", check=False
+    )
+    assert timed_out.returncode == 1 and "timed_out" in timed_out.stderr
+
+
+def test_follow_streams_until_the_run_ends(home: Path) -> None:
+    run_id = cli(home, "run", "count", "-p", "n=5", "-p", "delay=0.2").stdout.strip()
+    follow = cli(home, "logs", run_id, "--follow")
+    assert follow.stdout.splitlines() == [f"count {i}/5" for i in range(1, 6)]
+
+
+def test_cancel_restart_and_ps(home: Path) -> None:
+    run_id = cli(home, "run", "count", "-p", "n=100", "-p", "delay=0.1").stdout.strip()
+    wait_until(
+        lambda: cli_json(home, "ps") and cli_json(home, "ps")[0]["status"] == "running",
+        what="running",
+    )
+    assert "cancel" in cli(home, "cancel", run_id).stdout
+    record = json.loads(cli(home, "wait", run_id, "--json", check=False).stdout)
+    assert record["status"] == "cancelled"
+    new_id = cli(home, "restart", run_id).stdout.strip()
+    assert cli_json(home, "show", new_id)["restart_of"] == int(run_id)
+    cli(home, "cancel", new_id)
+
+
+def test_config_reads_and_sets(home: Path) -> None:
+    assert cli_json(home, "config")["max_concurrent"] == 10
+    assert cli(home, "config", "max_concurrent", "3").stdout.strip() == "3"
+    assert cli(home, "config", "max_concurrent").stdout.strip() == "3"
+    assert cli_json(home, "config", "paused") == {"paused": False}
+
+
+def test_worker_keeps_the_queue_moving_headless(home: Path) -> None:
+    store = Store(home)
+    (run_id,) = store.insert_runs(
+        [
+            {
+                "module": "echo",
+                "params": {},
+                "env": {},
+                "cwd": None,
+                "argv": [sys.executable, "-c", "print('from worker')"],
+            }
+        ]
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "nbrunner", "worker", "--home", str(home)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: store.get(run_id).is_done, timeout=30, what="worker to run it")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=10)
+    assert store.get(run_id).status.value == "succeeded"
+    assert Path(store.get(run_id).log_path).read_text() == "from worker\n"
+
+
+BAD_INPUTS = [
+    (["run", "nosuch"], "unknown module 'nosuch'; known modules: count, sleep, train"),
+    (["run", "count", "-p", "bogus=1"], "unknown parameter 'bogus' for module 'count'"),
+    (
+        ["run", "count", "-p", "n=ten"],
+        "parameter 'n' of module 'count' must be an int ≥ 0, got 'ten'",
+    ),
+    (["run", "count", "-p", "n=-1"], "must be an int ≥ 0, got -1"),
+    (["run", "count", "-p", "n"], "parameters are given as -p KEY=VALUE, got 'n'"),
+    (["run", "count", "--timeout", "-5"], "timeout must be a positive number of seconds"),
+    (["show", "4242"], "unknown run id 4242"),
+    (["logs", "abc"], "run ids are whole numbers like 42, got 'abc'"),
+    (["cancel", "4242"], "unknown run id 4242"),
+    (["config", "max_concurrent", "-1"], "max_concurrent must be a whole number ≥ 1, got '-1'"),
+    (["config", "nonsense", "1"], "unknown config key 'nonsense'"),
+    (["history", "--limit", "-1"], "limit must be a whole number ≥ 0, got -1"),
+    (["history", "--status", "finished"], "unknown status 'finished'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+def test_bad_input_is_one_clear_line_exit_two_and_nothing_queued(
+    home: Path, args: list[str], message: str
+) -> None:
+    result = cli(home, *args, check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert Store(home).count_history(HistoryFilter()) == 0
+
+
+def test_a_broken_modules_file_is_reported_with_its_path(home: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[modules.x\n")
+    result = cli(home, "modules", "--modules", str(bad), check=False)
+    assert result.returncode == 2
+    assert f"modules file {bad} is not valid TOML" in result.stderr
+
+
+def test_history_pages_newest_first(home: Path) -> None:
+    store = Store(home)
+    store.insert_runs(
+        [{"module": f"m{i % 2}", "params": {"i": i}, "argv": ["true"], "env": {}} for i in range(7)]
+    )
+    page = cli_json(home, "history", "--limit", "3", "--offset", "2")
+    assert [r["id"] for r in page] == [5, 4, 3]
+    assert [r["id"] for r in cli_json(home, "history", "--module", "m1")] == [6, 4, 2]
+    assert [r["id"] for r in cli_json(home, "history", "--text", '"i": 3')] == [4]
+    future = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400 * 2))
+    assert cli_json(home, "history", "--since", future) == []

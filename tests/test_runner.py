@@ -1,0 +1,193 @@
+"""The Python API a notebook uses: submit, wait (sync and async), listings, registration."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import nbrunner
+from nbrunner import Runner
+from nbrunner.errors import BadInput, InvalidParameter, UnknownModule, UnknownRun
+from nbrunner.states import RunStatus
+
+PUBLIC_API = {
+    "BadInput",
+    "InvalidConfig",
+    "InvalidParameter",
+    "InvalidTransition",
+    "ModuleSpec",
+    "ModulesFileError",
+    "NbrunnerError",
+    "OperationFailed",
+    "ParamSpec",
+    "ResourceRequestError",
+    "Resources",
+    "Run",
+    "RunRecord",
+    "RunStatus",
+    "Runner",
+    "UnknownModule",
+    "UnknownRun",
+    "__version__",
+}
+
+
+def test_the_public_api_is_exactly_this() -> None:
+    assert set(nbrunner.__all__) == PUBLIC_API
+    for name in PUBLIC_API:
+        assert getattr(nbrunner, name) is not None
+
+
+def test_importing_nbrunner_stays_light() -> None:
+    import subprocess
+    import sys
+
+    heavy = ("pandas", "ipywidgets", "tomllib", "asyncio", "jupyter_client", "pynvml")
+    code = f"import sys, nbrunner.supervisor; print([m for m in {heavy} if m in sys.modules])"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_wait_async_from_a_running_loop_does_not_block_it(runner: Runner) -> None:
+    run = runner.submit("count", {"n": 3, "delay": 0.1})
+
+    async def main() -> tuple[RunStatus, int]:
+        ticks = 0
+
+        async def heartbeat() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        beat = asyncio.ensure_future(heartbeat())
+        record = await run.wait_async(timeout=30)
+        beat.cancel()
+        return record.status, ticks
+
+    status, ticks = asyncio.run(main())
+    assert status is RunStatus.SUCCEEDED and ticks > 5
+
+
+def test_wait_times_out_with_a_clear_error(runner: Runner) -> None:
+    run = runner.submit("count", {"n": 100, "delay": 0.1})
+    with pytest.raises(TimeoutError, match=f"run {run.id} still not ended after 0.2 s"):
+        run.wait(timeout=0.2)
+    run.cancel()
+
+
+def test_many_waiters_in_threads_all_wake(runner: Runner) -> None:
+    run = runner.submit("count", {"n": 2, "delay": 0.1})
+    results: list[RunStatus] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(run.wait(30).status)) for _ in range(5)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [RunStatus.SUCCEEDED] * 5
+
+
+def test_snapshot_and_subscribe_follow_the_change_feed(runner: Runner) -> None:
+    seen: list[tuple[int, str]] = []
+    unsubscribe = runner.subscribe(
+        lambda changes: seen.extend((r.id, r.status.value) for r in changes)
+    )
+    run = runner.submit("count", {"n": 5, "delay": 0.1})
+    from helpers.procs import wait_until
+
+    wait_until(lambda: any(r.id == run.id for r in runner.snapshot()), what="in snapshot")
+    run.wait(timeout=30)
+    wait_until(lambda: (run.id, "succeeded") in seen, what="succeeded event")
+    assert all(r.id != run.id for r in runner.snapshot())
+    assert (run.id, "running") in seen
+    unsubscribe()
+
+
+def test_history_and_active_are_dataframes(runner: Runner) -> None:
+    runs = [runner.submit("count", {"n": 1, "delay": 0, "label": f"h{i}"}) for i in range(3)]
+    for run in runs:
+        run.wait(timeout=30)
+    frame = runner.history(module="count", limit=2)
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame["id"]) == [runs[2].id, runs[1].id]
+    assert str(frame["submitted_at"].dtype).startswith("datetime64")
+    assert runner.count(module="count") == 3
+    assert runner.history(text="h1")["id"].tolist() == [runs[1].id]
+    assert runner.active().empty
+
+
+def test_copies_and_submit_many(runner: Runner) -> None:
+    runner.config("paused", True)
+    first = runner.submit("count", {"n": 1}, copies=3)
+    many = runner.submit_many("count", [{"n": 1}, {"n": 2}])
+    assert runner.count(status="queued") == 5 and first.id + 3 == many[0].id
+    with pytest.raises(InvalidParameter, match="copies must be a whole number ≥ 1, got 0"):
+        runner.submit("count", copies=0)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda r: r.submit("nope"), UnknownModule, "unknown module 'nope'"),
+        (lambda r: r.submit("count", {"n": "x"}), InvalidParameter, "must be an int"),
+        (
+            lambda r: r.submit("count", priority="high"),
+            InvalidParameter,
+            "priority must be a whole",
+        ),
+        (lambda r: r.submit("count", timeout=0), InvalidParameter, "timeout must be a positive"),
+        (lambda r: r.submit("count", after=[999]), UnknownRun, "unknown run id 999"),
+        (lambda r: r.submit("count", backend="k8s"), BadInput, "unknown backend 'k8s'"),
+        (lambda r: r.submit_many("count", [{"n": 1}, {"n": -1}]), InvalidParameter, "got -1"),
+        (lambda r: r.get("x1"), BadInput, "run ids are whole numbers"),
+    ],
+)
+def test_bad_submissions_queue_nothing(runner: Runner, call, error, message) -> None:
+    with pytest.raises(error, match=message):
+        call(runner)
+    assert runner.count() == 0
+
+
+def test_registered_modules_are_seen_by_every_runner_of_the_home(
+    runner: Runner, home: Path
+) -> None:
+    runner.register(
+        "hello", command=["echo", "hi"], params={"who": {"type": "str", "default": "you"}}
+    )
+    with Runner(home, start=False) as other:
+        assert other.modules()["hello"].argv({"who": "me"}) == ["echo", "hi", "--who", "me"]
+        record = other.submit("hello").wait(timeout=30)
+    assert Path(record.log_path).read_text() == "hi --who you\n"
+    assert runner.unregister("hello") and "hello" not in runner.modules()
+
+
+def test_a_modules_file_edit_is_picked_up(runner: Runner) -> None:
+    path = runner.modules_file
+    path.write_text(path.read_text() + '\n[modules.extra]\ncommand = ["true"]\n')
+    assert "extra" in runner.modules()
+
+
+def test_the_modules_file_can_come_from_the_environment(
+    home: Path, tmp_path: Path, monkeypatch
+) -> None:
+    custom = tmp_path / "mine.toml"
+    custom.write_text('[modules.only]\ncommand = ["true"]\n')
+    monkeypatch.setenv("NBRUNNER_MODULES", str(custom))
+    with Runner(home, start=False) as r:
+        assert list(r.modules()) == ["only"]
+
+
+def test_run_repr_says_the_state_in_words(runner: Runner) -> None:
+    runner.config("paused", True)
+    run = runner.submit("count", priority=2)
+    assert repr(run) == f"<Run {run.id} count queued, priority 2>"
+    run.cancel()
+    assert "cancelled" in repr(run)

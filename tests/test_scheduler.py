@@ -1,0 +1,146 @@
+"""The concurrency limit, held across every process that uses one home."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from helpers.procs import processes_with, wait_until
+
+from nbrunner import Runner
+from nbrunner.scheduler import admit
+from nbrunner.states import RunStatus
+
+# Prints its token many times, slowly enough that the runs overlap in time.
+CHATTY = (
+    "import sys, time\n"
+    "token = sys.argv[sys.argv.index('--token') + 1]\n"
+    "for i in range(40):\n"
+    "    print(f'{token} line {i}', flush=True)\n"
+    "    time.sleep(0.01)\n"
+)
+
+
+class LimitWatcher:
+    """Samples the store and the process table while runs go on; keeps the maxima."""
+
+    def __init__(self, runner: Runner, marker: str) -> None:
+        self.runner, self.marker = runner, marker
+        self.max_holding = self.max_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> LimitWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            holding = len(self.runner.store.holding_slot())
+            processes = len(processes_with(self.marker))
+            self.max_holding = max(self.max_holding, holding)
+            self.max_processes = max(self.max_processes, processes)
+            time.sleep(0.02)
+
+
+def test_twelve_runs_of_three_modules_never_exceed_the_limit(runner: Runner, home: Path) -> None:
+    marker = f"chatty-{home.name}-{id(runner)}"
+    for name in ("alpha", "beta", "gamma"):
+        runner.register(
+            name, command=[sys.executable, "-c", CHATTY, marker], params={"token": {"type": "str"}}
+        )
+    runner.config("max_concurrent", 4)
+    with LimitWatcher(runner, marker) as watcher:
+        runs = [
+            runner.submit(name, {"token": f"{name}-{i}"})
+            for i in range(4)
+            for name in ("alpha", "beta", "gamma")
+        ]
+        records = [run.wait(timeout=120) for run in runs]
+    assert [r.status for r in records] == [RunStatus.SUCCEEDED] * 12
+    assert 1 <= watcher.max_holding <= 4
+    assert 1 <= watcher.max_processes <= 4
+    for run, record in zip(runs, records, strict=True):
+        lines = Path(record.log_path).read_text().splitlines()
+        token = record.params["token"]
+        assert lines == [f"{token} line {i}" for i in range(40)], f"run {run.id} log mixed"
+
+
+SUBMITTER = """
+import sys
+from nbrunner import Runner
+runner = Runner(sys.argv[1], start=False)
+for i in range(30):
+    runner.submit("nap", {"token": f"{sys.argv[2]}-{i}"})
+"""
+
+
+def test_the_limit_holds_across_three_processes_submitting_at_once(
+    runner: Runner, home: Path
+) -> None:
+    marker = f"nap-{home.name}-{id(runner)}"
+    nap = "import time; time.sleep(0.3)"
+    runner.register(
+        "nap", command=[sys.executable, "-c", nap, marker], params={"token": {"type": "str"}}
+    )
+    runner.config("max_concurrent", 3)
+    with LimitWatcher(runner, marker) as watcher:
+        submitters = [
+            subprocess.Popen([sys.executable, "-c", SUBMITTER, str(home), f"p{n}"])
+            for n in range(3)
+        ]
+        assert [p.wait(timeout=60) for p in submitters] == [0, 0, 0]
+        wait_until(
+            lambda: runner.count() == 90 and runner.count(status="succeeded") == 90,
+            timeout=180,
+            interval=0.2,
+            what="90 runs to succeed",
+        )
+    assert 1 <= watcher.max_holding <= 3
+    assert 1 <= watcher.max_processes <= 3
+
+
+def test_queued_runs_start_by_priority_then_submission_order(runner: Runner) -> None:
+    runner.config("paused", True)
+    low = runner.submit("count", {"n": 0}, priority=0)
+    high = runner.submit("count", {"n": 0}, priority=5)
+    low2 = runner.submit("count", {"n": 0}, priority=0)
+    runner.config("max_concurrent", 1)
+    runner.config("paused", False)
+    records = [r.wait(timeout=30) for r in (low, high, low2)]
+    starts = sorted(records, key=lambda r: r.started_at or 0)
+    assert [r.id for r in starts] == [high.id, low.id, low2.id]
+
+
+def _queued(run_id: int, group: str | None = None):
+    from nbrunner.models import RunRecord
+
+    return RunRecord(
+        id=run_id,
+        module="m",
+        params={},
+        status=RunStatus.QUEUED,
+        submitted_at=0.0,
+        log_path="",
+        group=group,
+    )
+
+
+def test_a_full_group_does_not_block_the_runs_behind_it() -> None:
+    holding = [_queued(1, "gpu")]
+    queued = [_queued(2, "gpu"), _queued(3), _queued(4, "gpu")]
+    chosen = admit(queued, holding, {"max_concurrent": 10, "group.gpu": 1})
+    assert [r.id for r in chosen] == [3]
+
+
+def test_admission_stops_at_the_free_slots_and_when_paused() -> None:
+    queued = [_queued(i) for i in range(5)]
+    assert len(admit(queued, [_queued(9)], {"max_concurrent": 3})) == 2
+    assert admit(queued, [], {"max_concurrent": 3, "paused": True}) == []

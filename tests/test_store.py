@@ -1,0 +1,142 @@
+"""The SQLite store: schema, the change feed, history paging, config."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from nbrunner.errors import BadInput, InvalidConfig, InvalidTransition, UnknownRun
+from nbrunner.states import RunStatus
+from nbrunner.store import MIGRATIONS, HistoryFilter, Store
+
+
+def _rows(n: int, module: str = "m") -> list[dict]:
+    return [{"module": module, "params": {"i": i}, "argv": ["true"], "env": {}} for i in range(n)]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path)
+
+
+def test_a_new_store_is_at_the_latest_schema_in_wal_mode(store: Store) -> None:
+    assert store.schema_version == len(MIGRATIONS)
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_reopening_does_not_migrate_again(store: Store) -> None:
+    store.insert_runs(_rows(2))
+    again = Store(store.home)
+    assert again.schema_version == len(MIGRATIONS) and again.count_history(HistoryFilter()) == 2
+
+
+def test_the_change_feed_returns_only_what_changed_since_a_version(store: Store) -> None:
+    _, second = store.insert_runs(_rows(2))
+    _, version = store.changes_since(0)
+    assert store.changes_since(version) == ([], version)
+    store.transition(second, RunStatus.STARTING)
+    changed, newer = store.changes_since(version)
+    assert [r.id for r in changed] == [second] and newer > version
+    store.set_config("max_concurrent", 4)
+    assert store.version() > newer  # config changes move the version too
+
+
+def test_refused_transitions_change_nothing(store: Store) -> None:
+    (run_id,) = store.insert_runs(_rows(1))
+    version = store.version()
+    with pytest.raises(InvalidTransition, match="is queued and cannot become succeeded"):
+        store.transition(run_id, RunStatus.SUCCEEDED)
+    assert store.get(run_id).status is RunStatus.QUEUED and store.version() == version
+
+
+def test_unknown_run(store: Store) -> None:
+    with pytest.raises(UnknownRun, match="unknown run id 99"):
+        store.get(99)
+
+
+def test_history_filters_and_pages_in_sql(store: Store) -> None:
+    store.insert_runs(_rows(5, "a") + _rows(5, "b"))
+    store.transition(3, RunStatus.CANCELLED)
+    newest_b = store.history(HistoryFilter.build(module="b"), limit=2)
+    assert [r.id for r in newest_b] == [10, 9]
+    assert [r.id for r in store.history(HistoryFilter.build(module="b"), limit=2, offset=4)] == [6]
+    assert [r.id for r in store.history(HistoryFilter.build(status="cancelled"))] == [3]
+    assert store.count_history(HistoryFilter.build(status=["queued", "cancelled"])) == 10
+    assert store.count_history(HistoryFilter.build(text='"i": 4')) == 2
+    tomorrow = datetime.now(timezone.utc).replace(year=datetime.now().year + 1)
+    assert store.count_history(HistoryFilter.build(until=tomorrow, since="2020-01-01")) == 10
+    assert store.count_history(HistoryFilter.build(since=tomorrow.date())) == 0
+
+
+def test_history_rejects_bad_filters(store: Store) -> None:
+    with pytest.raises(BadInput, match="unknown status 'done'"):
+        HistoryFilter.build(status="done")
+    with pytest.raises(BadInput, match="since must be a date or time"):
+        HistoryFilter.build(since="last tuesday")
+    with pytest.raises(BadInput, match="offset must be a whole number ≥ 0"):
+        store.history(HistoryFilter(), offset=-3)
+
+
+def test_history_uses_indexes_not_scans(store: Store) -> None:
+    conn = sqlite3.connect(store.path)
+    plan = " ".join(
+        str(row)
+        for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM runs WHERE module IN (?) ORDER BY id DESC LIMIT 50",
+            ("a",),
+        )
+    )
+    assert "runs_module" in plan
+    plan = " ".join(
+        str(row)
+        for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM runs WHERE version > ? ORDER BY version", (5,)
+        )
+    )
+    assert "runs_version" in plan
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("max_concurrent", "4", 4),
+        ("paused", "yes", True),
+        ("grace_period", "2.5", 2.5),
+        ("group.gpu", 1, 1),
+        ("backend", "ray", "ray"),
+    ],
+)
+def test_config_values_are_typed(store: Store, key: str, value: object, expected: object) -> None:
+    assert store.set_config(key, value) == expected
+    assert store.config()[key] == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("max_concurrent", 0, "max_concurrent must be a whole number ≥ 1, got 0"),
+        ("max_concurrent", "lots", "got 'lots'"),
+        ("paused", "perhaps", "paused must be true or false"),
+        ("grace_period", -1, "grace_period must be a number of seconds ≥ 0"),
+        ("backend", "k8s", "backend must be 'local' or 'ray'"),
+        ("group.", 1, "unknown config key 'group.'"),
+        ("colour", "blue", "unknown config key 'colour'; known keys: max_concurrent"),
+    ],
+)
+def test_bad_config_is_refused_and_nothing_changes(
+    store: Store, key: str, value: object, message: str
+) -> None:
+    before = store.config()
+    with pytest.raises(InvalidConfig, match=message):
+        store.set_config(key, value)
+    assert store.config() == before
+
+
+def test_registered_modules_persist(store: Store) -> None:
+    store.save_module("x", {"command": ["true"]})
+    assert Store(store.home).registered_modules() == {"x": {"command": ["true"]}}
+    assert store.delete_module("x") and not store.delete_module("x")

@@ -1,0 +1,212 @@
+"""Supervisors: true exit codes, cancel and timeout of whole trees, lost supervisors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers.procs import alive, python, wait_until
+
+from nbrunner import Runner
+from nbrunner.errors import InvalidTransition
+from nbrunner.states import RunStatus
+
+# A child with three grandchildren: one plain, one that ignores SIGTERM, one that left the
+# process group with its own session. The child itself ignores SIGTERM too.
+TREE = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
+stubborn = [sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"]
+kids = [subprocess.Popen(sleeper), subprocess.Popen(stubborn),
+        subprocess.Popen(sleeper, start_new_session=True)]
+print("pids", *[k.pid for k in kids], flush=True)
+time.sleep(300)
+"""
+
+
+def _pids_from_log(run) -> list[int]:
+    line = wait_until(
+        lambda: next((ln for ln in run.logs().splitlines() if ln.startswith("pids")), None),
+        what="pids line",
+    )
+    return [int(p) for p in line.split()[1:]]
+
+
+def test_cancel_stops_the_whole_tree_within_grace_plus_two_seconds(runner: Runner) -> None:
+    runner.register("tree", command=python(TREE))
+    runner.config("grace_period", 1.5)
+    run = runner.submit("tree")
+    grandchildren = _pids_from_log(run)
+    tree = [run.pid, *grandchildren]
+    assert all(alive(pid) for pid in tree)
+    cancelled_at = time.monotonic()
+    run.cancel()
+    wait_until(
+        lambda: not any(alive(pid) for pid in tree),
+        timeout=1.5 + 2,
+        what="the whole tree to be gone",
+    )
+    record = run.wait(timeout=10)
+    assert time.monotonic() - cancelled_at <= 1.5 + 2
+    assert record.status is RunStatus.CANCELLED
+    assert record.reason == "cancelled by request"
+
+
+def test_a_cooperative_child_is_cancelled_without_waiting_for_the_grace(runner: Runner) -> None:
+    runner.config("grace_period", 10)
+    run = runner.submit("count", {"n": 1000, "delay": 0.05})
+    wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    started = time.monotonic()
+    record = (run.cancel(), run.wait(timeout=15))[1]
+    assert record.status is RunStatus.CANCELLED
+    assert record.exit_code == -signal.SIGTERM
+    assert time.monotonic() - started < 5
+
+
+def test_cancelling_a_queued_run_removes_it_from_the_queue(runner: Runner) -> None:
+    runner.config("paused", True)
+    run = runner.submit("count", {"n": 1})
+    record = run.cancel()
+    assert record.status is RunStatus.CANCELLED and record.reason == "cancelled while queued"
+    assert record.started_at is None and not Path(record.log_path).exists()
+    with pytest.raises(InvalidTransition, match="has already ended \\(cancelled\\)"):
+        run.cancel()
+
+
+def test_true_exit_codes_and_reasons_are_recorded(runner: Runner) -> None:
+    runner.register("exit3", command=python("import sys; print('bye'); sys.exit(3)"))
+    runner.register("selfkill", command=python("import os, signal; os.kill(os.getpid(), 9)"))
+    ok = runner.submit("count", {"n": 1, "delay": 0})
+    three = runner.submit("exit3")
+    killed = runner.submit("selfkill")
+    assert ok.wait(30).status is RunStatus.SUCCEEDED and ok.exit_code == 0
+    three_record = three.wait(30)
+    assert (three_record.status, three_record.exit_code) == (RunStatus.FAILED, 3)
+    assert three_record.reason == "exited with code 3"
+    assert killed.wait(30).reason == "killed by signal SIGKILL"
+
+
+def test_timeout_stops_the_run_and_says_so(runner: Runner) -> None:
+    run = runner.submit("count", {"n": 1000, "delay": 0.05}, timeout=0.5)
+    record = run.wait(timeout=20)
+    assert record.status is RunStatus.TIMED_OUT
+    assert record.reason == "timed out after 0.5 s"
+    assert not alive(record.pid)
+
+
+def test_a_command_that_cannot_start_fails_with_the_reason_in_record_and_log(
+    runner: Runner,
+) -> None:
+    runner.register("missing", command=["/nonexistent/program", "--flag"])
+    record = runner.submit("missing").wait(timeout=20)
+    assert record.status is RunStatus.FAILED
+    assert record.reason.startswith("could not start /nonexistent/program")
+    assert "could not start /nonexistent/program" in Path(record.log_path).read_text()
+
+
+def test_a_killed_supervisor_is_found_by_the_next_runner_and_marked_lost(
+    runner: Runner, home: Path
+) -> None:
+    run = runner.submit("count", {"n": 1000, "delay": 0.05})
+    wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    record = run.record
+    runner.close()
+    os.kill(record.supervisor_pid, signal.SIGKILL)
+    wait_until(lambda: not alive(record.supervisor_pid), what="supervisor gone")
+    with Runner(home) as next_runner:
+        lost = next_runner.get(run.id).record
+        assert lost.status is RunStatus.LOST
+        assert f"supervisor (pid {record.supervisor_pid}) ended" in lost.reason
+        wait_until(lambda: not alive(record.pid), what="orphaned child stopped")
+
+
+def test_restart_makes_a_new_run_pointing_at_the_old(runner: Runner) -> None:
+    first = runner.submit("count", {"n": 2, "delay": 0, "label": "again"})
+    first.wait(timeout=30)
+    second = first.restart()
+    record = second.wait(timeout=30)
+    assert second.id != first.id and record.restart_of == first.id
+    assert record.params == first.params and record.status is RunStatus.SUCCEEDED
+    assert second.logs() == "again 1/2\nagain 2/2\n"
+
+
+def test_the_child_sees_unbuffered_utf8_python_and_the_module_env(runner: Runner) -> None:
+    show = "import os; e = os.environ; print(e['PYTHONUNBUFFERED'], e['PYTHONIOENCODING'], e['MY_SETTING'])"
+    runner.register("envshow", command=python(show), env={"MY_SETTING": "42"})
+    record = runner.submit("envshow").wait(timeout=30)
+    assert Path(record.log_path).read_text() == "1 utf-8 42\n"
+
+
+def test_supervisors_are_not_descendants_of_the_submitting_process(runner: Runner) -> None:
+    run = runner.submit("count", {"n": 100, "delay": 0.05})
+    wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    mine = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert run.record.supervisor_pid not in mine and run.pid not in mine
+    assert os.getsid(run.pid) != os.getsid(0)
+    run.cancel()
+    run.wait(timeout=15)
+
+
+def test_a_run_cancelled_before_its_supervisor_comes_up_never_starts(runner: Runner) -> None:
+    runner.close()  # nothing claims behind our back
+    from nbrunner import scheduler
+
+    runner.config("paused", True)
+    run = runner.submit("count", {"n": 1})
+    runner.config("paused", False)
+    (claimed,) = scheduler.claim_ready(runner.store)
+    runner.store.update(claimed.id, control="cancel")
+    scheduler.launch(runner.store, [claimed])
+    record = run.wait(timeout=20)
+    assert record.status is RunStatus.CANCELLED and record.reason == "cancelled before it started"
+    assert record.pid is None
+
+
+def _claim_as_a_dead_process(runner: Runner) -> int:
+    """Claim one queued run the way a kernel killed mid-launch would leave it."""
+    from nbrunner import scheduler
+
+    runner.config("paused", False)
+    (claimed,) = scheduler.claim_ready(runner.store)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    runner.store.update(claimed.id, claimed_by=gone.pid, claimed_at=time.time() - 5)
+    return claimed.id
+
+
+def test_a_claim_whose_claimer_died_goes_back_to_the_queue(runner: Runner) -> None:
+    from nbrunner import reconcile, scheduler
+
+    runner.close()
+    runner.config("paused", True)
+    run = runner.submit("count", {"n": 1, "delay": 0})
+    _claim_as_a_dead_process(runner)
+    (requeued,) = reconcile.repair(runner.store)
+    assert requeued.id == run.id and requeued.status is RunStatus.QUEUED
+    scheduler.launch_ready(runner.store)
+    assert run.wait(timeout=20).status is RunStatus.SUCCEEDED
+
+
+def test_a_supervisor_that_could_not_start_fails_the_run_with_its_error(runner: Runner) -> None:
+    from nbrunner import reconcile
+
+    runner.close()
+    runner.config("paused", True)
+    run = runner.submit("count", {"n": 1})
+    _claim_as_a_dead_process(runner)
+    Path(run.log_path).with_suffix(".supervisor.err").write_text(
+        "Traceback (most recent call last):\nModuleNotFoundError: No module named 'nbrunner'\n"
+    )
+    (failed,) = reconcile.repair(runner.store)
+    assert failed.status is RunStatus.FAILED
+    assert failed.reason == (
+        "its supervisor could not start: ModuleNotFoundError: No module named 'nbrunner'"
+    )
