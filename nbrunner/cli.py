@@ -200,6 +200,78 @@ def _restart(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
+def _report_request(record: RunRecord, what: str, as_json: bool) -> int:
+    if as_json:
+        _print_json(record.to_dict())
+    else:
+        print(f"run {record.id} {what}")
+    return 0
+
+
+@verb("pause")
+def _pause(args: argparse.Namespace, runner: Runner) -> int:
+    return _report_request(runner.pause(args.id), "pausing (its tree is suspended)", args.json)
+
+
+@verb("resume")
+def _resume(args: argparse.Namespace, runner: Runner) -> int:
+    return _report_request(runner.resume(args.id), "resuming", args.json)
+
+
+@verb("front")
+def _front(args: argparse.Namespace, runner: Runner) -> int:
+    record = runner.move_to_front(args.id)
+    return _report_request(record, f"is next in the queue (priority {record.priority})", args.json)
+
+
+def prometheus_text(metrics: dict[str, Any]) -> str:
+    """The counters in Prometheus' text exposition format."""
+    lines = ["# TYPE nbrunner_runs gauge"]
+    lines += [
+        f'nbrunner_runs{{status="{status}"}} {count}'
+        for status, count in metrics["runs_by_status"].items()
+    ]
+    lines += [
+        "# TYPE nbrunner_queued gauge",
+        f"nbrunner_queued {metrics['queued']}",
+        "# TYPE nbrunner_running gauge",
+        f"nbrunner_running {metrics['running']}",
+    ]
+    for name, key in (("wait", "mean_wait_s"), ("run", "mean_run_s")):
+        lines.append(f"# TYPE nbrunner_{name}_seconds_mean gauge")
+        lines += [
+            f'nbrunner_{name}_seconds_mean{{module="{module}"}} {stats[key]:.6g}'
+            for module, stats in metrics["modules"].items()
+            if stats[key] is not None
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@verb("metrics")
+def _metrics(args: argparse.Namespace, runner: Runner) -> int:
+    metrics = runner.metrics()
+    if args.json:
+        _print_json(metrics)
+    elif args.prometheus:
+        sys.stdout.write(prometheus_text(metrics))
+    else:
+        print(
+            f"queued {metrics['queued']}, running {metrics['running']}, "
+            f"{metrics['total']} runs in all"
+        )
+        for status, count in metrics["runs_by_status"].items():
+            if count:
+                print(f"  {status:<10} {count}")
+        for module, stats in metrics["modules"].items():
+            wait, run_time = stats["mean_wait_s"], stats["mean_run_s"]
+            print(
+                f"  {module:<16} {stats['runs']} runs"
+                + (f", mean wait {wait:.2f} s" if wait is not None else "")
+                + (f", mean run {run_time:.2f} s" if run_time is not None else "")
+            )
+    return 0
+
+
 @verb("wait")
 def _wait(args: argparse.Namespace, runner: Runner) -> int:
     try:
@@ -328,8 +400,13 @@ def _parser() -> argparse.ArgumentParser:
         ("show", "show one run's record"),
         ("cancel", "cancel a run"),
         ("restart", "run again with the same module and params"),
+        ("pause", "suspend a running run's whole process tree (it keeps its slot)"),
+        ("resume", "continue a paused run"),
+        ("front", "move a queued run to the front of the queue"),
     ):
         add(name, help_text, listing).add_argument("id")
+    metrics = add("metrics", "counters: runs by status, mean wait and run time", listing)
+    metrics.add_argument("--prometheus", action="store_true", help="Prometheus text format")
     logs = add("logs", "print a run's log")
     logs.add_argument("id")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")

@@ -99,6 +99,7 @@ class NvmlGpus:
         self.reason = "no GPU detected"
         self._lock = threading.Lock()
         self._handles: list[Any] = []
+        self._devices: list[GpuInfo] = []
         try:
             import pynvml
 
@@ -106,6 +107,7 @@ class NvmlGpus:
             pynvml.nvmlInit()
             count = pynvml.nvmlDeviceGetCount()
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            self._devices = self._discover()
             self.available = count > 0
             self.reason = f"{count} GPU(s) via NVML" if count else "NVML found no GPU"
         except ImportError:
@@ -120,7 +122,10 @@ class NvmlGpus:
             return None
 
     def devices(self) -> list[GpuInfo]:
-        nvml = getattr(self, "_nvml", None)
+        return list(self._devices)
+
+    def _discover(self) -> list[GpuInfo]:
+        nvml = self._nvml
         infos = []
         for index, handle in enumerate(self._handles):
             memory = self._call(nvml.nvmlDeviceGetMemoryInfo, handle)
@@ -140,7 +145,7 @@ class NvmlGpus:
         nvml = self._nvml
         with self._lock:
             samples = []
-            for info, handle in zip(self.devices(), self._handles, strict=True):
+            for info, handle in zip(self._devices, self._handles, strict=True):
                 memory = self._call(nvml.nvmlDeviceGetMemoryInfo, handle)
                 rates = self._call(nvml.nvmlDeviceGetUtilizationRates, handle)
                 temp = self._call(nvml.nvmlDeviceGetTemperature, handle, 0)  # 0: the GPU die

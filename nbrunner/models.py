@@ -11,7 +11,7 @@ from typing import Any
 from .states import RunStatus
 
 TIME_FIELDS = ("submitted_at", "claimed_at", "started_at", "ended_at")
-JSON_FIELDS = ("params", "argv", "env", "gpus", "resources", "after")
+JSON_FIELDS = ("params", "argv", "env", "gpus", "cores", "resources", "after", "on_done")
 
 
 def iso(ts: float | None) -> str | None:
@@ -43,6 +43,8 @@ class RunRecord:
     timeout: float | None = None
     restart_of: int | None = None
     gpus: list[str] = field(default_factory=list)
+    cores: list[int] = field(default_factory=list)
+    on_done: list[str] = field(default_factory=list)
     resources: dict[str, Any] = field(default_factory=dict)
     group: str | None = None
     after: list[int] = field(default_factory=list)
@@ -91,4 +93,4 @@ class RunRecord:
 
 
 def _empty(key: str) -> Any:
-    return [] if key in ("argv", "gpus", "after") else {}
+    return [] if key in ("argv", "gpus", "cores", "after", "on_done") else {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -180,7 +181,7 @@ class ModuleSpec:
     cwd: str | None = None
     resources: Resources = field(default_factory=Resources)
     group: str | None = None
-    on_done: str | None = None
+    on_done: tuple[str, ...] | None = None
     hide_gpus: bool = False
 
     @property
@@ -227,9 +228,11 @@ class ModuleSpec:
             target["command"] = list(target["command"])
         extra = {
             key: getattr(self, key)
-            for key in ("timeout", "cwd", "group", "on_done")
+            for key in ("timeout", "cwd", "group")
             if getattr(self, key) is not None
         }
+        if self.on_done:
+            extra["on_done"] = list(self.on_done)
         return {
             "name": self.name,
             "description": self.description,
@@ -317,8 +320,22 @@ def build_module(name: str, data: Mapping[str, Any], base_dir: Path | None = Non
         cwd=cwd,
         resources=resources,
         group=data.get("group"),
-        on_done=data.get("on_done"),
+        on_done=_hook_argv(name, data.get("on_done")),
         hide_gpus=bool(data.get("hide_gpus", False)),
+    )
+
+
+def _hook_argv(module: str, hook: object) -> tuple[str, ...] | None:
+    """on_done as argv: a list, or a string split like a shell would (but never run by one)."""
+    if hook is None or hook == "":
+        return None
+    if isinstance(hook, str):
+        return tuple(shlex.split(hook))
+    if isinstance(hook, list | tuple) and all(isinstance(part, str) for part in hook):
+        return tuple(hook)
+    raise ModulesFileError(
+        f'module {module!r}: on_done must be a command like "notify-send {{module}} '
+        f'{{status}}" or a list of strings, got {hook!r}'
     )
 
 

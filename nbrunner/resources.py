@@ -1,15 +1,20 @@
-"""What a run declares it needs: the reservation model shared by admission and the UI."""
+"""What a run declares it needs, what the machine has, and who may start now.
+
+Declared needs are reservations: a run is admitted only when the slots, unreserved memory
+(also checked against what the OS says is available), CPUs and GPUs all allow it. Measured
+free GPU memory alone is not a safe test: a run that just started has not allocated yet.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ResourceRequestError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+_KEYS = ("cpus", "memory", "gpus", "gpu_memory", "pin", "gpu_memory_strict")
 
 
 def parse_size(value: object, what: str = "memory") -> int:
@@ -24,8 +29,7 @@ def parse_size(value: object, what: str = "memory") -> int:
     if not match:
         raise ResourceRequestError(f"{what} must be a size like '4GB' or '512MB', got {value!r}")
     number, unit = float(match.group(1)), (match.group(2) or "").lower()
-    binary = "i" in unit
-    base = 1024 if binary else 1000
+    base = 1024 if "i" in unit else 1000
     scale = base ** "bkmgt".index(unit[0]) if unit else 1
     return int(number * scale)
 
@@ -43,18 +47,22 @@ def format_size(n_bytes: float | None) -> str:
 
 @dataclass(frozen=True)
 class Resources:
+    """A run's reservation. gpus: whole devices; gpu_memory alone: a share of one device."""
+
     cpus: float = 0
     memory: int = 0
     gpus: int = 0
     gpu_memory: int = 0
+    pin: bool = False  # pin the run to `cpus` distinct cores
+    gpu_memory_strict: bool = False  # stop a run that goes over its GPU memory share
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> Resources:
         data = dict(data or {})
-        unknown = set(data) - {"cpus", "memory", "gpus", "gpu_memory"}
+        unknown = set(data) - set(_KEYS)
         if unknown:
             raise ResourceRequestError(
-                f"unknown resource {sorted(unknown)[0]!r}; use cpus, memory, gpus or gpu_memory"
+                f"unknown resource {sorted(unknown)[0]!r}; use {', '.join(_KEYS)}"
             )
         cpus = data.get("cpus", 0)
         gpus = data.get("gpus", 0)
@@ -62,11 +70,16 @@ class Resources:
             raise ResourceRequestError(f"cpus must be a number ≥ 0, got {cpus!r}")
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
             raise ResourceRequestError(f"gpus must be a whole number ≥ 0, got {gpus!r}")
+        for flag in ("pin", "gpu_memory_strict"):
+            if not isinstance(data.get(flag, False), bool):
+                raise ResourceRequestError(f"{flag} must be true or false, got {data[flag]!r}")
         return cls(
             cpus=cpus,
             memory=parse_size(data.get("memory", 0), "memory"),
             gpus=gpus,
             gpu_memory=parse_size(data.get("gpu_memory", 0), "gpu_memory"),
+            pin=data.get("pin", False),
+            gpu_memory_strict=data.get("gpu_memory_strict", False),
         )
 
     def merged(self, override: dict[str, Any] | None) -> Resources:
@@ -76,3 +89,141 @@ class Resources:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def shares_a_gpu(self) -> bool:
+        return self.gpus == 0 and self.gpu_memory > 0
+
+
+@dataclass(frozen=True)
+class Device:
+    index: int
+    memory_total: int
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What this machine has: logical CPUs, memory, and GPUs in PCI order."""
+
+    cpus: int
+    memory_total: int
+    memory_available: int
+    devices: tuple[Device, ...] = ()
+
+    def check_possible(self, need: Resources) -> None:
+        """Refuse, at submit, what could never start here instead of queueing it forever."""
+        problems = []
+        if need.cpus > self.cpus:
+            problems.append(f"{need.cpus:g} CPUs but this machine has {self.cpus}")
+        if need.memory > self.memory_total:
+            problems.append(
+                f"{format_size(need.memory)} of memory but this machine has "
+                f"{format_size(self.memory_total)}"
+            )
+        if need.gpus > len(self.devices):
+            problems.append(f"{need.gpus} GPU(s) but this machine has {len(self.devices)}")
+        largest = max((d.memory_total for d in self.devices), default=0)
+        if need.shares_a_gpu and need.gpu_memory > largest:
+            problems.append(
+                f"{format_size(need.gpu_memory)} of one GPU's memory but the "
+                f"largest GPU here has {format_size(largest)}"
+            )
+        if need.pin and need.cpus != int(need.cpus):
+            problems.append(f"pinning to {need.cpus:g} CPUs: pinned runs need whole CPUs")
+        if problems:
+            raise ResourceRequestError("this run asks for " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Assignment:
+    gpus: tuple[int, ...] = ()
+    cores: tuple[int, ...] = ()
+
+
+@dataclass
+class Ledger:
+    """Reservations held by running runs; `fit` finds room for one more, `take` books it."""
+
+    capacity: Capacity
+    cpus: float = 0
+    memory: int = 0
+    whole_gpus: set[int] = field(default_factory=set)
+    shared_gpu_memory: dict[int, int] = field(default_factory=dict)
+    pinned_cores: set[int] = field(default_factory=set)
+    # Memory booked by runs admitted in this pass: not yet allocated, so not yet missing
+    # from what the OS reports as available.
+    admitted_memory: int = 0
+
+    def take(self, need: Resources, assignment: Assignment, admitted: bool = False) -> None:
+        self.cpus += need.cpus
+        self.memory += need.memory
+        self.admitted_memory += need.memory if admitted else 0
+        self.pinned_cores.update(assignment.cores)
+        if need.shares_a_gpu:
+            for index in assignment.gpus:
+                self.shared_gpu_memory[index] = (
+                    self.shared_gpu_memory.get(index, 0) + need.gpu_memory
+                )
+        else:
+            self.whole_gpus.update(assignment.gpus)
+
+    def fit(self, need: Resources) -> Assignment | None:
+        """Where the run would go now, or None if it must wait."""
+        if self.cpus + need.cpus > self.capacity.cpus:
+            return None
+        if need.memory and (
+            self.memory + need.memory > self.capacity.memory_total
+            or self.admitted_memory + need.memory > self.capacity.memory_available
+        ):
+            return None
+        gpus = self._fit_gpus(need)
+        cores = self._fit_cores(need)
+        if gpus is None or cores is None:
+            return None
+        return Assignment(gpus, cores)
+
+    def _fit_gpus(self, need: Resources) -> tuple[int, ...] | None:
+        untouched = [
+            d
+            for d in self.capacity.devices
+            if d.index not in self.whole_gpus and d.index not in self.shared_gpu_memory
+        ]
+        if need.gpus:
+            return (
+                tuple(d.index for d in untouched[: need.gpus])
+                if len(untouched) >= need.gpus
+                else None
+            )
+        if need.shares_a_gpu:
+            for device in self.capacity.devices:
+                used = self.shared_gpu_memory.get(device.index, 0)
+                if device.index not in self.whole_gpus and (
+                    used + need.gpu_memory <= device.memory_total
+                ):
+                    return (device.index,)
+            return None
+        return ()
+
+    def _fit_cores(self, need: Resources) -> tuple[int, ...] | None:
+        if not need.pin or not need.cpus:
+            return ()
+        free = [c for c in range(self.capacity.cpus) if c not in self.pinned_cores]
+        wanted = int(need.cpus)
+        return tuple(free[:wanted]) if len(free) >= wanted else None
+
+
+def machine_capacity(with_gpus: bool = True) -> Capacity:
+    """This machine now: psutil for CPUs and memory, the GPU source for devices.
+
+    GPU discovery is skipped when nobody involved asks for a GPU, so CPU-only claims never
+    pay for loading NVML.
+    """
+    import psutil
+
+    memory = psutil.virtual_memory()
+    devices: tuple[Device, ...] = ()
+    if with_gpus:
+        from .gpu import gpu_source
+
+        devices = tuple(Device(d.index, d.memory_total) for d in gpu_source().devices())
+    return Capacity(psutil.cpu_count() or 1, int(memory.total), int(memory.available), devices)

@@ -28,7 +28,7 @@ from .errors import BadInput, InvalidParameter, InvalidTransition
 from .logs import read_text
 from .models import RunRecord
 from .modules import ModuleSpec, build_module, load_modules_file, lookup
-from .resources import Resources
+from .resources import Resources, machine_capacity
 from .states import RunStatus
 from .store import HistoryFilter, Store
 
@@ -218,6 +218,9 @@ class Runner:
             self._run_row(spec, params, priority, timeout, resources, group, after) | placement
             for params in params_list
         ]
+        if rows and placement["backend"] == "local":
+            needs = Resources.from_mapping(rows[0]["resources"])
+            machine_capacity(with_gpus=bool(needs.gpus or needs.gpu_memory)).check_possible(needs)
         ids = self.store.insert_runs(rows)
         self._after_submit()
         return [Run(self, run_id) for run_id in ids]
@@ -240,11 +243,15 @@ class Runner:
         ):
             raise InvalidParameter(f"timeout must be a positive number of seconds, got {timeout!r}")
         needs: Resources = spec.resources.merged(dict(resources) if resources else None)
+        env = dict(spec.env)
+        if spec.hide_gpus and not (needs.gpus or needs.gpu_memory):
+            env["CUDA_VISIBLE_DEVICES"] = ""  # opted in: a CPU-only run sees no GPU
         return {
             "module": spec.name,
             "params": values,
             "argv": spec.argv(values),
-            "env": dict(spec.env),
+            "env": env,
+            "on_done": list(spec.on_done or ()),
             "cwd": spec.cwd,
             "priority": priority,
             "timeout": timeout if timeout is not None else spec.timeout,
@@ -307,6 +314,56 @@ class Runner:
         self._kick()
         return record
 
+    def pause(self, run_id: int | str) -> RunRecord:
+        """Suspend a running run's whole tree; it keeps its slot and resources."""
+        return self._request(run_id, "pause", RunStatus.RUNNING)
+
+    def resume(self, run_id: int | str) -> RunRecord:
+        return self._request(run_id, "resume", RunStatus.PAUSED)
+
+    def _request(self, run_id: int | str, action: str, required: RunStatus) -> RunRecord:
+        run_id = _parse_id(run_id)
+        with self.store.write() as tx:
+            record = tx.get(run_id)
+            if record.status is not required:
+                raise InvalidTransition(
+                    f"run {run_id} is {record.status.value}; only a {required.value} run "
+                    f"can be asked to {action}"
+                )
+            if record.backend != "local":
+                raise InvalidTransition(
+                    f"run {run_id} runs on {record.backend}; only local runs can {action}"
+                )
+            tx.update(run_id, control=action)
+            return tx.get(run_id)
+
+    def move_to_front(self, run_id: int | str) -> RunRecord:
+        """Make a queued run the next to start, ahead of every other queued run."""
+        run_id = _parse_id(run_id)
+        with self.store.write() as tx:
+            record = tx.get(run_id)
+            if record.status is not RunStatus.QUEUED:
+                raise InvalidTransition(
+                    f"run {run_id} is {record.status.value}; only queued runs can move"
+                )
+            top = tx.conn.execute(
+                "SELECT max(priority) FROM runs WHERE status = 'queued' AND id != ?", (run_id,)
+            ).fetchone()[0]
+            if top is not None and top >= record.priority:
+                tx.update(run_id, priority=top + 1)
+            record = tx.get(run_id)
+        self._kick()
+        return record
+
+    def on_done(self, run_id: int | str, callback: Callable[[RunRecord], Any]) -> None:
+        """Call callback(record) once the run ends (at once if it already has).
+
+        It runs on the runner's thread: keep it short, and hand widget updates to the UI.
+        """
+        if not self.running:
+            self.start()
+        self._done_future(_parse_id(run_id)).add_done_callback(lambda f: callback(f.result()))
+
     def restart(self, run_id: int | str) -> Run:
         """A new run of the same module, params and settings; restart_of names the old one."""
         old = self.store.get(_parse_id(run_id))
@@ -320,6 +377,7 @@ class Runner:
             "timeout",
             "resources",
             "group",
+            "on_done",
         )
         row = {key: getattr(old, key) for key in copied} | {"restart_of": old.id}
         row |= self._placement(old.backend, old.backend_address)
@@ -408,6 +466,10 @@ class Runner:
         text: str | None = None,
     ) -> int:
         return self.store.count_history(HistoryFilter.build(status, module, since, until, text))
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters: runs by status, queued and running now, mean wait and run time per module."""
+        return self.store.metrics()
 
     def dashboard(self, **options: Any) -> Any:
         """The dashboard widget for this runner, to show in a notebook cell."""
@@ -525,6 +587,8 @@ def _frame(records: Sequence[RunRecord]) -> pd.DataFrame:
         "backend_ref",
         "cpu_time",
         "peak_rss",
+        "gpu_memory",
+        "warning",
     ]
     frame = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in records], columns=columns)
     for column in ("submitted_at", "started_at", "ended_at"):
@@ -604,3 +668,15 @@ class Run:
 
     def restart(self) -> Run:
         return self.runner.restart(self.id)
+
+    def pause(self) -> RunRecord:
+        return self.runner.pause(self.id)
+
+    def resume(self) -> RunRecord:
+        return self.runner.resume(self.id)
+
+    def move_to_front(self) -> RunRecord:
+        return self.runner.move_to_front(self.id)
+
+    def on_done(self, callback: Callable[[RunRecord], Any]) -> None:
+        self.runner.on_done(self.id, callback)

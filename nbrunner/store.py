@@ -21,7 +21,7 @@ from typing import Any
 
 from . import config as config_mod
 from .errors import BadInput, UnknownRun
-from .models import RunRecord
+from .models import JSON_FIELDS, RunRecord
 from .states import ACTIVE, HOLDS_SLOT, RunStatus, check_transition
 
 DB_NAME = "nbrunner.db"
@@ -55,6 +55,8 @@ MIGRATIONS: Sequence[str] = (
         log_path TEXT NOT NULL,
         restart_of INTEGER,
         gpus TEXT,
+        cores TEXT,
+        on_done TEXT,
         resources TEXT,
         grp TEXT,
         after TEXT,
@@ -72,6 +74,7 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX runs_version ON runs(version);
     CREATE INDEX runs_queue ON runs(status, priority DESC, id);
     CREATE INDEX runs_module ON runs(module, id);
+    CREATE INDEX runs_status ON runs(status, id);
     """,
     # the cluster a Ray run went to, so its supervisor, a restart and the record agree
     "ALTER TABLE runs ADD COLUMN backend_address TEXT",
@@ -79,7 +82,7 @@ MIGRATIONS: Sequence[str] = (
 
 
 def _encode(column: str, value: Any) -> Any:
-    if column in ("params", "argv", "env", "gpus", "resources", "after") and value is not None:
+    if column in JSON_FIELDS and value is not None:
         return json.dumps(value)
     if isinstance(value, RunStatus):
         return value.value
@@ -128,6 +131,13 @@ class Transaction:
 
     def holding_slot(self) -> list[RunRecord]:
         return self.select(_status_in(HOLDS_SLOT))
+
+    def statuses(self, run_ids: Iterable[int]) -> dict[int, RunStatus]:
+        ids = list(run_ids)
+        rows = self.conn.execute(
+            f"SELECT id, status FROM runs WHERE id IN ({', '.join('?' * len(ids))})", ids
+        )
+        return {run_id: RunStatus(status) for run_id, status in rows}
 
     def config(self) -> dict[str, Any]:
         values = dict(config_mod.DEFAULTS)
@@ -284,6 +294,26 @@ class Store:
         return int(
             self._conn().execute(f"SELECT count(*) FROM runs WHERE {where}", params).fetchone()[0]
         )
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters over the whole history, in two aggregate queries."""
+        conn = self._conn()
+        by_status = {s.value: 0 for s in RunStatus}
+        by_status.update(dict(conn.execute("SELECT status, count(*) FROM runs GROUP BY status")))
+        modules = {
+            module: {"runs": runs, "mean_wait_s": wait, "mean_run_s": run_time}
+            for module, runs, wait, run_time in conn.execute(
+                "SELECT module, count(*), avg(started_at - submitted_at), "
+                "avg(ended_at - started_at) FROM runs GROUP BY module ORDER BY module"
+            )
+        }
+        return {
+            "runs_by_status": by_status,
+            "queued": by_status["queued"],
+            "running": sum(by_status[s.value] for s in HOLDS_SLOT),
+            "total": sum(by_status.values()),
+            "modules": modules,
+        }
 
     # -- config ------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

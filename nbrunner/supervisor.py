@@ -3,28 +3,68 @@
     python -m nbrunner.supervisor HOME RUN_ID
 
 The child's output goes straight to the run's log file, so nothing depends on a reader
-keeping up. The supervisor polls its run's row for requested actions (cancel), enforces the
-timeout, records the true exit code, then claims and launches the next queued runs before it
-exits, which keeps the queue moving with no kernel open. Imports stay few: this start-up is
-paid once per run.
+keeping up. Each loop step the supervisor:
+1. waits briefly for the child to end (its true exit code),
+2. marks the run running once its work has begun (a Ray job may wait for resources first),
+3. acts on a requested action (cancel, pause, resume) read from the run's row,
+4. enforces the timeout (paused time does not count),
+5. about once a second samples the tree's CPU and memory, stops it past its memory limit
+   and records the figures.
+When the run has ended it repairs runs whose owners died, claims and launches the next
+queued runs (which keeps the queue moving with no kernel open), then runs the module's
+on_done hook. Imports stay few: this start-up is paid once per run.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
-from typing import BinaryIO
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 from . import reconcile, scheduler
-from .backends import Child, ChildEnded, start_child
+from .backends import Child, ChildEnded, Usage, start_child
 from .errors import NbrunnerError
 from .models import RunRecord
+from .resources import format_size
 from .states import RunStatus
 from .store import Store
 
 POLL_S = 0.25
+SAMPLE_S = 1.0
+RECORD_EVERY_S = 2.0
+HOOK_TIMEOUT_S = 300
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None
+    status: RunStatus | None = None  # None: decided by the exit code
+    reason: str | None = None
+
+
+class PausableDeadline:
+    """A timeout clock that stops while the run is paused."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.left = seconds
+        self._since = time.monotonic()
+        self._running = True
+
+    def pause(self, paused: bool) -> None:
+        now = time.monotonic()
+        if paused and self._running and self.left is not None:
+            self.left -= now - self._since
+        self._since, self._running = now, not paused
+
+    def expired(self) -> bool:
+        if self.left is None or not self._running:
+            return False
+        return time.monotonic() - self._since >= self.left
 
 
 class Supervisor:
@@ -32,20 +72,21 @@ class Supervisor:
         self.store = store
         self.run_id = run_id
         self.grace = float(store.config()["grace_period"])
+        self.peak_rss = 0
+        self.usage: Usage | None = None
 
-    def run(self) -> None:
+    def run(self) -> RunRecord | None:
         run = self._take_over()
         if run is None:
-            return
+            return None
+        if run.cores:
+            _pin_to_cores(run.cores)  # inherited by the child and everything it spawns
         with open(run.log_path, "ab") as log:
             child = self._start_child(run, log)
             if child is None:
-                return
-            try:
-                code, status, reason = self._watch(run, child)
-            except ChildEnded as ended:
-                code, status, reason = ended.exit_code, ended.status, ended.reason
-        self._finish(code, status, reason)
+                return self.store.get(self.run_id)
+            outcome = self._watch(run, child)
+        return self._finish(outcome)
 
     def _take_over(self) -> RunRecord | None:
         with self.store.write() as tx:
@@ -79,44 +120,135 @@ class Supervisor:
             )
             return None
         self.store.update(self.run_id, pid=child.pid, backend_ref=child.ref)
+        if child.started:
+            self._mark_running()
         return child
 
-    def _mark_running(self) -> float:
-        """Record that the run's work has begun; returns when, on the monotonic clock."""
+    def _mark_running(self) -> None:
         self.store.transition(self.run_id, RunStatus.RUNNING, started_at=time.time())
-        return time.monotonic()
 
-    def _watch(self, run: RunRecord, child: Child) -> tuple[int, RunStatus | None, str | None]:
-        """Wait for the child; on cancel or timeout stop it and say why.
-
-        The run is `running` once its backend says its work began (a Ray job waiting for
-        resources is still `starting`); the timeout counts from then.
-        """
-        started: float | None = None
+    def _watch(self, run: RunRecord, child: Child) -> Outcome:
+        deadline = PausableDeadline(run.timeout)
+        running = child.started
+        next_sample = next_record = time.monotonic()
         while True:
-            if started is None and child.started:
-                started = self._mark_running()
-            code = child.wait(POLL_S)
+            try:
+                code = child.wait(POLL_S)
+            except ChildEnded as ended:
+                return Outcome(ended.exit_code, ended.status, ended.reason)
             if code is not None:
-                if started is None:
-                    self._mark_running()
-                return code, None, None
-            if self.store.control(self.run_id) == "cancel":
-                return child.stop(self.grace), RunStatus.CANCELLED, "cancelled by request"
-            if started is not None and run.timeout and time.monotonic() - started >= run.timeout:
-                code = child.stop(self.grace)
-                return code, RunStatus.TIMED_OUT, f"timed out after {run.timeout:g} s"
+                return Outcome(code)
+            if not running and child.started:
+                self._mark_running()
+                running = True
+            control = self.store.control(self.run_id)
+            if control == "cancel":
+                return self._stop(child, RunStatus.CANCELLED, "cancelled by request")
+            if control in ("pause", "resume"):
+                self._pause(child, control == "pause", deadline)
+            if deadline.expired():
+                return self._stop(child, RunStatus.TIMED_OUT, f"timed out after {run.timeout:g} s")
+            now = time.monotonic()
+            if now >= next_sample:
+                next_sample = now + SAMPLE_S
+                over = self._sample(run, child)
+                if over:
+                    return self._stop(child, RunStatus.FAILED, over)
+                if now >= next_record:
+                    next_record = now + RECORD_EVERY_S
+                    self.store.update(self.run_id, **self._metrics())
 
-    def _finish(self, code: int | None, status: RunStatus | None, reason: str | None) -> None:
-        if status is None and code is not None:
+    def _stop(self, child: Child, status: RunStatus, reason: str) -> Outcome:
+        try:
+            return Outcome(child.stop(self.grace), status, reason)
+        except ChildEnded as ended:
+            return Outcome(ended.exit_code, status, reason)
+
+    def _pause(self, child: Child, paused: bool, deadline: PausableDeadline) -> None:
+        target = RunStatus.PAUSED if paused else RunStatus.RUNNING
+        try:
+            child.pause(paused)
+        except NbrunnerError as exc:
+            self.store.update(self.run_id, control=None, warning=str(exc))
+            return
+        deadline.pause(paused)
+        with self.store.write() as tx:
+            if tx.get(self.run_id).status is not target:
+                tx.transition(self.run_id, target, control=None)
+
+    def _sample(self, run: RunRecord, child: Child) -> str | None:
+        """Record the tree's use; say why the run must stop if it broke its memory limit."""
+        self.usage = child.sample()
+        if self.usage is None:
+            return None
+        self.peak_rss = max(self.peak_rss, self.usage.rss)
+        limit = int(run.resources.get("memory") or 0)
+        if limit and self.usage.rss > limit:
+            return (
+                f"used {format_size(self.usage.rss)} of memory, over its limit of "
+                f"{format_size(limit)} (peak {format_size(self.peak_rss)}); stopped"
+            )
+        return self._check_gpu_memory(run)
+
+    def _check_gpu_memory(self, run: RunRecord) -> str | None:
+        share = int(run.resources.get("gpu_memory") or 0)
+        used = self._gpu_memory(run)
+        if not share or used is None or used <= share:
+            return None
+        message = f"uses {format_size(used)} of GPU memory, over its share of {format_size(share)}"
+        if run.resources.get("gpu_memory_strict"):
+            return message + "; stopped"
+        self.store.update(self.run_id, warning=message)
+        return None
+
+    def _gpu_memory(self, run: RunRecord) -> int | None:
+        """GPU memory of the tree, where the driver reports it per process."""
+        if not run.gpus or self.usage is None:
+            return None
+        from .gpu import gpu_source
+
+        pids = set(self.usage.pids)
+        found = [
+            used
+            for sample in gpu_source().sample()
+            for pid, used in sample.processes.items()
+            if pid in pids and used is not None
+        ]
+        return sum(found) if found else None
+
+    def _metrics(self) -> dict[str, Any]:
+        if self.usage is None:
+            return {}
+        return {
+            "cpu_time": round(self.usage.cpu_time, 3),
+            "rss": self.usage.rss,
+            "cpu_percent": round(self.usage.cpu_percent, 1),
+            "peak_rss": self.peak_rss,
+        }
+
+    def _finish(self, outcome: Outcome) -> RunRecord:
+        status, reason, code = outcome.status, outcome.reason, outcome.exit_code
+        if status is None:
             status = RunStatus.SUCCEEDED if code == 0 else RunStatus.FAILED
             reason = None if code == 0 else describe_exit(code)
-        self.store.transition(
-            self.run_id, status, exit_code=code, ended_at=time.time(), reason=reason
+        metrics = self._metrics()
+        metrics.pop("rss", None)
+        metrics.pop("cpu_percent", None)
+        return self.store.transition(
+            self.run_id,
+            status,
+            exit_code=code,
+            ended_at=time.time(),
+            reason=reason,
+            rss=None,
+            cpu_percent=None,
+            **metrics,
         )
 
 
-def describe_exit(code: int) -> str:
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "ended without an exit code"
     if code < 0:
         try:
             return f"killed by signal {signal.Signals(-code).name}"
@@ -125,15 +257,50 @@ def describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
+def _pin_to_cores(cores: list[int]) -> None:
+    import psutil
+
+    # Affinity is a request: a platform without it runs the child unpinned.
+    with suppress(psutil.Error, AttributeError, ValueError, OSError):
+        psutil.Process().cpu_affinity(cores)
+
+
+def run_hook(store: Store, record: RunRecord) -> None:
+    """The module's on_done command, templated with the outcome; output to a log of its own."""
+    values = {
+        "id": record.id,
+        "module": record.module,
+        "status": record.status.value,
+        "exit_code": "" if record.exit_code is None else record.exit_code,
+    }
+    hook_log = store.logs_dir / f"{record.id}.on_done.log"
+    with open(hook_log, "ab") as out:
+        try:
+            argv = [part.format_map(values) for part in record.on_done]
+            code = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=HOOK_TIMEOUT_S,
+            ).returncode
+            out.write(f"nbrunner: on_done hook exited with code {code}\n".encode())
+        except (OSError, KeyError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
+            out.write(f"nbrunner: on_done hook failed: {exc!r}\n".encode())
+
+
 def main(argv: list[str] | None = None) -> None:
     home, run_id = (argv if argv is not None else sys.argv[1:])[:2]
     store = Store(home)
+    record = None
     try:
-        Supervisor(store, int(run_id)).run()
+        record = Supervisor(store, int(run_id)).run()
     finally:
         reconcile.repair(store)  # with no kernel open, supervisors are the ones who look
         scheduler.launch_ready(store)
         _drop_empty_stderr(store, run_id)
+    if record is not None and record.is_done and record.on_done:
+        run_hook(store, record)
 
 
 def _drop_empty_stderr(store: Store, run_id: str) -> None:

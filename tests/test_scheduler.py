@@ -11,6 +11,7 @@ from pathlib import Path
 from helpers.procs import processes_with, wait_until
 
 from nbrunner import Runner
+from nbrunner.resources import Capacity
 from nbrunner.scheduler import admit
 from nbrunner.states import RunStatus
 
@@ -122,25 +123,21 @@ def test_queued_runs_start_by_priority_then_submission_order(runner: Runner) -> 
 def _queued(run_id: int, group: str | None = None):
     from nbrunner.models import RunRecord
 
-    return RunRecord(
-        id=run_id,
-        module="m",
-        params={},
-        status=RunStatus.QUEUED,
-        submitted_at=0.0,
-        log_path="",
-        group=group,
-    )
+    return RunRecord(id=run_id, module="m", params={}, status=RunStatus.QUEUED,
+                     submitted_at=0.0, log_path="", group=group)
+
+
+ROOMY = Capacity(cpus=64, memory_total=10**12, memory_available=10**12)
 
 
 def test_a_full_group_does_not_block_the_runs_behind_it() -> None:
     holding = [_queued(1, "gpu")]
     queued = [_queued(2, "gpu"), _queued(3), _queued(4, "gpu")]
-    chosen = admit(queued, holding, {"max_concurrent": 10, "group.gpu": 1})
-    assert [r.id for r in chosen] == [3]
+    decision = admit(queued, holding, {"max_concurrent": 10, "group.gpu": 1}, ROOMY)
+    assert [r.id for r, _ in decision.start] == [3]
 
 
 def test_admission_stops_at_the_free_slots_and_when_paused() -> None:
     queued = [_queued(i) for i in range(5)]
-    assert len(admit(queued, [_queued(9)], {"max_concurrent": 3})) == 2
-    assert admit(queued, [], {"max_concurrent": 3, "paused": True}) == []
+    assert len(admit(queued, [_queued(9)], {"max_concurrent": 3}, ROOMY).start) == 2
+    assert admit(queued, [], {"max_concurrent": 3, "paused": True}, ROOMY).start == []

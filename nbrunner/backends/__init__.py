@@ -6,6 +6,7 @@ and cancellation behave the same on every backend.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from ..models import RunRecord
@@ -28,6 +29,16 @@ class ChildEnded(Exception):
         self.exit_code = exit_code
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What a run's processes use right now, summed over its whole tree."""
+
+    rss: int
+    cpu_time: float
+    cpu_percent: float
+    pids: tuple[int, ...]
+
+
 class Child(Protocol):
     """A started run, as the supervisor sees it."""
 
@@ -43,6 +54,12 @@ class Child(Protocol):
 
     def stop(self, grace: float) -> int:
         """Stop gracefully, force after `grace` seconds; returns the exit code."""
+
+    def sample(self) -> Usage | None:
+        """Resource use of the run's processes, where this backend can see them."""
+
+    def pause(self, paused: bool) -> None:
+        """Suspend (True) or continue (False) the work; OperationFailed if unsupported."""
 
 
 def start_child(run: RunRecord, log: BinaryIO, env: dict[str, str]) -> Child:

@@ -7,8 +7,15 @@ import time
 from contextlib import suppress
 from typing import BinaryIO
 
+import psutil
+
 from .. import platform
 from ..models import RunRecord
+from . import Usage
+
+# How often the list of the tree's processes is rebuilt: a full scan of the process table,
+# so less often than the cheap per-process samples in between.
+RESCAN_S = 2.0
 
 
 class LocalChild:
@@ -18,6 +25,7 @@ class LocalChild:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pid: int | None = proc.pid
+        self._tree = ProcessTree(proc.pid)
 
     @classmethod
     def start(cls, run: RunRecord, log: BinaryIO, env: dict[str, str]) -> LocalChild:
@@ -39,8 +47,59 @@ class LocalChild:
             return None
 
     def stop(self, grace: float) -> int:
+        self.pause(False)  # a stopped process cannot act on SIGTERM
         stop_tree(self.proc, grace)
         return self.proc.returncode
+
+    def sample(self) -> Usage | None:
+        return self._tree.sample()
+
+    def pause(self, paused: bool) -> None:
+        platform.suspend_group(self.proc.pid, paused)
+        for member in self._tree.members(rescan=True):
+            with suppress(psutil.Error):
+                member.suspend() if paused else member.resume()
+
+
+class ProcessTree:
+    """Samples a process and its descendants; the membership is rescanned now and then."""
+
+    def __init__(self, root_pid: int) -> None:
+        self._root = psutil.Process(root_pid)
+        self._members: list[psutil.Process] = [self._root]
+        self._scanned = 0.0
+        self._cpu_time = 0.0
+        self._last: tuple[float, float] | None = None  # (monotonic time, cpu time)
+
+    def members(self, rescan: bool = False) -> list[psutil.Process]:
+        now = time.monotonic()
+        if rescan or now - self._scanned >= RESCAN_S:
+            with suppress(psutil.Error):
+                self._members = [self._root, *self._root.children(recursive=True)]
+            self._scanned = now
+        return self._members
+
+    def sample(self) -> Usage | None:
+        rss, cpu, pids = 0, 0.0, []
+        for member in self.members():
+            with suppress(psutil.Error), member.oneshot():
+                times = member.cpu_times()
+                cpu += times.user + times.system
+                if member is self._root:  # descendants it already reaped
+                    cpu += times.children_user + times.children_system
+                rss += member.memory_info().rss
+                pids.append(member.pid)
+        if not pids:
+            return None
+        self._cpu_time = max(self._cpu_time, cpu)  # a member that exits takes its time along
+        now = time.monotonic()
+        percent = 0.0
+        if self._last is not None and now > self._last[0]:
+            percent = 100.0 * (self._cpu_time - self._last[1]) / (now - self._last[0])
+        self._last = (now, self._cpu_time)
+        return Usage(
+            rss=rss, cpu_time=self._cpu_time, cpu_percent=max(percent, 0.0), pids=tuple(pids)
+        )
 
 
 def stop_tree(proc: subprocess.Popen[bytes], grace: float) -> None:
@@ -49,7 +108,6 @@ def stop_tree(proc: subprocess.Popen[bytes], grace: float) -> None:
     Descendants are listed first, so that any that left the child's process group (their
     own setsid) are still reached.
     """
-    import psutil  # only paid on the kill path
 
     def alive(p: psutil.Process) -> bool:
         with suppress(psutil.Error):

@@ -1,0 +1,330 @@
+"""Admission by declared resources, GPU assignment, limits enforced, queue control, metrics.
+
+GPUs come from a declared inventory (NBRUNNER_GPUS), the one stand-in these tests use:
+admission, assignment and CUDA_VISIBLE_DEVICES then run their real code paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers.procs import alive, python, wait_until
+
+from nbrunner import Runner
+from nbrunner.errors import InvalidTransition, ResourceRequestError
+from nbrunner.gpu import DeclaredGpus, NvmlGpus
+from nbrunner.monitor import SystemSampler, take_sample
+from nbrunner.resources import Capacity, Device, Ledger, Resources, parse_size
+from nbrunner.states import RunStatus
+
+SHOW_GPUS = "import os, time; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')), os.environ.get('CUDA_DEVICE_ORDER')); time.sleep(float(os.environ.get('HOLD', '0')))"
+COUNTER = "import time\nfor i in range(10000):\n    print(i, flush=True); time.sleep(0.05)"
+
+
+def gpus(monkeypatch: pytest.MonkeyPatch, *memories: str) -> None:
+    inventory = [{"name": f"RTX 5090 #{i}", "memory": m} for i, m in enumerate(memories)]
+    monkeypatch.setenv("NBRUNNER_GPUS", json.dumps(inventory))
+
+
+@pytest.fixture
+def gpu_runner(runner: Runner) -> Runner:
+    runner.register("gpu", command=python(SHOW_GPUS), env={"HOLD": "1.5"},
+                    resources={"gpus": 1})
+    runner.register("cpu", command=python(SHOW_GPUS))
+    return runner
+
+
+def test_second_gpu_run_waits_while_cpu_runs_start(gpu_runner: Runner, monkeypatch) -> None:
+    gpus(monkeypatch, "32GB")
+    first, second = gpu_runner.submit("gpu"), gpu_runner.submit("gpu")
+    cpu_runs = [gpu_runner.submit("cpu") for _ in range(3)]
+    wait_until(lambda: first.status is RunStatus.RUNNING, what="first GPU run")
+    cpu_records = [run.wait(timeout=30) for run in cpu_runs]
+    assert second.status is RunStatus.QUEUED  # the GPU is still taken
+    assert all(r.status is RunStatus.SUCCEEDED for r in cpu_records)
+    assert all(r.ended_at < first.wait(timeout=30).ended_at for r in cpu_records)
+    second_record = second.wait(timeout=30)
+    assert second_record.started_at >= first.record.ended_at
+    for record in (first.record, second_record):
+        assert record.gpus == ["0"]
+        assert Path(record.log_path).read_text() == "'0' PCI_BUS_ID\n"
+    assert Path(cpu_records[0].log_path).read_text().startswith(
+        repr(os.environ.get("CUDA_VISIBLE_DEVICES")))
+
+
+def test_two_gpus_run_side_by_side_each_with_its_own_device(gpu_runner, monkeypatch) -> None:
+    gpus(monkeypatch, "24GB", "24GB")
+    runs = [gpu_runner.submit("gpu"), gpu_runner.submit("gpu")]
+    records = [r.wait(timeout=30) for r in runs]
+    assert sorted(r.gpus[0] for r in records) == ["0", "1"]
+    assert records[1].started_at < records[0].ended_at  # they overlapped
+    assert {Path(r.log_path).read_text() for r in records} == {"'0' PCI_BUS_ID\n",
+                                                               "'1' PCI_BUS_ID\n"}
+
+
+def test_gpu_memory_shares_pack_one_device(runner: Runner, monkeypatch) -> None:
+    gpus(monkeypatch, "32GB")
+    runner.register("share", command=python(SHOW_GPUS), env={"HOLD": "1.5"},
+                    params={"n": {"type": "int", "default": 0}})
+    small = [runner.submit("share", {"n": i}, resources={"gpu_memory": "12GB"})
+             for i in range(2)]
+    big = runner.submit("share", resources={"gpu_memory": "20GB"})
+    wait_until(lambda: all(r.status is RunStatus.RUNNING for r in small), what="both shares")
+    assert big.status is RunStatus.QUEUED  # 12 + 12 + 20 > 32
+    assert [r.record.gpus for r in small] == [["0"], ["0"]]
+    assert big.wait(timeout=30).status is RunStatus.SUCCEEDED
+
+
+def test_cpu_only_runs_hide_gpus_only_when_the_module_asks(runner: Runner, monkeypatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    runner.register("hidden", command=python(SHOW_GPUS), hide_gpus=True)
+    runner.register("plain", command=python(SHOW_GPUS))
+    hidden, plain = runner.submit("hidden").wait(30), runner.submit("plain").wait(30)
+    assert Path(hidden.log_path).read_text() == "'' None\n"
+    assert Path(plain.log_path).read_text() == "None None\n"
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [({"gpus": 3}, r"3 GPU\(s\) but this machine has 1"),
+     ({"memory": "200GB"}, "200.0 GB of memory but this machine has"),
+     ({"cpus": 4096}, "4096 CPUs but this machine has"),
+     ({"gpu_memory": "64GB"}, "64.0 GB of one GPU's memory but the largest GPU here has 32.0 GB"),
+     ({"gpus": -1}, "gpus must be a whole number ≥ 0"),
+     ({"memory": "a lot"}, "memory must be a size like '4GB'"),
+     ({"disk": 1}, "unknown resource 'disk'")],
+)
+def test_impossible_requests_are_rejected_at_submit(runner: Runner, monkeypatch, resources,
+                                                    message) -> None:
+    gpus(monkeypatch, "32GB")
+    with pytest.raises(ResourceRequestError, match=message):
+        runner.submit("count", resources=resources)
+    assert runner.count() == 0
+
+
+def test_a_run_past_its_memory_limit_is_stopped_and_its_neighbour_is_not(runner: Runner) -> None:
+    hog = ("import time\nblocks = []\nfor _ in range(100):\n"
+           "    blocks.append(bytearray(20_000_000)); time.sleep(0.05)\ntime.sleep(60)")
+    runner.register("hog", command=python(hog), resources={"memory": "150MB"})
+    neighbour = runner.submit("count", {"n": 40, "delay": 0.1})
+    record = runner.submit("hog").wait(timeout=60)
+    assert record.status is RunStatus.FAILED
+    assert "over its limit of 150.0 MB" in record.reason and "peak" in record.reason
+    assert record.peak_rss > 150_000_000
+    assert neighbour.status is RunStatus.RUNNING
+    assert neighbour.wait(timeout=60).status is RunStatus.SUCCEEDED
+
+
+def test_pinned_runs_get_distinct_cores(runner: Runner) -> None:
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("this platform reports no CPU affinity")
+    show = "import os, time; print(sorted(os.sched_getaffinity(0))); time.sleep(1)"
+    runner.register("pinned", command=python(show), resources={"cpus": 1, "pin": True},
+                    params={"n": {"type": "int", "default": 0}})
+    records = [r.wait(timeout=30) for r in
+               [runner.submit("pinned", {"n": i}) for i in range(2)]]
+    cores = [json.loads(Path(r.log_path).read_text()) for r in records]
+    assert [len(c) for c in cores] == [1, 1] and cores[0] != cores[1]
+    assert [r.cores for r in records] == cores
+
+
+def test_groups_have_their_own_limit(runner: Runner) -> None:
+    runner.config("group.gpu", 1)
+    grouped = [runner.submit("count", {"n": 5, "delay": 0.1}, group="gpu") for _ in range(2)]
+    free = runner.submit("count", {"n": 1, "delay": 0})
+    assert free.wait(timeout=30).status is RunStatus.SUCCEEDED
+    first, second = (r.wait(timeout=30) for r in grouped)
+    assert second.started_at >= first.ended_at
+
+
+def test_dependencies_start_after_success_and_cancel_after_failure(runner: Runner) -> None:
+    runner.register("fail", command=python("raise SystemExit(4)"))
+    base = runner.submit("count", {"n": 3, "delay": 0.1})
+    after_ok = runner.submit("count", {"n": 1, "delay": 0}, after=[base])
+    failing = runner.submit("fail")
+    after_fail = runner.submit("count", {"n": 1}, after=[failing.id, base.id])
+    ok_record = after_ok.wait(timeout=30)
+    assert ok_record.status is RunStatus.SUCCEEDED
+    assert ok_record.started_at >= base.record.ended_at
+    cancelled = after_fail.wait(timeout=30)
+    assert cancelled.status is RunStatus.CANCELLED
+    assert cancelled.reason == f"run {failing.id}, which it depends on, ended failed"
+
+
+def _last_count(run) -> int:
+    lines = run.logs().split()
+    return int(lines[-1]) if lines else -1
+
+
+def test_pause_stops_the_counter_and_resume_continues_it(runner: Runner) -> None:
+    runner.register("counter", command=python(COUNTER))
+    run = runner.submit("counter")
+    wait_until(lambda: _last_count(run) >= 3, what="counting")
+    assert run.pause().control == "pause"
+    wait_until(lambda: run.status is RunStatus.PAUSED, what="paused")
+    frozen = _last_count(run)
+    time.sleep(0.6)
+    assert _last_count(run) <= frozen + 1  # at most one line was in flight
+    with pytest.raises(InvalidTransition, match="only a running run can be asked to pause"):
+        run.pause()
+    run.resume()
+    wait_until(lambda: run.status is RunStatus.RUNNING, what="running again")
+    wait_until(lambda: _last_count(run) > frozen + 3, what="counting again")
+    run.cancel()  # a paused-then-running tree still stops
+    assert run.wait(timeout=20).status is RunStatus.CANCELLED
+
+
+def test_cancelling_a_paused_run_stops_it(runner: Runner) -> None:
+    runner.register("counter", command=python(COUNTER))
+    run = runner.submit("counter")
+    wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    run.pause()
+    wait_until(lambda: run.status is RunStatus.PAUSED, what="paused")
+    pid = run.pid
+    run.cancel()
+    assert run.wait(timeout=20).status is RunStatus.CANCELLED
+    assert not alive(pid)
+
+
+def test_drain_lets_running_runs_finish_and_starts_nothing(runner: Runner) -> None:
+    running = runner.submit("count", {"n": 5, "delay": 0.1})
+    wait_until(lambda: running.status is RunStatus.RUNNING, what="running")
+    runner.config("paused", True)
+    waiting = runner.submit("count", {"n": 1})
+    assert running.wait(timeout=30).status is RunStatus.SUCCEEDED
+    time.sleep(0.5)
+    assert waiting.status is RunStatus.QUEUED
+    runner.config("paused", False)
+    assert waiting.wait(timeout=30).status is RunStatus.SUCCEEDED
+
+
+def test_move_to_front(runner: Runner) -> None:
+    runner.config("paused", True)
+    runner.config("max_concurrent", 1)
+    runs = [runner.submit("count", {"n": 0}, priority=p) for p in (3, 0, 5)]
+    assert runs[1].move_to_front().priority == 6
+    runner.config("paused", False)
+    records = [r.wait(timeout=30) for r in runs]
+    order = [r.id for r in sorted(records, key=lambda r: r.started_at)]
+    assert order == [runs[1].id, runs[2].id, runs[0].id]
+    with pytest.raises(InvalidTransition, match="only queued runs can move"):
+        runs[0].move_to_front()
+
+
+def test_metrics_with_ten_active_runs(runner: Runner) -> None:
+    runner.register("busy", command=python("import time\nend = time.time() + 3\nwhile time.time() < end: pass"))
+    runs = [runner.submit("count", {"n": 30, "delay": 0.1}) for _ in range(9)]
+    busy = runner.submit("busy")
+    wait_until(lambda: runner.metrics()["running"] == 10, what="ten running")
+    metrics = runner.metrics()
+    assert metrics["queued"] == 0 and metrics["total"] == 10
+    wait_until(lambda: busy.record.cpu_percent and busy.record.rss, what="live metrics")
+    live = busy.record
+    assert 10 < live.cpu_percent < 250 and 1_000_000 < live.rss < 500_000_000
+    for run in runs:
+        run.wait(timeout=60)
+    done = busy.wait(timeout=60)
+    assert done.cpu_time > 1.0 and done.peak_rss > 1_000_000 and done.rss is None
+    metrics = runner.metrics()
+    assert metrics["runs_by_status"]["succeeded"] == 10 and metrics["running"] == 0
+    count = metrics["modules"]["count"]
+    assert count["runs"] == 9 and 0 <= count["mean_wait_s"] < 30 and 2.5 < count["mean_run_s"] < 30
+    assert runner.history(limit=1)["peak_rss"].iloc[0] > 0
+
+
+def test_metrics_cli_json_and_prometheus(runner: Runner, home: Path) -> None:
+    runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
+    cli = [sys.executable, "-m", "nbrunner", "metrics", "--home", str(home)]
+    data = json.loads(subprocess.run([*cli, "--json"], capture_output=True, text=True,
+                                     check=True).stdout)
+    assert data["runs_by_status"]["succeeded"] == 1
+    text = subprocess.run([*cli, "--prometheus"], capture_output=True, text=True,
+                          check=True).stdout
+    assert 'nbrunner_runs{status="succeeded"} 1' in text
+    assert 'nbrunner_run_seconds_mean{module="count"}' in text
+
+
+def test_on_done_hooks_python_and_module(runner: Runner, tmp_path: Path) -> None:
+    marker = tmp_path / "hook.txt"
+    write = f"import sys; open({str(marker)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')"
+    runner.register("hooked", command=python("raise SystemExit(2)"),
+                    on_done=[sys.executable, "-c", write, "{id}", "{module}", "{status}",
+                             "{exit_code}"])
+    seen: list[str] = []
+    run = runner.submit("hooked")
+    run.on_done(lambda record: seen.append(record.status.value))
+    run.wait(timeout=30)
+    wait_until(lambda: marker.exists() and marker.read_text(), what="hook output")
+    assert marker.read_text() == f"{run.id} hooked failed 2\n"
+    wait_until(lambda: seen == ["failed"], what="python callback")
+    hook_log = Path(run.log_path).with_suffix(".on_done.log").read_text()
+    assert "on_done hook exited with code 0" in hook_log
+
+
+def test_a_failing_hook_is_logged_not_raised(runner: Runner) -> None:
+    runner.register("badhook", command=["true"], on_done="/nonexistent/notify {status}")
+    run = runner.submit("badhook")
+    assert run.wait(timeout=30).status is RunStatus.SUCCEEDED
+    hook_log = Path(run.log_path).with_suffix(".on_done.log")
+    wait_until(hook_log.exists, what="hook log")
+    wait_until(lambda: "on_done hook failed" in hook_log.read_text(), what="failure logged")
+
+
+def test_without_a_driver_nvml_degrades_to_no_gpu() -> None:
+    source = NvmlGpus()
+    assert source.available is False
+    assert source.reason.startswith("no GPU detected")
+    assert source.devices() == [] and source.sample() == []
+
+
+def test_system_sample_says_no_gpu_plainly(monkeypatch) -> None:
+    monkeypatch.delenv("NBRUNNER_GPUS", raising=False)
+    sample = take_sample()
+    assert sample.gpus == () and sample.gpu_status.startswith("no GPU detected")
+    assert 0 <= sample.cpu_percent <= 100 and len(sample.per_core) == os.cpu_count()
+    assert 0 < sample.memory_used < sample.memory_total
+
+
+def test_sampler_keeps_a_rolling_window() -> None:
+    sampler = SystemSampler(interval=0.05, window_s=0.2).acquire()
+    time.sleep(0.5)
+    sampler.release()
+    assert 1 <= len(sampler.samples) <= 4
+    assert sampler.history(seconds=10) == list(sampler.samples)
+
+
+def test_declared_inventory_is_validated() -> None:
+    assert [d.memory_total for d in DeclaredGpus('[{"memory": "8GB"}]').devices()] == [8 * 10**9]
+    with pytest.raises(ValueError, match='NBRUNNER_GPUS must be a JSON list like'):
+        DeclaredGpus("{oops")
+
+
+def test_ledger_memory_counts_runs_admitted_in_the_same_pass() -> None:
+    ledger = Ledger(Capacity(cpus=8, memory_total=16 * 10**9, memory_available=5 * 10**9,
+                             devices=(Device(0, 8 * 10**9),)))
+    need = Resources(memory=3 * 10**9)
+    ledger.take(need, ledger.fit(need), admitted=True)
+    assert ledger.fit(need) is None  # 3 + 3 GB > 5 GB available now
+
+
+@pytest.mark.parametrize(("text", "size"), [("4GB", 4 * 10**9), ("512MB", 512 * 10**6),
+                                            ("1.5GiB", int(1.5 * 2**30)), (1024, 1024)])
+def test_sizes(text, size) -> None:
+    assert parse_size(text) == size
+
+
+def test_the_gpu_probe_reports_what_nvml_sees() -> None:
+    probe = Path(__file__).parent.parent / "scripts" / "gpu_probe.py"
+    result = subprocess.run([sys.executable, str(probe), "--seconds", "1.2"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert "system samples in" in result.stdout
+    if NvmlGpus().available:  # a machine with a driver: each device is listed
+        assert "GPU 0:" in result.stdout and "via NVML" in result.stdout
+    else:
+        assert "NVML: no GPU detected" in result.stdout and "0 GPU(s)" in result.stdout
