@@ -4,97 +4,96 @@ Runs must outlive the kernel that started them: Jupyter kernels end their descen
 shutdown (process group on POSIX, the whole tree on Windows), so supervisors are started
 detached, with no parent link back to the caller. Each run's child gets its own process
 group so that one signal reaches the whole tree it spawns.
+
+The decisions (which command, which flags) are plain functions of `windows`, so both
+branches are unit-tested on any machine; only the system calls are platform-bound.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 IS_WINDOWS = sys.platform == "win32"
 
-if IS_WINDOWS:  # pragma: no cover - Windows only
-    _CHILD_FLAGS = subprocess.CREATE_NEW_PROCESS_GROUP
-    # CREATE_NO_WINDOW, not DETACHED_PROCESS: the supervisor keeps a hidden console, which
-    # CTRL_BREAK_EVENT needs to reach the child's process group.
-    _DETACHED_FLAGS = (
-        subprocess.CREATE_NEW_PROCESS_GROUP
-        | subprocess.CREATE_NO_WINDOW
-        | subprocess.CREATE_BREAKAWAY_FROM_JOB
-    )
-    GRACEFUL_SIGNAL = signal.CTRL_BREAK_EVENT
-else:
-    GRACEFUL_SIGNAL = signal.SIGTERM
+# Win32 process creation flags, spelled out so both branches can be built and checked here.
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+CREATE_BREAKAWAY_FROM_JOB = 0x01000000
+# CREATE_NO_WINDOW, not DETACHED_PROCESS: the supervisor keeps a hidden console, which
+# CTRL_BREAK_EVENT needs to reach the child's process group.
+DETACHED_FLAGS = CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW | CREATE_BREAKAWAY_FROM_JOB
 
 
-def child_popen_kwargs() -> dict[str, Any]:
+def child_popen_kwargs(windows: bool = IS_WINDOWS) -> dict[str, Any]:
     """Popen arguments that put a run's child in a process group of its own."""
-    if IS_WINDOWS:  # pragma: no cover
-        return {"creationflags": _CHILD_FLAGS}
+    if windows:
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP}
     return {"start_new_session": True}
+
+
+def detach_command(
+    argv: Sequence[str], windows: bool = IS_WINDOWS
+) -> tuple[list[str], dict[str, Any]]:
+    """The command that starts argv detached, and the Popen arguments for it.
+
+    POSIX: a shell backgrounds argv and exits at once, so argv is re-parented to init, in a
+    new session away from the kernel's process group. Windows: a short-lived launcher
+    breaks the parent chain that tree-killers walk.
+    """
+    if windows:
+        return [sys.executable, "-m", "nbrunner.platform", *argv], {"creationflags": DETACHED_FLAGS}
+    return ["/bin/sh", "-c", '"$@" &', "sh", *argv], {"start_new_session": True, "close_fds": True}
 
 
 def spawn_detached(argv: Sequence[str], stderr_path: str) -> None:
     """Start argv so that it is nobody's descendant and survives this process's death."""
+    command, options = detach_command(argv)
     with open(stderr_path, "ab") as stderr:
-        if IS_WINDOWS:  # pragma: no cover
-            # A short-lived launcher breaks the parent chain that tree-killers walk.
-            launcher = [sys.executable, "-m", "nbrunner.platform", *argv]
-            subprocess.run(
-                launcher,
-                creationflags=_DETACHED_FLAGS,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                check=True,
-            )
-            return
-        # The shell backgrounds argv and exits at once, so argv is re-parented to init, in
-        # a new session away from the kernel's process group.
         subprocess.run(
-            ["/bin/sh", "-c", '"$@" &', "sh", *argv],
-            start_new_session=True,
+            command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
-            close_fds=True,
             check=True,
+            **options,
         )
 
 
 def signal_group(pid: int, graceful: bool) -> None:
     """Signal the process group led by pid: politely (SIGTERM / CTRL_BREAK) or for good."""
     try:
-        if IS_WINDOWS:  # pragma: no cover
+        if IS_WINDOWS:  # pragma: no cover - Windows only
             if graceful:
-                os.kill(pid, GRACEFUL_SIGNAL)
+                os.kill(pid, signal.CTRL_BREAK_EVENT)
             else:
                 subprocess.run(
                     ["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False
                 )
         else:
             os.killpg(pid, signal.SIGTERM if graceful else signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
+    except OSError:
         pass  # already gone
 
 
 def suspend_group(pid: int, pause: bool) -> None:
-    """Stop or continue the process group led by pid (the tree is handled by the caller)."""
-    if IS_WINDOWS:  # pragma: no cover - no group stop on Windows; psutil suspends per process
+    """Stop or continue the process group led by pid (the caller also suspends by process,
+    which is all Windows offers)."""
+    if IS_WINDOWS:  # pragma: no cover
         return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    with suppress(OSError):
         os.killpg(pid, signal.SIGSTOP if pause else signal.SIGCONT)
 
 
 if __name__ == "__main__":  # pragma: no cover - the Windows launcher of spawn_detached
     subprocess.Popen(
         sys.argv[1:],
-        creationflags=_DETACHED_FLAGS,
+        creationflags=DETACHED_FLAGS,
         close_fds=True,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -26,7 +26,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from . import reconcile, scheduler
+from . import scheduler
 from .backends import Child, ChildEnded, Usage, start_child
 from .errors import NbrunnerError
 from .models import RunRecord
@@ -296,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         record = Supervisor(store, int(run_id)).run()
     finally:
+        from . import reconcile  # loaded after the child started: psutil is not cheap
+
         reconcile.repair(store)  # with no kernel open, supervisors are the ones who look
         scheduler.launch_ready(store)
         _drop_empty_stderr(store, run_id)

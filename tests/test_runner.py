@@ -42,12 +42,13 @@ def test_the_public_api_is_exactly_this() -> None:
         assert getattr(nbrunner, name) is not None
 
 
-def test_importing_nbrunner_stays_light() -> None:
+def test_a_supervisor_starts_its_child_before_loading_anything_heavy() -> None:
     import subprocess
     import sys
 
-    heavy = ("pandas", "ipywidgets", "tomllib", "asyncio", "jupyter_client", "pynvml")
-    code = f"import sys, nbrunner.supervisor; print([m for m in {heavy} if m in sys.modules])"
+    heavy = ("pandas", "psutil", "ipywidgets", "tomllib", "asyncio", "jupyter_client", "pynvml")
+    code = (f"import sys, nbrunner.supervisor, nbrunner.backends.local; "
+            f"print([m for m in {heavy} if m in sys.modules])")
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
