@@ -188,10 +188,25 @@ def _size(path: str) -> int:
 
 @verb("cancel")
 def _cancel(args: argparse.Namespace, runner: Runner) -> int:
-    record = runner.cancel(args.id)
-    what = "cancelled" if record.is_done else "cancelling (its processes are being stopped)"
-    print(f"run {record.id} {what}")
-    return 0
+    """Cancel each id given; says which were cancelled and why the others were not."""
+    ids = [r.id for r in runner.store.active()] if args.all else args.ids
+    if not ids:
+        raise BadInput("name the runs to cancel (nbrunner cancel ID [ID ...]) or use --all")
+    done, refused = [], []
+    for run_id in ids:
+        try:
+            record = runner.cancel(run_id)
+        except BadInput as exc:
+            refused.append({"id": run_id, "error": str(exc)})
+            print(f"nbrunner: error: {exc}", file=sys.stderr)
+            continue
+        done.append(record.to_dict())
+        if not args.json:
+            what = "cancelled" if record.is_done else "cancelling (its processes are stopping)"
+            print(f"run {record.id} {what}")
+    if args.json:
+        _print_json({"cancelled": done, "refused": refused})
+    return 2 if refused else 0
 
 
 @verb("restart")
@@ -398,13 +413,15 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--offset", type=int, default=0)
     for name, help_text in (
         ("show", "show one run's record"),
-        ("cancel", "cancel a run"),
         ("restart", "run again with the same module and params"),
         ("pause", "suspend a running run's whole process tree (it keeps its slot)"),
         ("resume", "continue a paused run"),
         ("front", "move a queued run to the front of the queue"),
     ):
         add(name, help_text, listing).add_argument("id")
+    cancel = add("cancel", "cancel runs: queued ones leave the queue, started ones stop", listing)
+    cancel.add_argument("ids", nargs="*", metavar="ID")
+    cancel.add_argument("--all", action="store_true", help="every queued and running run")
     metrics = add("metrics", "counters: runs by status, mean wait and run time", listing)
     metrics.add_argument("--prometheus", action="store_true", help="Prometheus text format")
     logs = add("logs", "print a run's log")

@@ -183,3 +183,19 @@ def test_history_pages_newest_first(home: Path) -> None:
     assert [r["id"] for r in cli_json(home, "history", "--text", '"i": 3')] == [4]
     future = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400 * 2))
     assert cli_json(home, "history", "--since", future) == []
+
+
+def test_cancel_many_reports_which_were_done_and_which_not(home: Path) -> None:
+    cli(home, "config", "paused", "true")
+    first = cli(home, "run", "count").stdout.strip()
+    second = cli(home, "run", "count").stdout.strip()
+    result = cli(home, "cancel", first, "4242", second, "--json", check=False)
+    assert result.returncode == 2
+    report = json.loads(result.stdout)
+    assert [r["id"] for r in report["cancelled"]] == [int(first), int(second)]
+    assert report["refused"] == [{"id": "4242", "error": "unknown run id 4242; "
+                                  "`nbrunner history` lists the runs"}]
+    assert "unknown run id 4242" in result.stderr
+    third = cli(home, "run", "count").stdout.strip()
+    assert cli(home, "cancel", "--all").stdout == f"run {third} cancelled\n"
+    assert cli(home, "cancel", check=False).returncode == 2
