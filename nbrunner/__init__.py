@@ -34,7 +34,7 @@ __all__ = [
 
 _HOMES = {
     "Runner": "runner",
-    "Run": "runner",
+    "Run": "run",
     "RunRecord": "models",
     "RunStatus": "states",
     "ModuleSpec": "modules",
@@ -58,7 +58,8 @@ if TYPE_CHECKING:
     from .models import RunRecord
     from .modules import ModuleSpec, ParamSpec
     from .resources import Resources
-    from .runner import Run, Runner
+    from .run import Run
+    from .runner import Runner
     from .states import RunStatus
 
 
