@@ -1,0 +1,169 @@
+"""The launcher: pick a module, fill a form generated from its parameters, run copies.
+
+Numbers are typed into text boxes rather than number widgets, because number widgets
+silently revert bad input; here the user sees exactly why a value is refused, next to the
+field, and nothing is submitted until every field is valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..errors import InvalidParameter, NbrunnerError
+from ..modules import ModuleSpec, ParamSpec
+from ..runner import Run, Runner
+from . import text
+
+MAX_COPIES = 100
+
+
+class ParamField:
+    """One parameter's input, its inline error and its help line."""
+
+    def __init__(self, spec: ParamSpec, module: str) -> None:
+        self.spec = spec
+        self.module = module
+        self.input = self._make_input()
+        self.error = widgets.HTML()
+        self.error.add_class("nbr-error")
+        label = widgets.Label(spec.name, layout=widgets.Layout(width="80px"))
+        row = widgets.HBox([label, self.input])
+        row.add_class("nbr-field")
+        row.add_class(f"nbr-field-{spec.name}")
+        help_text = widgets.HTML(f'<div class="nbr-help">{text.escape(self._hint())}</div>')
+        self.widget = widgets.VBox([row, help_text, self.error])
+        self.input.observe(lambda _: self.check(), names="value")
+
+    def _make_input(self) -> widgets.ValueWidget:
+        spec = self.spec
+        layout = widgets.Layout(width="200px")
+        if spec.type == "bool":
+            return widgets.Checkbox(value=bool(spec.default), indent=False, layout=layout)
+        if spec.type == "choice":
+            options = [(str(c), c) for c in spec.choices]
+            return widgets.Dropdown(options=options, value=spec.default, layout=layout)
+        default = "" if spec.default is None else str(spec.default)
+        return widgets.Text(value=default, placeholder=spec.type, layout=layout)
+
+    def _hint(self) -> str:
+        spec = self.spec
+        bounds = [
+            f"min {spec.min}" if spec.min is not None else "",
+            f"max {spec.max}" if spec.max is not None else "",
+        ]
+        parts = [spec.help, spec.type, *bounds]
+        return " · ".join(p for p in parts if p)
+
+    @property
+    def raw(self) -> Any:
+        value = self.input.value
+        return None if value == "" and self.spec.type != "str" else value
+
+    def check(self) -> bool:
+        """Show the parameter's own error message next to it; True when the value is valid."""
+        try:
+            if self.raw is None and self.spec.required:
+                raise InvalidParameter(f"{self.spec.name} is required ({self.spec.type})")
+            if self.raw is not None:
+                self.spec.coerce(self.raw, self.module)
+        except NbrunnerError as exc:
+            self.error.value = text.escape(exc)
+            return False
+        self.error.value = ""
+        return True
+
+
+class Launcher:
+    """Module picker, generated form, priority, copies and the Run button."""
+
+    def __init__(self, runner: Runner, on_submitted: Callable[[list[int]], None]) -> None:
+        self.runner = runner
+        self.on_submitted = on_submitted
+        self.modules: dict[str, ModuleSpec] = runner.modules()
+        self.module = widgets.Dropdown(
+            options=sorted(self.modules), description="Module", layout=widgets.Layout(width="290px")
+        )
+        self.module.add_class("nbr-module-picker")
+        self.description = widgets.HTML()
+        self.form = widgets.VBox()
+        self.priority = widgets.IntText(
+            value=0, description="Priority", layout=widgets.Layout(width="170px")
+        )
+        self.copies = widgets.BoundedIntText(
+            value=1,
+            min=1,
+            max=MAX_COPIES,
+            description="Copies",
+            layout=widgets.Layout(width="170px"),
+        )
+        self.copies.add_class("nbr-copies")
+        self.run_button = widgets.Button(
+            description="Run", button_style="primary", layout=widgets.Layout(width="100px")
+        )
+        self.run_button.add_class("nbr-run-button")
+        self.message = widgets.HTML()
+        self.message.add_class("nbr-launch-message")
+        self.fields: dict[str, ParamField] = {}
+        self.module.observe(lambda _: self._build_form(), names="value")
+        self.run_button.on_click(lambda _: self.submit())
+        self._build_form()
+        run_row = widgets.HBox([self.copies, self.run_button])
+        run_row.add_class("nbr-row")
+        self.widget = widgets.VBox(
+            [
+                widgets.HTML("<h3>Launch</h3>"),
+                self.module,
+                self.description,
+                self.form,
+                self.priority,
+                run_row,
+                self.message,
+            ]
+        )
+        self.widget.add_class("nbr-panel")
+        self.widget.add_class("nbr-launcher")
+
+    def _build_form(self) -> None:
+        spec = self.modules.get(self.module.value) if self.module.value else None
+        self.fields = {p.name: ParamField(p, spec.name) for p in spec.params} if spec else {}
+        self.form.children = tuple(f.widget for f in self.fields.values())
+        self.form._dom_classes = ("nbr-form", f"nbr-form-{spec.name}") if spec else ("nbr-form",)
+        about = spec.description if spec else "no modules: add some to modules.toml"
+        self.description.value = f'<div class="nbr-muted">{text.escape(about)}</div>'
+        self.message.value = ""
+
+    def values(self) -> dict[str, Any]:
+        return {name: f.raw for name, f in self.fields.items() if f.raw is not None}
+
+    def submit(self) -> list[int]:
+        """Validate every field, then queue the copies; returns the new run ids (none on error)."""
+        if not all([f.check() for f in self.fields.values()]):  # a list: check every field
+            self._say("error", "Fix the highlighted fields; nothing was submitted.")
+            return []
+        spec = self.modules[self.module.value]
+        try:
+            params = spec.validate_params(self.values())
+            first = self.runner.submit(
+                spec.name, params, priority=self.priority.value, copies=self.copies.value
+            )
+        except NbrunnerError as exc:
+            self._say("error", str(exc))
+            return []
+        ids = _ids_from(first, self.copies.value)
+        label = f"#{ids[0]}" if len(ids) == 1 else f"#{ids[0]}–#{ids[-1]}"
+        self._say(
+            "ok", f"Queued {len(ids)} run{'s' if len(ids) > 1 else ''} of {spec.name}: {label}"
+        )
+        self.on_submitted(ids)
+        return ids
+
+    def _say(self, kind: str, message: str) -> None:
+        self.message.value = f'<div class="nbr-{kind}">{text.escape(message)}</div>'
+
+
+def _ids_from(first: Run, copies: int) -> list[int]:
+    """Copies are inserted in one transaction, so their ids follow the first one."""
+    return list(range(first.id, first.id + copies))

@@ -1,0 +1,201 @@
+"""Log tabs: a live tail per watched run, ANSI colours rendered, output always escaped.
+
+Each tab follows its own log file by byte offset (`LogFollower`), so a tab costs only what
+the run has written since the last tick, and one run's lines can never reach another tab.
+Lines are converted to HTML once, when they arrive; ansi2html escapes `<`, `>` and `&`, so
+a run printing markup shows the markup as text. Colours are per line: a colour left open
+at the end of a line does not carry over (tools reset them per line in practice).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections import deque
+from collections.abc import Callable
+
+import ipywidgets as widgets
+from ansi2html import Ansi2HTMLConverter
+
+from ..logs import LogFollower, collapse_carriage_returns, strip_ansi
+from ..models import RunRecord
+from . import text
+from .sync import Sync, close_tree
+
+KEEP_LINES = 2000
+SHOW_LINES = 400
+START_BYTES = 256 * 1024
+READ_BYTES_PER_TICK = 1024 * 1024
+MAX_LINE_CHARS = 4000
+DOWNLOAD_MAX_BYTES = 20 * 1024 * 1024
+
+_converter = Ansi2HTMLConverter(inline=True, line_wrap=False)
+
+
+def line_html(line: str) -> str:
+    """One line as safe HTML: long lines cut, ANSI colours as spans, everything escaped."""
+    if len(line) > MAX_LINE_CHARS:
+        line = f"{line[:MAX_LINE_CHARS]} … [{len(line) - MAX_LINE_CHARS} more characters]"
+    if "\x1b" not in line:
+        return text.escape(line)
+    return str(_converter.convert(line, full=False))
+
+
+class LogBuffer:
+    """Complete lines (redraws collapsed) plus the line still being written; bounded."""
+
+    def __init__(self, keep: int = KEEP_LINES) -> None:
+        self.lines: deque[tuple[str, str]] = deque(maxlen=keep)  # (plain text, html)
+        self.partial = ""
+
+    def feed(self, chunk: str) -> bool:
+        """Add new output; True when anything visible changed."""
+        if not chunk:
+            return False
+        *complete, self.partial = (self.partial + chunk).split("\n")
+        for raw in complete:
+            self._append(collapse_carriage_returns(raw))
+        self.partial = _shorten_redraws(self.partial)
+        return True
+
+    def _append(self, line: str) -> None:
+        self.lines.append((strip_ansi(line).lower(), line_html(line)))
+
+    def tail_html(self, limit: int = SHOW_LINES, needle: str = "") -> str:
+        needle = needle.lower()
+        shown = [html for plain, html in self.lines if needle in plain]
+        current = collapse_carriage_returns(self.partial)
+        if current and needle in strip_ansi(current).lower():
+            shown.append(line_html(current))
+        return "\n".join(shown[-limit:])
+
+
+def _shorten_redraws(partial: str) -> str:
+    """A progress bar redraws one line thousands of times: keep only what the next redraw
+    still needs (the last visible state, and whether a carriage return ends it)."""
+    if "\r" not in partial:
+        return partial
+    last = collapse_carriage_returns(partial)
+    return "\r" + last + ("\r" if partial.endswith("\r") else "")
+
+
+def download_link(path: str, run_id: int) -> str:
+    """The full log (its last 20 MB if bigger) as a data: link the browser saves as a file."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return '<span class="nbr-muted">no log yet</span>'
+    with open(path, "rb") as f:
+        f.seek(max(0, size - DOWNLOAD_MAX_BYTES))
+        data = f.read(DOWNLOAD_MAX_BYTES)
+    encoded = base64.b64encode(data).decode("ascii")
+    cut = f" (last {text.size(len(data))} of {text.size(size)})" if len(data) < size else ""
+    return (
+        f'<a class="nbr-download" download="run-{run_id}.log" '
+        f'href="data:text/plain;charset=utf-8;base64,{encoded}">Save run-{run_id}.log'
+        f"{cut}</a> <span class='nbr-muted'>{text.escape(path)}</span>"
+    )
+
+
+class LogTab:
+    """One run's live log: follow toggle, filter box, full-log download, close."""
+
+    def __init__(
+        self,
+        record: RunRecord,
+        sync: Sync,
+        request: Callable[[Callable[[], None]], None],
+        on_close: Callable[[int], None],
+    ) -> None:
+        self.sync = sync
+        self.run_id = record.id
+        self.path = record.log_path
+        self.title = f"#{record.id} {record.module}"
+        self.buffer = LogBuffer()
+        self.follower = LogFollower.from_tail(record.log_path, START_BYTES)
+        self.follow = widgets.ToggleButton(value=True, description="Follow")
+        self.follow.add_class("nbr-follow")
+        self.filter = widgets.Text(placeholder="filter lines", layout=widgets.Layout(width="200px"))
+        self.filter.add_class("nbr-log-filter")
+        save = widgets.Button(description="Full log")
+        save.on_click(lambda _: request(self._prepare_download))
+        close = widgets.Button(description="Close tab")
+        close.add_class("nbr-close-tab")
+        close.on_click(lambda _: on_close(self.run_id))
+        self.link = widgets.HTML()
+        self.body = widgets.HTML()
+        self.body.add_class("nbr-logbody")
+        self.body.add_class(f"nbr-log-{record.id}")
+        toolbar = widgets.HBox([self.follow, self.filter, save, close, self.link])
+        toolbar.add_class("nbr-toolbar")
+        self.widget = widgets.VBox([toolbar, self.body])
+        self._rendered_for: tuple[str, bool] | None = None
+
+    def refresh(self) -> None:
+        """Read what is new and redraw if the text, the filter or follow changed."""
+        sync = self.sync
+        grew = self.buffer.feed(self.follower.read(READ_BYTES_PER_TICK))
+        view = (self.filter.value, bool(self.follow.value))
+        if grew or view != self._rendered_for:
+            self._rendered_for = view
+            html = self.buffer.tail_html(needle=view[0])
+            sync.set(self.body, value=f'<pre class="nbr-logtext">{html}</pre>')
+            sync.classes(self.body, {"nbr-nofollow": not view[1]})
+
+    def _prepare_download(self) -> None:
+        self.sync.set(self.link, value=download_link(self.path, self.run_id))
+
+    def close(self) -> None:
+        close_tree(self.widget)
+
+
+class LogTabs:
+    """The tab strip: fixed pages (History) first, then one closable tab per watched run."""
+
+    def __init__(
+        self,
+        sync: Sync,
+        fixed: list[tuple[str, widgets.Widget]],
+        request: Callable[[Callable[[], None]], None],
+    ) -> None:
+        self.sync = sync
+        self.request = request
+        self.fixed = fixed
+        self.tabs: dict[int, LogTab] = {}
+        self.widget = widgets.Tab(children=[w for _, w in fixed], titles=[t for t, _ in fixed])
+        self.widget.add_class("nbr-tabs")
+
+    def open(self, record: RunRecord) -> None:
+        if record.id not in self.tabs:
+            self.tabs[record.id] = LogTab(record, self.sync, self.request, self._request_close)
+            self._layout()
+        self.tabs[record.id].refresh()
+        self.sync.set(
+            self.widget, selected_index=len(self.fixed) + list(self.tabs).index(record.id)
+        )
+
+    def _request_close(self, run_id: int) -> None:
+        self.request(lambda: self.close(run_id))
+
+    def close(self, run_id: int) -> None:
+        tab = self.tabs.pop(run_id, None)
+        if tab is None:
+            return
+        self._layout()
+        tab.close()
+
+    def _layout(self) -> None:
+        pages = [*self.fixed, *((t.title, t.widget) for t in self.tabs.values())]
+        selected = self.widget.selected_index
+        if selected is not None and selected >= len(pages):
+            selected = len(pages) - 1
+        self.sync.set(
+            self.widget,
+            children=tuple(w for _, w in pages),
+            titles=tuple(t for t, _ in pages),
+            selected_index=selected,
+        )
+
+    def refresh(self) -> None:
+        for tab in self.tabs.values():
+            tab.refresh()

@@ -1,0 +1,99 @@
+"""Summary: how many runs are in each state, and recent durations per module as bars."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from statistics import median
+
+import ipywidgets as widgets
+import pandas as pd
+
+from ..models import RunRecord
+from ..runner import Runner
+from ..states import ACTIVE, DONE, RunStatus
+from . import text
+from .sync import Sync
+from .theme import badge, status_colour
+
+RECENT_RUNS = 200
+BARS_PER_MODULE = 24
+BAR_WIDTH, BAR_GAP, CHART_HEIGHT = 5, 1, 24
+ENDED = tuple(s.value for s in RunStatus if s in DONE)
+
+
+def counts_html(counts: dict[str, int]) -> str:
+    chips = [
+        f"{badge(status)} {counts.get(status, 0)}"
+        for status in (s.value for s in RunStatus)
+        if counts.get(status)
+    ]
+    body = "".join(f"<span>{c}</span>" for c in chips) or '<span class="nbr-muted">no runs</span>'
+    return f'<div class="nbr-chips">{body}</div>'
+
+
+def bars_svg(durations: Sequence[float], statuses: Sequence[str]) -> str:
+    """Oldest to newest, heights relative to the longest; made of numbers only, so safe."""
+    top = max(durations, default=0.0) or 1.0
+    width = len(durations) * (BAR_WIDTH + BAR_GAP)
+    rects = "".join(
+        f'<rect x="{i * (BAR_WIDTH + BAR_GAP)}" y="{CHART_HEIGHT - h:.1f}" width="{BAR_WIDTH}" '
+        f'height="{h:.1f}" fill="{status_colour(s)}"/>'
+        for i, (d, s) in enumerate(zip(durations, statuses, strict=True))
+        for h in [max(1.0, CHART_HEIGHT * d / top)]
+    )
+    return f'<svg width="{width}" height="{CHART_HEIGHT}">{rects}</svg>'
+
+
+def durations_html(recent: pd.DataFrame) -> str:
+    """A row per module: its last runs' durations as bars, and their median."""
+    if recent.empty:
+        return '<div class="nbr-muted">No finished runs yet.</div>'
+    rows = []
+    timed = recent[recent["duration_s"].notna()]
+    for module, group in timed.groupby("module", sort=True):
+        last = group.sort_values("id").tail(BARS_PER_MODULE)
+        durations = [float(d) for d in last["duration_s"]]
+        rows.append(
+            f"<tr><td><b>{text.escape(module)}</b></td>"
+            f"<td>{bars_svg(durations, [str(s) for s in last['status']])}</td>"
+            f'<td class="nbr-muted">median {text.duration(median(durations))}</td></tr>'
+        )
+    return f'<table class="nbr-chart">{"".join(rows)}</table>'
+
+
+class SummaryView:
+    """Counts of active runs come live from the snapshot; ended ones from `load()`."""
+
+    def __init__(self, runner: Runner, sync: Sync) -> None:
+        self.runner = runner
+        self.sync = sync
+        self.ended_counts: dict[str, int] = {}
+        self.counts = widgets.HTML()
+        self.counts.add_class("nbr-counts")
+        self.chart = widgets.HTML()
+        self.chart.add_class("nbr-durations")
+        self.widget = widgets.VBox(
+            [
+                widgets.HTML("<h3>Summary</h3>"),
+                self.counts,
+                widgets.HTML('<div class="nbr-muted">Recent durations per module</div>'),
+                self.chart,
+            ]
+        )
+        self.widget.add_class("nbr-panel")
+        self.widget.add_class("nbr-summary")
+
+    def load(self) -> None:
+        """Query the ended counts and the recent finished runs (a few indexed queries)."""
+        self.ended_counts = {status: self.runner.count(status=status) for status in ENDED}
+        # Unfiltered, then filtered here: newest-first by status would sort the whole table.
+        recent = self.runner.history(limit=RECENT_RUNS)
+        finished = recent[recent["status"].isin(ENDED)]
+        self.sync.set(self.chart, value=durations_html(finished))
+
+    def update(self, active: Iterable[RunRecord]) -> None:
+        counts = dict(self.ended_counts)
+        for record in active:
+            if record.status in ACTIVE:
+                counts[record.status.value] = counts.get(record.status.value, 0) + 1
+        self.sync.set(self.counts, value=counts_html(counts))

@@ -1,0 +1,46 @@
+"""Small formatting helpers shared by the views: numbers people can read at a glance."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from typing import Any
+
+DASH = "-"
+
+
+def duration(seconds: float | None) -> str:
+    """12s, 4m05s, 2h03m: short and monotone, so a ticking value does not jump in width."""
+    if seconds is None:
+        return DASH
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def size(n_bytes: float | None) -> str:
+    if n_bytes is None:
+        return DASH
+    value = float(n_bytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def percent(value: float | None) -> str:
+    return DASH if value is None else f"{value:.0f}%"
+
+
+def params(values: Mapping[str, Any], limit: int = 80) -> str:
+    text = " ".join(f"{k}={v}" for k, v in values.items())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def escape(value: object) -> str:
+    """Text from runs and users is untrusted: it is always shown as text, never as markup."""
+    return html.escape(str(value), quote=True)

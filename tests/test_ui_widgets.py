@@ -1,0 +1,328 @@
+"""The dashboard's widgets without a browser: real runner, real runs, ticks driven by hand."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import ipywidgets as widgets
+import pytest
+from helpers.browser import seed_history
+from helpers.procs import wait_until
+
+from nbrunner import Runner
+from nbrunner.monitor import SystemSample, SystemSampler, take_sample
+from nbrunner.states import RunStatus
+from nbrunner.ui import Dashboard
+from nbrunner.ui.cards import card_html
+from nbrunner.ui.gauges import gauges_html
+from nbrunner.ui.logview import LogBuffer
+
+T = TypeVar("T")
+
+
+class FakeClock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def sampler() -> SystemSampler:
+    """A sampler that takes one sample and then no more, so gauges hold still."""
+    return SystemSampler(interval=3600)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(time.time())
+
+
+@pytest.fixture
+def dash(runner: Runner, sampler: SystemSampler, clock: FakeClock) -> Iterator[Dashboard]:
+    dashboard = Dashboard(runner, start=False, clock=clock, sampler=sampler, page_size=25)
+    dashboard.refresh()
+    yield dashboard
+    dashboard.close()
+
+
+def refresh_until(dash: Dashboard, predicate: Callable[[], T], what: str) -> T:
+    def tick() -> T:
+        dash.refresh()
+        return predicate()
+
+    return wait_until(tick, timeout=20, what=what)
+
+
+# -- launcher ------------------------------------------------------------------------------------
+def test_form_is_generated_from_the_module_parameters(dash: Dashboard) -> None:
+    launcher = dash.launcher
+    launcher.module.value = "train"
+    fields = launcher.fields
+    assert list(fields) == ["epochs", "lr", "arch", "steps", "step_time", "fail"]
+    assert isinstance(fields["epochs"].input, widgets.Text)
+    assert fields["epochs"].input.value == "3"
+    assert isinstance(fields["arch"].input, widgets.Dropdown)
+    assert [value for _, value in fields["arch"].input.options] == ["small", "large"]
+    assert isinstance(fields["fail"].input, widgets.Checkbox)
+    assert "passes over the data" in fields["epochs"].widget.children[1].value
+
+
+def test_invalid_value_is_shown_next_to_its_field_and_nothing_is_submitted(
+    dash: Dashboard, runner: Runner
+) -> None:
+    launcher = dash.launcher
+    launcher.module.value = "count"
+    launcher.fields["n"].input.value = "ten"
+    launcher.fields["delay"].input.value = "-1"
+    assert "must be an int" in launcher.fields["n"].error.value
+    assert "≥ 0" in launcher.fields["delay"].error.value
+    assert launcher.fields["label"].error.value == ""
+    assert launcher.submit() == []
+    assert "nothing was submitted" in launcher.message.value
+    assert runner.count() == 0
+    launcher.fields["n"].input.value = "2"
+    assert launcher.fields["n"].error.value == ""
+
+
+def test_run_button_queues_copies_with_priority(dash: Dashboard, runner: Runner) -> None:
+    runner.config("paused", True)
+    launcher = dash.launcher
+    launcher.module.value = "count"
+    launcher.fields["label"].input.value = "copy"
+    launcher.priority.value = 5
+    launcher.copies.value = 3
+    launcher.run_button.click()
+    frame = runner.history()
+    assert len(frame) == 3
+    assert set(frame["priority"]) == {5}
+    assert all(p["label"] == "copy" for p in frame["params"])
+    assert "Queued 3 runs of count" in launcher.message.value
+
+
+# -- cards ---------------------------------------------------------------------------------------
+def test_cards_show_queue_positions_then_the_end_of_a_cancelled_run(
+    dash: Dashboard, runner: Runner, clock: FakeClock
+) -> None:
+    runner.config("paused", True)
+    low = runner.submit("sleep", {"n": 60}).id
+    high = runner.submit("sleep", {"n": 60}, priority=9).id
+    refresh_until(dash, lambda: len(dash.cards.cards) == 2, "two cards")
+    assert dash.cards.heading.value == "<h3>Active runs (2)</h3>"
+    assert "queue #1" in dash.cards.cards[high].body.value
+    assert "queue #2" in dash.cards.cards[low].body.value
+    assert "CPU -" in dash.cards.cards[low].body.value  # no metrics while queued
+
+    dash.cards.cards[low].cancel_button.click()
+    refresh_until(dash, lambda: "cancelled" in dash.cards.cards[low].body.value, "cancelled")
+    card = dash.cards.cards[low]
+    assert "nbr-ended" in card.widget._dom_classes
+    assert card.cancel_button.disabled
+    assert dash.cards.heading.value == "<h3>Active runs (1)</h3>"
+    assert "queue #1" in dash.cards.cards[high].body.value
+    assert any("cancelled" in t.widget.children[0].value for t in dash.toasts.toasts)
+
+    clock.now += dash.linger_s + 1
+    dash.refresh()
+    assert low not in dash.cards.cards
+    assert list(dash.cards.cards) == [high]
+
+
+def test_card_text_is_escaped_and_missing_metrics_show_a_dash(runner: Runner) -> None:
+    runner.config("paused", True)
+    record = runner.submit("count").record
+    html = card_html(record, record.submitted_at + 5, 1, "<img src=x onerror=alert(1)>")
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "<img" not in html
+    assert "CPU -" in html and "Mem -" in html and "GPU -" in html
+    assert "waiting 5s" in html
+
+
+def test_toasts_are_dismissible(dash: Dashboard, runner: Runner) -> None:
+    run = runner.submit("count", {"n": 1, "delay": 0})
+    run.wait(timeout=30)
+    refresh_until(dash, lambda: dash.toasts.toasts, "a toast")
+    toast = dash.toasts.toasts[0]
+    assert f"#{run.id} count" in toast.widget.children[0].value
+    assert "succeeded" in toast.widget.children[0].value
+    toast.widget.children[1].click()
+    dash.refresh()
+    assert dash.toasts.toasts == []
+    assert dash.toasts.widget.children == ()
+
+
+# -- logs ----------------------------------------------------------------------------------------
+def test_log_buffer_collapses_redraws_renders_colours_and_escapes() -> None:
+    buffer = LogBuffer()
+    buffer.feed("step 1\rstep 2\rst")
+    buffer.feed("ep 3\n\x1b[32mgreen\x1b[0m <script>x()</script>\n")
+    buffer.feed("bar 10%\rbar 20%")
+    html = buffer.tail_html()
+    assert html.splitlines()[0] == "step 3"
+    assert '<span style="color: #00aa00">green</span>' in html
+    assert "&lt;script&gt;x()&lt;/script&gt;" in html and "<script>" not in html
+    assert html.splitlines()[-1] == "bar 20%"
+    assert buffer.tail_html(needle="GREEN").count("\n") == 0
+
+
+def test_each_log_tab_tails_only_its_own_run(dash: Dashboard, runner: Runner) -> None:
+    first = runner.submit("count", {"n": 200, "delay": 0.05, "label": "first"}).id
+    second = runner.submit("count", {"n": 200, "delay": 0.05, "label": "second"}).id
+    dash.view_logs(first)
+    dash.view_logs(second)
+    dash.refresh()
+    assert dash.tabs.widget.titles == ("History", f"#{first} count", f"#{second} count")
+    assert dash.tabs.widget.selected_index == 2
+    bodies = {run_id: dash.tabs.tabs[run_id].body for run_id in (first, second)}
+    refresh_until(
+        dash, lambda: all("5/200" in b.value for b in bodies.values()), "five lines in each tab"
+    )
+    assert "second" not in bodies[first].value
+    assert "first" not in bodies[second].value
+
+    tab = dash.tabs.tabs[first]
+    tab.filter.value = "first 3/200"
+    dash.refresh()
+    assert tab.body.value.count("\n") == 0 and "first 3/200" in tab.body.value
+    tab.follow.value = False
+    dash.refresh()
+    assert "nbr-nofollow" in tab.body._dom_classes
+
+    tab.widget.children[0].children[2].click()  # Full log
+    dash.refresh()
+    assert 'download="run-' in tab.link.value and "base64," in tab.link.value
+
+    tab.widget.children[0].children[3].click()  # Close tab
+    dash.refresh()
+    assert list(dash.tabs.tabs) == [second]
+    assert dash.tabs.widget.titles == ("History", f"#{second} count")
+    runner.cancel(first)
+    runner.cancel(second)
+
+
+# -- history -------------------------------------------------------------------------------------
+def test_history_pages_through_one_page_at_a_time(dash: Dashboard, runner: Runner) -> None:
+    seed_history(runner.store, 60)
+    history = dash.history
+    history.invalidate()
+    dash.refresh()
+    assert history.page_label.value == "page 1 of 3 · 60 runs"
+    assert len(history.frame) == 25 and len(history.grid.children) == 25
+    assert history.frame["id"].is_monotonic_decreasing
+    assert history.prev_button.disabled and not history.next_button.disabled
+    newest = int(history.frame["id"].iloc[0])
+
+    history.next_button.click()
+    dash.refresh()
+    assert history.page_label.value == "page 2 of 3 · 60 runs"
+    assert int(history.frame["id"].iloc[0]) == newest - 25
+    history.next_button.click()
+    dash.refresh()
+    assert history.page_label.value == "page 3 of 3 · 60 runs"
+    assert len(history.grid.children) == 10
+    assert history.next_button.disabled
+
+    history.page_size.value = 50
+    dash.refresh()
+    assert history.page_label.value == "page 1 of 2 · 60 runs"
+    assert len(history.grid.children) == 50
+
+
+def test_history_filters_by_module_status_and_text(dash: Dashboard, runner: Runner) -> None:
+    seed_history(runner.store, 5, module="alpha")
+    seed_history(runner.store, 3, module="beta")
+    history = dash.history
+    history.module.value = "beta"
+    dash.refresh()
+    assert history.page_label.value == "page 1 of 1 · 3 runs"
+    assert set(history.frame["module"]) == {"beta"}
+    history.module.value = ""
+    history.status.value = "failed"
+    dash.refresh()
+    assert history.total == 0 and history.empty.layout.display is None
+    history.status.value = ""
+    history.search.value = '"i": 4'
+    dash.refresh()
+    assert history.total == 1
+
+
+def test_history_row_actions_view_and_restart(dash: Dashboard, runner: Runner) -> None:
+    runner.config("paused", True)
+    (seeded,) = seed_history(runner.store, 1, module="count")
+    dash.history.invalidate()
+    dash.refresh()
+    row = dash.history.rows[0]
+    assert row.run_id == seeded
+    row.widget.children[1].click()  # View
+    dash.refresh()
+    assert seeded in dash.tabs.tabs
+    row.widget.children[2].click()  # Restart
+    assert runner.store.active()[0].restart_of == seeded
+    assert f"Restarted #{seeded}" in dash.notice.value
+
+
+def test_export_writes_every_matching_run(dash: Dashboard, runner: Runner) -> None:
+    seed_history(runner.store, 30, module="alpha")
+    seed_history(runner.store, 4, module="beta")
+    dash.history.module.value = "alpha"
+    path = dash.history.export()
+    assert path is not None and path.parent == runner.home / "exports"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 30 and {r["module"] for r in rows} == {"alpha"}
+    assert "30 runs" in dash.history.export_message.value
+
+
+# -- gauges, summary, the loop -------------------------------------------------------------------
+def test_no_gpu_is_said_plainly() -> None:
+    sample = SystemSample(1.0, 10.0, (10.0,), 1, 1, 2, gpus=(), gpu_status="no GPU detected (X)")
+    blocks = gauges_html([sample])
+    assert blocks[-1] == '<div class="nbr-nogpu">no GPU detected (X)</div>'
+    assert "CPU" in blocks[0] and "Memory" in blocks[1]
+
+
+def test_gpu_gauges_come_from_the_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NBRUNNER_GPUS", '[{"name": "RTX <5090>", "memory": "32GB"}]')
+    blocks = gauges_html([take_sample()])
+    assert len(blocks) == 3
+    assert "GPU 0 RTX &lt;5090&gt;" in blocks[2]
+    assert "0 B / 29.8 GB" in blocks[2]
+
+
+def test_summary_counts_and_durations(dash: Dashboard, runner: Runner) -> None:
+    seed_history(runner.store, 4, module="alpha")
+    dash.summary.load()
+    dash.refresh()
+    assert "succeeded</span> 4" in dash.summary.counts.value
+    assert "<b>alpha</b>" in dash.summary.chart.value
+    assert dash.summary.chart.value.count("<rect") == 4
+
+
+def test_a_quiet_tick_sends_nothing(dash: Dashboard) -> None:
+    dash.refresh()
+    dash.stats.reset()
+    dash.refresh()
+    assert dash.stats.updates == 0 and dash.stats.bytes == 0
+    assert "nbr-ready" in dash.widget._dom_classes
+
+
+def test_background_loop_refreshes_and_close_lets_go(runner: Runner) -> None:
+    sampler = SystemSampler(interval=3600)
+    dashboard = runner.dashboard(interval=0.05, sampler=sampler).dashboard
+    wait_until(lambda: dashboard.ticks >= 3, what="three ticks")
+    run = runner.submit("count", {"n": 1, "delay": 0})
+    wait_until(lambda: run.id in dashboard.cards.cards, what="a card from the loop")
+    dashboard.close()
+    assert sampler._users == 0
+    assert not dashboard._thread or not dashboard._thread.is_alive()
+    assert dashboard.widget.comm is None
+
+
+def test_runs_are_not_affected_by_closing_the_dashboard(dash: Dashboard, runner: Runner) -> None:
+    run = runner.submit("count", {"n": 3, "delay": 0.05})
+    dash.close()
+    assert run.wait(timeout=30).status is RunStatus.SUCCEEDED
