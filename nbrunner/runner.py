@@ -458,15 +458,9 @@ class Runner:
         query = HistoryFilter.build(status, module, since, until, text)
         return _frame(self.store.history(query, limit=limit, offset=offset))
 
-    def count(
-        self,
-        status: str | Sequence[str] | None = None,
-        module: str | Sequence[str] | None = None,
-        since: Any = None,
-        until: Any = None,
-        text: str | None = None,
-    ) -> int:
-        return self.store.count_history(HistoryFilter.build(status, module, since, until, text))
+    def count(self, **filters: Any) -> int:
+        """How many runs match; takes the same filters as `history`."""
+        return self.store.count_history(HistoryFilter.build(**filters))
 
     def metrics(self) -> dict[str, Any]:
         """Counters: runs by status, queued and running now, mean wait and run time per module."""
