@@ -136,17 +136,18 @@ class Supervisor:
                 code = child.wait(POLL_S)
             except ChildEnded as ended:
                 return Outcome(ended.exit_code, ended.status, ended.reason)
-            if code is not None:
-                return Outcome(code)
-            if not running and child.started:
+            if not running and child.started:  # before an exit code: it may come first
                 self._mark_running()
                 running = True
+                deadline = PausableDeadline(run.timeout)  # the timeout counts from running
+            if code is not None:
+                return Outcome(code)
             control = self.store.control(self.run_id)
             if control == "cancel":
                 return self._stop(child, RunStatus.CANCELLED, "cancelled by request")
             if control in ("pause", "resume"):
                 self._pause(child, control == "pause", deadline)
-            if deadline.expired():
+            if running and deadline.expired():
                 return self._stop(child, RunStatus.TIMED_OUT, f"timed out after {run.timeout:g} s")
             now = time.monotonic()
             if now >= next_sample:
@@ -154,7 +155,7 @@ class Supervisor:
                 over = self._sample(run, child)
                 if over:
                     return self._stop(child, RunStatus.FAILED, over)
-                if now >= next_record:
+                if now >= next_record and self.usage is not None:  # a Ray job has no usage
                     next_record = now + RECORD_EVERY_S
                     self.store.update(self.run_id, **self._metrics())
 
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
 
         reconcile.repair(store)  # with no kernel open, supervisors are the ones who look
         scheduler.launch_ready(store)
-        _drop_empty_stderr(store, run_id)
+    _drop_empty_stderr(store, run_id)  # not on the way out of a crash: its traceback goes there
     if record is not None and record.is_done and record.on_done:
         run_hook(store, record)
 

@@ -27,11 +27,14 @@ def main() -> int:
     source = NvmlGpus()
     print(f"NVML: {source.reason}")
     for device in source.devices():
-        print(f"  GPU {device.index}: {device.name} {device.uuid} "
-              f"{format_size(device.memory_total)}")
+        print(
+            f"  GPU {device.index}: {device.name} {device.uuid} {format_size(device.memory_total)}"
+        )
     capacity = machine_capacity()
-    print(f"admission sees: {capacity.cpus} CPUs, {format_size(capacity.memory_total)} memory, "
-          f"{len(capacity.devices)} GPU(s)")
+    print(
+        f"admission sees: {capacity.cpus} CPUs, {format_size(capacity.memory_total)} memory, "
+        f"{len(capacity.devices)} GPU(s)"
+    )
     sampler = SystemSampler.shared().acquire()
     started = time.perf_counter()
     time.sleep(args.seconds)
@@ -39,10 +42,15 @@ def main() -> int:
     samples = sampler.history()
     print(f"{len(samples)} system samples in {time.perf_counter() - started:.1f} s")
     for sample in samples[-3:]:
-        gpus = "; ".join(
-            f"GPU {g.index} util {g.utilization}% mem {format_size(g.memory_used)}/"
-            f"{format_size(g.memory_total)} temp {g.temperature} C power {g.power_w} W "
-            f"procs {len(g.processes)}" for g in sample.gpus) or sample.gpu_status
+        gpus = (
+            "; ".join(
+                f"GPU {g.index} util {g.utilization}% mem {format_size(g.memory_used)}/"
+                f"{format_size(g.memory_total)} temp {g.temperature} C power {g.power_w} W "
+                f"procs {len(g.processes)}"
+                for g in sample.gpus
+            )
+            or sample.gpu_status
+        )
         print(f"  cpu {sample.cpu_percent:.0f}% mem {sample.memory_percent:.0f}% | {gpus}")
     calls = 50
     begin = time.perf_counter()

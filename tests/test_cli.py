@@ -193,8 +193,9 @@ def test_cancel_many_reports_which_were_done_and_which_not(home: Path) -> None:
     assert result.returncode == 2
     report = json.loads(result.stdout)
     assert [r["id"] for r in report["cancelled"]] == [int(first), int(second)]
-    assert report["refused"] == [{"id": "4242", "error": "unknown run id 4242; "
-                                  "`nbrunner history` lists the runs"}]
+    assert report["refused"] == [
+        {"id": "4242", "error": "unknown run id 4242; `nbrunner history` lists the runs"}
+    ]
     assert "unknown run id 4242" in result.stderr
     third = cli(home, "run", "count").stdout.strip()
     assert cli(home, "cancel", "--all").stdout == f"run {third} cancelled\n"

@@ -34,8 +34,7 @@ def gpus(monkeypatch: pytest.MonkeyPatch, *memories: str) -> None:
 
 @pytest.fixture
 def gpu_runner(runner: Runner) -> Runner:
-    runner.register("gpu", command=python(SHOW_GPUS), env={"HOLD": "1.5"},
-                    resources={"gpus": 1})
+    runner.register("gpu", command=python(SHOW_GPUS), env={"HOLD": "1.5"}, resources={"gpus": 1})
     runner.register("cpu", command=python(SHOW_GPUS))
     return runner
 
@@ -54,8 +53,11 @@ def test_second_gpu_run_waits_while_cpu_runs_start(gpu_runner: Runner, monkeypat
     for record in (first.record, second_record):
         assert record.gpus == ["0"]
         assert Path(record.log_path).read_text() == "'0' PCI_BUS_ID\n"
-    assert Path(cpu_records[0].log_path).read_text().startswith(
-        repr(os.environ.get("CUDA_VISIBLE_DEVICES")))
+    assert (
+        Path(cpu_records[0].log_path)
+        .read_text()
+        .startswith(repr(os.environ.get("CUDA_VISIBLE_DEVICES")))
+    )
 
 
 def test_two_gpus_run_side_by_side_each_with_its_own_device(gpu_runner, monkeypatch) -> None:
@@ -64,16 +66,21 @@ def test_two_gpus_run_side_by_side_each_with_its_own_device(gpu_runner, monkeypa
     records = [r.wait(timeout=30) for r in runs]
     assert sorted(r.gpus[0] for r in records) == ["0", "1"]
     assert records[1].started_at < records[0].ended_at  # they overlapped
-    assert {Path(r.log_path).read_text() for r in records} == {"'0' PCI_BUS_ID\n",
-                                                               "'1' PCI_BUS_ID\n"}
+    assert {Path(r.log_path).read_text() for r in records} == {
+        "'0' PCI_BUS_ID\n",
+        "'1' PCI_BUS_ID\n",
+    }
 
 
 def test_gpu_memory_shares_pack_one_device(runner: Runner, monkeypatch) -> None:
     gpus(monkeypatch, "32GB")
-    runner.register("share", command=python(SHOW_GPUS), env={"HOLD": "1.5"},
-                    params={"n": {"type": "int", "default": 0}})
-    small = [runner.submit("share", {"n": i}, resources={"gpu_memory": "12GB"})
-             for i in range(2)]
+    runner.register(
+        "share",
+        command=python(SHOW_GPUS),
+        env={"HOLD": "1.5"},
+        params={"n": {"type": "int", "default": 0}},
+    )
+    small = [runner.submit("share", {"n": i}, resources={"gpu_memory": "12GB"}) for i in range(2)]
     big = runner.submit("share", resources={"gpu_memory": "20GB"})
     wait_until(lambda: all(r.status is RunStatus.RUNNING for r in small), what="both shares")
     assert big.status is RunStatus.QUEUED  # 12 + 12 + 20 > 32
@@ -92,16 +99,22 @@ def test_cpu_only_runs_hide_gpus_only_when_the_module_asks(runner: Runner, monke
 
 @pytest.mark.parametrize(
     ("resources", "message"),
-    [({"gpus": 3}, r"3 GPU\(s\) but this machine has 1"),
-     ({"memory": "200GB"}, "200.0 GB of memory but this machine has"),
-     ({"cpus": 4096}, "4096 CPUs but this machine has"),
-     ({"gpu_memory": "64GB"}, "64.0 GB of one GPU's memory but the largest GPU here has 32.0 GB"),
-     ({"gpus": -1}, "gpus must be a whole number ≥ 0"),
-     ({"memory": "a lot"}, "memory must be a size like '4GB'"),
-     ({"disk": 1}, "unknown resource 'disk'")],
+    [
+        ({"gpus": 3}, r"3 GPU\(s\) but this machine has 1"),
+        ({"memory": "200GB"}, "200.0 GB of memory but this machine has"),
+        ({"cpus": 4096}, "4096 CPUs but this machine has"),
+        (
+            {"gpu_memory": "64GB"},
+            "64.0 GB of one GPU's memory but the largest GPU here has 32.0 GB",
+        ),
+        ({"gpus": -1}, "gpus must be a whole number ≥ 0"),
+        ({"memory": "a lot"}, "memory must be a size like '4GB'"),
+        ({"disk": 1}, "unknown resource 'disk'"),
+    ],
 )
-def test_impossible_requests_are_rejected_at_submit(runner: Runner, monkeypatch, resources,
-                                                    message) -> None:
+def test_impossible_requests_are_rejected_at_submit(
+    runner: Runner, monkeypatch, resources, message
+) -> None:
     gpus(monkeypatch, "32GB")
     with pytest.raises(ResourceRequestError, match=message):
         runner.submit("count", resources=resources)
@@ -109,8 +122,10 @@ def test_impossible_requests_are_rejected_at_submit(runner: Runner, monkeypatch,
 
 
 def test_a_run_past_its_memory_limit_is_stopped_and_its_neighbour_is_not(runner: Runner) -> None:
-    hog = ("import time\nblocks = []\nfor _ in range(100):\n"
-           "    blocks.append(bytearray(20_000_000)); time.sleep(0.05)\ntime.sleep(60)")
+    hog = (
+        "import time\nblocks = []\nfor _ in range(100):\n"
+        "    blocks.append(bytearray(20_000_000)); time.sleep(0.05)\ntime.sleep(60)"
+    )
     runner.register("hog", command=python(hog), resources={"memory": "150MB"})
     neighbour = runner.submit("count", {"n": 40, "delay": 0.1})
     record = runner.submit("hog").wait(timeout=60)
@@ -125,10 +140,13 @@ def test_pinned_runs_get_distinct_cores(runner: Runner) -> None:
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("this platform reports no CPU affinity")
     show = "import os, time; print(sorted(os.sched_getaffinity(0))); time.sleep(1)"
-    runner.register("pinned", command=python(show), resources={"cpus": 1, "pin": True},
-                    params={"n": {"type": "int", "default": 0}})
-    records = [r.wait(timeout=30) for r in
-               [runner.submit("pinned", {"n": i}) for i in range(2)]]
+    runner.register(
+        "pinned",
+        command=python(show),
+        resources={"cpus": 1, "pin": True},
+        params={"n": {"type": "int", "default": 0}},
+    )
+    records = [r.wait(timeout=30) for r in [runner.submit("pinned", {"n": i}) for i in range(2)]]
     cores = [json.loads(Path(r.log_path).read_text()) for r in records]
     assert [len(c) for c in cores] == [1, 1] and cores[0] != cores[1]
     assert [r.cores for r in records] == cores
@@ -218,7 +236,9 @@ def test_move_to_front(runner: Runner) -> None:
 
 
 def test_metrics_with_ten_active_runs(runner: Runner) -> None:
-    runner.register("busy", command=python("import time\nend = time.time() + 3\nwhile time.time() < end: pass"))
+    runner.register(
+        "busy", command=python("import time\nend = time.time() + 3\nwhile time.time() < end: pass")
+    )
     runs = [runner.submit("count", {"n": 30, "delay": 0.1}) for _ in range(9)]
     busy = runner.submit("busy")
     wait_until(lambda: runner.metrics()["running"] == 10, what="ten running")
@@ -241,11 +261,11 @@ def test_metrics_with_ten_active_runs(runner: Runner) -> None:
 def test_metrics_cli_json_and_prometheus(runner: Runner, home: Path) -> None:
     runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
     cli = [sys.executable, "-m", "nbrunner", "metrics", "--home", str(home)]
-    data = json.loads(subprocess.run([*cli, "--json"], capture_output=True, text=True,
-                                     check=True).stdout)
+    data = json.loads(
+        subprocess.run([*cli, "--json"], capture_output=True, text=True, check=True).stdout
+    )
     assert data["runs_by_status"]["succeeded"] == 1
-    text = subprocess.run([*cli, "--prometheus"], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run([*cli, "--prometheus"], capture_output=True, text=True, check=True).stdout
     assert 'nbrunner_runs{status="succeeded"} 1' in text
     assert 'nbrunner_run_seconds_mean{module="count"}' in text
 
@@ -253,9 +273,11 @@ def test_metrics_cli_json_and_prometheus(runner: Runner, home: Path) -> None:
 def test_on_done_hooks_python_and_module(runner: Runner, tmp_path: Path) -> None:
     marker = tmp_path / "hook.txt"
     write = f"import sys; open({str(marker)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')"
-    runner.register("hooked", command=python("raise SystemExit(2)"),
-                    on_done=[sys.executable, "-c", write, "{id}", "{module}", "{status}",
-                             "{exit_code}"])
+    runner.register(
+        "hooked",
+        command=python("raise SystemExit(2)"),
+        on_done=[sys.executable, "-c", write, "{id}", "{module}", "{status}", "{exit_code}"],
+    )
     seen: list[str] = []
     run = runner.submit("hooked")
     run.on_done(lambda record: seen.append(record.status.value))
@@ -263,8 +285,11 @@ def test_on_done_hooks_python_and_module(runner: Runner, tmp_path: Path) -> None
     wait_until(lambda: marker.exists() and marker.read_text(), what="hook output")
     assert marker.read_text() == f"{run.id} hooked failed 2\n"
     wait_until(lambda: seen == ["failed"], what="python callback")
-    hook_log = Path(run.log_path).with_suffix(".on_done.log").read_text()
-    assert "on_done hook exited with code 0" in hook_log
+    hook_log = Path(run.log_path).with_suffix(".on_done.log")
+    wait_until(
+        lambda: "on_done hook exited with code 0" in hook_log.read_text(),
+        what="the hook's exit code in its log",
+    )
 
 
 def test_a_failing_hook_is_logged_not_raised(runner: Runner) -> None:
@@ -301,28 +326,41 @@ def test_sampler_keeps_a_rolling_window() -> None:
 
 def test_declared_inventory_is_validated() -> None:
     assert [d.memory_total for d in DeclaredGpus('[{"memory": "8GB"}]').devices()] == [8 * 10**9]
-    with pytest.raises(ValueError, match='NBRUNNER_GPUS must be a JSON list like'):
+    with pytest.raises(ValueError, match="NBRUNNER_GPUS must be a JSON list like"):
         DeclaredGpus("{oops")
 
 
 def test_ledger_memory_counts_runs_admitted_in_the_same_pass() -> None:
-    ledger = Ledger(Capacity(cpus=8, memory_total=16 * 10**9, memory_available=5 * 10**9,
-                             devices=(Device(0, 8 * 10**9),)))
+    ledger = Ledger(
+        Capacity(
+            cpus=8,
+            memory_total=16 * 10**9,
+            memory_available=5 * 10**9,
+            devices=(Device(0, 8 * 10**9),),
+        )
+    )
     need = Resources(memory=3 * 10**9)
     ledger.take(need, ledger.fit(need), admitted=True)
     assert ledger.fit(need) is None  # 3 + 3 GB > 5 GB available now
 
 
-@pytest.mark.parametrize(("text", "size"), [("4GB", 4 * 10**9), ("512MB", 512 * 10**6),
-                                            ("1.5GiB", int(1.5 * 2**30)), (1024, 1024)])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("4GB", 4 * 10**9), ("512MB", 512 * 10**6), ("1.5GiB", int(1.5 * 2**30)), (1024, 1024)],
+)
 def test_sizes(text, size) -> None:
     assert parse_size(text) == size
 
 
 def test_the_gpu_probe_reports_what_nvml_sees() -> None:
     probe = Path(__file__).parent.parent / "scripts" / "gpu_probe.py"
-    result = subprocess.run([sys.executable, str(probe), "--seconds", "1.2"],
-                            capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, str(probe), "--seconds", "1.2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert "system samples in" in result.stdout
     if NvmlGpus().available:  # a machine with a driver: each device is listed
         assert "GPU 0:" in result.stdout and "via NVML" in result.stdout

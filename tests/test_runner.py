@@ -47,8 +47,10 @@ def test_a_supervisor_starts_its_child_before_loading_anything_heavy() -> None:
     import sys
 
     heavy = ("pandas", "psutil", "ipywidgets", "tomllib", "asyncio", "jupyter_client", "pynvml")
-    code = (f"import sys, nbrunner.supervisor, nbrunner.backends.local; "
-            f"print([m for m in {heavy} if m in sys.modules])")
+    code = (
+        f"import sys, nbrunner.supervisor, nbrunner.backends.local; "
+        f"print([m for m in {heavy} if m in sys.modules])"
+    )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 from helpers.procs import processes_with, wait_until
+from helpers.sampling import MaxSampler
 
 from nbrunner import Runner
 from nbrunner.resources import Capacity
@@ -25,30 +24,14 @@ CHATTY = (
 )
 
 
-class LimitWatcher:
+def limit_watcher(runner: Runner, marker: str) -> MaxSampler:
     """Samples the store and the process table while runs go on; keeps the maxima."""
-
-    def __init__(self, runner: Runner, marker: str) -> None:
-        self.runner, self.marker = runner, marker
-        self.max_holding = self.max_processes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> LimitWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            holding = len(self.runner.store.holding_slot())
-            processes = len(processes_with(self.marker))
-            self.max_holding = max(self.max_holding, holding)
-            self.max_processes = max(self.max_processes, processes)
-            time.sleep(0.02)
+    return MaxSampler(
+        {
+            "holding": lambda: len(runner.store.holding_slot()),
+            "processes": lambda: len(processes_with(marker)),
+        }
+    )
 
 
 def test_twelve_runs_of_three_modules_never_exceed_the_limit(runner: Runner, home: Path) -> None:
@@ -58,7 +41,7 @@ def test_twelve_runs_of_three_modules_never_exceed_the_limit(runner: Runner, hom
             name, command=[sys.executable, "-c", CHATTY, marker], params={"token": {"type": "str"}}
         )
     runner.config("max_concurrent", 4)
-    with LimitWatcher(runner, marker) as watcher:
+    with limit_watcher(runner, marker) as watcher:
         runs = [
             runner.submit(name, {"token": f"{name}-{i}"})
             for i in range(4)
@@ -66,8 +49,8 @@ def test_twelve_runs_of_three_modules_never_exceed_the_limit(runner: Runner, hom
         ]
         records = [run.wait(timeout=120) for run in runs]
     assert [r.status for r in records] == [RunStatus.SUCCEEDED] * 12
-    assert 1 <= watcher.max_holding <= 4
-    assert 1 <= watcher.max_processes <= 4
+    assert 1 <= watcher.most["holding"] <= 4
+    assert 1 <= watcher.most["processes"] <= 4
     for run, record in zip(runs, records, strict=True):
         lines = Path(record.log_path).read_text().splitlines()
         token = record.params["token"]
@@ -92,7 +75,7 @@ def test_the_limit_holds_across_three_processes_submitting_at_once(
         "nap", command=[sys.executable, "-c", nap, marker], params={"token": {"type": "str"}}
     )
     runner.config("max_concurrent", 3)
-    with LimitWatcher(runner, marker) as watcher:
+    with limit_watcher(runner, marker) as watcher:
         submitters = [
             subprocess.Popen([sys.executable, "-c", SUBMITTER, str(home), f"p{n}"])
             for n in range(3)
@@ -104,8 +87,8 @@ def test_the_limit_holds_across_three_processes_submitting_at_once(
             interval=0.2,
             what="90 runs to succeed",
         )
-    assert 1 <= watcher.max_holding <= 3
-    assert 1 <= watcher.max_processes <= 3
+    assert 1 <= watcher.most["holding"] <= 3
+    assert 1 <= watcher.most["processes"] <= 3
 
 
 def test_queued_runs_start_by_priority_then_submission_order(runner: Runner) -> None:
@@ -123,8 +106,15 @@ def test_queued_runs_start_by_priority_then_submission_order(runner: Runner) -> 
 def _queued(run_id: int, group: str | None = None):
     from nbrunner.models import RunRecord
 
-    return RunRecord(id=run_id, module="m", params={}, status=RunStatus.QUEUED,
-                     submitted_at=0.0, log_path="", group=group)
+    return RunRecord(
+        id=run_id,
+        module="m",
+        params={},
+        status=RunStatus.QUEUED,
+        submitted_at=0.0,
+        log_path="",
+        group=group,
+    )
 
 
 ROOMY = Capacity(cpus=64, memory_total=10**12, memory_available=10**12)
