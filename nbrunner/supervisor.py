@@ -36,7 +36,7 @@ from .store import Store
 
 POLL_S = 0.25
 SAMPLE_S = 1.0
-RECORD_EVERY_S = 2.0
+RECORD_EVERY_S = 3.0
 HOOK_TIMEOUT_S = 300
 
 

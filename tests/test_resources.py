@@ -237,7 +237,7 @@ def test_move_to_front(runner: Runner) -> None:
 
 def test_metrics_with_ten_active_runs(runner: Runner) -> None:
     runner.register(
-        "busy", command=python("import time\nend = time.time() + 3\nwhile time.time() < end: pass")
+        "busy", command=python("import time\nend = time.time() + 8\nwhile time.time() < end: pass")
     )
     runs = [runner.submit("count", {"n": 30, "delay": 0.1}) for _ in range(9)]
     busy = runner.submit("busy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 from contextlib import suppress
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -21,6 +22,10 @@ class LocalChild:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pid: int | None = proc.pid
+        # Popen.wait(timeout) polls about 20 times a second; a thread blocked in waitpid
+        # costs nothing until the child ends, which keeps ten idle supervisors idle.
+        self._ended = threading.Event()
+        threading.Thread(target=self._reap, name="reaper", daemon=True).start()
         # Built on first use, so psutil is loaded after the child started, not before.
         self._tree: ProcessTree | None = None
 
@@ -37,11 +42,12 @@ class LocalChild:
         )
         return cls(proc)
 
+    def _reap(self) -> None:
+        self.proc.wait()
+        self._ended.set()
+
     def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        return self.proc.returncode if self._ended.wait(timeout) else None
 
     def stop(self, grace: float) -> int:
         from .tree import stop_tree

@@ -13,7 +13,7 @@ from . import Usage
 
 # How often the list of the tree's processes is rebuilt: a full scan of the process table,
 # so less often than the cheap per-process samples in between.
-RESCAN_S = 2.0
+RESCAN_S = 5.0
 
 
 class ProcessTree:
