@@ -20,7 +20,7 @@ from .store import Store, Transaction
 
 # A claim is given this long to bring up its supervisor once the claimer is gone, and this
 # long in any case.
-CLAIMER_GONE_GRACE_S = 2.0
+CLAIMER_GONE_GRACE_S = 10.0
 START_TIMEOUT_S = 30.0
 
 
@@ -60,6 +60,8 @@ def _supervisor_error(run: RunRecord) -> str | None:
 
 
 def _repair(tx: Transaction, run: RunRecord, now: float) -> RunRecord | None:
+    if not run.status.holds_slot:
+        return None  # it ended, or went back to the queue, since it was suspected
     if _stranded(run, now):
         error = _supervisor_error(run)
         if error:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import os
 import shutil
 import threading
@@ -35,6 +36,8 @@ from .store import HistoryFilter, Store
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 TICK_S = 0.2
 RECONCILE_EVERY_S = 5.0
@@ -99,6 +102,7 @@ class Runner:
         self._loop: _LoopThread | None = None
         self._wake: asyncio.Event | None = None
         self._task: concurrent.futures.Future[None] | None = None
+        self._last_claim = self._last_repair = 0.0
         self._closed = False
         if start:
             self.start()
@@ -491,21 +495,28 @@ class Runner:
 
     async def _tick_forever(self) -> None:
         self._wake = asyncio.Event()
-        last_claim = last_reconcile = time.monotonic()
+        self._last_claim = self._last_repair = time.monotonic()
         while not self._closed:
-            changed = self._apply_changes()
-            now = time.monotonic()
-            queued = any(r.status is RunStatus.QUEUED for r in self._active.values())
-            if queued and (changed or now - last_claim >= CLAIM_EVERY_S):
-                scheduler.launch_ready(self.store)
-                last_claim = now
-            if now - last_reconcile >= RECONCILE_EVERY_S:
-                reconcile.repair(self.store)
-                last_reconcile = now
+            try:
+                self._tick()
+            except Exception:  # a locked store or a bug must not end the loop for good
+                log.exception("nbrunner: the runner's tick failed; trying again")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._tick_s)
             self._wake.clear()
         self.store.close()
+
+    def _tick(self) -> None:
+        """Apply the change feed; claim when runs wait; now and then repair dead owners."""
+        changed = self._apply_changes()
+        now = time.monotonic()
+        queued = any(r.status is RunStatus.QUEUED for r in self._active.values())
+        if queued and (changed or now - self._last_claim >= CLAIM_EVERY_S):
+            scheduler.launch_ready(self.store)
+            self._last_claim = now
+        if now - self._last_repair >= RECONCILE_EVERY_S:
+            reconcile.repair(self.store)
+            self._last_repair = now
 
     def _refresh_all(self) -> None:
         self._version = self.store.version()
@@ -526,7 +537,10 @@ class Runner:
             if record.is_done:
                 self._resolve(record)
         for listener in list(self._listeners):
-            listener(changes)
+            try:
+                listener(changes)
+            except Exception:  # one broken listener must not starve the others
+                log.exception("nbrunner: a change listener failed")
         return changes
 
     def _resolve(self, record: RunRecord) -> None:

@@ -127,8 +127,20 @@ def claim_ready(store: Store) -> list[RunRecord]:
         return claim(tx)
 
 
-def supervisor_argv(store: Store, run_id: int) -> list[str]:
-    return [sys.executable, "-m", "nbrunner.supervisor", str(store.home), str(run_id)]
+def claim_token(run: RunRecord) -> str:
+    """Names one claim of a run: a supervisor started for an older claim must not take it."""
+    return repr(run.claimed_at)
+
+
+def supervisor_argv(store: Store, run: RunRecord) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "nbrunner.supervisor",
+        str(store.home),
+        str(run.id),
+        claim_token(run),
+    ]
 
 
 def launch(store: Store, runs: Iterable[RunRecord]) -> None:
@@ -136,7 +148,7 @@ def launch(store: Store, runs: Iterable[RunRecord]) -> None:
     for run in runs:
         try:
             platform.spawn_detached(
-                supervisor_argv(store, run.id), str(store.logs_dir / f"{run.id}.supervisor.err")
+                supervisor_argv(store, run), str(store.logs_dir / f"{run.id}.supervisor.err")
             )
         except OSError as exc:
             store.transition(

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -31,6 +32,7 @@ from .backends import Child, ChildEnded, Usage, start_child
 from .errors import NbrunnerError
 from .models import RunRecord
 from .resources import format_size
+from .scheduler import claim_token
 from .states import RunStatus
 from .store import Store
 
@@ -68,9 +70,10 @@ class PausableDeadline:
 
 
 class Supervisor:
-    def __init__(self, store: Store, run_id: int) -> None:
+    def __init__(self, store: Store, run_id: int, claim: str) -> None:
         self.store = store
         self.run_id = run_id
+        self.claim = claim
         self.grace = float(store.config()["grace_period"])
         self.peak_rss = 0
         self.usage: Usage | None = None
@@ -91,8 +94,9 @@ class Supervisor:
     def _take_over(self) -> RunRecord | None:
         with self.store.write() as tx:
             run = tx.get(self.run_id)
-            if run.status is not RunStatus.STARTING or run.supervisor_pid is not None:
-                return None  # cancelled, re-queued or taken by another supervisor meanwhile
+            mine = run.status is RunStatus.STARTING and claim_token(run) == self.claim
+            if not mine or run.supervisor_pid is not None:
+                return None  # cancelled, re-queued or re-claimed, or another supervisor has it
             if run.control == "cancel":
                 tx.transition(
                     self.run_id,
@@ -291,19 +295,28 @@ def run_hook(store: Store, record: RunRecord) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    home, run_id = (argv if argv is not None else sys.argv[1:])[:2]
+    home, run_id, claim = (argv if argv is not None else sys.argv[1:])[:3]
     store = Store(home)
     record = None
     try:
-        record = Supervisor(store, int(run_id)).run()
+        record = Supervisor(store, int(run_id), claim).run()
     finally:
-        from . import reconcile  # loaded after the child started: psutil is not cheap
-
-        reconcile.repair(store)  # with no kernel open, supervisors are the ones who look
-        scheduler.launch_ready(store)
+        keep_the_queue_moving(store)
     _drop_empty_stderr(store, run_id)  # not on the way out of a crash: its traceback goes there
     if record is not None and record.is_done and record.on_done:
         run_hook(store, record)
+
+
+def keep_the_queue_moving(store: Store) -> None:
+    """Repair runs whose owners died, then start what may start; a failed repair is
+    reported and must not keep the queue from moving."""
+    from . import reconcile  # loaded after the child started: psutil is not cheap
+
+    try:
+        reconcile.repair(store)  # with no kernel open, supervisors are the ones who look
+    except Exception:
+        traceback.print_exc()
+    scheduler.launch_ready(store)
 
 
 def _drop_empty_stderr(store: Store, run_id: str) -> None:

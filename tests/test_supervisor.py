@@ -172,13 +172,14 @@ def test_a_run_cancelled_before_its_supervisor_comes_up_never_starts(runner: Run
 
 def _claim_as_a_dead_process(runner: Runner) -> int:
     """Claim one queued run the way a kernel killed mid-launch would leave it."""
-    from nbrunner import scheduler
+    from nbrunner import reconcile, scheduler
 
     runner.config("paused", False)
     (claimed,) = scheduler.claim_ready(runner.store)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    runner.store.update(claimed.id, claimed_by=gone.pid, claimed_at=time.time() - 5)
+    long_ago = time.time() - reconcile.CLAIMER_GONE_GRACE_S - 1
+    runner.store.update(claimed.id, claimed_by=gone.pid, claimed_at=long_ago)
     return claimed.id
 
 
@@ -210,3 +211,29 @@ def test_a_supervisor_that_could_not_start_fails_the_run_with_its_error(runner: 
     assert failed.reason == (
         "its supervisor could not start: ModuleNotFoundError: No module named 'nbrunner'"
     )
+
+
+def test_a_supervisor_late_for_an_older_claim_leaves_the_run_alone(runner: Runner) -> None:
+    from nbrunner import scheduler
+    from nbrunner.supervisor import Supervisor
+
+    runner.close()
+    runner.config("paused", True)
+    run = runner.submit("count", {"n": 1, "delay": 0})
+    runner.config("paused", False)
+    (older,) = scheduler.claim_ready(runner.store)
+    runner.store.transition(run.id, RunStatus.QUEUED, claimed_at=None, claimed_by=None)
+    time.sleep(0.01)
+    (newer,) = scheduler.claim_ready(runner.store)
+    assert Supervisor(runner.store, run.id, scheduler.claim_token(older)).run() is None
+    assert run.status is RunStatus.STARTING and run.record.supervisor_pid is None
+    scheduler.launch(runner.store, [newer])
+    assert run.wait(timeout=20).status is RunStatus.SUCCEEDED
+
+
+def test_repair_leaves_runs_that_ended_meanwhile_alone(runner: Runner) -> None:
+    from nbrunner import reconcile
+
+    record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=20)
+    with runner.store.write() as tx:
+        assert reconcile._repair(tx, record, time.time()) is None
