@@ -33,6 +33,7 @@ _MODULE_KEYS = {
     "group",
     "on_done",
     "hide_gpus",
+    "unbuffered",
 }
 _TARGETS = ("python_module", "script", "command")
 _TRUE = {"true", "1", "yes", "on"}
@@ -183,6 +184,7 @@ class ModuleSpec:
     group: str | None = None
     on_done: tuple[str, ...] | None = None
     hide_gpus: bool = False
+    unbuffered: bool = True  # Python children write each line at once (live logs)
 
     @property
     def param_map(self) -> dict[str, ParamSpec]:
@@ -240,6 +242,7 @@ class ModuleSpec:
             **extra,
             "env": dict(self.env),
             "hide_gpus": self.hide_gpus,
+            "unbuffered": self.unbuffered,
             "params": {p.name: p.to_dict() for p in self.params},
             "resources": self.resources.to_dict(),
         }
@@ -322,6 +325,7 @@ def build_module(name: str, data: Mapping[str, Any], base_dir: Path | None = Non
         group=data.get("group"),
         on_done=_hook_argv(name, data.get("on_done")),
         hide_gpus=bool(data.get("hide_gpus", False)),
+        unbuffered=bool(data.get("unbuffered", True)),
     )
 
 

@@ -248,7 +248,8 @@ class Runner:
         ):
             raise InvalidParameter(f"timeout must be a positive number of seconds, got {timeout!r}")
         needs: Resources = spec.resources.merged(dict(resources) if resources else None)
-        env = dict(spec.env)
+        # An empty PYTHONUNBUFFERED turns it off even where the supervisor's own env sets it.
+        env = {"PYTHONUNBUFFERED": "1" if spec.unbuffered else "", **spec.env}
         if spec.hide_gpus and not (needs.gpus or needs.gpu_memory):
             env["CUDA_VISIBLE_DEVICES"] = ""  # opted in: a CPU-only run sees no GPU
         return {

@@ -109,7 +109,9 @@ class Supervisor:
             return run
 
     def _start_child(self, run: RunRecord, log: BinaryIO) -> Child | None:
-        env = {**os.environ, **run.env, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+        env = {**os.environ, **run.env}
+        env.setdefault("PYTHONUNBUFFERED", "1")  # live logs, unless the module opted out ("")
+        env.setdefault("PYTHONIOENCODING", "utf-8")
         if run.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(run.gpus)
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"

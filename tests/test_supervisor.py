@@ -237,3 +237,12 @@ def test_repair_leaves_runs_that_ended_meanwhile_alone(runner: Runner) -> None:
     record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=20)
     with runner.store.write() as tx:
         assert reconcile._repair(tx, record, time.time()) is None
+
+
+def test_a_module_can_trade_live_logs_for_buffered_throughput(runner: Runner) -> None:
+    show = "import sys; print(int(sys.stdout.write_through))"
+    runner.register("live", command=python(show))
+    runner.register("buffered", command=python(show), unbuffered=False)
+    live, buffered = runner.submit("live").wait(30), runner.submit("buffered").wait(30)
+    assert Path(live.log_path).read_text() == "1\n"
+    assert Path(buffered.log_path).read_text() == "0\n"
