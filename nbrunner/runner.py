@@ -467,6 +467,13 @@ class Runner:
         """How many runs match; takes the same filters as `history`."""
         return self.store.count_history(HistoryFilter.build(**filters))
 
+    def overview(self, recent: int = 200) -> tuple[dict[str, int], pd.DataFrame]:
+        """Runs by status, and the newest `recent` runs' durations, in one store query."""
+        import pandas as pd
+
+        counts, runs = self.store.overview(recent)
+        return counts, pd.DataFrame(runs, columns=["id", "module", "status", "duration_s"])
+
     def metrics(self) -> dict[str, Any]:
         """Counters: runs by status, queued and running now, mean wait and run time per module."""
         return self.store.metrics()

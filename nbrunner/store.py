@@ -295,6 +295,23 @@ class Store:
             self._conn().execute(f"SELECT count(*) FROM runs WHERE {where}", params).fetchone()[0]
         )
 
+    def overview(self, recent: int) -> tuple[dict[str, int], list[tuple[Any, ...]]]:
+        """Runs by status, and the newest runs' (id, module, status, duration): one statement,
+        so a dashboard refresh stays one store round trip."""
+        counts: dict[str, int] = {}
+        runs: list[tuple[Any, ...]] = []
+        for kind, run_id, module, status, value in self._conn().execute(
+            "SELECT 'count', NULL, NULL, status, count(*) FROM runs GROUP BY status "
+            "UNION ALL SELECT * FROM (SELECT 'run', id, module, status, ended_at - started_at "
+            "FROM runs ORDER BY id DESC LIMIT ?)",
+            (recent,),
+        ):
+            if kind == "count":
+                counts[status] = value
+            else:
+                runs.append((run_id, module, status, value))
+        return counts, runs
+
     def metrics(self) -> dict[str, Any]:
         """Counters over the whole history, in two aggregate queries."""
         conn = self._conn()

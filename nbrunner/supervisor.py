@@ -36,7 +36,7 @@ from .scheduler import claim_token
 from .states import RunStatus
 from .store import Store
 
-POLL_S = 0.25
+POLL_S = 0.5  # how often a requested action (cancel, pause) is looked for
 SAMPLE_S = 1.0
 RECORD_EVERY_S = 3.0
 HOOK_TIMEOUT_S = 300

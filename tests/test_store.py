@@ -140,3 +140,12 @@ def test_registered_modules_persist(store: Store) -> None:
     store.save_module("x", {"command": ["true"]})
     assert Store(store.home).registered_modules() == {"x": {"command": ["true"]}}
     assert store.delete_module("x") and not store.delete_module("x")
+
+
+def test_overview_counts_by_status_and_lists_the_newest_runs(store: Store) -> None:
+    store.insert_runs(_rows(4))
+    store.transition(2, RunStatus.CANCELLED)
+    counts, newest = store.overview(recent=3)
+    assert counts == {"queued": 3, "cancelled": 1}
+    assert [(run_id, status) for run_id, _, status, _ in newest] == [
+        (4, "queued"), (3, "queued"), (2, "cancelled")]  # fmt: skip

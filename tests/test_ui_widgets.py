@@ -45,9 +45,16 @@ def clock() -> FakeClock:
 @pytest.fixture
 def dash(runner: Runner, sampler: SystemSampler, clock: FakeClock) -> Iterator[Dashboard]:
     dashboard = Dashboard(runner, start=False, clock=clock, sampler=sampler, page_size=25)
-    dashboard.refresh()
+    settle(dashboard)
     yield dashboard
     dashboard.close()
+
+
+def settle(dash: Dashboard) -> None:
+    """Tick until the history view has caught up (a recount and a page take a tick each)."""
+    dash.refresh()
+    while dash.history.stale:
+        dash.refresh()
 
 
 def refresh_until(dash: Dashboard, predicate: Callable[[], T], what: str) -> T:
@@ -127,7 +134,7 @@ def test_cards_show_queue_positions_then_the_end_of_a_cancelled_run(
     assert any("cancelled" in t.widget.children[0].value for t in dash.toasts.toasts)
 
     clock.now += dash.linger_s + 1
-    dash.refresh()
+    settle(dash)
     assert low not in dash.cards.cards
     assert list(dash.cards.cards) == [high]
 
@@ -150,7 +157,7 @@ def test_toasts_are_dismissible(dash: Dashboard, runner: Runner) -> None:
     assert f"#{run.id} count" in toast.widget.children[0].value
     assert "succeeded" in toast.widget.children[0].value
     toast.widget.children[1].click()
-    dash.refresh()
+    settle(dash)
     assert dash.toasts.toasts == []
     assert dash.toasts.widget.children == ()
 
@@ -174,7 +181,7 @@ def test_each_log_tab_tails_only_its_own_run(dash: Dashboard, runner: Runner) ->
     second = runner.submit("count", {"n": 200, "delay": 0.05, "label": "second"}).id
     dash.view_logs(first)
     dash.view_logs(second)
-    dash.refresh()
+    settle(dash)
     assert dash.tabs.widget.titles == ("History", f"#{first} count", f"#{second} count")
     assert dash.tabs.widget.selected_index == 2
     bodies = {run_id: dash.tabs.tabs[run_id].body for run_id in (first, second)}
@@ -186,18 +193,18 @@ def test_each_log_tab_tails_only_its_own_run(dash: Dashboard, runner: Runner) ->
 
     tab = dash.tabs.tabs[first]
     tab.filter.value = "first 3/200"
-    dash.refresh()
+    settle(dash)
     assert tab.body.value.count("\n") == 0 and "first 3/200" in tab.body.value
     tab.follow.value = False
-    dash.refresh()
+    settle(dash)
     assert "nbr-nofollow" in tab.body._dom_classes
 
     tab.widget.children[0].children[2].click()  # Full log
-    dash.refresh()
+    settle(dash)
     assert 'download="run-' in tab.link.value and "base64," in tab.link.value
 
     tab.widget.children[0].children[3].click()  # Close tab
-    dash.refresh()
+    settle(dash)
     assert list(dash.tabs.tabs) == [second]
     assert dash.tabs.widget.titles == ("History", f"#{second} count")
     runner.cancel(first)
@@ -209,7 +216,7 @@ def test_history_pages_through_one_page_at_a_time(dash: Dashboard, runner: Runne
     seed_history(runner.store, 60)
     history = dash.history
     history.invalidate()
-    dash.refresh()
+    settle(dash)
     assert history.page_label.value == "page 1 of 3 · 60 runs"
     assert len(history.frame) == 25 and len(history.grid.children) == 25
     assert history.frame["id"].is_monotonic_decreasing
@@ -217,17 +224,17 @@ def test_history_pages_through_one_page_at_a_time(dash: Dashboard, runner: Runne
     newest = int(history.frame["id"].iloc[0])
 
     history.next_button.click()
-    dash.refresh()
+    settle(dash)
     assert history.page_label.value == "page 2 of 3 · 60 runs"
     assert int(history.frame["id"].iloc[0]) == newest - 25
     history.next_button.click()
-    dash.refresh()
+    settle(dash)
     assert history.page_label.value == "page 3 of 3 · 60 runs"
     assert len(history.grid.children) == 10
     assert history.next_button.disabled
 
     history.page_size.value = 50
-    dash.refresh()
+    settle(dash)
     assert history.page_label.value == "page 1 of 2 · 60 runs"
     assert len(history.grid.children) == 50
 
@@ -237,16 +244,16 @@ def test_history_filters_by_module_status_and_text(dash: Dashboard, runner: Runn
     seed_history(runner.store, 3, module="beta")
     history = dash.history
     history.module.value = "beta"
-    dash.refresh()
+    settle(dash)
     assert history.page_label.value == "page 1 of 1 · 3 runs"
     assert set(history.frame["module"]) == {"beta"}
     history.module.value = ""
     history.status.value = "failed"
-    dash.refresh()
+    settle(dash)
     assert history.total == 0 and history.empty.layout.display is None
     history.status.value = ""
     history.search.value = '"i": 4'
-    dash.refresh()
+    settle(dash)
     assert history.total == 1
 
 
@@ -254,11 +261,11 @@ def test_history_row_actions_view_and_restart(dash: Dashboard, runner: Runner) -
     runner.config("paused", True)
     (seeded,) = seed_history(runner.store, 1, module="count")
     dash.history.invalidate()
-    dash.refresh()
+    settle(dash)
     row = dash.history.rows[0]
     assert row.run_id == seeded
     row.widget.children[1].click()  # View
-    dash.refresh()
+    settle(dash)
     assert seeded in dash.tabs.tabs
     row.widget.children[2].click()  # Restart
     assert runner.store.active()[0].restart_of == seeded
@@ -296,14 +303,14 @@ def test_gpu_gauges_come_from_the_sample(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_summary_counts_and_durations(dash: Dashboard, runner: Runner) -> None:
     seed_history(runner.store, 4, module="alpha")
     dash.summary.load()
-    dash.refresh()
+    settle(dash)
     assert "succeeded</span> 4" in dash.summary.counts.value
     assert "<b>alpha</b>" in dash.summary.chart.value
     assert dash.summary.chart.value.count("<rect") == 4
 
 
 def test_a_quiet_tick_sends_nothing(dash: Dashboard) -> None:
-    dash.refresh()
+    settle(dash)
     dash.stats.reset()
     dash.refresh()
     assert dash.stats.updates == 0 and dash.stats.bytes == 0
@@ -326,3 +333,22 @@ def test_runs_are_not_affected_by_closing_the_dashboard(dash: Dashboard, runner:
     run = runner.submit("count", {"n": 3, "delay": 0.05})
     dash.close()
     assert run.wait(timeout=30).status is RunStatus.SUCCEEDED
+
+
+def test_every_tick_makes_at_most_one_store_query(
+    dash: Dashboard, runner: Runner, clock: FakeClock
+) -> None:
+    statements: list[str] = []
+    runner.store._conn().set_trace_callback(statements.append)  # refresh() runs on this thread
+    reloads = 0
+    for i in range(3):
+        runner.submit("count", {"n": 1, "delay": 0, "label": f"q{i}"}).wait(timeout=30)
+        for _ in range(8):
+            clock.now += 3  # past every reload interval, so each kind of reload happens
+            statements.clear()
+            dash.refresh()
+            selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+            assert len(selects) <= 1, selects
+            reloads += len(selects)
+    runner.store._conn().set_trace_callback(None)
+    assert reloads >= 3  # history counts, pages and the summary did reload

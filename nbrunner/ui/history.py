@@ -226,12 +226,17 @@ class HistoryView:
 
     # -- done by the refresh loop --------------------------------------------------------------
     def load(self) -> None:
-        """Count (when the filter or the runs changed) and fetch the page; render it."""
-        self.stale = False
+        """Count when the filter or the runs changed, else fetch the page and render it.
+
+        One query per call: after a recount the view stays stale, and the page comes with
+        the next tick.
+        """
         query = self.query()
         if self._count_for != query:
             self.total = self.runner.count(**query.kwargs())
             self._count_for = query
+            return
+        self.stale = False
         size = int(self.page_size.value)
         self.page = min(self.page, page_count(self.total, size) - 1)
         self.frame = self.runner.history(**query.kwargs(), limit=size, offset=self.page * size)

@@ -84,10 +84,10 @@ class SummaryView:
         self.widget.add_class("nbr-summary")
 
     def load(self) -> None:
-        """Query the ended counts and the recent finished runs (a few indexed queries)."""
-        self.ended_counts = {status: self.runner.count(status=status) for status in ENDED}
-        # Unfiltered, then filtered here: newest-first by status would sort the whole table.
-        recent = self.runner.history(limit=RECENT_RUNS)
+        """The ended counts and the recent finished runs, in one store query."""
+        counts, recent = self.runner.overview(RECENT_RUNS)
+        self.ended_counts = {status: counts.get(status, 0) for status in ENDED}
+        # Newest first, then filtered here: newest-first by status would sort the whole table.
         finished = recent[recent["status"].isin(ENDED)]
         self.sync.set(self.chart, value=durations_html(finished))
 
