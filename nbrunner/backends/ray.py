@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import os
 import re
 import shlex
 import signal
@@ -53,6 +54,23 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 CHILD_SETTINGS = ("PYTHONUNBUFFERED", "PYTHONIOENCODING")
 # A modules.toml module runs in the nbrunner home by default: never upload its logs and db.
 HOME_EXCLUDES = ["/logs/", "/nbrunner.db*"]
+
+
+def loopback_head_env(directory: Path) -> dict[str, str]:
+    """Environment for a `ray start --head` that must stay on this machine's loopback.
+
+    Even with --node-ip-address 127.0.0.1, Ray advertises the machine's LAN address on
+    Linux, and its dashboard asks cloud metadata servers which cloud it runs on, unless a
+    cluster config in HOME says so. A one-workstation head needs neither.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+    return {
+        **os.environ,
+        "HOME": str(directory),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # i.e. no cluster: use the loopback address
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
 
 
 # -- submit-time checks (in the submitting process: no Ray import, which takes seconds) ------

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from nbrunner.backends.ray import loopback_head_env
+
 from .procs import alive, wait_until
 
 START_TIMEOUT_S = 90.0
@@ -77,7 +79,7 @@ class RayHead:
         with open(self.output, "ab") as output:
             self.proc = subprocess.Popen(
                 self.argv(), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, env=loopback_head_env(self.temp_dir / "home"),
             )  # fmt: skip
         wait_until(self.ready, timeout=START_TIMEOUT_S, interval=0.25, what="the Ray head")
         return self

@@ -1,0 +1,319 @@
+"""1. Launch overhead: many trivial runs at concurrency 10, and submit → child-started latency.
+
+Throughput: `count` runs of `true` and of a trivial Python child, 10 at a time. Latency: with
+9 long runs active, one probe run at a time whose child prints time.time() as it starts;
+latency is that stamp minus the moment just before the submit call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+from . import nbrun
+from .children import read_stamps, stamp_argv
+from .context import Context
+from .harness import (
+    CpuWindow,
+    Figure,
+    Metrics,
+    Section,
+    Target,
+    Variant,
+    adopts_orphans,
+    cpu_seconds,
+    figure_from,
+    interleave,
+    isolate,
+    median,
+    percentile,
+    wait_for_descendants,
+)
+from .peers import ParallelFeed, RayJobs, Tsp, parallel_batch_argv, ray_processes
+from .plots import bar_plot
+
+CONCURRENCY = 10
+FLOOR = "floor (asyncio)"
+RAY = "Ray Jobs"
+SLEEPER = ["sleep", "600"]
+
+METHOD = """\
+Each batch runs in a fresh process. *runs/s* is runs divided by the wall time from the first
+submit to the last run's end. *CPU outside the child* is the CPU of the submitting process
+plus every descendant (nbrunner's detached supervisors and their `/bin/sh` launcher, the
+task-spooler server, GNU parallel) over the batch — counted with `getrusage(RUSAGE_CHILDREN)`
+after the measuring process adopted and reaped them as a Linux child subreaper — minus the
+children's own CPU, taken as the floor's median `RUSAGE_CHILDREN` per run. For the floor it
+is the asyncio process's own CPU. For Ray it is the client's CPU plus the growth of CPU time
+of the head's processes alive at the end (processes that exited are missed: a lower bound).
+*Latency*: with 9 `sleep 600` runs active, a probe child prints `time.time()` as it starts;
+latency = that stamp − the time just before the submit call (nbrunner also reports
+`started_at − submitted_at` from its records). Ray: no background jobs, fewer probes.
+The Python child is `python -c "import time; print('T', time.time())"` (`python -c pass`
+plus one print)."""
+
+
+def _result(window: CpuWindow, count: int, done_wall: float) -> Metrics:
+    return {
+        "runs_per_s": count / done_wall,
+        "cpu_ms": 1000 * window.total_cpu / count,
+        "self_ms": 1000 * window.self_cpu / count,
+        "children_ms": 1000 * window.children_cpu / count,
+    }
+
+
+def _latency(stamps: Sequence[float]) -> Metrics:
+    millis = [1000 * s for s in stamps]
+    return {"p50_ms": median(millis), "p99_ms": percentile(millis, 99)}
+
+
+# -- throughput, one batch per isolated process ---------------------------------------------------
+def floor_batch(home: Path, argv: list[str], count: int) -> Metrics:
+    async def batch() -> None:
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def one() -> None:
+            async with gate:
+                proc = await asyncio.create_subprocess_exec(*argv)
+                await proc.wait()
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+    with CpuWindow() as window:
+        asyncio.run(batch())
+    return _result(window, count, window.wall)
+
+
+@adopts_orphans
+def nbrunner_batch(home: Path, argv: list[str], count: int) -> Metrics:
+    runner = nbrun.runner(home, CONCURRENCY)
+    name = nbrun.register(runner, "child", argv)
+    with CpuWindow() as window:
+        for _ in range(count):
+            runner.submit(name)
+        nbrun.wait_done(runner, timeout=300)
+        done = time.perf_counter() - window.wall0
+        wait_for_descendants()
+    runner.close()
+    return _result(window, count, done)
+
+
+@adopts_orphans
+def tsp_batch(home: Path, argv: list[str], count: int, binary: str) -> Metrics:
+    with CpuWindow() as window:
+        queue = Tsp(binary, CONCURRENCY)
+        for _ in range(count):
+            queue.add(argv)
+        queue.wait_all()
+        done = time.perf_counter() - window.wall0
+        queue.close()
+        wait_for_descendants()
+    return _result(window, count, done)
+
+
+def parallel_batch(home: Path, argv: list[str], count: int, binary: str) -> Metrics:
+    command = parallel_batch_argv(binary, CONCURRENCY, argv, count)
+    with CpuWindow() as window:
+        subprocess.run(command, stdout=subprocess.DEVNULL, check=True)
+    return _result(window, count, window.wall)
+
+
+def ray_batch(home: Path, argv: list[str], count: int, address: str, temp: str) -> Metrics:
+    jobs = RayJobs(address)
+    before = {p.pid: cpu_seconds([p]) for p in ray_processes(temp)}
+    with CpuWindow() as window:
+        ids = [jobs.submit(argv) for _ in range(count)]
+        jobs.wait(ids)
+    after = {p.pid: cpu_seconds([p]) for p in ray_processes(temp)}
+    head = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+    result = _result(window, count, window.wall)
+    result["cpu_ms"] += 1000 * head / count
+    return result
+
+
+# -- latency, probes one at a time with 9 runs active ---------------------------------------------
+def floor_latency(home: Path, probes: int) -> Metrics:
+    async def measure() -> list[float]:
+        sleepers = [await asyncio.create_subprocess_exec(*SLEEPER) for _ in range(9)]
+        gaps: list[float] = []
+        for _ in range(probes):
+            before = time.time()
+            proc = await asyncio.create_subprocess_exec(
+                *stamp_argv(), stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await proc.communicate()
+            gaps.append(read_stamps(out.decode())[0] - before)
+        for sleeper in sleepers:
+            sleeper.kill()
+            await sleeper.wait()
+        return gaps
+
+    return _latency(asyncio.run(measure()))
+
+
+@adopts_orphans
+def nbrunner_latency(home: Path, probes: int) -> Metrics:
+    runner = nbrun.runner(home, CONCURRENCY)
+    sleeper = nbrun.register(runner, "sleeper", SLEEPER)
+    stamp = nbrun.register(runner, "stamp", stamp_argv())
+    background = [runner.submit(sleeper) for _ in range(CONCURRENCY - 1)]
+    nbrun.wait_running(background)
+    gaps, recorded = [], []
+    for _ in range(probes):
+        time.sleep(0.1)  # the previous probe's supervisor has exited
+        before = time.time()
+        run = runner.submit(stamp)
+        record = run.wait(60)
+        gaps.append(read_stamps(nbrun.log_text(run))[0] - before)
+        recorded.append((record.started_at or 0) - record.submitted_at)
+    nbrun.cancel_all(background)
+    runner.close()
+    result = _latency(gaps)
+    result["record_p50_ms"] = 1000 * median(recorded)
+    return result
+
+
+@adopts_orphans
+def tsp_latency(home: Path, probes: int, binary: str) -> Metrics:
+    queue = Tsp(binary, CONCURRENCY)
+    background = [queue.add(SLEEPER) for _ in range(CONCURRENCY - 1)]
+    gaps = []
+    for _ in range(probes):
+        before = time.time()
+        job = queue.add(stamp_argv())
+        queue.call("-w", str(job))
+        gaps.append(read_stamps(queue.output(job))[0] - before)
+    for job in background:
+        queue.call("-k", str(job))
+    queue.close()
+    return _latency(gaps)
+
+
+def parallel_latency(home: Path, probes: int, binary: str) -> Metrics:
+    feed = ParallelFeed(binary, CONCURRENCY)
+    for _ in range(CONCURRENCY - 1):
+        feed.add(SLEEPER)
+    for _ in range(2):  # parallel reads a slot's worth of lines ahead before it starts any
+        feed.add(["true"])
+    time.sleep(0.5)
+    gaps = []
+    for _ in range(probes):
+        before = time.time()
+        feed.add(stamp_argv())
+        gaps.append(read_stamps(feed.read_line())[0] - before)
+    feed.close()
+    return _latency(gaps)
+
+
+def ray_latency(home: Path, probes: int, address: str, temp: str) -> Metrics:
+    jobs = RayJobs(address)
+    gaps = []
+    for _ in range(probes):
+        before = time.time()
+        job = jobs.submit(stamp_argv())
+        jobs.wait([job])
+        gaps.append(read_stamps(jobs.logs(job))[0] - before)
+    return _latency(gaps)
+
+
+# -- the section ----------------------------------------------------------------------------------
+def _variants(ctx: Context, kind: str, ray_count: int, **kwargs: object) -> dict[str, Variant]:
+    """floor, nbrunner and each peer found, as isolated calls of `<variant>_<kind>`."""
+    variants: dict[str, Variant] = {
+        FLOOR: partial(isolate, f"launch:floor_{kind}", **kwargs),
+        "nbrunner": partial(isolate, f"launch:nbrunner_{kind}", **kwargs),
+    }
+    for peer, label in (("tsp", "tsp -S 10"), ("parallel", "parallel -j10")):
+        if ctx.has(peer):
+            variants[label] = partial(
+                isolate, f"launch:{peer}_{kind}", binary=ctx.binary(peer), **kwargs
+            )
+    head = ctx.ray() if ray_count else None
+    if head is not None:
+        smaller = {k: (ray_count if k in ("count", "probes") else v) for k, v in kwargs.items()}
+        variants[RAY] = partial(
+            isolate, f"launch:ray_{kind}", address=head.address, temp=str(head.temp), **smaller
+        )
+    return variants
+
+
+def run(ctx: Context) -> Section:
+    count, repeats = ctx.size(300, 30), ctx.size(3, 1)
+    section = Section("launch", "1. Launch overhead", METHOD)
+    ray_jobs = ctx.size(6, 2)
+    rates: dict[str, Figure] = {}
+    cpu: dict[str, Figure] = {}
+    for child, argv in (("true", ["true"]), ("python", stamp_argv())):
+        ray_count = ray_jobs if child == "python" else 0  # Ray's cost does not depend on it
+        results = interleave(_variants(ctx, "batch", ray_count, argv=argv, count=count), repeats)
+        rates[child] = figure_from(
+            section, results, "runs_per_s", f"runs/s, `{child}`", "runs/s", True
+        )
+        cpu[child] = _cpu_outside(section, results, child)
+    probes = ctx.size(20, 5)
+    latency = interleave(_variants(ctx, "latency", ctx.size(3, 0), probes=probes), repeats)
+    p50 = figure_from(section, latency, "p50_ms", "submit → child started, p50", "ms")
+    figure_from(section, latency, "p99_ms", "submit → child started, p99", "ms")
+    figure_from(section, latency, "record_p50_ms", "started_at − submitted_at, p50", "ms")
+    section.notes.append(
+        f"{count} runs per batch, {repeats} interleaved repeat(s); {probes} latency probes per "
+        f"repeat. Ray Jobs: {ray_jobs} jobs per batch of the Python child only (its cost per "
+        "job does not depend on the child)"
+        + (", no latency probes in quick mode." if ctx.quick else ", 3 latency probes.")
+    )
+    section.targets += [_floor_target(rates, cpu), _ray_target(rates), _latency_target(p50)]
+    section.plots.append(
+        bar_plot(ctx.out_dir, "launch_throughput.png", "Launch throughput", list(rates.values()))
+    )
+    return section
+
+
+def _cpu_outside(section: Section, results: dict[str, list[Metrics]], child: str) -> Figure:
+    child_cpu = median([m["children_ms"] for m in results[FLOOR]])
+    fig = section.figure(f"CPU outside the child, `{child}`", "ms/run")
+    for variant, runs in results.items():
+        for metrics in runs:
+            own = metrics["self_ms"] if variant == FLOOR else metrics["cpu_ms"] - child_cpu
+            fig.add(variant, own)
+    return fig
+
+
+def _floor_target(rates: dict[str, Figure], cpu: dict[str, Figure]) -> Target:
+    ratios = {child: fig.ratio(FLOOR) for child, fig in rates.items()}
+    measured = ", ".join(f"`{child}` {ratio:.2f}×" for child, ratio in ratios.items())
+    overhead = cpu["true"].median()
+    cores = os.cpu_count() or 1
+    why = (
+        f"Each run starts its own Python supervisor (`python -m nbrunner.supervisor`): "
+        f"{overhead:.0f} ms of CPU outside the child per run, against "
+        f"{cpu['true'].median(FLOOR):.1f} ms for the floor. With {cores} cores that caps "
+        f"nbrunner near {1000 * cores / overhead:.0f} runs/s whatever the child does, while "
+        "the floor only pays a fork+exec. What would reach it: not paying an interpreter "
+        "start per run — a long-lived supervisor process (or a forkserver that imports the "
+        "supervisor once and forks per run) watching many runs; cutting the supervisor's "
+        "import footprint helps only by a constant factor."
+    )
+    return Target("launch ≥ 0.5× the floor's runs/s", measured, min(ratios.values()) >= 0.5, why)
+
+
+def _ray_target(rates: dict[str, Figure]) -> Target:
+    fig = rates["python"]
+    if RAY not in fig.samples:
+        return Target("launch ≥ 10× Ray Jobs' runs/s", "Ray not measured", None)
+    ratio = fig.ratio(RAY)
+    return Target("launch ≥ 10× Ray Jobs' runs/s", f"{ratio:.0f}× (`python`)", ratio >= 10)
+
+
+def _latency_target(p50: Figure) -> Target:
+    value = p50.median()
+    why = (
+        "submit → tick wake-up → claim → `/bin/sh` → a fresh Python supervisor (imports, "
+        "two store transactions) → the child's own interpreter start; the supervisor's "
+        "start-up is the largest share."
+    )
+    return Target("p50 submit → started ≤ 100 ms", f"{value:.0f} ms", value <= 100, why)
