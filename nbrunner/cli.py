@@ -14,7 +14,7 @@ from typing import Any
 
 from .backends import BACKENDS
 from .errors import BadInput, NbrunnerError
-from .logs import LogFollower
+from .logs import LogFollower, tail_offset
 from .models import RunRecord
 from .runner import Runner
 from .states import RunStatus
@@ -156,34 +156,19 @@ def _show(args: argparse.Namespace, runner: Runner) -> int:
 
 @verb("logs")
 def _logs(args: argparse.Namespace, runner: Runner) -> int:
-    from .logs import read_tail_bytes
-
     record = runner.get(args.id).record
+    start = 0 if args.tail is None else tail_offset(record.log_path, args.tail)
+    follower = LogFollower(record.log_path, offset=start)
     out = sys.stdout.buffer
-    if args.tail is not None:
-        data = read_tail_bytes(record.log_path, args.tail)
-        out.write(data)
-        follower = LogFollower(record.log_path, offset=_size(record.log_path))
-    else:
-        follower = LogFollower(record.log_path)
     while True:
-        chunk = follower.read_bytes()
-        out.write(chunk)
+        # Asked before draining: whatever the run wrote before it ended is then read below.
+        ended = args.follow and runner.store.get(record.id).is_done
+        while chunk := follower.read_bytes():
+            out.write(chunk)
         out.flush()
-        if chunk:
-            continue
-        if not args.follow or (runner.store.get(record.id).is_done and not follower.read_bytes(1)):
+        if not args.follow or ended:
             return 0
         time.sleep(0.2)
-
-
-def _size(path: str) -> int:
-    import os
-
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
 
 @verb("cancel")

@@ -35,25 +35,42 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
-def read_tail_bytes(path: str | Path, lines: int, max_bytes: int = MAX_TAIL_BYTES) -> bytes:
-    """The last `lines` lines (at most max_bytes of them), read backwards from the end."""
+def tail_offset(path: str | Path, lines: int, max_bytes: int = MAX_TAIL_BYTES) -> int:
+    """Where the last `lines` lines start, found by reading backwards from the end, but no
+    further back than max_bytes (a log may be one endless line)."""
     try:
         with open(path, "rb") as f:
             end = f.seek(0, os.SEEK_END)
-            position, data = end, b""
-            while position > 0 and data.count(b"\n") <= lines and len(data) < max_bytes:
-                step = min(TAIL_BLOCK, position)
+            floor = max(0, end - max_bytes)
+            if lines <= 0 or end == 0:
+                return end
+            f.seek(end - 1)
+            to_pass = lines + (f.read(1) == b"\n")  # the newline ending the last line too
+            position = end
+            while position > floor:
+                step = min(TAIL_BLOCK, position - floor)
                 position -= step
                 f.seek(position)
-                data = f.read(step) + data
+                block = f.read(step)
+                index = len(block)
+                while (index := block.rfind(b"\n", 0, index)) >= 0:
+                    to_pass -= 1
+                    if to_pass == 0:
+                        return position + index + 1
+            return floor
+    except FileNotFoundError:
+        return 0
+
+
+def read_tail_bytes(path: str | Path, lines: int, max_bytes: int = MAX_TAIL_BYTES) -> bytes:
+    """The last `lines` lines, at most max_bytes of them."""
+    offset = tail_offset(path, lines, max_bytes)
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(max_bytes)
     except FileNotFoundError:
         return b""
-    if data.endswith(b"\n"):
-        kept = data[:-1].split(b"\n")[-lines:] if lines else []
-        result = b"\n".join(kept) + (b"\n" if kept else b"")
-    else:
-        result = b"\n".join(data.split(b"\n")[-lines:]) if lines else b""
-    return result[-max_bytes:]
 
 
 def decode(data: bytes) -> str:

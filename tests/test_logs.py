@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import psutil
+import pytest
 from helpers.procs import python
 
 from nbrunner import Runner
@@ -16,6 +17,7 @@ from nbrunner.logs import (
     read_tail_bytes,
     read_text,
     strip_ansi,
+    tail_offset,
 )
 from nbrunner.states import RunStatus
 
@@ -99,3 +101,16 @@ def test_helpers_for_readers() -> None:
     assert collapse_carriage_returns("a\r\nb\rc\n") == "a\nc\n"
     assert strip_ansi("\x1b[32mgreen\x1b[0m \x1b]0;title\x07x") == "green x"
     assert read_text("/nonexistent/log") == ""
+
+
+@pytest.mark.parametrize(
+    ("content", "lines", "expected"),
+    [(b"a\nb\nc\n", 1, b"c\n"), (b"a\nb\nc\n", 2, b"b\nc\n"), (b"a\nb\nc\n", 9, b"a\nb\nc\n"),
+     (b"a\nb\nc", 1, b"c"), (b"a\nb\nc", 2, b"b\nc"), (b"\n\n", 1, b"\n"), (b"", 3, b""),
+     (b"x\n" * 40_000, 2, b"x\nx\n"), (b"a\nb\n", 0, b"")],
+)  # fmt: skip
+def test_tail_finds_the_start_of_the_last_lines(tmp_path: Path, content, lines, expected) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(content)
+    assert read_tail_bytes(path, lines) == expected
+    assert tail_offset(path, lines) == len(content) - len(expected)
