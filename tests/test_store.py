@@ -149,3 +149,19 @@ def test_overview_counts_by_status_and_lists_the_newest_runs(store: Store) -> No
     assert counts == {"queued": 3, "cancelled": 1}
     assert [(run_id, status) for run_id, _, status, _ in newest] == [
         (4, "queued"), (3, "queued"), (2, "cancelled")]  # fmt: skip
+
+
+def test_a_store_written_by_the_first_schema_opens_and_keeps_its_history(tmp_path: Path) -> None:
+    """tests/fixtures/store-v1.db was written by schema 1 (before Ray runs kept an address)."""
+    import shutil
+
+    shutil.copy(Path(__file__).parent / "fixtures" / "store-v1.db", tmp_path / "nbrunner.db")
+    store = Store(tmp_path)
+    assert store.schema_version == len(MIGRATIONS) > 1
+    runs = store.history(HistoryFilter())
+    assert [(r.id, r.status.value, r.exit_code) for r in runs] == [
+        (3, "cancelled", None), (2, "failed", 3), (1, "succeeded", 0)]  # fmt: skip
+    assert runs[1].params == {"epochs": 5} and runs[1].backend_address is None
+    assert store.config()["max_concurrent"] == 4
+    (new_id,) = store.insert_runs(_rows(1))
+    assert new_id == 4 and store.version() > 3
