@@ -38,6 +38,7 @@ class RunRecord:
     priority: int = 0
     claimed_at: float | None = None
     claimed_by: int | None = None
+    taken_at: float | None = None
     started_at: float | None = None
     ended_at: float | None = None
     timeout: float | None = None

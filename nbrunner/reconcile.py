@@ -24,17 +24,23 @@ CLAIMER_GONE_GRACE_S = 10.0
 START_TIMEOUT_S = 30.0
 
 
-def process_alive(pid: int | None, not_before: float | None) -> bool:
-    """Whether pid is a live process created no earlier than not_before (pid reuse check)."""
+def process_alive(
+    pid: int | None, born_after: float | None = None, born_before: float | None = None
+) -> bool:
+    """Whether pid is a live process born in the given window: a pid the OS handed to a
+    new process since is not the one recorded."""
     if not pid:
         return False
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
-        return not_before is None or process.create_time() >= not_before - 1.0
+        born = process.create_time()
     except psutil.Error:
         return False
+    return (born_after is None or born >= born_after - 1.0) and (
+        born_before is None or born <= born_before + 1.0
+    )
 
 
 def _stranded(run: RunRecord, now: float) -> bool:
@@ -42,12 +48,16 @@ def _stranded(run: RunRecord, now: float) -> bool:
     if run.status is not RunStatus.STARTING or run.supervisor_pid is not None:
         return False
     waited = now - (run.claimed_at or now)
-    claimer_gone = not process_alive(run.claimed_by, None)
+    claimer_gone = not process_alive(run.claimed_by)
     return waited > START_TIMEOUT_S or (claimer_gone and waited > CLAIMER_GONE_GRACE_S)
 
 
 def _supervisor_gone(run: RunRecord) -> bool:
-    return run.supervisor_pid is not None and not process_alive(run.supervisor_pid, run.claimed_at)
+    # A supervisor may serve several runs in turn, so it can be older than this claim; it
+    # cannot be younger than its taking over.
+    return run.supervisor_pid is not None and not process_alive(
+        run.supervisor_pid, born_before=run.taken_at
+    )
 
 
 def _supervisor_error(run: RunRecord) -> str | None:
@@ -100,6 +110,6 @@ def repair(store: Store) -> list[RunRecord]:
         if fixed is None:
             continue
         repaired.append(fixed)
-        if fixed.status is RunStatus.LOST and process_alive(fixed.pid, fixed.claimed_at):
+        if fixed.status is RunStatus.LOST and process_alive(fixed.pid, born_after=fixed.claimed_at):
             platform.signal_group(fixed.pid, graceful=False)  # type: ignore[arg-type]
     return repaired

@@ -78,6 +78,9 @@ MIGRATIONS: Sequence[str] = (
     """,
     # the cluster a Ray run went to, so its supervisor, a restart and the record agree
     "ALTER TABLE runs ADD COLUMN backend_address TEXT",
+    # when the supervisor took the run over: it may have been born long before (it serves
+    # runs in turn), but never after
+    "ALTER TABLE runs ADD COLUMN taken_at REAL",
 )
 
 

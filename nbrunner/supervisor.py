@@ -1,6 +1,6 @@
-"""One small detached process per run: starts the child, watches it, records how it ended.
+"""Small detached processes that start each run's child, watch it, and record how it ended.
 
-    python -m nbrunner.supervisor HOME RUN_ID
+    python -m nbrunner.supervisor HOME RUN_ID CLAIM
 
 The child's output goes straight to the run's log file, so nothing depends on a reader
 keeping up. Each loop step the supervisor:
@@ -10,9 +10,11 @@ keeping up. Each loop step the supervisor:
 4. enforces the timeout (paused time does not count),
 5. about once a second samples the tree's CPU and memory, stops it past its memory limit
    and records the figures.
-When the run has ended it repairs runs whose owners died, claims and launches the next
-queued runs (which keeps the queue moving with no kernel open), then runs the module's
-on_done hook. Imports stay few: this start-up is paid once per run.
+When the run has ended it repairs runs whose owners died, claims the queued runs that may
+start (which keeps the queue moving with no kernel open), supervises the first of them itself
+and launches supervisors for the others, and runs the module's on_done hook. One supervisor
+thus serves runs in turn while a queue drains; each new one pays an interpreter start, so
+imports stay few.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import subprocess
 import sys
 import time
 import traceback
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -82,10 +85,9 @@ class Supervisor:
         run = self._take_over()
         if run is None:
             return None
-        if run.cores:
-            _pin_to_cores(run.cores)  # inherited by the child and everything it spawns
         with open(run.log_path, "ab") as log:
-            child = self._start_child(run, log)
+            with _pinned(run.cores):  # inherited by the child and everything it spawns
+                child = self._start_child(run, log)
             if child is None:
                 return self.store.get(self.run_id)
             outcome = self._watch(run, child)
@@ -105,7 +107,7 @@ class Supervisor:
                     reason="cancelled before it started",
                 )
                 return None
-            tx.update(self.run_id, supervisor_pid=os.getpid())
+            tx.update(self.run_id, supervisor_pid=os.getpid(), taken_at=time.time())
             return run
 
     def _start_child(self, run: RunRecord, log: BinaryIO) -> Child | None:
@@ -264,12 +266,25 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-def _pin_to_cores(cores: list[int]) -> None:
+@contextmanager
+def _pinned(cores: list[int]) -> Iterator[None]:
+    """This process on `cores` while the child starts; back as it was for the next run.
+    Affinity is a request: a platform without it runs the child unpinned."""
+    if not cores:
+        yield
+        return
     import psutil
 
-    # Affinity is a request: a platform without it runs the child unpinned.
+    me, before = psutil.Process(), None
     with suppress(psutil.Error, AttributeError, ValueError, OSError):
-        psutil.Process().cpu_affinity(cores)
+        before = me.cpu_affinity()
+        me.cpu_affinity(cores)
+    try:
+        yield
+    finally:
+        if before is not None:
+            with suppress(psutil.Error, ValueError, OSError):
+                me.cpu_affinity(before)
 
 
 def run_hook(store: Store, record: RunRecord) -> None:
@@ -297,28 +312,37 @@ def run_hook(store: Store, record: RunRecord) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    home, run_id, claim = (argv if argv is not None else sys.argv[1:])[:3]
+    """Supervise the claimed run, then keep one of the runs that may start next for this
+    process (no new interpreter to pay for) and launch supervisors for the others."""
+    home, first_id, claim = (argv if argv is not None else sys.argv[1:])[:3]
     store = Store(home)
-    record = None
-    try:
-        record = Supervisor(store, int(run_id), claim).run()
-    finally:
-        keep_the_queue_moving(store)
-    _drop_empty_stderr(store, run_id)  # not on the way out of a crash: its traceback goes there
-    if record is not None and record.is_done and record.on_done:
-        run_hook(store, record)
+    claimed: tuple[int, str] | None = (int(first_id), claim)
+    while claimed is not None:
+        try:
+            record = Supervisor(store, *claimed).run()
+        except BaseException:
+            keep_the_queue_moving(store, keep_one=False)
+            raise
+        claimed = keep_the_queue_moving(store, keep_one=True)
+        if record is not None and record.is_done and record.on_done:
+            run_hook(store, record)
+    _drop_empty_stderr(store, first_id)  # not after a crash: its traceback is in there
 
 
-def keep_the_queue_moving(store: Store) -> None:
-    """Repair runs whose owners died, then start what may start; a failed repair is
-    reported and must not keep the queue from moving."""
+def keep_the_queue_moving(store: Store, keep_one: bool) -> tuple[int, str] | None:
+    """Repair runs whose owners died, claim what may start and launch supervisors for it,
+    keeping the first for this process if asked. A failed repair is reported and must not
+    keep the queue from moving."""
     from . import reconcile  # loaded after the child started: psutil is not cheap
 
     try:
         reconcile.repair(store)  # with no kernel open, supervisors are the ones who look
     except Exception:
         traceback.print_exc()
-    scheduler.launch_ready(store)
+    runs = scheduler.claim_ready(store)
+    kept = runs.pop(0) if keep_one and runs else None
+    scheduler.launch(store, runs)
+    return (kept.id, claim_token(kept)) if kept is not None else None
 
 
 def _drop_empty_stderr(store: Store, run_id: str) -> None:

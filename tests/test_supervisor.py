@@ -246,3 +246,29 @@ def test_a_module_can_trade_live_logs_for_buffered_throughput(runner: Runner) ->
     live, buffered = runner.submit("live").wait(30), runner.submit("buffered").wait(30)
     assert Path(live.log_path).read_text() == "1\n"
     assert Path(buffered.log_path).read_text() == "0\n"
+
+
+def test_one_supervisor_serves_a_draining_queue_in_turn(runner: Runner) -> None:
+    runner.config("max_concurrent", 1)
+    runs = [runner.submit("count", {"n": 1, "delay": 0, "label": f"q{i}"}) for i in range(6)]
+    records = [run.wait(timeout=60) for run in runs]
+    assert [r.status for r in records] == [RunStatus.SUCCEEDED] * 6
+    assert [Path(r.log_path).read_text() for r in records] == [f"q{i} 1/1\n" for i in range(6)]
+    supervisors = {r.supervisor_pid for r in records}
+    assert len(supervisors) < 6  # runs were handed on without a new interpreter each
+    assert all(r.taken_at >= r.claimed_at for r in records)
+    with Runner(runner.home):  # a runner starting now finds nothing to repair
+        assert [r.status for r in (run.record for run in runs)] == [RunStatus.SUCCEEDED] * 6
+
+
+def test_a_serving_supervisor_is_not_taken_for_dead(runner: Runner) -> None:
+    from nbrunner import reconcile
+
+    runner.config("max_concurrent", 1)
+    first = runner.submit("count", {"n": 1, "delay": 0})
+    second = runner.submit("count", {"n": 30, "delay": 0.1})
+    first.wait(timeout=30)
+    wait_until(lambda: second.status is RunStatus.RUNNING, what="second running")
+    time.sleep(1.2)  # the claim of the second is now clearly younger than its supervisor
+    assert reconcile.repair(runner.store) == []
+    assert second.status is RunStatus.RUNNING
