@@ -31,6 +31,7 @@ CANDIDATE_WINDOW = 500
 class Decision:
     start: list[tuple[RunRecord, Assignment]] = field(default_factory=list)
     doomed: list[tuple[RunRecord, str]] = field(default_factory=list)  # (run, why cancelled)
+    looked_at: int = 0  # how many queued runs were considered
 
 
 def _dependency_verdict(run: RunRecord, statuses: dict[int, RunStatus]) -> str | None:
@@ -92,20 +93,31 @@ def _needs_gpus(runs: Iterable[RunRecord]) -> bool:
     return any(r.resources.get("gpus") or r.resources.get("gpu_memory") for r in runs)
 
 
+def _decide(
+    tx: Transaction, cfg: dict[str, Any], holding: list[RunRecord], window: int
+) -> Decision:
+    queued = tx.select("status = 'queued'", tail=f"ORDER BY priority DESC, id LIMIT {window}")
+    wanted = {dep for run in queued for dep in run.after}
+    dependencies = tx.statuses(wanted) if wanted else {}
+    capacity = machine_capacity(with_gpus=_needs_gpus(queued) or _needs_gpus(holding))
+    decision = admit(queued, holding, cfg, capacity, dependencies)
+    decision.looked_at = len(queued)
+    return decision
+
+
 def claim(tx: Transaction) -> list[RunRecord]:
     cfg = tx.config()
     if cfg.get("paused"):
         return []
     holding = tx.holding_slot()
-    queued = tx.select(
-        "status = 'queued'", tail=f"ORDER BY priority DESC, id LIMIT {CANDIDATE_WINDOW}"
-    )
-    if not queued:
+    free = int(cfg["max_concurrent"]) - len(holding)
+    if free <= 0:
         return []
-    wanted = {dep for run in queued for dep in run.after}
-    dependencies = tx.statuses(wanted) if wanted else {}
-    capacity = machine_capacity(with_gpus=_needs_gpus(queued) or _needs_gpus(holding))
-    decision = admit(queued, holding, cfg, capacity, dependencies)
+    # A few candidates per free slot usually fill it; the whole window only when they don't.
+    window = min(CANDIDATE_WINDOW, 2 * free + 8)
+    decision = _decide(tx, cfg, holding, window)
+    if len(decision.start) < free and decision.looked_at == window < CANDIDATE_WINDOW:
+        decision = _decide(tx, cfg, holding, CANDIDATE_WINDOW)
     now = time.time()
     for run, why in decision.doomed:
         tx.transition(run.id, RunStatus.CANCELLED, ended_at=now, reason=why)

@@ -40,7 +40,9 @@ from .states import RunStatus
 from .store import Store
 
 POLL_S = 0.5  # how often a requested action (cancel, pause) is looked for
-SAMPLE_S = 1.0
+# A run with a memory limit (or a GPU memory share) is sampled every second, so the limit
+# bites early; any other only as often as its figures are recorded.
+LIMITED_SAMPLE_S = 1.0
 RECORD_EVERY_S = 3.0
 HOOK_TIMEOUT_S = 300
 
@@ -139,6 +141,8 @@ class Supervisor:
         deadline = PausableDeadline(run.timeout)
         running = child.started
         next_sample = next_record = time.monotonic()
+        limited = run.resources.get("memory") or run.resources.get("gpu_memory")
+        sample_every = LIMITED_SAMPLE_S if limited else RECORD_EVERY_S
         while True:
             try:
                 code = child.wait(POLL_S)
@@ -159,7 +163,7 @@ class Supervisor:
                 return self._stop(child, RunStatus.TIMED_OUT, f"timed out after {run.timeout:g} s")
             now = time.monotonic()
             if now >= next_sample:
-                next_sample = now + SAMPLE_S
+                next_sample = now + sample_every
                 over = self._sample(run, child)
                 if over:
                     return self._stop(child, RunStatus.FAILED, over)

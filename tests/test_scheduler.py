@@ -131,3 +131,14 @@ def test_admission_stops_at_the_free_slots_and_when_paused() -> None:
     queued = [_queued(i) for i in range(5)]
     assert len(admit(queued, [_queued(9)], {"max_concurrent": 3}, ROOMY).start) == 2
     assert admit(queued, [], {"max_concurrent": 3, "paused": True}, ROOMY).start == []
+
+
+def test_a_startable_run_deep_in_the_queue_is_found(runner: Runner) -> None:
+    runner.config("max_concurrent", 2)
+    runner.config("group.g", 1)
+    blocker = runner.submit("count", {"n": 300, "delay": 0.1}, group="g")
+    waiting = [runner.submit("count", {"n": 1}, group="g") for _ in range(11)]
+    deep = runner.submit("count", {"n": 1, "delay": 0})
+    assert deep.wait(timeout=30).status is RunStatus.SUCCEEDED
+    assert blocker.status is RunStatus.RUNNING
+    assert all(run.status is RunStatus.QUEUED for run in waiting)
