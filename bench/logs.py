@@ -35,6 +35,7 @@ from .peers import RayJobs, Tsp
 WIDTH = 100
 FLOOR = "floor (child writes its file)"
 FLOOR_UNBUFFERED = "floor, stdout to file, PYTHONUNBUFFERED=1"
+BUFFERED = "nbrunner, module with unbuffered = false"
 METHOD = """\
 The child is `python bench/children.py log LINES 100 REPORT [FILE]`: one `write` of a
 100-byte line per line, then it reports the wall time of its writing loop and its process
@@ -67,10 +68,11 @@ def floor_stdout(home: Path, lines: int) -> Metrics:
 
 
 @adopts_orphans
-def nbrunner_log(home: Path, lines: int) -> Metrics:
+def nbrunner_log(home: Path, lines: int, unbuffered: bool = True) -> Metrics:
     report = home / "report.json"
     runner = nbrun.runner(home)
-    name = nbrun.register(runner, "writer", log_argv(lines, WIDTH, report))
+    name = "writer"
+    runner.register(name, command=log_argv(lines, WIDTH, report), unbuffered=unbuffered)
     with CpuWindow() as window:
         runner.submit(name).wait(600)
         wait_for_descendants()
@@ -105,6 +107,7 @@ def run(ctx: Context) -> Section:
         FLOOR: partial(isolate, "logs:floor_file", lines=lines),
         FLOOR_UNBUFFERED: partial(isolate, "logs:floor_stdout", lines=lines),
         "nbrunner": partial(isolate, "logs:nbrunner_log", lines=lines),
+        BUFFERED: partial(isolate, "logs:nbrunner_log", lines=lines, unbuffered=False),
     }
     if ctx.has("tsp"):
         variants["tsp"] = partial(isolate, "logs:tsp_log", lines=lines, binary=ctx.binary("tsp"))
@@ -119,21 +122,26 @@ def run(ctx: Context) -> Section:
         f"{lines:,} lines of {WIDTH} bytes ({lines * WIDTH / 1e6:.0f} MB), {repeats} "
         "interleaved repeats." + (" Ray Jobs is left out in quick mode." if ctx.quick else "")
     )
-    section.targets.append(_target(wall))
+    section.targets += _targets(wall)
     return section
 
 
-def _target(wall: Figure) -> Target:
+def _targets(wall: Figure) -> list[Target]:
     ratio, env_ratio = wall.ratio(FLOOR), wall.ratio(FLOOR_UNBUFFERED)
     cost = wall.median(FLOOR_UNBUFFERED) / wall.median(FLOOR)
+    buffered = wall.median(BUFFERED) / wall.median(FLOOR)
     why = (
         f"the runner adds nothing to the child's writes ({env_ratio:.2f}× the same child "
         "with stdout redirected to a file by its parent, same environment): the child writes "
         "straight to the log file. The whole gap is `PYTHONUNBUFFERED=1`, which nbrunner sets "
-        f"for live logs: it makes every line a `write` system call ({cost:.1f}× slower for "
-        "this child than Python's default 8 KB buffer). What would reach it: keep the child "
-        "buffered and flush on a timer (e.g. a per-module `unbuffered = false`, or a tiny "
-        "`sitecustomize` on the child's PYTHONPATH that flushes stdout every ~0.2 s), which "
-        "keeps logs live to within the flush interval."
+        f"by default for live logs: every line becomes a `write` system call ({cost:.1f}× "
+        "slower for this child than Python's default 8 KB buffer). A module that prefers "
+        f"throughput sets `unbuffered = false` and gets {buffered:.2f}× the floor (next row); "
+        "its log then arrives in 8 KB blocks."
     )
-    return Target("logs: child wall time ≤ 1.05× the floor", f"{ratio:.2f}×", ratio <= 1.05, why)
+    return [
+        Target("logs: child wall time ≤ 1.05× the floor (default: live logs)",
+               f"{ratio:.2f}×", ratio <= 1.05, why),
+        Target("logs: child wall time ≤ 1.05× the floor (`unbuffered = false`)",
+               f"{buffered:.2f}×", buffered <= 1.05),
+    ]  # fmt: skip

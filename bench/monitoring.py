@@ -103,11 +103,15 @@ def run(ctx: Context) -> Section:
     )
     total = section.figures[0].median()
     sups = section.figures[2].median()
+    runner_share = section.figures[1].median()
     why = (
-        f"the supervisors take {sups:.2f} % of it: each wakes every 50 ms "
-        "(`Popen.wait(timeout)` polls) and reads its row every 0.25 s; one supervisor per "
-        "run multiplies that by the active runs. What would reach it: block in `waitpid` / "
-        "a pidfd instead of polling, and learn of cancels by a signal or a longer poll."
+        f"the supervisors take {sups:.2f} % of it: each reads its row twice a second for a "
+        "cancel or pause request and samples its tree's CPU and memory every 3 s (every "
+        "second with a memory limit); one supervisor per run multiplies that by the active "
+        f"runs. The runner's process takes {runner_share:.2f} %: its tick (5 Hz), the "
+        "dashboard's refresh (4 Hz) and the system sampler (1 Hz). What would reach it: one "
+        "supervisor process watching every run (one poll for all), or requests delivered by "
+        "a signal instead of polled."
     )
     section.targets.append(
         Target(

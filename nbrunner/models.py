@@ -80,6 +80,11 @@ class RunRecord:
         return round(end - self.started_at, 3)
 
     @property
+    def claim_token(self) -> str:
+        """Names one claim of the run: a supervisor started for an older claim must not take it."""
+        return repr(self.claimed_at)
+
+    @property
     def is_done(self) -> bool:
         return self.status.is_done
 

@@ -139,11 +139,6 @@ def claim_ready(store: Store) -> list[RunRecord]:
         return claim(tx)
 
 
-def claim_token(run: RunRecord) -> str:
-    """Names one claim of a run: a supervisor started for an older claim must not take it."""
-    return repr(run.claimed_at)
-
-
 def supervisor_argv(store: Store, run: RunRecord) -> list[str]:
     return [
         sys.executable,
@@ -151,7 +146,7 @@ def supervisor_argv(store: Store, run: RunRecord) -> list[str]:
         "nbrunner.supervisor",
         str(store.home),
         str(run.id),
-        claim_token(run),
+        run.claim_token,
     ]
 
 

@@ -30,14 +30,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from . import scheduler
 from .backends import Child, ChildEnded, Usage, start_child
 from .errors import NbrunnerError
 from .models import RunRecord
-from .resources import format_size
-from .scheduler import claim_token
 from .states import RunStatus
 from .store import Store
+from .units import format_size
 
 POLL_S = 0.5  # how often a requested action (cancel, pause) is looked for
 # A run with a memory limit (or a GPU memory share) is sampled every second, so the limit
@@ -98,7 +96,7 @@ class Supervisor:
     def _take_over(self) -> RunRecord | None:
         with self.store.write() as tx:
             run = tx.get(self.run_id)
-            mine = run.status is RunStatus.STARTING and claim_token(run) == self.claim
+            mine = run.status is RunStatus.STARTING and run.claim_token == self.claim
             if not mine or run.supervisor_pid is not None:
                 return None  # cancelled, re-queued or re-claimed, or another supervisor has it
             if run.control == "cancel":
@@ -337,7 +335,7 @@ def keep_the_queue_moving(store: Store, keep_one: bool) -> tuple[int, str] | Non
     """Repair runs whose owners died, claim what may start and launch supervisors for it,
     keeping the first for this process if asked. A failed repair is reported and must not
     keep the queue from moving."""
-    from . import reconcile  # loaded after the child started: psutil is not cheap
+    from . import reconcile, scheduler  # loaded once the child runs: they are not cheap
 
     try:
         reconcile.repair(store)  # with no kernel open, supervisors are the ones who look
@@ -346,7 +344,7 @@ def keep_the_queue_moving(store: Store, keep_one: bool) -> tuple[int, str] | Non
     runs = scheduler.claim_ready(store)
     kept = runs.pop(0) if keep_one and runs else None
     scheduler.launch(store, runs)
-    return (kept.id, claim_token(kept)) if kept is not None else None
+    return (kept.id, kept.claim_token) if kept is not None else None
 
 
 def _drop_empty_stderr(store: Store, run_id: str) -> None:

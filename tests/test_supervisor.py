@@ -225,7 +225,7 @@ def test_a_supervisor_late_for_an_older_claim_leaves_the_run_alone(runner: Runne
     runner.store.transition(run.id, RunStatus.QUEUED, claimed_at=None, claimed_by=None)
     time.sleep(0.01)
     (newer,) = scheduler.claim_ready(runner.store)
-    assert Supervisor(runner.store, run.id, scheduler.claim_token(older)).run() is None
+    assert Supervisor(runner.store, run.id, older.claim_token).run() is None
     assert run.status is RunStatus.STARTING and run.record.supervisor_pid is None
     scheduler.launch(runner.store, [newer])
     assert run.wait(timeout=20).status is RunStatus.SUCCEEDED
