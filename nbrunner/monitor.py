@@ -91,9 +91,6 @@ class SystemSampler:
             if self._users == 0:
                 self._stop.set()
 
-    def latest(self) -> SystemSample:
-        return self.samples[-1] if self.samples else take_sample()
-
     def history(self, seconds: float = WINDOW_S) -> list[SystemSample]:
         cutoff = time.time() - seconds
         return [s for s in list(self.samples) if s.time >= cutoff]

@@ -26,6 +26,7 @@ from .states import ACTIVE, HOLDS_SLOT, RunStatus, check_transition
 
 DB_NAME = "nbrunner.db"
 _FIELD_TO_COLUMN = {"group": "grp"}
+_STATUS_COUNTS = "SELECT status, count(*) AS n FROM runs GROUP BY status"
 
 MIGRATIONS: Sequence[str] = (
     """
@@ -304,7 +305,7 @@ class Store:
         counts: dict[str, int] = {}
         runs: list[tuple[Any, ...]] = []
         for kind, run_id, module, status, value in self._conn().execute(
-            "SELECT 'count', NULL, NULL, status, count(*) FROM runs GROUP BY status "
+            f"SELECT 'count', NULL, NULL, status, n FROM ({_STATUS_COUNTS}) "
             "UNION ALL SELECT * FROM (SELECT 'run', id, module, status, ended_at - started_at "
             "FROM runs ORDER BY id DESC LIMIT ?)",
             (recent,),
@@ -319,7 +320,7 @@ class Store:
         """Counters over the whole history, in two aggregate queries."""
         conn = self._conn()
         by_status = {s.value: 0 for s in RunStatus}
-        by_status.update(dict(conn.execute("SELECT status, count(*) FROM runs GROUP BY status")))
+        by_status.update(dict(conn.execute(_STATUS_COUNTS)))
         modules = {
             module: {"runs": runs, "mean_wait_s": wait, "mean_run_s": run_time}
             for module, runs, wait, run_time in conn.execute(

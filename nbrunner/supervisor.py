@@ -242,18 +242,10 @@ class Supervisor:
         if status is None:
             status = RunStatus.SUCCEEDED if code == 0 else RunStatus.FAILED
             reason = None if code == 0 else describe_exit(code)
-        metrics = self._metrics()
-        metrics.pop("rss", None)
-        metrics.pop("cpu_percent", None)
+        # Totals stay in the record; the current figures have no meaning once it ended.
+        metrics = {**self._metrics(), "rss": None, "cpu_percent": None}
         return self.store.transition(
-            self.run_id,
-            status,
-            exit_code=code,
-            ended_at=time.time(),
-            reason=reason,
-            rss=None,
-            cpu_percent=None,
-            **metrics,
+            self.run_id, status, exit_code=code, ended_at=time.time(), reason=reason, **metrics
         )
 
 
