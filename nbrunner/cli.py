@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .backends import BACKENDS
-from .errors import BadInput, NbrunnerError
+from .errors import BadInput, NbrunnerError, OperationFailed
 from .logs import LogFollower, tail_offset
 from .models import RunRecord
 from .runner import Runner
@@ -292,20 +292,43 @@ def _wait(args: argparse.Namespace, runner: Runner) -> int:
 
 @verb("worker")
 def _worker(args: argparse.Namespace, runner: Runner) -> int:
-    def report(changes: list[RunRecord]) -> None:
-        for r in changes:
-            print(f"{time.strftime('%H:%M:%S')} run {r.id} {r.module} {r.status.value}", flush=True)
+    """The home's service in the foreground, printing each change, until Ctrl-C."""
+    from .service import Service, info
 
-    runner.subscribe(report)
-    runner.start()
     print(f"nbrunner worker on {runner.home}; Ctrl-C to stop (runs keep going)", flush=True)
     try:
-        while runner.running:
-            time.sleep(0.5)
+        served = Service(runner.home, idle_exit=float("inf"), echo=True).serve()
     except KeyboardInterrupt:
-        pass
-    finally:
-        runner.close()
+        return 0
+    if not served:
+        pid = (info(runner.home) or {}).get("pid", "?")
+        raise OperationFailed(
+            f"the service of {runner.home} already runs (pid {pid}); it moves the queue "
+            "already, or stop it first with `nbrunner service stop`"
+        )
+    return 0
+
+
+@verb("service")
+def _service(args: argparse.Namespace, runner: Runner) -> int:
+    """Show, start or stop the home's service (runs go on when it stops)."""
+    from . import service
+
+    if args.action == "start":
+        service.ensure_running(runner.home)
+    elif args.action == "stop":
+        if not service.stop(runner.home):
+            raise OperationFailed(f"the service of {runner.home} did not stop within 30 s")
+        print("stopped")
+        return 0
+    found = service.info(runner.home)
+    if args.json:
+        _print_json({"running": found is not None, **(found or {})})
+    elif found is None:
+        print(f"no service runs for {runner.home}; the next submission starts one")
+    else:
+        uptime = time.time() - found["started_at"]
+        print(f"service pid {found['pid']} on {runner.home}, up {uptime:.0f} s")
     return 0
 
 
@@ -416,7 +439,9 @@ def _parser() -> argparse.ArgumentParser:
     wait = add("wait", "wait for a run to end; exit status 0 if it succeeded", listing)
     wait.add_argument("id")
     wait.add_argument("--timeout", type=float)
-    add("worker", "keep the queue moving with no notebook open")
+    add("worker", "run the home's service in the foreground, printing each change")
+    service = add("service", "show, start or stop the home's service", listing)
+    service.add_argument("action", nargs="?", choices=("status", "start", "stop"), default="status")
     dashboard = add("dashboard", "serve the dashboard as a web app (Voila)")
     dashboard.add_argument("--port", type=int, default=8866)
     dashboard.add_argument("--ip", default="127.0.0.1")
@@ -433,7 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     home = getattr(args, "home", None)
     args.modules = getattr(args, "modules", None)
     try:
-        runner = Runner(home, args.modules, start=False)
+        # the worker is the service itself, and `service stop` must not start one
+        keep = args.verb not in ("worker", "service")
+        runner = Runner(home, args.modules, start=False, keep_service=keep)
         code = _HANDLERS[args.verb](args, runner)
     except BadInput as exc:
         print(f"nbrunner: error: {exc}", file=sys.stderr)

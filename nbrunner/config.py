@@ -58,12 +58,32 @@ def _text(key: str, value: Any) -> str:
     return str(value)
 
 
+MIN_LOG_SIZE = 4096
+
+
+def _log_size(key: str, value: Any) -> int:
+    """A size like 256MB (or bytes); 0 keeps logs whole, however large."""
+    from .errors import ResourceRequestError
+    from .units import parse_size
+
+    try:
+        size = 0 if value in (0, "0") else parse_size(value, key)
+    except ResourceRequestError:
+        size = -1
+    if size != 0 and size < MIN_LOG_SIZE:
+        raise InvalidConfig(
+            f"{key} must be a size of at least 4KB like 256MB, or 0 for no cap; got {value!r}"
+        )
+    return size
+
+
 DEFAULTS: dict[str, Any] = {
     "max_concurrent": 10,
     "paused": False,
     "grace_period": 5.0,
     "backend": "local",
     "ray.address": "",
+    "max_log_size": 256_000_000,
 }
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_concurrent": _int_at_least(1),
@@ -71,6 +91,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "grace_period": _positive_float,
     "backend": _backend,
     "ray.address": _text,
+    "max_log_size": _log_size,
 }
 GROUP_PREFIX = "group."
 

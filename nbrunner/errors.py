@@ -10,7 +10,8 @@
     │   ├── InvalidTransition      the run's state does not allow the operation
     │   └── ResourceRequestError   a run asks for more than this machine could ever give
     └── OperationFailed            a valid request that could not be carried out (exit status 1)
-        └── BackendUnavailable     an optional backend is missing or cannot be reached
+        ├── BackendUnavailable     an optional backend is missing or cannot be reached
+        └── StoreUnavailable       the store stayed locked past its patience, or a write failed
 
 Messages name the input, the value and what would be right, because they are shown as
 one line to someone who has to fix their call.
@@ -71,4 +72,8 @@ class OperationFailed(NbrunnerError, RuntimeError):
 
 
 class BackendUnavailable(OperationFailed):
+    pass
+
+
+class StoreUnavailable(OperationFailed):
     pass

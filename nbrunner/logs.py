@@ -13,6 +13,7 @@ from pathlib import Path
 
 TAIL_BLOCK = 64 * 1024
 MAX_TAIL_BYTES = 4 * 1024 * 1024
+MAX_READ_BYTES = 8 * 1024 * 1024  # what one read of a "whole" log returns at most
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 
 
@@ -78,15 +79,29 @@ def decode(data: bytes) -> str:
 
 
 def read_text(path: str | Path, tail: int | None = None, raw: bool = False) -> str:
-    """The log as text: whole, or its last `tail` lines; redraws collapsed unless raw."""
+    """The log as text: its last `tail` lines, or all of it up to MAX_READ_BYTES (a longer
+    log starts with a note saying what is not shown); redraws collapsed unless raw."""
     if tail is not None:
         text = decode(read_tail_bytes(path, tail))
     else:
-        try:
-            text = decode(Path(path).read_bytes())
-        except FileNotFoundError:
-            text = ""
+        text = _read_end(Path(path), MAX_READ_BYTES)
     return text if raw else collapse_carriage_returns(text)
+
+
+def _read_end(path: Path, max_bytes: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - max_bytes))
+            data = f.read(max_bytes)
+    except FileNotFoundError:
+        return ""
+    if size <= max_bytes:
+        return decode(data)
+    from .units import format_size
+
+    note = f"[nbrunner: the first {format_size(size - max_bytes)} of this log are not shown; "
+    return f"{note}the whole log is {path}]\n{decode(data)}"
 
 
 def last_line(path: str | Path) -> str:
@@ -118,6 +133,9 @@ class LogFollower:
     def read_bytes(self, max_bytes: int = 1024 * 1024) -> bytes:
         try:
             with open(self.path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size < self.offset:  # the log cap cut the file: go on from its new tail
+                    self.offset = max(0, size - max_bytes)
                 f.seek(self.offset)
                 data = f.read(max_bytes)
         except FileNotFoundError:

@@ -11,7 +11,7 @@ from typing import Any
 from .states import RunStatus
 
 TIME_FIELDS = ("submitted_at", "claimed_at", "started_at", "ended_at")
-JSON_FIELDS = ("params", "argv", "env", "gpus", "cores", "resources", "after", "on_done")
+JSON_FIELDS = ("params", "argv", "env", "gpus", "cores", "resources", "after", "on_done", "ending")
 
 
 def iso(ts: float | None) -> str | None:
@@ -34,11 +34,9 @@ class RunRecord:
     exit_code: int | None = None
     reason: str | None = None
     pid: int | None = None
-    supervisor_pid: int | None = None
     priority: int = 0
     claimed_at: float | None = None
     claimed_by: int | None = None
-    taken_at: float | None = None
     started_at: float | None = None
     ended_at: float | None = None
     timeout: float | None = None
@@ -59,6 +57,10 @@ class RunRecord:
     rss: int | None = None
     gpu_memory: int | None = None
     warning: str | None = None
+    env_id: int | None = None  # the submitter's environment, in the store's environments
+    ending: dict[str, Any] | None = None  # how the service is stopping it: status, reason
+    log_dropped: int | None = None  # bytes of output the log cap dropped
+    keep_leftovers: bool = False
     version: int = 0
 
     @classmethod
@@ -68,6 +70,7 @@ class RunRecord:
         for key in JSON_FIELDS:
             data[key] = json.loads(data[key]) if data.get(key) else _empty(key)
         data["status"] = RunStatus(data["status"])
+        data["keep_leftovers"] = bool(data.get("keep_leftovers"))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -78,11 +81,6 @@ class RunRecord:
             return None
         end = self.ended_at if self.ended_at is not None else time.time()
         return round(end - self.started_at, 3)
-
-    @property
-    def claim_token(self) -> str:
-        """Names one claim of the run: a supervisor started for an older claim must not take it."""
-        return repr(self.claimed_at)
 
     @property
     def is_done(self) -> bool:
@@ -99,4 +97,6 @@ class RunRecord:
 
 
 def _empty(key: str) -> Any:
+    if key == "ending":
+        return None
     return [] if key in ("argv", "gpus", "cores", "after", "on_done") else {}

@@ -34,6 +34,7 @@ _MODULE_KEYS = {
     "on_done",
     "hide_gpus",
     "unbuffered",
+    "keep_leftovers",
 }
 _TARGETS = ("python_module", "script", "command")
 _TRUE = {"true", "1", "yes", "on"}
@@ -185,6 +186,7 @@ class ModuleSpec:
     on_done: tuple[str, ...] | None = None
     hide_gpus: bool = False
     unbuffered: bool = True  # Python children write each line at once (live logs)
+    keep_leftovers: bool = False  # leave processes the run started behind when it ends
 
     @property
     def param_map(self) -> dict[str, ParamSpec]:
@@ -243,6 +245,7 @@ class ModuleSpec:
             "env": dict(self.env),
             "hide_gpus": self.hide_gpus,
             "unbuffered": self.unbuffered,
+            "keep_leftovers": self.keep_leftovers,
             "params": {p.name: p.to_dict() for p in self.params},
             "resources": self.resources.to_dict(),
         }
@@ -326,6 +329,7 @@ def build_module(name: str, data: Mapping[str, Any], base_dir: Path | None = Non
         on_done=_hook_argv(name, data.get("on_done")),
         hide_gpus=bool(data.get("hide_gpus", False)),
         unbuffered=bool(data.get("unbuffered", True)),
+        keep_leftovers=bool(data.get("keep_leftovers", False)),
     )
 
 

@@ -73,14 +73,16 @@ class SystemSampler:
             return cls._shared
 
     def acquire(self) -> SystemSampler:
+        """Hold the sampler; starts a thread unless one runs that is not asked to stop
+        (a thread still winding down from the last release does not count)."""
         with self._lock:
             self._users += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
+            if self._thread is None or self._stop.is_set() or not self._thread.is_alive():
+                self._stop = threading.Event()
                 psutil.cpu_percent(percpu=True)  # primes the counters psutil diffs against
                 self.samples.append(take_sample())
                 self._thread = threading.Thread(
-                    target=self._loop, name="nbrunner-sampler", daemon=True
+                    target=self._loop, args=(self._stop,), name="nbrunner-sampler", daemon=True
                 )
                 self._thread.start()
         return self
@@ -95,6 +97,6 @@ class SystemSampler:
         cutoff = time.time() - seconds
         return [s for s in list(self.samples) if s.time >= cutoff]
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
             self.samples.append(take_sample())

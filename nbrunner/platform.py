@@ -1,9 +1,14 @@
-"""Everything about processes that differs between POSIX and Windows, behind one switch.
+"""Everything about processes and files that differs between POSIX and Windows, behind one
+switch.
 
 Runs must outlive the kernel that started them: Jupyter kernels end their descendants at
-shutdown (process group on POSIX, the whole tree on Windows), so supervisors are started
-detached, with no parent link back to the caller. Each run's child gets its own process
-group so that one signal reaches the whole tree it spawns.
+shutdown (process group on POSIX, the whole tree on Windows), so the home's service is
+started detached, with no parent link back to the caller. Each run's child gets its own
+process group so that one signal reaches the whole tree it spawns.
+
+Liveness is proven by OS file locks held by the living process (a lock dies with its
+holder, whatever happens to pids), and a pid is only signalled once its start marker
+matches the one recorded when it was started.
 
 The decisions (which command, which flags) are plain functions of `windows`, so both
 branches are unit-tested on any machine; only the system calls are platform-bound.
@@ -17,9 +22,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 IS_WINDOWS = sys.platform == "win32"
+IS_LINUX = sys.platform.startswith("linux")
+PR_SET_CHILD_SUBREAPER = 36
 
 # Win32 process creation flags, spelled out so both branches can be built and checked here.
 CREATE_NEW_PROCESS_GROUP = 0x00000200
@@ -54,7 +62,8 @@ def detach_command(
 def spawn_detached(argv: Sequence[str], stderr_path: str) -> None:
     """Start argv so that it is nobody's descendant and survives this process's death."""
     command, options = detach_command(argv)
-    with open(stderr_path, "ab") as stderr:
+    fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with open(fd, "ab") as stderr:
         subprocess.run(
             command,
             stdin=subprocess.DEVNULL,
@@ -88,6 +97,73 @@ def suspend_group(pid: int, pause: bool) -> None:
         return
     with suppress(OSError):
         os.killpg(pid, signal.SIGSTOP if pause else signal.SIGCONT)
+
+
+def try_lock(path: Path) -> int | None:
+    """An exclusive lock on path held through the returned descriptor, or None if another
+    process holds it. The lock ends with the descriptor, or with the process, however it
+    dies; descriptors are not inherited by children (Python's default)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if IS_WINDOWS:  # pragma: no cover - Windows only
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a living process holds the lock on path."""
+    fd = try_lock(path)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def start_marker(pid: int) -> str | None:
+    """What tells this process from any later one with the same pid, or None if it is gone.
+
+    Linux: the start time in clock ticks since boot, which a wall-clock step does not move
+    (psutil's create time is derived from the boot time and moves with the clock).
+    Elsewhere: the creation time the OS keeps.
+    """
+    if IS_LINUX:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
+    import psutil  # pragma: no cover - not Linux
+
+    try:  # pragma: no cover
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else repr(process.create_time())
+    except psutil.Error:  # pragma: no cover
+        return None
+
+
+def is_same_process(pid: int | None, marker: str | None) -> bool:
+    return pid is not None and marker is not None and start_marker(pid) == marker
+
+
+def become_subreaper() -> bool:
+    """Linux: orphaned descendants are re-parented to this process instead of init, so a
+    run's recorder can find and stop what its child left behind."""
+    if not IS_LINUX:
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 if __name__ == "__main__":  # pragma: no cover - the Windows launcher of spawn_detached

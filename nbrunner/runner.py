@@ -1,10 +1,14 @@
 """The Runner: the API a notebook, the CLI and the dashboard use, over the store.
 
+A runner is a client: it validates and writes intents (submit, cancel, pause, config) in
+one transaction each, and makes sure the home's service is alive to carry them out (see
+nbrunner.service). It never claims, launches or repairs, so a kernel dying at any point
+loses nothing it submitted.
+
 Each process has one asyncio loop in a daemon thread of its own (a Proactor loop on Windows),
-never the kernel's loop: a cell running blocking code must not stall the queue, and kernels
+never the kernel's loop: a cell running blocking code must not stall it, and kernels
 disagree about loop types. A runner's tick on that loop reads every change since the last
-tick in one store query, resolves waiters, feeds listeners (the dashboard), claims queued
-runs when slots free up, and now and then finds runs whose supervisor died.
+tick in one store query, resolves waiters and feeds listeners (the dashboard).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from importlib import resources as package_files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import reconcile, scheduler
+from . import service
 from .backends import BACKENDS
 from .config import check_key
 from .errors import BadInput, InvalidParameter, InvalidTransition
@@ -40,8 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_S = 0.2
-RECONCILE_EVERY_S = 5.0
-CLAIM_EVERY_S = 1.0
+SERVICE_CHECK_S = 5.0  # while runs are active, a dead service is restarted this soon
 Listener = Callable[[list[RunRecord]], None]
 
 
@@ -83,9 +86,11 @@ class Runner:
         tick: float = TICK_S,
         backend: str | None = None,
         address: str | None = None,
+        keep_service: bool = True,
     ) -> None:
         """`backend` and `address` (a Ray dashboard URL) say where submissions go unless a
         submission says otherwise; without them, the `backend` and `ray.address` settings.
+        `keep_service`: start the home's service if runs are waiting and none is alive.
         """
         self.home = Path(home).expanduser() if home else default_home()
         self.backend = _check_backend(backend) if backend else None
@@ -102,8 +107,10 @@ class Runner:
         self._loop: _LoopThread | None = None
         self._wake: asyncio.Event | None = None
         self._task: concurrent.futures.Future[None] | None = None
-        self._last_claim = self._last_repair = 0.0
+        self._last_service_check = 0.0
         self._closed = False
+        if keep_service:
+            self._keep_service_alive()
         if start:
             self.start()
 
@@ -117,13 +124,12 @@ class Runner:
         if self._task is not None and not self._task.done():
             return
         self._closed = False
-        reconcile.repair(self.store)
         self._refresh_all()
         self._loop = _LoopThread.get()
         self._task = asyncio.run_coroutine_threadsafe(self._tick_forever(), self._loop.loop)
 
     def close(self) -> None:
-        """Stop watching; runs go on in their supervisors."""
+        """Stop watching; runs go on under the home's service."""
         self._closed = True
         self._kick()
         if self._task is not None:
@@ -151,6 +157,8 @@ class Runner:
             demo = package_files.files("nbrunner.demo") / "modules.toml"
             with package_files.as_file(demo) as source:
                 shutil.copyfile(source, path)
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o600)  # module env may hold tokens
         return path
 
     def modules(self) -> dict[str, ModuleSpec]:
@@ -226,8 +234,8 @@ class Runner:
         if rows and placement["backend"] == "local":
             needs = Resources.from_mapping(rows[0]["resources"])
             machine_capacity(with_gpus=bool(needs.gpus or needs.gpu_memory)).check_possible(needs)
-        ids = self.store.insert_runs(rows)
-        self._after_submit()
+        ids = self.store.insert_runs(rows, service.submitter_environment())
+        self._notify()
         return [Run(self, run_id) for run_id in ids]
 
     def _run_row(
@@ -264,6 +272,7 @@ class Runner:
             "resources": needs.to_dict(),
             "group": group or spec.group,
             "after": [self._run_id(a) for a in after],
+            "keep_leftovers": spec.keep_leftovers,
         }
 
     def _placement(self, backend: str | None, address: str | None = None) -> dict[str, Any]:
@@ -286,11 +295,15 @@ class Runner:
         self.store.get(run_id)  # unknown ids fail here, before anything is queued
         return run_id
 
-    def _after_submit(self) -> None:
-        if self.running:
-            self._kick()
-        else:
-            scheduler.launch_ready(self.store)
+    def _notify(self) -> None:
+        """An intent was written: the service must be alive to act on it, and look now."""
+        service.notify(self.home)
+
+    def _keep_service_alive(self) -> None:
+        """Runs in the store but no service (it was killed): start one to adopt them."""
+        self._last_service_check = time.monotonic()
+        if not service.is_running(self.home) and self.store.active():
+            service.ensure_running(self.home)
 
     # -- one run -------------------------------------------------------------------------------
     def get(self, run_id: int | str) -> Run:
@@ -317,7 +330,7 @@ class Runner:
                 raise InvalidTransition(
                     f"run {run_id} has already ended ({record.status.value}); nothing to cancel"
                 )
-        self._kick()
+        self._notify()
         return record
 
     def pause(self, run_id: int | str) -> RunRecord:
@@ -341,7 +354,9 @@ class Runner:
                     f"run {run_id} runs on {record.backend}; only local runs can {action}"
                 )
             tx.update(run_id, control=action)
-            return tx.get(run_id)
+            record = tx.get(run_id)
+        self._notify()
+        return record
 
     def move_to_front(self, run_id: int | str) -> RunRecord:
         """Make a queued run the next to start, ahead of every other queued run."""
@@ -358,7 +373,7 @@ class Runner:
             if top is not None and top >= record.priority:
                 tx.update(run_id, priority=top + 1)
             record = tx.get(run_id)
-        self._kick()
+        self._notify()
         return record
 
     def on_done(self, run_id: int | str, callback: Callable[[RunRecord], Any]) -> None:
@@ -384,11 +399,13 @@ class Runner:
             "resources",
             "group",
             "on_done",
+            "env_id",
+            "keep_leftovers",
         )
         row = {key: getattr(old, key) for key in copied} | {"restart_of": old.id}
         row |= self._placement(old.backend, old.backend_address)
         (new_id,) = self.store.insert_runs([row])
-        self._after_submit()
+        self._notify()
         return Run(self, new_id)
 
     def logs(self, run_id: int | str, tail: int | None = None, raw: bool = False) -> str:
@@ -409,9 +426,11 @@ class Runner:
         run_id = _parse_id(run_id)
         if not self.running:
             return self._poll_until_done(run_id, timeout)
+        future = self._done_future(run_id)
         try:
-            return self._done_future(run_id).result(timeout)
+            return future.result(timeout)
         except concurrent.futures.TimeoutError:
+            self._drop_waiter(run_id, future)
             raise TimeoutError(f"run {run_id} still not ended after {timeout} s") from None
 
     async def wait_async(self, run_id: int | str, timeout: float | None = None) -> RunRecord:
@@ -419,11 +438,21 @@ class Runner:
         run_id = _parse_id(run_id)
         if not self.running:
             self.start()
-        future = asyncio.wrap_future(self._done_future(run_id))
+        done = self._done_future(run_id)
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(asyncio.wrap_future(done), timeout)
         except asyncio.TimeoutError:
+            self._drop_waiter(run_id, done)
             raise TimeoutError(f"run {run_id} still not ended after {timeout} s") from None
+
+    def _drop_waiter(self, run_id: int, future: concurrent.futures.Future[RunRecord]) -> None:
+        """A wait that gave up leaves nothing behind."""
+        with self._lock:
+            waiting = self._waiters.get(run_id, [])
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._waiters.pop(run_id, None)
 
     def _poll_until_done(self, run_id: int, timeout: float | None) -> RunRecord:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -493,7 +522,7 @@ class Runner:
             check_key(key)
             return self.store.config().get(key)
         result = self.store.set_config(key, value)
-        self._kick()
+        self._notify()
         return result
 
     # -- the tick --------------------------------------------------------------------------------
@@ -503,7 +532,6 @@ class Runner:
 
     async def _tick_forever(self) -> None:
         self._wake = asyncio.Event()
-        self._last_claim = self._last_repair = time.monotonic()
         while not self._closed:
             try:
                 self._tick()
@@ -515,16 +543,10 @@ class Runner:
         self.store.close()
 
     def _tick(self) -> None:
-        """Apply the change feed; claim when runs wait; now and then repair dead owners."""
-        changed = self._apply_changes()
-        now = time.monotonic()
-        queued = any(r.status is RunStatus.QUEUED for r in self._active.values())
-        if queued and (changed or now - self._last_claim >= CLAIM_EVERY_S):
-            scheduler.launch_ready(self.store)
-            self._last_claim = now
-        if now - self._last_repair >= RECONCILE_EVERY_S:
-            reconcile.repair(self.store)
-            self._last_repair = now
+        """Apply the change feed; now and then make sure active runs have a service."""
+        self._apply_changes()
+        if self._active and time.monotonic() - self._last_service_check >= SERVICE_CHECK_S:
+            self._keep_service_alive()
 
     def _refresh_all(self) -> None:
         self._version = self.store.version()

@@ -1,26 +1,24 @@
-"""Claiming queued runs under the limits, and launching a supervisor for each claimed run.
+"""Claiming queued runs under the limits: which may start now, and where.
 
-Anyone may call `launch_ready`: a runner's tick, a submitting CLI, a worker, or a supervisor
-whose run just ended. The claim is one store transaction that re-reads the limits, so however
-many processes call it at once, the limits hold.
+Only the home's service claims. The claim is one store transaction that re-reads the
+limits; the machine's facts (memory, GPUs) are gathered before it, so the store's write
+lock is never held while NVML or psutil answer.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import platform
 from .config import GROUP_PREFIX
 from .models import RunRecord
-from .resources import Assignment, Capacity, Ledger, Resources, machine_capacity
+from .resources import Assignment, Capacity, Ledger, Resources
 from .states import RunStatus
-from .store import Store, Transaction
+from .store import Transaction
 
 # How many queued runs one claim looks at: enough to skip past runs that cannot start yet
 # (a full group, a busy GPU, an unfinished dependency) without scanning a huge queue.
@@ -89,23 +87,18 @@ def admit(
     return decision
 
 
-def _needs_gpus(runs: Iterable[RunRecord]) -> bool:
-    return any(r.resources.get("gpus") or r.resources.get("gpu_memory") for r in runs)
-
-
 def _decide(
-    tx: Transaction, cfg: dict[str, Any], holding: list[RunRecord], window: int
+    tx: Transaction, cfg: dict[str, Any], holding: list[RunRecord], window: int, capacity: Capacity
 ) -> Decision:
     queued = tx.select("status = 'queued'", tail=f"ORDER BY priority DESC, id LIMIT {window}")
     wanted = {dep for run in queued for dep in run.after}
     dependencies = tx.statuses(wanted) if wanted else {}
-    capacity = machine_capacity(with_gpus=_needs_gpus(queued) or _needs_gpus(holding))
     decision = admit(queued, holding, cfg, capacity, dependencies)
     decision.looked_at = len(queued)
     return decision
 
 
-def claim(tx: Transaction) -> list[RunRecord]:
+def claim(tx: Transaction, capacity: Capacity) -> list[RunRecord]:
     cfg = tx.config()
     if cfg.get("paused"):
         return []
@@ -115,9 +108,9 @@ def claim(tx: Transaction) -> list[RunRecord]:
         return []
     # A few candidates per free slot usually fill it; the whole window only when they don't.
     window = min(CANDIDATE_WINDOW, 2 * free + 8)
-    decision = _decide(tx, cfg, holding, window)
+    decision = _decide(tx, cfg, holding, window, capacity)
     if len(decision.start) < free and decision.looked_at == window < CANDIDATE_WINDOW:
-        decision = _decide(tx, cfg, holding, CANDIDATE_WINDOW)
+        decision = _decide(tx, cfg, holding, CANDIDATE_WINDOW, capacity)
     now = time.time()
     for run, why in decision.doomed:
         tx.transition(run.id, RunStatus.CANCELLED, ended_at=now, reason=why)
@@ -132,41 +125,3 @@ def claim(tx: Transaction) -> list[RunRecord]:
         )
         for run, where in decision.start
     ]
-
-
-def claim_ready(store: Store) -> list[RunRecord]:
-    with store.write() as tx:
-        return claim(tx)
-
-
-def supervisor_argv(store: Store, run: RunRecord) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "nbrunner.supervisor",
-        str(store.home),
-        str(run.id),
-        run.claim_token,
-    ]
-
-
-def launch(store: Store, runs: Iterable[RunRecord]) -> None:
-    """Start a detached supervisor for each claimed run; a run that cannot start fails."""
-    for run in runs:
-        try:
-            platform.spawn_detached(
-                supervisor_argv(store, run), str(store.logs_dir / f"{run.id}.supervisor.err")
-            )
-        except OSError as exc:
-            store.transition(
-                run.id,
-                RunStatus.FAILED,
-                ended_at=time.time(),
-                reason=f"could not start the run's supervisor: {exc}",
-            )
-
-
-def launch_ready(store: Store) -> list[RunRecord]:
-    runs = claim_ready(store)
-    launch(store, runs)
-    return runs

@@ -4,11 +4,19 @@ Every write is one IMMEDIATE transaction that bumps a global version and stamps 
 rows it changed, so any reader gets "everything changed since version v" in one indexed
 query. Writers are serialized by SQLite across processes, which is what lets a claim check
 the limits and take the slot atomically.
+
+SQLite's busy timeout only bounds one wait; a lock held longer (a backup tool, a process
+stuck in a transaction) makes the write fail. So taking the write lock is retried with
+backoff for the store's `patience`, then fails with one line (StoreUnavailable). The home
+is private: the store holds module env (tokens), the logs whatever runs print.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -20,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from .errors import BadInput, UnknownRun
+from .errors import BadInput, StoreUnavailable, UnknownRun
 from .models import JSON_FIELDS, RunRecord
 from .states import ACTIVE, HOLDS_SLOT, RunStatus, check_transition
 
 DB_NAME = "nbrunner.db"
+BUSY_TIMEOUT_MS = 1000  # one wait for the write lock; retried up to the store's patience
+DEFAULT_PATIENCE_S = 30.0
 _FIELD_TO_COLUMN = {"group": "grp"}
 _STATUS_COUNTS = "SELECT status, count(*) AS n FROM runs GROUP BY status"
 
@@ -82,6 +92,17 @@ MIGRATIONS: Sequence[str] = (
     # when the supervisor took the run over: it may have been born long before (it serves
     # runs in turn), but never after
     "ALTER TABLE runs ADD COLUMN taken_at REAL",
+    # the submitter's environment, captured at submit and shared by the runs that have it;
+    # how the service is stopping a run (so a later service finishes the job); the log cap;
+    # a module's choice to leave its leftover processes running
+    """
+    CREATE TABLE environments (id INTEGER PRIMARY KEY, digest TEXT UNIQUE NOT NULL,
+                               env TEXT NOT NULL);
+    ALTER TABLE runs ADD COLUMN env_id INTEGER;
+    ALTER TABLE runs ADD COLUMN ending TEXT;
+    ALTER TABLE runs ADD COLUMN log_dropped INTEGER;
+    ALTER TABLE runs ADD COLUMN keep_leftovers INTEGER NOT NULL DEFAULT 0
+    """,
 )
 
 
@@ -155,14 +176,42 @@ def _status_in(statuses: Iterable[RunStatus]) -> str:
     return f"status IN ({names})"
 
 
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours, or a platform without modes
+        os.chmod(path, 0o700)
+
+
+def _private_file(path: Path) -> None:
+    """Create path readable by its owner only. An existing store is only chmod-ed: closing
+    a descriptor of a file would drop every POSIX lock this process's SQLite holds on it."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+
+
+def default_patience() -> float:
+    """How long a write waits for the lock: NBRUNNER_STORE_PATIENCE seconds, else 30."""
+    try:
+        return float(os.environ.get("NBRUNNER_STORE_PATIENCE", DEFAULT_PATIENCE_S))
+    except ValueError:
+        return DEFAULT_PATIENCE_S
+
+
 class Store:
     """Thread-safe: each thread gets its own connection to the same file."""
 
-    def __init__(self, home: Path | str) -> None:
+    def __init__(self, home: Path | str, patience: float | None = None) -> None:
         self.home = Path(home)
         self.logs_dir = self.home / "logs"
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.runs_dir = self.home / "runs"
+        for directory in (self.home, self.logs_dir, self.runs_dir):
+            _private_dir(directory)
         self.path = self.home / DB_NAME
+        _private_file(self.path)  # SQLite gives its -wal and -shm files the same mode
+        self.patience = default_patience() if patience is None else patience
         self._local = threading.local()
         self._migrate()
 
@@ -170,9 +219,9 @@ class Store:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             self._local.conn = conn
@@ -186,14 +235,42 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:
+        """One IMMEDIATE transaction; StoreUnavailable if it cannot be had or kept."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin(conn)
         try:
             yield Transaction(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise self._unavailable(exc) from None
             raise
-        conn.execute("COMMIT")
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """Take the write lock, retrying with backoff for the store's patience."""
+        deadline = time.monotonic() + self.patience
+        delay = 0.01
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() >= deadline:
+                    raise self._unavailable(exc) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
+        what = str(exc)
+        if "locked" in what or "busy" in what:
+            return StoreUnavailable(
+                f"the store {self.path} stayed locked by another process for "
+                f"{self.patience:g} s; try again, or find what holds it (a backup tool, a "
+                "hung process)"
+            )
+        return StoreUnavailable(f"the store {self.path} could not be written ({what})")
 
     def _migrate(self) -> None:
         conn = self._conn()
@@ -216,12 +293,16 @@ class Store:
         return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
 
     # -- runs --------------------------------------------------------------------------------
-    def insert_runs(self, runs: Sequence[dict[str, Any]]) -> list[int]:
-        """Queue runs in one transaction; returns their ids in order."""
+    def insert_runs(
+        self, runs: Sequence[dict[str, Any]], environment: dict[str, str] | None = None
+    ) -> list[int]:
+        """Queue runs in one transaction, with the submitter's environment; their ids."""
         ids: list[int] = []
         now = time.time()
         with self.write() as tx:
+            env_id = _environment_id(tx, environment) if environment is not None else None
             for values in runs:
+                values = {"env_id": env_id, **values}
                 row = {"status": RunStatus.QUEUED, "submitted_at": now, "log_path": "", **values}
                 columns = [_FIELD_TO_COLUMN.get(k, k) for k in row]
                 cursor = tx.conn.execute(
@@ -242,6 +323,14 @@ class Store:
 
     def get(self, run_id: int) -> RunRecord:
         return Transaction(self._conn()).get(run_id)
+
+    def environment(self, env_id: int | None) -> dict[str, str] | None:
+        """A stored submitter's environment (None for runs from before they were kept)."""
+        if env_id is None:
+            return None
+        row = self._conn().execute("SELECT env FROM environments WHERE id = ?", (env_id,))
+        found = row.fetchone()
+        return json.loads(found[0]) if found else None
 
     def transition(self, run_id: int, target: RunStatus, **values: Any) -> RunRecord:
         with self.write() as tx:
@@ -422,6 +511,17 @@ class HistoryFilter:
             clauses.append("(instr(params, ?) > 0 OR instr(module, ?) > 0 OR instr(reason, ?) > 0)")
             params += [self.text] * 3
         return " AND ".join(clauses) or "1", params
+
+
+def _environment_id(tx: Transaction, environment: dict[str, str]) -> int:
+    """Environments are stored once each: runs submitted from one process share a row."""
+    text = json.dumps(environment, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    tx.conn.execute(
+        "INSERT OR IGNORE INTO environments (digest, env) VALUES (?, ?)", (digest, text)
+    )
+    row = tx.conn.execute("SELECT id FROM environments WHERE digest = ?", (digest,)).fetchone()
+    return int(row[0])
 
 
 def _as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -1,48 +1,48 @@
-"""Small detached processes that start each run's child, watch it, and record how it ended.
+"""Watching one run from the service: its state, limits, controls and how it ended.
 
-    python -m nbrunner.supervisor HOME RUN_ID CLAIM
+The service holds one watch per run it supervises and advances each on every tick:
 
-The child's output goes straight to the run's log file, so nothing depends on a reader
-keeping up. Each loop step the supervisor:
-1. waits briefly for the child to end (its true exit code),
-2. marks the run running once its work has begun (a Ray job may wait for resources first),
-3. acts on a requested action (cancel, pause, resume) read from the run's row,
-4. enforces the timeout (paused time does not count),
-5. about once a second samples the tree's CPU and memory, stops it past its memory limit
-   and records the figures.
-When the run has ended it repairs runs whose owners died, claims the queued runs that may
-start (which keeps the queue moving with no kernel open), supervises the first of them itself
-and launches supervisors for the others, and runs the module's on_done hook. One supervisor
-thus serves runs in turn while a queue drains; each new one pays an interpreter start, so
-imports stay few.
+1. a local run's recorder said the child started: the run is running (its timeout starts);
+2. the recorder wrote the exit code: the run's outcome is decided and written;
+3. the recorder died without writing it: the run is lost and its leftovers stopped;
+4. a requested action (cancel, pause, resume) is carried out;
+5. the timeout is enforced (paused time does not count);
+6. about once a second (or as often as figures are recorded) the tree's CPU and memory are
+   sampled, and the tree is stopped past its memory limit.
+
+Stopping never blocks the tick: the tree gets SIGTERM, and SIGKILL once the grace period is
+over; the recorder reports the exit code as for any end. How a stop was meant to end
+(`ending`) is kept in the store, so a service that takes over finishes it the same way.
+A Ray run is watched by a thread of its own (its client calls block).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
+import threading
 import time
-import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
-from .backends import Child, ChildEnded, Usage, start_child
+from . import platform
+from .backends import ChildEnded, Usage
 from .errors import NbrunnerError
 from .models import RunRecord
+from .recorder import RunFiles
 from .states import RunStatus
-from .store import Store
 from .units import format_size
 
-POLL_S = 0.5  # how often a requested action (cancel, pause) is looked for
+if TYPE_CHECKING:
+    from .backends.tree import ProcessTree
+    from .store import Store
+
 # A run with a memory limit (or a GPU memory share) is sampled every second, so the limit
 # bites early; any other only as often as its figures are recorded.
 LIMITED_SAMPLE_S = 1.0
 RECORD_EVERY_S = 3.0
 HOOK_TIMEOUT_S = 300
+RAY_POLL_S = 0.5
 
 
 @dataclass
@@ -50,6 +50,13 @@ class Outcome:
     exit_code: int | None
     status: RunStatus | None = None  # None: decided by the exit code
     reason: str | None = None
+
+    def decided(self) -> tuple[RunStatus, str | None]:
+        if self.status is not None:
+            return self.status, self.reason
+        if self.exit_code == 0:
+            return RunStatus.SUCCEEDED, None
+        return RunStatus.FAILED, describe_exit(self.exit_code)
 
 
 class PausableDeadline:
@@ -72,183 +79,6 @@ class PausableDeadline:
         return time.monotonic() - self._since >= self.left
 
 
-class Supervisor:
-    def __init__(self, store: Store, run_id: int, claim: str) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.claim = claim
-        self.grace = float(store.config()["grace_period"])
-        self.peak_rss = 0
-        self.usage: Usage | None = None
-
-    def run(self) -> RunRecord | None:
-        run = self._take_over()
-        if run is None:
-            return None
-        with open(run.log_path, "ab") as log:
-            with _pinned(run.cores):  # inherited by the child and everything it spawns
-                child = self._start_child(run, log)
-            if child is None:
-                return self.store.get(self.run_id)
-            outcome = self._watch(run, child)
-        return self._finish(outcome)
-
-    def _take_over(self) -> RunRecord | None:
-        with self.store.write() as tx:
-            run = tx.get(self.run_id)
-            mine = run.status is RunStatus.STARTING and run.claim_token == self.claim
-            if not mine or run.supervisor_pid is not None:
-                return None  # cancelled, re-queued or re-claimed, or another supervisor has it
-            if run.control == "cancel":
-                tx.transition(
-                    self.run_id,
-                    RunStatus.CANCELLED,
-                    ended_at=time.time(),
-                    reason="cancelled before it started",
-                )
-                return None
-            tx.update(self.run_id, supervisor_pid=os.getpid(), taken_at=time.time())
-            return run
-
-    def _start_child(self, run: RunRecord, log: BinaryIO) -> Child | None:
-        env = {**os.environ, **run.env}
-        env.setdefault("PYTHONUNBUFFERED", "1")  # live logs, unless the module opted out ("")
-        env.setdefault("PYTHONIOENCODING", "utf-8")
-        if run.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(run.gpus)
-            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        try:
-            child = start_child(run, log, env)
-        except (OSError, NbrunnerError) as exc:
-            what = run.argv[0] if run.argv else "(empty command)"
-            reason = f"could not start {what}: {exc}"
-            log.write(f"nbrunner: {reason}\n".encode())
-            self.store.transition(
-                self.run_id, RunStatus.FAILED, ended_at=time.time(), reason=reason
-            )
-            return None
-        self.store.update(self.run_id, pid=child.pid, backend_ref=child.ref)
-        if child.started:
-            self._mark_running()
-        return child
-
-    def _mark_running(self) -> None:
-        self.store.transition(self.run_id, RunStatus.RUNNING, started_at=time.time())
-
-    def _watch(self, run: RunRecord, child: Child) -> Outcome:
-        deadline = PausableDeadline(run.timeout)
-        running = child.started
-        next_sample = next_record = time.monotonic()
-        limited = run.resources.get("memory") or run.resources.get("gpu_memory")
-        sample_every = LIMITED_SAMPLE_S if limited else RECORD_EVERY_S
-        while True:
-            try:
-                code = child.wait(POLL_S)
-            except ChildEnded as ended:
-                return Outcome(ended.exit_code, ended.status, ended.reason)
-            if not running and child.started:  # before an exit code: it may come first
-                self._mark_running()
-                running = True
-                deadline = PausableDeadline(run.timeout)  # the timeout counts from running
-            if code is not None:
-                return Outcome(code)
-            control = self.store.control(self.run_id)
-            if control == "cancel":
-                return self._stop(child, RunStatus.CANCELLED, "cancelled by request")
-            if control in ("pause", "resume"):
-                self._pause(child, control == "pause", deadline)
-            if running and deadline.expired():
-                return self._stop(child, RunStatus.TIMED_OUT, f"timed out after {run.timeout:g} s")
-            now = time.monotonic()
-            if now >= next_sample:
-                next_sample = now + sample_every
-                over = self._sample(run, child)
-                if over:
-                    return self._stop(child, RunStatus.FAILED, over)
-                if now >= next_record and self.usage is not None:  # a Ray job has no usage
-                    next_record = now + RECORD_EVERY_S
-                    self.store.update(self.run_id, **self._metrics())
-
-    def _stop(self, child: Child, status: RunStatus, reason: str) -> Outcome:
-        try:
-            return Outcome(child.stop(self.grace), status, reason)
-        except ChildEnded as ended:
-            return Outcome(ended.exit_code, status, reason)
-
-    def _pause(self, child: Child, paused: bool, deadline: PausableDeadline) -> None:
-        target = RunStatus.PAUSED if paused else RunStatus.RUNNING
-        try:
-            child.pause(paused)
-        except NbrunnerError as exc:
-            self.store.update(self.run_id, control=None, warning=str(exc))
-            return
-        deadline.pause(paused)
-        with self.store.write() as tx:
-            if tx.get(self.run_id).status is not target:
-                tx.transition(self.run_id, target, control=None)
-
-    def _sample(self, run: RunRecord, child: Child) -> str | None:
-        """Record the tree's use; say why the run must stop if it broke its memory limit."""
-        self.usage = child.sample()
-        if self.usage is None:
-            return None
-        self.peak_rss = max(self.peak_rss, self.usage.rss)
-        limit = int(run.resources.get("memory") or 0)
-        if limit and self.usage.rss > limit:
-            return (
-                f"used {format_size(self.usage.rss)} of memory, over its limit of "
-                f"{format_size(limit)} (peak {format_size(self.peak_rss)}); stopped"
-            )
-        return self._check_gpu_memory(run)
-
-    def _check_gpu_memory(self, run: RunRecord) -> str | None:
-        share = int(run.resources.get("gpu_memory") or 0)
-        used = self._gpu_memory(run)
-        if not share or used is None or used <= share:
-            return None
-        message = f"uses {format_size(used)} of GPU memory, over its share of {format_size(share)}"
-        if run.resources.get("gpu_memory_strict"):
-            return message + "; stopped"
-        self.store.update(self.run_id, warning=message)
-        return None
-
-    def _gpu_memory(self, run: RunRecord) -> int | None:
-        """GPU memory of the tree, where the driver reports it per process."""
-        if not run.gpus or self.usage is None:
-            return None
-        from .gpu import gpu_source
-
-        pids = set(self.usage.pids)
-        found = [
-            used
-            for sample in gpu_source().sample()
-            for pid, used in sample.processes.items()
-            if pid in pids and used is not None
-        ]
-        return sum(found) if found else None
-
-    def _metrics(self) -> dict[str, Any]:
-        if self.usage is None:
-            return {}
-        return {
-            "cpu_time": round(self.usage.cpu_time, 3),
-            "rss": self.usage.rss,
-            "cpu_percent": round(self.usage.cpu_percent, 1),
-            "peak_rss": self.peak_rss,
-        }
-
-    def _finish(self, outcome: Outcome) -> RunRecord:
-        status, reason, code = outcome.status, outcome.reason, outcome.exit_code
-        if status is None:
-            status = RunStatus.SUCCEEDED if code == 0 else RunStatus.FAILED
-            reason = None if code == 0 else describe_exit(code)
-        # Totals stay in the record; the current figures have no meaning once it ended.
-        metrics = {**self._metrics(), "rss": None, "cpu_percent": None}
-        return self.store.transition(
-            self.run_id, status, exit_code=code, ended_at=time.time(), reason=reason, **metrics
-        )
-
-
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "ended without an exit code"
@@ -260,28 +90,222 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-@contextmanager
-def _pinned(cores: list[int]) -> Iterator[None]:
-    """This process on `cores` while the child starts; back as it was for the next run.
-    Affinity is a request: a platform without it runs the child unpinned."""
-    if not cores:
-        yield
-        return
-    import psutil
-
-    me, before = psutil.Process(), None
-    with suppress(psutil.Error, AttributeError, ValueError, OSError):
-        before = me.cpu_affinity()
-        me.cpu_affinity(cores)
-    try:
-        yield
-    finally:
-        if before is not None:
-            with suppress(psutil.Error, ValueError, OSError):
-                me.cpu_affinity(before)
+def outcome_from_exit(record: RunRecord, ended: dict[str, Any]) -> Outcome:
+    """The run's outcome from its recorder's exit file and what the service had asked."""
+    code = ended.get("exit_code")
+    if ended.get("error"):
+        return Outcome(None, RunStatus.FAILED, str(ended["error"]))
+    if record.ending:
+        return Outcome(code, RunStatus(record.ending["status"]), record.ending["reason"])
+    if record.control == "cancel":
+        return Outcome(code, RunStatus.CANCELLED, "cancelled by request")
+    return Outcome(code)
 
 
-def run_hook(store: Store, record: RunRecord) -> None:
+class LocalWatch:
+    """The service's view of one local run, advanced on every tick."""
+
+    def __init__(self, record: RunRecord, home: str, recorder_pid: int | None = None) -> None:
+        self.record = record
+        self.files = RunFiles.of(home, record.id)
+        self.recorder_pid = recorder_pid  # set when this service forked the recorder
+        self.recorder_gone = False  # this service reaped it
+        self.child: tuple[int, str | None] | None = None
+        self.deadline: PausableDeadline | None = None
+        self.stopping = False
+        self.grace = 0.0
+        self.kill_at: float | None = None
+        self.usage: Usage | None = None
+        self.peak_rss = record.peak_rss or 0
+        self.next_sample = self.next_record = 0.0
+        self.next_lock_check = 0.0
+        self._tree: ProcessTree | None = None
+
+    # -- what the recorder said -----------------------------------------------------------
+    def started_child(self) -> dict[str, Any] | None:
+        """The child file, the first time it is seen."""
+        if self.child is not None:
+            return None
+        found = self.files.read(self.files.child)
+        if found is not None:
+            self.child = (int(found["pid"]), found.get("marker"))
+            timeout = self.record.timeout
+            if timeout is not None:  # an adopted run has used some of it already
+                timeout -= max(0.0, time.time() - float(found["at"]))
+            self.deadline = PausableDeadline(timeout)
+        return found
+
+    def exit(self) -> dict[str, Any] | None:
+        return self.files.read(self.files.exit)
+
+    def recorder_dead(self, now: float) -> bool:
+        """Gone without a word: reaped by us, or (adopted) its lock is free."""
+        if self.recorder_gone:
+            return True
+        if self.recorder_pid is not None or now < self.next_lock_check:
+            return False
+        self.next_lock_check = now + 1.0
+        return not self.files.recorder_alive()
+
+    # -- acting on the child ----------------------------------------------------------------
+    def child_is_ours(self) -> bool:
+        """The recorded pid is still the run's child: never signal a process not proven so."""
+        return self.child is not None and platform.is_same_process(*self.child)
+
+    def begin_stop(self, grace: float) -> None:
+        self.stopping, self.grace = True, grace
+        self.escalate()
+
+    def escalate(self) -> None:
+        """SIGTERM once the child is known (it may not be yet), SIGKILL after the grace."""
+        if not self.stopping or self.child is None:
+            return
+        now = time.monotonic()
+        if self.kill_at is None:
+            self.kill_at = now + self.grace
+            self.signal(graceful=True)
+        elif now >= self.kill_at:
+            self.signal(graceful=False)
+            self.kill_at = now + 1.0  # again, for what it spawned meanwhile
+
+    def signal(self, graceful: bool) -> None:
+        if not self.child_is_ours():
+            return
+        from .backends.tree import signal_tree
+
+        if graceful:
+            self.pause(False)  # a stopped process cannot act on SIGTERM
+        signal_tree(self.child[0], graceful, self.tree_members())  # type: ignore[index]
+
+    def pause(self, paused: bool) -> None:
+        if not self.child_is_ours():
+            return
+        from .backends.tree import suspend_tree
+
+        suspend_tree(self.child[0], paused, self.tree_members())  # type: ignore[index]
+
+    def tree_members(self) -> list[Any]:
+        tree = self.tree()
+        return tree.members(rescan=True) if tree is not None else []
+
+    def tree(self) -> ProcessTree | None:
+        if self._tree is None and self.child_is_ours():
+            from .backends.tree import ProcessTree
+
+            self._tree = ProcessTree.of(self.child[0])  # type: ignore[index]
+        return self._tree
+
+    # -- sampling ---------------------------------------------------------------------------
+    def sample_due(self, now: float) -> bool:
+        if self.child is None or now < self.next_sample:
+            return False
+        resources = self.record.resources
+        limited = resources.get("memory") or resources.get("gpu_memory")
+        self.next_sample = now + (LIMITED_SAMPLE_S if limited else RECORD_EVERY_S)
+        return True
+
+    def sample(self) -> str | None:
+        """Take the tree's figures; say why the run must stop if it broke its memory limit."""
+        tree = self.tree()
+        self.usage = tree.sample() if tree is not None else None
+        if self.usage is None:
+            return None
+        self.peak_rss = max(self.peak_rss, self.usage.rss)
+        limit = int(self.record.resources.get("memory") or 0)
+        if limit and self.usage.rss > limit:
+            return (
+                f"used {format_size(self.usage.rss)} of memory, over its limit of "
+                f"{format_size(limit)} (peak {format_size(self.peak_rss)}); stopped"
+            )
+        return None
+
+    def metrics(self) -> dict[str, Any]:
+        if self.usage is None:
+            return {}
+        return {
+            "cpu_time": round(self.usage.cpu_time, 3),
+            "rss": self.usage.rss,
+            "cpu_percent": round(self.usage.cpu_percent, 1),
+            "peak_rss": self.peak_rss,
+        }
+
+    def final_metrics(self) -> dict[str, Any]:
+        """Totals stay in the record; the current figures mean nothing once it ended."""
+        return {**self.metrics(), "rss": None, "cpu_percent": None}
+
+    def gpu_memory(self, samples: list[Any]) -> int | None:
+        """GPU memory of the tree, where the driver reports it per process."""
+        if not self.record.gpus or self.usage is None:
+            return None
+        pids = set(self.usage.pids)
+        found = [
+            used
+            for sample in samples
+            for pid, used in sample.processes.items()
+            if pid in pids and used is not None
+        ]
+        return sum(found) if found else None
+
+
+class RayWatch:
+    """A Ray run, watched by a thread of its own; the service reads `outcome` each tick."""
+
+    def __init__(self, store: Store, record: RunRecord, env: dict[str, str], grace: float) -> None:
+        self.record = record
+        self.store = store
+        self.env = env
+        self.grace = grace
+        self.outcome: Outcome | None = None
+        self.running = record.status is RunStatus.RUNNING
+        self.job: Any = None
+        self.stop_requested: tuple[RunStatus, str] | None = None
+        self._thread = threading.Thread(target=self._watch, name=f"ray {record.id}", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        try:
+            self.outcome = self._follow()
+        except ChildEnded as ended:
+            self.outcome = Outcome(ended.exit_code, ended.status, ended.reason)
+        except Exception as exc:  # any failure of Ray's client ends the run
+            self.outcome = Outcome(None, RunStatus.FAILED, f"the Ray job failed: {exc}")
+
+    def _follow(self) -> Outcome:
+        from .backends.ray import attach_ray_job, start_ray_job
+
+        with open(self.record.log_path, "ab") as log:
+            if self.record.backend_ref:
+                self.job = attach_ray_job(self.record, log)
+            else:
+                try:
+                    self.job = start_ray_job(self.record, log, self.env)
+                except (OSError, NbrunnerError) as exc:
+                    reason = f"could not start the Ray job: {exc}"
+                    log.write(f"nbrunner: {reason}\n".encode())
+                    return Outcome(None, RunStatus.FAILED, reason)
+                self.store.update(self.record.id, backend_ref=self.job.ref)
+            deadline = PausableDeadline(self.record.timeout)
+            while True:
+                code = self.job.wait(RAY_POLL_S)
+                if code is not None:
+                    return Outcome(code)
+                if self.stop_requested is not None:
+                    status, reason = self.stop_requested
+                    try:
+                        return Outcome(self.job.stop(self.grace), status, reason)
+                    except ChildEnded as ended:
+                        return Outcome(ended.exit_code, ended.status, ended.reason)
+                if self.job.started and not self.running:
+                    self.running = True
+                    deadline = PausableDeadline(self.record.timeout)
+                if self.running and deadline.expired():
+                    self.stop_requested = (
+                        RunStatus.TIMED_OUT,
+                        f"timed out after {self.record.timeout:g} s",
+                    )
+
+
+def run_hook(logs_dir: Any, record: RunRecord) -> None:
     """The module's on_done command, templated with the outcome; output to a log of its own."""
     values = {
         "id": record.id,
@@ -289,7 +313,7 @@ def run_hook(store: Store, record: RunRecord) -> None:
         "status": record.status.value,
         "exit_code": "" if record.exit_code is None else record.exit_code,
     }
-    hook_log = store.logs_dir / f"{record.id}.on_done.log"
+    hook_log = logs_dir / f"{record.id}.on_done.log"
     with open(hook_log, "ab") as out:
         try:
             argv = [part.format_map(values) for part in record.on_done]
@@ -303,50 +327,3 @@ def run_hook(store: Store, record: RunRecord) -> None:
             out.write(f"nbrunner: on_done hook exited with code {code}\n".encode())
         except (OSError, KeyError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
             out.write(f"nbrunner: on_done hook failed: {exc!r}\n".encode())
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Supervise the claimed run, then keep one of the runs that may start next for this
-    process (no new interpreter to pay for) and launch supervisors for the others."""
-    home, first_id, claim = (argv if argv is not None else sys.argv[1:])[:3]
-    store = Store(home)
-    claimed: tuple[int, str] | None = (int(first_id), claim)
-    while claimed is not None:
-        try:
-            record = Supervisor(store, *claimed).run()
-        except BaseException:
-            keep_the_queue_moving(store, keep_one=False)
-            raise
-        claimed = keep_the_queue_moving(store, keep_one=True)
-        if record is not None and record.is_done and record.on_done:
-            run_hook(store, record)
-    _drop_empty_stderr(store, first_id)  # not after a crash: its traceback is in there
-
-
-def keep_the_queue_moving(store: Store, keep_one: bool) -> tuple[int, str] | None:
-    """Repair runs whose owners died, claim what may start and launch supervisors for it,
-    keeping the first for this process if asked. A failed repair is reported and must not
-    keep the queue from moving."""
-    from . import reconcile, scheduler  # loaded once the child runs: they are not cheap
-
-    try:
-        reconcile.repair(store)  # with no kernel open, supervisors are the ones who look
-    except Exception:
-        traceback.print_exc()
-    runs = scheduler.claim_ready(store)
-    kept = runs.pop(0) if keep_one and runs else None
-    scheduler.launch(store, runs)
-    return (kept.id, kept.claim_token) if kept is not None else None
-
-
-def _drop_empty_stderr(store: Store, run_id: str) -> None:
-    err = store.logs_dir / f"{run_id}.supervisor.err"
-    try:
-        if err.stat().st_size == 0:
-            err.unlink()
-    except OSError:
-        pass
-
-
-if __name__ == "__main__":
-    main()

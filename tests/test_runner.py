@@ -42,13 +42,14 @@ def test_the_public_api_is_exactly_this() -> None:
         assert getattr(nbrunner, name) is not None
 
 
-def test_a_supervisor_starts_its_child_before_loading_anything_heavy() -> None:
+def test_the_service_stays_small_it_loads_no_client_libraries() -> None:
+    """Every recorder is forked from the service: what it loads, each run's pages share."""
     import subprocess
     import sys
 
-    heavy = ("pandas", "psutil", "ipywidgets", "tomllib", "asyncio", "jupyter_client", "pynvml")
+    heavy = ("pandas", "ipywidgets", "asyncio", "jupyter_client", "pynvml", "ray", "numpy")
     code = (
-        f"import sys, nbrunner.supervisor, nbrunner.backends.local; "
+        f"import sys, nbrunner.service, nbrunner.scheduler, nbrunner.resources; "
         f"print([m for m in {heavy} if m in sys.modules])"
     )
     loaded = subprocess.run(

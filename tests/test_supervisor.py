@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -112,22 +110,6 @@ def test_a_command_that_cannot_start_fails_with_the_reason_in_record_and_log(
     assert "could not start /nonexistent/program" in Path(record.log_path).read_text()
 
 
-def test_a_killed_supervisor_is_found_by_the_next_runner_and_marked_lost(
-    runner: Runner, home: Path
-) -> None:
-    run = runner.submit("count", {"n": 1000, "delay": 0.05})
-    wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
-    record = run.record
-    runner.close()
-    os.kill(record.supervisor_pid, signal.SIGKILL)
-    wait_until(lambda: not alive(record.supervisor_pid), what="supervisor gone")
-    with Runner(home) as next_runner:
-        lost = next_runner.get(run.id).record
-        assert lost.status is RunStatus.LOST
-        assert f"supervisor (pid {record.supervisor_pid}) ended" in lost.reason
-        wait_until(lambda: not alive(record.pid), what="orphaned child stopped")
-
-
 def test_restart_makes_a_new_run_pointing_at_the_old(runner: Runner) -> None:
     first = runner.submit("count", {"n": 2, "delay": 0, "label": "again"})
     first.wait(timeout=30)
@@ -145,98 +127,15 @@ def test_the_child_sees_unbuffered_utf8_python_and_the_module_env(runner: Runner
     assert Path(record.log_path).read_text() == "1 utf-8 42\n"
 
 
-def test_supervisors_are_not_descendants_of_the_submitting_process(runner: Runner) -> None:
+def test_runs_and_their_service_are_not_descendants_of_the_submitter(runner: Runner) -> None:
     run = runner.submit("count", {"n": 100, "delay": 0.05})
     wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    service_pid = run.record.claimed_by
     mine = {p.pid for p in psutil.Process().children(recursive=True)}
-    assert run.record.supervisor_pid not in mine and run.pid not in mine
-    assert os.getsid(run.pid) != os.getsid(0)
+    assert service_pid not in mine and run.pid not in mine
+    assert os.getsid(run.pid) != os.getsid(0) and os.getsid(service_pid) != os.getsid(0)
     run.cancel()
     run.wait(timeout=15)
-
-
-def test_a_run_cancelled_before_its_supervisor_comes_up_never_starts(runner: Runner) -> None:
-    runner.close()  # nothing claims behind our back
-    from nbrunner import scheduler
-
-    runner.config("paused", True)
-    run = runner.submit("count", {"n": 1})
-    runner.config("paused", False)
-    (claimed,) = scheduler.claim_ready(runner.store)
-    runner.store.update(claimed.id, control="cancel")
-    scheduler.launch(runner.store, [claimed])
-    record = run.wait(timeout=20)
-    assert record.status is RunStatus.CANCELLED and record.reason == "cancelled before it started"
-    assert record.pid is None
-
-
-def _claim_as_a_dead_process(runner: Runner) -> int:
-    """Claim one queued run the way a kernel killed mid-launch would leave it."""
-    from nbrunner import reconcile, scheduler
-
-    runner.config("paused", False)
-    (claimed,) = scheduler.claim_ready(runner.store)
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    long_ago = time.time() - reconcile.CLAIMER_GONE_GRACE_S - 1
-    runner.store.update(claimed.id, claimed_by=gone.pid, claimed_at=long_ago)
-    return claimed.id
-
-
-def test_a_claim_whose_claimer_died_goes_back_to_the_queue(runner: Runner) -> None:
-    from nbrunner import reconcile, scheduler
-
-    runner.close()
-    runner.config("paused", True)
-    run = runner.submit("count", {"n": 1, "delay": 0})
-    _claim_as_a_dead_process(runner)
-    (requeued,) = reconcile.repair(runner.store)
-    assert requeued.id == run.id and requeued.status is RunStatus.QUEUED
-    scheduler.launch_ready(runner.store)
-    assert run.wait(timeout=20).status is RunStatus.SUCCEEDED
-
-
-def test_a_supervisor_that_could_not_start_fails_the_run_with_its_error(runner: Runner) -> None:
-    from nbrunner import reconcile
-
-    runner.close()
-    runner.config("paused", True)
-    run = runner.submit("count", {"n": 1})
-    _claim_as_a_dead_process(runner)
-    Path(run.log_path).with_suffix(".supervisor.err").write_text(
-        "Traceback (most recent call last):\nModuleNotFoundError: No module named 'nbrunner'\n"
-    )
-    (failed,) = reconcile.repair(runner.store)
-    assert failed.status is RunStatus.FAILED
-    assert failed.reason == (
-        "its supervisor could not start: ModuleNotFoundError: No module named 'nbrunner'"
-    )
-
-
-def test_a_supervisor_late_for_an_older_claim_leaves_the_run_alone(runner: Runner) -> None:
-    from nbrunner import scheduler
-    from nbrunner.supervisor import Supervisor
-
-    runner.close()
-    runner.config("paused", True)
-    run = runner.submit("count", {"n": 1, "delay": 0})
-    runner.config("paused", False)
-    (older,) = scheduler.claim_ready(runner.store)
-    runner.store.transition(run.id, RunStatus.QUEUED, claimed_at=None, claimed_by=None)
-    time.sleep(0.01)
-    (newer,) = scheduler.claim_ready(runner.store)
-    assert Supervisor(runner.store, run.id, older.claim_token).run() is None
-    assert run.status is RunStatus.STARTING and run.record.supervisor_pid is None
-    scheduler.launch(runner.store, [newer])
-    assert run.wait(timeout=20).status is RunStatus.SUCCEEDED
-
-
-def test_repair_leaves_runs_that_ended_meanwhile_alone(runner: Runner) -> None:
-    from nbrunner import reconcile
-
-    record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=20)
-    with runner.store.write() as tx:
-        assert reconcile._repair(tx, record, time.time()) is None
 
 
 def test_a_module_can_trade_live_logs_for_buffered_throughput(runner: Runner) -> None:
@@ -248,27 +147,14 @@ def test_a_module_can_trade_live_logs_for_buffered_throughput(runner: Runner) ->
     assert Path(buffered.log_path).read_text() == "0\n"
 
 
-def test_one_supervisor_serves_a_draining_queue_in_turn(runner: Runner) -> None:
+def test_a_draining_queue_runs_in_order_under_one_service(runner: Runner) -> None:
     runner.config("max_concurrent", 1)
     runs = [runner.submit("count", {"n": 1, "delay": 0, "label": f"q{i}"}) for i in range(6)]
     records = [run.wait(timeout=60) for run in runs]
     assert [r.status for r in records] == [RunStatus.SUCCEEDED] * 6
     assert [Path(r.log_path).read_text() for r in records] == [f"q{i} 1/1\n" for i in range(6)]
-    supervisors = {r.supervisor_pid for r in records}
-    assert len(supervisors) < 6  # runs were handed on without a new interpreter each
-    assert all(r.taken_at >= r.claimed_at for r in records)
-    with Runner(runner.home):  # a runner starting now finds nothing to repair
-        assert [r.status for r in (run.record for run in runs)] == [RunStatus.SUCCEEDED] * 6
-
-
-def test_a_serving_supervisor_is_not_taken_for_dead(runner: Runner) -> None:
-    from nbrunner import reconcile
-
-    runner.config("max_concurrent", 1)
-    first = runner.submit("count", {"n": 1, "delay": 0})
-    second = runner.submit("count", {"n": 30, "delay": 0.1})
-    first.wait(timeout=30)
-    wait_until(lambda: second.status is RunStatus.RUNNING, what="second running")
-    time.sleep(1.2)  # the claim of the second is now clearly younger than its supervisor
-    assert reconcile.repair(runner.store) == []
-    assert second.status is RunStatus.RUNNING
+    starts = [r.started_at for r in records]
+    assert starts == sorted(starts)
+    ends, later_starts = [r.ended_at for r in records[:-1]], starts[1:]
+    assert all(end <= start for end, start in zip(ends, later_starts, strict=True))
+    assert len({r.claimed_by for r in records}) == 1  # one service claimed them all

@@ -1,15 +1,13 @@
-"""Where a run's work actually happens: a local process tree, or a Ray job.
-
-The supervisor drives either through the same small interface, so states, logs, timeouts
-and cancellation behave the same on every backend.
+"""Where a run's work actually happens: a local process tree (started by the run's
+recorder, see nbrunner.recorder), or a Ray job. Both end in the same states, logs, timeouts
+and cancellation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
-from ..models import RunRecord
 from ..states import RunStatus
 
 BACKENDS = ("local", "ray")
@@ -60,14 +58,3 @@ class Child(Protocol):
 
     def pause(self, paused: bool) -> None:
         """Suspend (True) or continue (False) the work; OperationFailed if unsupported."""
-
-
-def start_child(run: RunRecord, log: BinaryIO, env: dict[str, str]) -> Child:
-    """Start the run on its backend; OSError (or the backend's error) if it cannot start."""
-    if run.backend == "ray":
-        from .ray import start_ray_job
-
-        return start_ray_job(run, log, env)
-    from .local import LocalChild
-
-    return LocalChild.start(run, log, env)

@@ -49,9 +49,9 @@ LOST_AFTER_S = 10.0  # a dashboard busy for a moment is not a cluster gone
 MIRROR_FINISH_S = 10.0  # for the live tail, when Ray cannot give the whole log
 STOP_MARGIN_S = 5.0  # Ray sends SIGTERM, then SIGKILL after 3 s of its own
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-# What the supervisor gives every child on top of the module's env. The rest of its
-# environment (PATH, HOME, the GPUs it picked) belongs to this machine, not to the job.
-CHILD_SETTINGS = ("PYTHONUNBUFFERED", "PYTHONIOENCODING")
+# What a job gets of the submitter's environment on top of the module's env: what finds
+# its code and how it writes. The rest (PATH, HOME, the GPUs) belongs to this machine.
+CHILD_SETTINGS = ("PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONPATH", "NBRUNNER_RUN_ID")
 # A modules.toml module runs in the nbrunner home by default: never upload its logs and db.
 HOME_EXCLUDES = ["/logs/", "/nbrunner.db*"]
 
@@ -152,6 +152,22 @@ def start_ray_job(run: RunRecord, log: BinaryIO, env: Mapping[str, str]) -> RayJ
     return RayJob(client, submission_id, address, log)
 
 
+def attach_ray_job(run: RunRecord, log: BinaryIO) -> RayJob:
+    """A job an earlier service submitted: follow it on, copying only the rest of its log."""
+    address = normalize_address(run.backend_address)
+    job = RayJob(_connect(address), str(run.backend_ref), address, log, copied=_chars_in(log))
+    job.started = run.status is RunStatus.RUNNING
+    return job
+
+
+def _chars_in(log: BinaryIO) -> int:
+    try:
+        with open(log.name, "rb") as copy:
+            return len(copy.read().decode("utf-8", "replace"))
+    except (OSError, AttributeError, TypeError):
+        return 0
+
+
 def _connect(address: str) -> JobSubmissionClient:
     try:
         from ray.job_submission import JobSubmissionClient
@@ -171,7 +187,12 @@ class RayJob:
     pid = None
 
     def __init__(
-        self, client: JobSubmissionClient, submission_id: str, address: str, log: BinaryIO
+        self,
+        client: JobSubmissionClient,
+        submission_id: str,
+        address: str,
+        log: BinaryIO,
+        copied: int = 0,
     ) -> None:
         self.ref = submission_id
         self.started = False
@@ -179,7 +200,7 @@ class RayJob:
         self._address = address
         self._stopping = False
         self._unanswered_since: float | None = None
-        self._mirror = LogMirror(client, submission_id, log)
+        self._mirror = LogMirror(client, submission_id, log, copied)
 
     def __repr__(self) -> str:
         return f"<RayJob {self.ref} at {self._address}>"
@@ -268,11 +289,13 @@ class LogMirror:
 
     RETRY_S = 1.0
 
-    def __init__(self, client: JobSubmissionClient, submission_id: str, log: BinaryIO) -> None:
+    def __init__(
+        self, client: JobSubmissionClient, submission_id: str, log: BinaryIO, copied: int = 0
+    ) -> None:
         self._client = client
         self._id = submission_id
         self._log = log
-        self._copied = 0  # characters of the job's log already in the file
+        self._copied = copied  # characters of the job's log already in the file
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(

@@ -1,9 +1,13 @@
-"""A run's process tree: sampling its use, and stopping all of it."""
+"""A run's process tree: sampling its use, signalling, pausing and stopping all of it.
+
+Every call expects members to vanish at any moment (psutil.NoSuchProcess): a child may
+exit between being listed and being sampled, above all on a busy machine.
+"""
 
 from __future__ import annotations
 
-import subprocess
 import time
+from collections.abc import Sequence
 from contextlib import suppress
 
 import psutil
@@ -19,12 +23,20 @@ RESCAN_S = 5.0
 class ProcessTree:
     """Samples a process and its descendants; the membership is rescanned now and then."""
 
-    def __init__(self, root_pid: int) -> None:
-        self._root = psutil.Process(root_pid)
+    def __init__(self, root: psutil.Process) -> None:
+        self._root = root
         self._members: list[psutil.Process] = [self._root]
         self._scanned = 0.0
         self._cpu_time = 0.0
         self._last: tuple[float, float] | None = None  # (monotonic time, cpu time)
+
+    @classmethod
+    def of(cls, root_pid: int) -> ProcessTree | None:
+        """The tree under root_pid, or None if that process is already gone."""
+        try:
+            return cls(psutil.Process(root_pid))
+        except psutil.Error:
+            return None
 
     def members(self, rescan: bool = False) -> list[psutil.Process]:
         now = time.monotonic()
@@ -57,32 +69,17 @@ class ProcessTree:
         )
 
 
-def stop_tree(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """Graceful signal to the whole tree, then a kill once the grace period is over.
-
-    Descendants are listed first, so that any that left the child's process group (their
-    own setsid) are still reached.
-    """
-
-    def alive(p: psutil.Process) -> bool:
+def signal_tree(root_pid: int, graceful: bool, members: Sequence[psutil.Process]) -> None:
+    """SIGTERM (or SIGKILL) to the root's process group and to every listed member, so that
+    descendants that left the group with a session of their own are reached too."""
+    platform.signal_group(root_pid, graceful)
+    for member in members:
         with suppress(psutil.Error):
-            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-        return False
+            member.terminate() if graceful else member.kill()
 
-    tree: list[psutil.Process] = []
-    with suppress(psutil.Error):
-        tree = psutil.Process(proc.pid).children(recursive=True)
-    platform.signal_group(proc.pid, graceful=True)
-    for member in tree:
+
+def suspend_tree(root_pid: int, paused: bool, members: Sequence[psutil.Process]) -> None:
+    platform.suspend_group(root_pid, paused)
+    for member in members:
         with suppress(psutil.Error):
-            member.terminate()
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and (proc.poll() is None or any(map(alive, tree))):
-        time.sleep(0.05)
-    platform.signal_group(proc.pid, graceful=False)
-    for member in tree:
-        with suppress(psutil.Error):
-            member.kill()
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
+            member.suspend() if paused else member.resume()

@@ -1,0 +1,571 @@
+"""The home's service: the one process that moves a home's queue.
+
+    client (kernel, CLI, dashboard) → store ← service (scheduler, supervisor, sampler, hooks)
+                                                  → recorders → children
+
+Clients only write intents to the store (submit, cancel, pause, config) and wake the
+service; `ensure_running` starts one, detached, when none is alive. A file lock in the home
+keeps it single; it exits on its own once nothing has been queued or active for a while.
+
+Each tick is a short list of named steps:
+1. reap recorders that ended (this service forked them),
+2. read what changed in the store since the last tick (one query),
+3. now and then, adopt slot-holding runs no one watches (a previous service died),
+4. advance every watched run (started, ended, lost, controls, timeout, limits),
+5. claim what may start and launch a recorder for each,
+6. write the runs' figures (best effort).
+A step that fails (a locked store, a full disk) is logged and tried again next tick: what
+must be recorded stays in the recorders' files until it is.
+
+Clients wake it with a datagram on a loopback port named in `service.json`; without one it
+still ticks twice a second while runs are active.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from . import platform
+from .errors import NbrunnerError
+from .models import RunRecord
+from .recorder import RecorderSpec, RunFiles, start_recorder, write_atomically
+from .states import RunStatus
+from .supervisor import LocalWatch, Outcome, RayWatch, outcome_from_exit, run_hook
+
+log = logging.getLogger("nbrunner.service")
+
+LOCK_NAME = "service.lock"
+INFO_NAME = "service.json"
+ERR_NAME = "service.log"
+ACTIVE_TICK_S = 0.5
+IDLE_TICK_S = 2.0
+ADOPT_EVERY_S = 2.0
+IDLE_EXIT_S = 60.0
+SERVICE_PATIENCE_S = 5.0
+# A claim whose recorder never took its lock: forked recorders take it within
+# milliseconds, so one this old will never come.
+UNLAUNCHED_CLAIM_S = 5.0
+START_WAIT_S = 10.0
+# Variables that belong to the submitting process, not to the runs it submits: a kernel's
+# connection settings and its inline plotting backend, a debugger's hooks.
+NOISE_PREFIXES = ("JPY_", "PYDEVD_", "NBRUNNER_SERVICE_")
+NOISE_VALUES = {"MPLBACKEND": "module://matplotlib_inline"}
+
+
+# -- client side --------------------------------------------------------------------------
+def submitter_environment() -> dict[str, str]:
+    """This process's environment as a run should get it: without per-process noise."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(NOISE_PREFIXES) and not value.startswith(NOISE_VALUES.get(key, "\0"))
+    }
+
+
+def is_running(home: str | Path) -> bool:
+    return platform.is_locked(Path(home) / LOCK_NAME)
+
+
+def info(home: str | Path) -> dict[str, Any] | None:
+    """What the living service wrote about itself (pid, port, started_at), if one lives."""
+    if not is_running(home):
+        return None
+    return RunFiles.of(home, 0).read(Path(home) / INFO_NAME)
+
+
+def ensure_running(home: str | Path) -> bool:
+    """Start the home's service if none is alive; True if one was started."""
+    home = Path(home)
+    if is_running(home):
+        return False
+    argv = [sys.executable, "-m", "nbrunner.service", str(home)]
+    platform.spawn_detached(argv, str(home / ERR_NAME))
+    return True
+
+
+def wake(home: str | Path) -> None:
+    """Tell the service to look at the store now (a lost datagram costs one tick)."""
+    try:
+        port = int(json.loads((Path(home) / INFO_NAME).read_text())["port"])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"w", ("127.0.0.1", port))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+
+
+def notify(home: str | Path) -> None:
+    """After writing an intent: make sure a service is alive, and wake it."""
+    if not ensure_running(home):
+        wake(home)
+
+
+def stop(home: str | Path, timeout: float = 30.0) -> bool:
+    """Ask the living service to exit (runs go on); True once it has."""
+    found = info(home)
+    if found is None:
+        return True
+    if platform.is_same_process(found.get("pid"), found.get("marker")):
+        os.kill(int(found["pid"]), signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while is_running(home):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def idle_exit_s() -> float:
+    try:
+        return float(os.environ.get("NBRUNNER_SERVICE_IDLE_S", IDLE_EXIT_S))
+    except ValueError:
+        return IDLE_EXIT_S
+
+
+# -- the service --------------------------------------------------------------------------
+class Service:
+    def __init__(self, home: str | Path, *, idle_exit: float | None = None, echo: bool = False):
+        from .store import Store, default_patience
+
+        self.home = Path(home)
+        self.idle_exit = idle_exit_s() if idle_exit is None else idle_exit
+        self.echo = echo
+        # a tick never waits long on a locked store: it tries again next tick
+        self.store = Store(self.home, patience=min(default_patience(), SERVICE_PATIENCE_S))
+        self.active: dict[int, RunRecord] = {}
+        self.watches: dict[int, Any] = {}
+        self.version = 0
+        self._lock_fd: int | None = None
+        self._socket: socket.socket | None = None
+        self._exiting = False
+        self._next_adopt = 0.0
+        self._idle_since = time.monotonic()
+        self._hooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hook")
+        self._hooks_pending = 0
+        self._hooks_lock = threading.Lock()
+        self._gpu_source: Any = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def serve(self) -> bool:
+        """Serve until idle (or asked to stop); False if another service holds the home."""
+        if not self._take_over():
+            return False
+        try:
+            while not self._exiting:
+                self._tick()
+                if self._idle_for() >= self.idle_exit and self._hand_back():
+                    break
+                self._wait(ACTIVE_TICK_S if self.watches or self._queued() else IDLE_TICK_S)
+        finally:
+            self._close()
+        return True
+
+    def _take_over(self) -> bool:
+        self._lock_fd = platform.try_lock(self.home / LOCK_NAME)
+        if self._lock_fd is None:
+            return False
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind(("127.0.0.1", 0))
+        pid = os.getpid()
+        write_atomically(
+            self.home / INFO_NAME,
+            {
+                "pid": pid,
+                "marker": platform.start_marker(pid),
+                "port": self._socket.getsockname()[1],
+                "started_at": time.time(),
+            },
+        )
+        self._refresh_all()
+        return True
+
+    def request_exit(self, *_: Any) -> None:
+        self._exiting = True
+        with contextlib.suppress(OSError):
+            wake(self.home)
+
+    def _close(self) -> None:
+        self._hooks.shutdown(wait=True)
+        if self._socket is not None:
+            self._socket.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _idle_for(self) -> float:
+        with self._hooks_lock:
+            busy = bool(self.watches or self.active or self._hooks_pending)
+        if busy:
+            self._idle_since = time.monotonic()
+        return time.monotonic() - self._idle_since
+
+    def _hand_back(self) -> bool:
+        """Give up the home, unless work arrived meanwhile. A client that queued work sees
+        the lock held (and wakes us) or free (and starts a service), never a gap: it wrote
+        before it looked, and we look after letting go."""
+        assert self._lock_fd is not None
+        os.close(self._lock_fd)
+        self._lock_fd = None
+        if not self.store.active():
+            return True
+        self._lock_fd = platform.try_lock(self.home / LOCK_NAME)
+        return self._lock_fd is None  # another service took over: leave it the work
+
+    def _wait(self, timeout: float) -> None:
+        assert self._socket is not None
+        import select
+
+        ready, _, _ = select.select([self._socket], [], [], timeout)
+        if ready:
+            with contextlib.suppress(OSError):
+                self._socket.setblocking(False)
+                while self._socket.recv(64):
+                    pass
+        self._socket.setblocking(True)
+
+    # -- the tick -------------------------------------------------------------------------
+    def _tick(self) -> None:
+        for step in (self._reap, self._read_changes, self._adopt, self._advance_all, self._claim):
+            try:
+                step()
+            except Exception:  # a locked store or a bug: logged, and tried again next tick
+                log.exception("nbrunner service: %s failed; trying again", step.__name__)
+                traceback.print_exc()
+
+    def _reap(self) -> None:
+        if platform.IS_WINDOWS:  # pragma: no cover - recorders there are not our children
+            return
+        by_pid = {w.recorder_pid: w for w in self.watches.values() if hasattr(w, "files")}
+        with contextlib.suppress(ChildProcessError):
+            while True:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    return
+                if pid in by_pid:
+                    by_pid[pid].recorder_gone = True
+
+    def _refresh_all(self) -> None:
+        self.version = self.store.version()
+        self.active = {r.id: r for r in self.store.active()}
+
+    def _read_changes(self) -> None:
+        changes, self.version = self.store.changes_since(self.version)
+        for record in changes:
+            if record.is_done:
+                self.active.pop(record.id, None)
+            else:
+                self.active[record.id] = record
+            watch = self.watches.get(record.id)
+            if watch is not None:
+                watch.record = record
+            if self.echo:
+                print(
+                    f"{time.strftime('%H:%M:%S')} run {record.id} {record.module} "
+                    f"{record.status.value}",
+                    flush=True,
+                )
+
+    def _queued(self) -> bool:
+        return any(r.status is RunStatus.QUEUED for r in self.active.values())
+
+    # -- adopting what a previous service left ---------------------------------------------
+    def _adopt(self) -> None:
+        now = time.monotonic()
+        if now < self._next_adopt:
+            return
+        self._next_adopt = now + ADOPT_EVERY_S
+        for record in list(self.active.values()):
+            if record.status.holds_slot and record.id not in self.watches:
+                self._adopt_one(record)
+
+    def _adopt_one(self, record: RunRecord) -> None:
+        if record.backend == "ray":
+            self._watch_ray(record)
+            return
+        watch = LocalWatch(record, str(self.home))
+        files = watch.files
+        if files.recorder_alive() or files.read(files.exit) is not None:
+            self.watches[record.id] = watch  # advanced like any other from now on
+        elif files.read(files.child) is not None:
+            watch.started_child()
+            self._lose(watch)
+        elif time.time() - (record.claimed_at or 0) > UNLAUNCHED_CLAIM_S:
+            with self.store.write() as tx:  # claimed, but no recorder ever came: it never ran
+                if tx.get(record.id).status is RunStatus.STARTING:
+                    tx.transition(record.id, RunStatus.QUEUED, claimed_at=None, claimed_by=None)
+
+    def _lose(self, watch: Any) -> None:
+        """The recorder died without writing the exit code: the run is lost, and what is
+        left of its tree is stopped, if the recorded pid is still provably the run's."""
+        if watch.child_is_ours():
+            stop_leftovers_of(watch)
+        pid = watch.recorder_pid
+        recorder = f"its recorder (pid {pid})" if pid else "its recorder"
+        self._finish(
+            watch,
+            Outcome(
+                None,
+                RunStatus.LOST,
+                f"{recorder} ended without recording how the run ended; the run's remaining "
+                "processes were stopped",
+            ),
+        )
+
+    # -- advancing watched runs -------------------------------------------------------------
+    def _advance_all(self) -> None:
+        now = time.monotonic()
+        samples_due = []
+        for watch in list(self.watches.values()):
+            try:
+                if hasattr(watch, "files"):
+                    if self._advance_local(watch, now) and watch.sample_due(now):
+                        samples_due.append(watch)
+                else:
+                    self._advance_ray(watch)
+            except NbrunnerError:
+                log.exception("nbrunner service: run %s: store busy; trying again", watch.record.id)
+        if samples_due:
+            self._sample(samples_due)
+
+    def _advance_local(self, watch: Any, now: float) -> bool:
+        """One step for a local run; True while it is still going."""
+        started = watch.started_child()
+        if started is not None and watch.record.status is RunStatus.STARTING:
+            self.store.transition(
+                watch.record.id, RunStatus.RUNNING, pid=started["pid"], started_at=started["at"]
+            )
+        ended = watch.exit()
+        if ended is not None:
+            self._finish(watch, outcome_from_exit(watch.record, ended), ended)
+            return False
+        if watch.recorder_dead(now):
+            if watch.exit() is None:  # written just before it died?
+                self._lose(watch)
+            return False
+        self._apply_controls(watch)
+        watch.escalate()
+        return watch.child is not None
+
+    def _apply_controls(self, watch: Any) -> None:
+        record = watch.record
+        if record.control == "cancel" and not watch.stopping:
+            self._begin_stop(watch, RunStatus.CANCELLED, "cancelled by request")
+        elif record.control in ("pause", "resume") and watch.child is not None:
+            self._pause(watch, record.control == "pause")
+        elif (
+            not watch.stopping
+            and watch.deadline is not None
+            and record.status is RunStatus.RUNNING
+            and watch.deadline.expired()
+        ):
+            self._begin_stop(watch, RunStatus.TIMED_OUT, f"timed out after {record.timeout:g} s")
+
+    def _begin_stop(self, watch: Any, status: RunStatus, reason: str) -> None:
+        self.store.update(watch.record.id, ending={"status": status.value, "reason": reason})
+        watch.begin_stop(float(self.store.config()["grace_period"]))
+
+    def _pause(self, watch: Any, paused: bool) -> None:
+        target = RunStatus.PAUSED if paused else RunStatus.RUNNING
+        watch.pause(paused)
+        if watch.deadline is not None:
+            watch.deadline.pause(paused)
+        with self.store.write() as tx:
+            if tx.get(watch.record.id).status is not target:
+                tx.transition(watch.record.id, target, control=None)
+            else:
+                tx.update(watch.record.id, control=None)
+
+    def _sample(self, watches: list[Any]) -> None:
+        """One pass over the runs due: figures, memory limits, GPU shares; one write."""
+        gpu_samples = self._gpu_samples(watches)
+        figures: dict[int, dict[str, Any]] = {}
+        for watch in watches:
+            over = watch.sample()
+            if over is None:
+                over = self._check_gpu_share(watch, gpu_samples, figures)
+            if over is not None and not watch.stopping:
+                self._begin_stop(watch, RunStatus.FAILED, over)
+            figures.setdefault(watch.record.id, {}).update(watch.metrics())
+        with contextlib.suppress(NbrunnerError), self.store.write() as tx:  # best effort
+            for run_id, values in figures.items():
+                if values:
+                    tx.update(run_id, **values)
+
+    def _gpu_samples(self, watches: list[Any]) -> list[Any]:
+        if not any(w.record.gpus for w in watches):
+            return []
+        if self._gpu_source is None:
+            from .gpu import gpu_source
+
+            self._gpu_source = gpu_source()
+        return self._gpu_source.sample()
+
+    def _check_gpu_share(
+        self, watch: Any, samples: list[Any], figures: dict[int, dict[str, Any]]
+    ) -> str | None:
+        from .units import format_size
+
+        used = watch.gpu_memory(samples)
+        if used is None:
+            return None
+        figures.setdefault(watch.record.id, {})["gpu_memory"] = used
+        share = int(watch.record.resources.get("gpu_memory") or 0)
+        if not share or used <= share:
+            return None
+        message = f"uses {format_size(used)} of GPU memory, over its share of {format_size(share)}"
+        if watch.record.resources.get("gpu_memory_strict"):
+            return message + "; stopped"
+        figures[watch.record.id]["warning"] = message
+        return None
+
+    # -- ending runs ------------------------------------------------------------------------
+    def _finish(self, watch: Any, outcome: Any, ended: dict[str, Any] | None = None) -> None:
+        """Write the run's end; on failure the watch stays and the next tick tries again."""
+        status, reason = outcome.decided()
+        extra: dict[str, Any] = {}
+        if ended is not None and ended.get("log_dropped"):
+            extra["log_dropped"] = ended["log_dropped"]
+        if hasattr(watch, "final_metrics"):
+            extra.update(watch.final_metrics())
+        ended_at = (ended or {}).get("ended_at") or time.time()
+        with self.store.write() as tx:
+            current = tx.get(watch.record.id)
+            if current.is_done:
+                record = current
+            else:
+                if current.status is RunStatus.STARTING and status not in (
+                    RunStatus.FAILED,
+                    RunStatus.CANCELLED,
+                    RunStatus.LOST,
+                ):
+                    started = watch.child
+                    tx.transition(current.id, RunStatus.RUNNING, pid=started and started[0])
+                record = tx.transition(
+                    current.id,
+                    status,
+                    exit_code=outcome.exit_code,
+                    ended_at=ended_at,
+                    reason=reason,
+                    **extra,
+                )
+        self.watches.pop(watch.record.id, None)
+        if hasattr(watch, "files"):
+            watch.files.remove()
+        if record.on_done:
+            self._run_hook(record)
+
+    def _run_hook(self, record: RunRecord) -> None:
+        """Hooks run beside the queue, never in its way."""
+        with self._hooks_lock:
+            self._hooks_pending += 1
+
+        def done(_: Any) -> None:
+            with self._hooks_lock:
+                self._hooks_pending -= 1
+
+        self._hooks.submit(run_hook, self.store.logs_dir, record).add_done_callback(done)
+
+    # -- Ray runs -----------------------------------------------------------------------------
+    def _watch_ray(self, record: RunRecord) -> None:
+        grace = float(self.store.config()["grace_period"])
+        self.watches[record.id] = RayWatch(self.store, record, self._child_env(record), grace)
+
+    def _advance_ray(self, watch: Any) -> None:
+        if watch.outcome is not None:
+            self._finish(watch, watch.outcome)
+            return
+        record = watch.record
+        if watch.running and record.status is RunStatus.STARTING:
+            self.store.transition(record.id, RunStatus.RUNNING, started_at=time.time())
+        if record.control == "cancel" and watch.stop_requested is None:
+            watch.stop_requested = (RunStatus.CANCELLED, "cancelled by request")
+
+    # -- claiming and launching ------------------------------------------------------------
+    def _claim(self) -> None:
+        if not self._queued():
+            return
+        from . import scheduler
+        from .resources import machine_capacity
+
+        wants_gpus = any(
+            r.resources.get("gpus") or r.resources.get("gpu_memory") for r in self.active.values()
+        )
+        capacity = machine_capacity(with_gpus=wants_gpus)  # facts first, then the claim
+        with self.store.write() as tx:
+            claimed = scheduler.claim(tx, capacity)
+        for record in claimed:
+            self.active[record.id] = record
+            self._launch(record)
+
+    def _launch(self, record: RunRecord) -> None:
+        if record.backend == "ray":
+            self._watch_ray(record)
+            return
+        watch = LocalWatch(record, str(self.home))
+        self.watches[record.id] = watch
+        try:
+            gc.freeze()  # the recorder shares these pages untouched
+            watch.recorder_pid = start_recorder(self._recorder_spec(record))
+        except Exception as exc:  # one failed launch must not stop the rest
+            self._finish(
+                watch,
+                Outcome(None, RunStatus.FAILED, f"could not start the run's recorder: {exc}"),
+            )
+
+    def _recorder_spec(self, record: RunRecord) -> RecorderSpec:
+        return RecorderSpec(
+            home=str(self.home),
+            run_id=record.id,
+            argv=record.argv,
+            cwd=record.cwd,
+            env=self._child_env(record),
+            log_path=record.log_path,
+            max_log_size=int(self.store.config()["max_log_size"]),
+            keep_leftovers=record.keep_leftovers,
+            cores=record.cores,
+        )
+
+    def _child_env(self, record: RunRecord) -> dict[str, str]:
+        """The submitter's environment, the module's env, and what nbrunner adds."""
+        base = self.store.environment(record.env_id)
+        env = {**(base if base is not None else os.environ), **record.env}
+        env.setdefault("PYTHONUNBUFFERED", "1")  # live logs, unless the module opted out ("")
+        env.setdefault("PYTHONIOENCODING", "utf-8")
+        env["NBRUNNER_RUN_ID"] = str(record.id)
+        if record.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(record.gpus)
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        return env
+
+
+def stop_leftovers_of(watch: Any) -> None:
+    """Kill (at once: its recorder is gone, nobody waits on it) the run's verified tree."""
+    from .backends.tree import signal_tree
+
+    signal_tree(watch.child[0], graceful=False, members=watch.tree_members())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m nbrunner.service HOME: serve the home's queue until idle."""
+    home = (argv if argv is not None else sys.argv[1:])[0]
+    service = Service(home)
+    signal.signal(signal.SIGTERM, service.request_exit)
+    with contextlib.suppress(KeyboardInterrupt):
+        service.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

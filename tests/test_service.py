@@ -1,0 +1,458 @@
+"""The home's service under faults: nothing accepted is lost, the queue never stalls.
+
+Each test tries to break one promise from the outside: kill -9 whoever owns a run at the
+worst moment, lock the store past its patience, fill the disk, load the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers.procs import alive, python, wait_until
+
+from nbrunner import Runner, service
+from nbrunner.states import RunStatus
+from nbrunner.store import Store
+
+NBRUNNER = [sys.executable, "-m", "nbrunner"]
+HOLD_THE_LOCK = (
+    "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+    "c.execute('BEGIN IMMEDIATE'); print('held', flush=True); "
+)
+
+
+def cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*NBRUNNER, "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def record_of(home: Path, run_id: int):
+    """Read a run without a Runner: nothing in the test process keeps the queue moving."""
+    return Store(home).get(run_id)
+
+
+def service_pid(home: Path) -> int:
+    found = wait_until(lambda: service.info(home), what="a living service")
+    return int(found["pid"])
+
+
+def wait_for_end(home: Path, run_id: int, timeout: float = 60):
+    return wait_until(
+        lambda: (r := record_of(home, run_id)).is_done and r, timeout, what=f"run {run_id} to end"
+    )
+
+
+def services_of(home: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        ours = "nbrunner.service" in cmdline and str(home) in cmdline
+        if ours and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def held_store_lock(home: Path) -> Iterator[threading.Event]:
+    """Another process holding the store's write lock until the test sets the event."""
+    Store(home)
+    release = threading.Event()
+    holder = subprocess.Popen(
+        [*python(HOLD_THE_LOCK + "sys.stdin.read()"), str(home / "nbrunner.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    threading.Thread(target=lambda: (release.wait(), holder.stdin.close()), daemon=True).start()
+    yield release
+    release.set()
+    holder.wait(timeout=10)
+
+
+# -- 1. finished runs are never recorded lost, however loaded the machine ------------------
+def test_short_runs_on_a_busy_machine_all_end_as_they_did(runner: Runner, busy_machine) -> None:
+    runner.register("brief", command=python("import time, sys; time.sleep(0.3); sys.exit(0)"))
+    runner.register("instant", command=python("pass"))
+    runs = [runner.submit("brief") for _ in range(25)] + [
+        runner.submit("instant") for _ in range(25)
+    ]
+    records = [run.wait(timeout=180) for run in runs]
+    assert {(r.status, r.exit_code) for r in records} == {(RunStatus.SUCCEEDED, 0)}
+
+
+# -- 2. a store that cannot be written ends no supervision -----------------------------------
+def test_a_store_locked_past_its_patience_loses_no_end(
+    home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NBRUNNER_STORE_PATIENCE", "1")
+    gate = tmp_path / "gate"
+    code = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\nraise SystemExit(7)"
+    with Runner(home) as runner:
+        runner.register("gated", command=python(code))
+        run = runner.submit("gated")
+        wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    before = service_pid(home)
+    holder = subprocess.Popen(
+        [*python(HOLD_THE_LOCK + "time.sleep(4)"), str(home / "nbrunner.db")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    gate.touch()  # the run ends while the store is locked for 4 s, past the 1 s patience
+    holder.wait(timeout=30)
+    record = wait_for_end(home, run.id)
+    assert (record.status, record.exit_code) == (RunStatus.FAILED, 7)
+    assert service_pid(home) == before  # the service lived through it
+
+
+def test_a_client_facing_a_locked_store_says_so_in_one_line(
+    home: Path, held_store_lock: threading.Event
+) -> None:
+    env = {**os.environ, "NBRUNNER_STORE_PATIENCE": "1"}
+    result = cli(home, "run", "count", "-p", "n=1", env=env)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "stayed locked by another process for 1 s" in result.stderr
+    held_store_lock.set()
+    assert Store(home).count_history(_everything()) == 0  # nothing was queued
+
+
+def _everything():
+    from nbrunner.store import HistoryFilter
+
+    return HistoryFilter.build()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MB filesystem, as root can mount one: the full disk of a runaway logger."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True
+    )
+    if result.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must be able to mount a tmpfs: {result.stderr!r}")
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_keeps_the_run_going_and_its_end_is_written_once_space_frees(
+    tiny_disk: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    home, gate = tiny_disk / "home", tmp_path / "gate"
+    monkeypatch.setenv("NBRUNNER_HOME", str(home))
+    code = (
+        "import os, time\nprint('before', flush=True)\n"
+        f"while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+        "print('after the disk filled up' * 10000, flush=True)"
+    )
+    with Runner(home) as runner:
+        runner.register("writer", command=python(code))
+        run = runner.submit("writer")
+        wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+        filler = tiny_disk / "filler"
+        with contextlib.suppress(OSError), open(filler, "ab") as out:  # take every free byte
+            while True:
+                out.write(b"x" * 4096)
+                out.flush()
+        gate.touch()
+        with pytest.raises(TimeoutError):
+            run.wait(timeout=3)  # its end cannot be written yet, but it is kept
+        filler.unlink()
+        record = run.wait(timeout=60)
+    assert (record.status, record.exit_code) == (RunStatus.SUCCEEDED, 0)
+    assert record.log_dropped and record.log_dropped > 200_000
+    assert Path(record.log_path).read_text().startswith("before\n")
+    service.stop(home)
+
+
+# -- 3. the queue never stalls -----------------------------------------------------------
+def test_a_run_whose_submitter_was_killed_at_once_still_ends(home: Path) -> None:
+    submit = (
+        "import os, signal, sys; from nbrunner import Runner; "
+        "run = Runner(sys.argv[1], start=False).submit('count', {'n': 2, 'delay': 0.1}); "
+        "print(run.id, flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    result = subprocess.run([*python(submit), str(home)], capture_output=True, text=True)
+    assert result.returncode == -signal.SIGKILL
+    record = wait_for_end(home, int(result.stdout))
+    assert (record.status, record.exit_code) == (RunStatus.SUCCEEDED, 0)
+
+
+def test_settings_changed_from_the_cli_start_what_waits(home: Path) -> None:
+    assert cli(home, "config", "paused", "true").returncode == 0
+    assert cli(home, "config", "max_concurrent", "1").returncode == 0
+    ids = [int(cli(home, "run", "count", "-p", "n=2000", "-p", "delay=0.1").stdout) for _ in range(2)]
+    assert service.stop(home)  # nobody is alive: only the next CLI call can move the queue
+    assert cli(home, "config", "paused", "false").returncode == 0
+    wait_until(lambda: record_of(home, ids[0]).status is RunStatus.RUNNING, what="first running")
+    assert record_of(home, ids[1]).status is RunStatus.QUEUED
+    assert service.stop(home)
+    assert cli(home, "config", "max_concurrent", "2").returncode == 0
+    wait_until(lambda: record_of(home, ids[1]).status is RunStatus.RUNNING, what="second running")
+    assert cli(home, "cancel", "--all").returncode == 0
+    assert {wait_for_end(home, i).status for i in ids} == {RunStatus.CANCELLED}
+
+
+def test_a_slow_hook_does_not_hold_the_next_run(runner: Runner, tmp_path: Path) -> None:
+    runner.config("max_concurrent", 1)
+    marker = tmp_path / "hook-ran"
+    hook = python(f"import time; open({str(marker)!r}, 'w').close(); time.sleep(30)")
+    runner.register("hooked", command=python("pass"), on_done=hook)
+    first, second = runner.submit("hooked"), runner.submit("count", {"n": 1, "delay": 0})
+    first.wait(timeout=30)
+    wait_until(marker.exists, what="the hook to start")
+    assert second.wait(timeout=20).status is RunStatus.SUCCEEDED
+    hook_log = Path(first.log_path).with_suffix(".on_done.log")
+    assert "exited" not in hook_log.read_text()  # still sleeping: it held nothing
+    service.stop(runner.home)  # waits for the hook, bounded by the stop's own patience
+
+
+def test_a_killed_service_stops_no_run_and_loses_no_exit_code(home: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    code = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\nraise SystemExit(5)"
+    with Runner(home) as runner:
+        runner.register("gated", command=python(code))
+        run = runner.submit("gated")
+        wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    child = record_of(home, run.id).pid
+    first = service_pid(home)
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: not service.is_running(home), what="the service gone")
+    assert alive(child)
+    gate.touch()  # ends while no service lives: its recorder keeps the code, starts one
+    record = wait_for_end(home, run.id)
+    assert (record.status, record.exit_code, record.reason) == (
+        RunStatus.FAILED,
+        5,
+        "exited with code 5",
+    )
+    assert service_pid(home) != first
+
+
+def test_a_cli_call_restarts_a_dead_service_that_left_queued_runs(home: Path) -> None:
+    assert cli(home, "config", "paused", "true").returncode == 0
+    run_id = int(cli(home, "run", "count", "-p", "n=1", "-p", "delay=0").stdout)
+    os.kill(service_pid(home), signal.SIGKILL)
+    wait_until(lambda: not service.is_running(home), what="the service gone")
+    with sqlite3.connect(home / "nbrunner.db") as db:  # the setting changes behind its back
+        db.execute("UPDATE config SET value = 'false' WHERE key = 'paused'")
+    assert cli(home, "ps").returncode == 0  # any client that sees runs waiting starts one
+    assert wait_for_end(home, run_id).status is RunStatus.SUCCEEDED
+
+
+def test_one_service_per_home_however_many_clients_start_it(home: Path) -> None:
+    Store(home)
+    starters = [
+        subprocess.Popen(
+            [
+                *python(
+                    "import sys; from nbrunner import service; service.ensure_running(sys.argv[1])"
+                ),
+                str(home),
+            ]
+        )
+        for _ in range(4)
+    ]
+    for starter in starters:
+        starter.wait(timeout=30)
+    wait_until(lambda: service.is_running(home), what="a service")
+    wait_until(lambda: len(services_of(home)) == 1, what="the extra services to leave")
+
+
+def test_an_idle_service_exits_and_the_next_submission_starts_another(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NBRUNNER_SERVICE_IDLE_S", "1")
+    with Runner(home) as runner:
+        runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
+        wait_until(lambda: not service.is_running(home), what="the idle service to leave")
+        assert runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30).exit_code == 0
+
+
+# -- 4. never signal a process that is not provably the run's -----------------------------
+def test_a_lost_run_never_signals_a_process_that_is_not_its_own(home: Path) -> None:
+    with Runner(home) as runner:
+        run = runner.submit("count", {"n": 1000, "delay": 0.05})
+        wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    record = record_of(home, run.id)
+    recorder = psutil.Process(record.pid).ppid()
+    os.kill(service_pid(home), signal.SIGKILL)
+    wait_until(lambda: not service.is_running(home), what="the service gone")
+    bystander = subprocess.Popen(python("import time; time.sleep(300)"), start_new_session=True)
+    try:
+        # The run's pid now names someone else, as after a reboot or a pid wrap.
+        child_file = home / "runs" / f"{run.id}.child"
+        started = json.loads(child_file.read_text())
+        child_file.write_text(json.dumps({**started, "pid": bystander.pid}))
+        os.kill(recorder, signal.SIGKILL)
+        os.kill(record.pid, signal.SIGKILL)
+        service.ensure_running(home)
+        lost = wait_for_end(home, run.id)
+        assert lost.status is RunStatus.LOST
+        assert "recorder" in lost.reason and "ended without recording" in lost.reason
+        assert alive(bystander.pid)
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_killed_recorder_makes_the_run_lost_and_its_tree_stopped(runner: Runner) -> None:
+    run = runner.submit("count", {"n": 1000, "delay": 0.05})
+    wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    child = run.pid
+    os.kill(psutil.Process(child).ppid(), signal.SIGKILL)
+    record = run.wait(timeout=30)
+    assert record.status is RunStatus.LOST
+    wait_until(lambda: not alive(child), what="the orphaned child stopped")
+
+
+def test_a_new_service_adopts_running_runs_without_disturbing_them(home: Path) -> None:
+    with Runner(home) as runner:
+        run = runner.submit("count", {"n": 40, "delay": 0.05, "label": "kept"})
+        wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+        os.kill(service_pid(home), signal.SIGKILL)
+        wait_until(lambda: not service.is_running(home), what="the service gone")
+        service.ensure_running(home)
+        record = run.wait(timeout=60)
+    assert (record.status, record.exit_code) == (RunStatus.SUCCEEDED, 0)
+    assert run.logs().splitlines()[-1] == "kept 40/40"
+
+
+# -- 5. a run's whole tree ends with the run -----------------------------------------------
+LEAVES_A_SLEEPER = "sleep 300 & echo $!; exit 0"
+
+
+def test_a_backgrounded_process_ends_with_its_run(runner: Runner) -> None:
+    runner.register("daemonizer", command=["/bin/sh", "-c", LEAVES_A_SLEEPER])
+    run = runner.submit("daemonizer")
+    assert run.wait(timeout=30).status is RunStatus.SUCCEEDED
+    sleeper = int(run.logs().split()[0])
+    wait_until(lambda: not alive(sleeper), what="the backgrounded sleep to end")
+
+
+def test_grandchildren_of_a_killed_child_end_with_the_run(runner: Runner) -> None:
+    code = (
+        "import os, signal, subprocess, sys\n"
+        "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'],"
+        " start_new_session=True)\n"
+        "print(kid.pid, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)"
+    )
+    runner.register("abandoner", command=python(code))
+    run = runner.submit("abandoner")
+    assert run.wait(timeout=30).reason == "killed by signal SIGKILL"
+    orphan = int(run.logs().split()[0])
+    wait_until(lambda: not alive(orphan), what="the orphaned grandchild to end")
+
+
+def test_a_module_may_keep_what_it_leaves_behind(runner: Runner) -> None:
+    runner.register("daemon", command=["/bin/sh", "-c", LEAVES_A_SLEEPER], keep_leftovers=True)
+    run = runner.submit("daemon")
+    assert run.wait(timeout=30).status is RunStatus.SUCCEEDED
+    sleeper = int(run.logs().split()[0])
+    try:
+        assert alive(sleeper)
+    finally:
+        os.kill(sleeper, signal.SIGKILL)
+
+
+# -- 6. logs are capped, and read in bounded windows ---------------------------------------
+def test_a_runaway_log_keeps_its_head_and_newest_tail_under_the_cap(runner: Runner) -> None:
+    runner.config("max_log_size", "64KB")
+    runner.register("chatty", command=python("for i in range(200000): print(f'line {i:06d}')"))
+    record = runner.submit("chatty").wait(timeout=120)
+    assert record.status is RunStatus.SUCCEEDED
+    data = Path(record.log_path).read_bytes()
+    assert len(data) <= 64_000 + 1024  # the cap, and two notes
+    assert data.startswith(b"line 000000\n")
+    assert b"line 199999\n" in data[-4096:]
+    assert b"output dropped here" in data
+    assert record.log_dropped and record.log_dropped > 2_000_000
+    assert b"of output were dropped from this log" in data[-300:]
+
+
+def test_reading_a_large_log_is_bounded(runner: Runner) -> None:
+    runner.register("big", command=python("import sys; sys.stdout.write('x' * 12_000_000)"))
+    run = runner.submit("big")
+    run.wait(timeout=60)
+    text = run.logs()
+    assert len(text) < 9 * 1024 * 1024
+    assert text.startswith("[nbrunner: the first") and run.log_path in text.splitlines()[0]
+
+
+# -- 7. private by default ---------------------------------------------------------------
+def test_the_home_its_store_and_logs_are_private(runner: Runner) -> None:
+    record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
+    home = runner.home
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(home) == mode(home / "logs") == 0o700
+    private = [home / "nbrunner.db", home / "modules.toml", Path(record.log_path)]
+    private += [p for p in home.glob("nbrunner.db-*")] + [home / "service.log"]
+    assert {p.name: mode(p) for p in private} == {p.name: 0o600 for p in private}
+
+
+def test_no_secret_reaches_any_process_argv(runner: Runner) -> None:
+    runner.register(
+        "secretive", command=python("import time; time.sleep(30)"), env={"TOKEN": "s3cr3t-v4lue"}
+    )
+    run = runner.submit("secretive")
+    wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    leaking = [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if any("s3cr3t-v4lue" in part for part in p.info["cmdline"] or ())
+    ]
+    assert leaking == []
+    run.cancel()
+    run.wait(timeout=20)
+
+
+# -- 8. a run's environment is its submitter's ------------------------------------------
+def test_a_run_gets_its_submitters_environment_whoever_started_the_service(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    show = "import os; print(os.environ.get('MY_CONTEXT'), os.environ.get('JPY_SESSION_NAME'))"
+    runner.register("envshow", command=python(show))
+    monkeypatch.setenv("MY_CONTEXT", "first")
+    assert runner.submit("envshow").wait(timeout=30).status is RunStatus.SUCCEEDED
+    assert service.is_running(runner.home)  # started with MY_CONTEXT=first
+    monkeypatch.setenv("MY_CONTEXT", "second")
+    monkeypatch.setenv("JPY_SESSION_NAME", "a kernel's own")  # noise, not the run's
+    run = runner.submit("envshow")
+    run.wait(timeout=30)
+    assert run.logs() == "second None\n"
+
+
+# -- leaks -----------------------------------------------------------------------------
+def test_a_wait_that_times_out_leaves_no_waiter_behind(runner: Runner) -> None:
+    run = runner.submit("count", {"n": 100, "delay": 0.1})
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            run.wait(timeout=0.05)
+    assert runner._waiters.get(run.id) is None
+    run.cancel()
+    run.wait(timeout=20)
