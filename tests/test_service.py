@@ -203,7 +203,9 @@ def test_a_run_whose_submitter_was_killed_at_once_still_ends(home: Path) -> None
 def test_settings_changed_from_the_cli_start_what_waits(home: Path) -> None:
     assert cli(home, "config", "paused", "true").returncode == 0
     assert cli(home, "config", "max_concurrent", "1").returncode == 0
-    ids = [int(cli(home, "run", "count", "-p", "n=2000", "-p", "delay=0.1").stdout) for _ in range(2)]
+    ids = [
+        int(cli(home, "run", "count", "-p", "n=2000", "-p", "delay=0.1").stdout) for _ in range(2)
+    ]
     assert service.stop(home)  # nobody is alive: only the next CLI call can move the queue
     assert cli(home, "config", "paused", "false").returncode == 0
     wait_until(lambda: record_of(home, ids[0]).status is RunStatus.RUNNING, what="first running")
