@@ -10,12 +10,14 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
+from . import __version__, checks
 from .backends import BACKENDS
 from .errors import BadInput, NbrunnerError
 from .logs import LogFollower, tail_offset
 from .models import RunRecord
+from .modules import ModuleSpec, ParamSpec, lookup
 from .runner import Runner
 from .states import RunStatus
 
@@ -99,14 +101,38 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise BadInput(f"parameters are given as -p KEY=VALUE, got {pair!r}")
-        params[key.strip()] = value
+        if key in params:  # the last one silently winning hides a typo in a long line
+            raise BadInput(f"parameter {key!r} is given twice (-p {key}=...); give it once")
+        params[key] = value
     return params
+
+
+def _param_line(spec: ParamSpec) -> tuple[str, str, str]:
+    """How `run MODULE --help` shows one parameter: name, what it takes, its help."""
+    default = "required" if spec.required else f"default {spec.default}"
+    return f"-p {spec.name}=", f"{spec.describe()}, {default}", spec.help
+
+
+def module_help(spec: ModuleSpec) -> str:
+    """The parameters of one module, as `nbrunner run MODULE --help` lists them."""
+    lines = [f"module {spec.name}" + (f": {spec.description}" if spec.description else "")]
+    rows = [_param_line(p) for p in spec.params]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(2)]
+    lines.append("parameters:" if rows else "no parameters")
+    lines += [f"  {n.ljust(widths[0])}  {k.ljust(widths[1])}  {h}".rstrip() for n, k, h in rows]
+    return "\n".join(lines)
 
 
 @verb("run")
 def _run(args: argparse.Namespace, runner: Runner) -> int:
+    if args.help:
+        args.run_parser.print_help()
+        print()
+        print(module_help(lookup(runner.modules(), args.module)))
+        return 0
     run = runner.submit(
         args.module,
         _parse_params(args.param),
@@ -339,8 +365,62 @@ def _config(args: argparse.Namespace, runner: Runner) -> int:
 
 
 # -- argument parsing ------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too, pointing at the help that lists what is allowed."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _checked(check: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """An argparse type from a check: the check's own message becomes the error line."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(_number_or_text(text))
+        except BadInput as exc:  # a ValueError, which argparse would replace by its own words
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _number_or_text(text: str) -> int | float | str:
+    """The number the text spells, so a message shows -1, not '-1'; else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _count(what: str, maximum: int = checks.SQLITE_INT_MAX) -> Callable[[str], int]:
+    return _checked(lambda value: checks.whole_number(value, what, 0, maximum))
+
+
+class _RunHelp(argparse.Action):
+    """`run --help`; after a module name (`run train --help`) it lists that module's params
+    too, once the whole line is read: the home that holds the module may be named after it."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.update(nargs=0, default=False)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, "module", None) is None:
+            parser.print_help()
+            parser.exit()
+        setattr(namespace, self.dest, True)
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--home",
         default=argparse.SUPPRESS,
@@ -351,31 +431,52 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="modules file (default: $NBRUNNER_MODULES or HOME/modules.toml)",
     )
-    listing = argparse.ArgumentParser(add_help=False)
+    listing = _Parser(add_help=False)
     listing.add_argument("--json", action="store_true", help="machine-readable output")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nbrunner",
         parents=[common],
         description="Run many jobs at once, from Jupyter or here.",
     )
+    parser.add_argument("--version", action="version", version=f"nbrunner {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def add(
-        name: str, help_text: str, *parents: argparse.ArgumentParser
+        name: str, help_text: str, *parents: argparse.ArgumentParser, **options: Any
     ) -> argparse.ArgumentParser:
-        return verbs.add_parser(name, help=help_text, parents=[common, *parents])
+        return verbs.add_parser(name, help=help_text, parents=[common, *parents], **options)
 
     add("modules", "list the modules you can run", listing)
-    run = add("run", "queue a run of a module; prints its id", listing)
-    run.add_argument("module")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--priority", type=int, default=0, help="higher starts first")
-    run.add_argument("--timeout", type=float, help="seconds before the run is stopped")
+    run = add("run", "queue a run of a module; prints its id", listing, add_help=False)
+    run.set_defaults(run_parser=run)
+    run.add_argument(
+        "-h", "--help", action=_RunHelp, help="show this help; after MODULE, its parameters too"
+    )
+    run.add_argument("module", help="the module to run (`nbrunner modules` lists them)")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the module, once per -p (`nbrunner run MODULE --help` lists "
+        "them); give a value that starts with - as -p KEY=-VALUE, it reaches the run as "
+        "--KEY=-VALUE",
+    )
+    run.add_argument(
+        "--priority",
+        type=_checked(checks.priority),
+        default=0,
+        help=f"higher starts first (±{checks.PRIORITY_LIMIT})",
+    )
+    run.add_argument(
+        "--timeout", type=_checked(checks.timeout), help="seconds before the run is stopped"
+    )
     run.add_argument("--group", help="queue group (its own limit: config group.NAME N)")
     run.add_argument(
         "--after",
-        type=int,
+        type=_checked(checks.run_id),
         action="append",
         default=[],
         metavar="ID",
@@ -394,8 +495,8 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--since", help="submitted at or after (ISO date/time)")
     history.add_argument("--until", help="submitted before (ISO date/time)")
     history.add_argument("--text", help="text found in params, module or reason")
-    history.add_argument("--limit", type=int, default=50)
-    history.add_argument("--offset", type=int, default=0)
+    history.add_argument("--limit", type=_count("limit"), default=50)
+    history.add_argument("--offset", type=_count("offset"), default=0)
     for name, help_text in (
         ("show", "show one run's record"),
         ("restart", "run again with the same module and params"),
@@ -412,13 +513,13 @@ def _parser() -> argparse.ArgumentParser:
     logs = add("logs", "print a run's log")
     logs.add_argument("id")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
-    logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    logs.add_argument("--tail", type=_count("lines"), metavar="N", help="only the last N lines")
     wait = add("wait", "wait for a run to end; exit status 0 if it succeeded", listing)
     wait.add_argument("id")
-    wait.add_argument("--timeout", type=float)
+    wait.add_argument("--timeout", type=_checked(checks.timeout), help="seconds to wait at most")
     add("worker", "keep the queue moving with no notebook open")
     dashboard = add("dashboard", "serve the dashboard as a web app (Voila)")
-    dashboard.add_argument("--port", type=int, default=8866)
+    dashboard.add_argument("--port", type=_count("port", 65535), default=8866)
     dashboard.add_argument("--ip", default="127.0.0.1")
     dashboard.add_argument("--token", help="required to listen on another address than localhost")
     dashboard.add_argument("--no-browser", action="store_true")

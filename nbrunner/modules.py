@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import shutil
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import checks
 from .errors import InvalidParameter, ModulesFileError, NbrunnerError, UnknownModule
 from .resources import Resources
 
@@ -38,6 +41,16 @@ _MODULE_KEYS = {
 _TARGETS = ("python_module", "script", "command")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+# Parameter names become --flags, so they must read as one.
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+# What each string key of a module should look like, as said in an error about it.
+_TEXT_FORMS = {
+    "python_module": 'a dotted module name like "pkg.train"',
+    "script": 'a path like "train.py"',
+    "cwd": 'a directory like "."',
+    "group": 'a group name like "gpu"',
+}
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,8 @@ class ParamSpec:
             f"parameter {self.name!r} of module {module!r} must be {allowed}, got {value!r}"
         )
 
-    def _describe(self) -> str:
+    def describe(self) -> str:
+        """What a value must be, in words: "an int ≥ 1", "one of 'a', 'b'"."""
         if self.type == "choice":
             return "one of " + ", ".join(repr(c) for c in self.choices)
         bounds = [
@@ -84,7 +98,7 @@ class ParamSpec:
             if self.type == "float":
                 return float(text)
         except ValueError:
-            raise self._fail(module, text, self._describe()) from None
+            raise self._fail(module, text, self.describe()) from None
         if self.type == "bool":
             lowered = text.strip().lower()
             if lowered in _TRUE | _FALSE:
@@ -99,17 +113,19 @@ class ParamSpec:
     def _check_type(self, value: Any, module: str) -> Any:
         kind = self.type
         if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-            raise self._fail(module, value, self._describe())
+            raise self._fail(module, value, self.describe())
         if kind == "float":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise self._fail(module, value, self._describe())
+            if not checks.is_number(value):  # nan and inf would pass every min and max
+                raise self._fail(module, value, "a finite " + self.describe().removeprefix("a "))
             return float(value)
         if kind == "bool" and not isinstance(value, bool):
             raise self._fail(module, value, "true or false")
         if kind == "str" and not isinstance(value, str):
             raise self._fail(module, value, "a string")
+        if kind == "str" and "\0" in value:  # the OS refuses NUL in argv
+            raise self._fail(module, value, "a string without NUL bytes (\\0)")
         if kind == "choice" and value not in self.choices:
-            raise self._fail(module, value, self._describe())
+            raise self._fail(module, value, self.describe())
         return value
 
     def _check_range(self, value: Any, module: str) -> None:
@@ -118,7 +134,7 @@ class ParamSpec:
         if (self.min is not None and value < self.min) or (
             self.max is not None and value > self.max
         ):
-            raise self._fail(module, value, self._describe())
+            raise self._fail(module, value, self.describe())
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"type": self.type}
@@ -131,42 +147,72 @@ class ParamSpec:
 
 
 def parse_param(module: str, name: str, data: Mapping[str, Any] | str) -> ParamSpec:
+    where = f"parameter {name!r} of module {module!r}"
+    if not isinstance(name, str) or not _PARAM_NAME.match(name):
+        raise InvalidParameter(
+            f"{where}: a name becomes a --flag, so use letters, digits, _, - or . "
+            f"(starting with a letter or _)"
+        )
     if isinstance(data, str):  # shorthand: epochs = "int"
         data = {"type": data}
     if not isinstance(data, Mapping):
         raise InvalidParameter(
-            f"parameter {name!r} of module {module!r} must be a table like "
-            f'{{ type = "int", default = 3 }}, got {data!r}'
+            f'{where} must be a table like {{ type = "int", default = 3 }}, got {data!r}'
         )
     unknown = set(data) - _PARAM_KEYS
     if unknown:
         raise InvalidParameter(
-            f"parameter {name!r} of module {module!r} has unknown key {sorted(unknown)[0]!r}; "
+            f"{where} has unknown key {sorted(unknown)[0]!r}; "
             f"allowed keys: {', '.join(sorted(_PARAM_KEYS))}"
         )
     kind = data.get("type", "str")
     if kind not in PARAM_TYPES:
-        raise InvalidParameter(
-            f"parameter {name!r} of module {module!r} has type {kind!r}; "
-            f"use one of {', '.join(PARAM_TYPES)}"
-        )
-    choices = tuple(data.get("choices", ()))
-    if kind == "choice" and not choices:
-        raise InvalidParameter(
-            f"parameter {name!r} of module {module!r} is a choice but lists no choices"
-        )
+        raise InvalidParameter(f"{where} has type {kind!r}; use one of {', '.join(PARAM_TYPES)}")
+    help_text = data.get("help", "")
+    if not isinstance(help_text, str):
+        raise InvalidParameter(f"{where}: help must be text, got {help_text!r}")
     spec = ParamSpec(
         name=name,
         type=kind,
-        min=data.get("min"),
-        max=data.get("max"),
-        choices=choices,
-        help=str(data.get("help", "")),
+        min=_bound(where, kind, data, "min"),
+        max=_bound(where, kind, data, "max"),
+        choices=_choices(where, kind, data.get("choices")),
+        help=help_text,
     )
+    if spec.min is not None and spec.max is not None and spec.min > spec.max:
+        raise InvalidParameter(f"{where}: min {spec.min} is above max {spec.max}")
     default = data.get("default")
     if default is not None:
         spec = replace(spec, default=spec.coerce(default, module))
     return spec
+
+
+def _bound(where: str, kind: str, data: Mapping[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if kind not in ("int", "float"):
+        raise InvalidParameter(f"{where}: {key} only applies to int and float parameters")
+    if not checks.is_number(value):
+        raise InvalidParameter(f"{where}: {key} must be a number like 0, got {value!r}")
+    return value
+
+
+def _choices(where: str, kind: str, choices: Any) -> tuple[Any, ...]:
+    if choices is None:
+        if kind == "choice":
+            raise InvalidParameter(f"{where} is a choice but lists no choices")
+        return ()
+    if kind != "choice":
+        raise InvalidParameter(f'{where}: choices only apply to type = "choice"')
+    if not isinstance(choices, list | tuple) or not choices:
+        raise InvalidParameter(
+            f'{where}: choices must be a list like ["small", "large"], got {choices!r}'
+        )
+    for choice in choices:
+        if not (isinstance(choice, str) or checks.is_number(choice)):
+            raise InvalidParameter(f"{where}: choices must be strings or numbers, got {choice!r}")
+    return tuple(choices)
 
 
 @dataclass(frozen=True)
@@ -208,7 +254,7 @@ class ModuleSpec:
             elif spec.required:
                 raise InvalidParameter(
                     f"parameter {name!r} of module {self.name!r} is required "
-                    f"({spec._describe()}); pass it with -p {name}=VALUE"
+                    f"({spec.describe()}); pass it with -p {name}=VALUE"
                 )
             else:
                 values[name] = spec.default
@@ -259,15 +305,32 @@ def params_to_args(specs: Iterable[ParamSpec], values: Mapping[str, Any]) -> lis
                 args.append(f"--{spec.name}")
             elif spec.default:
                 args.append(f"--no-{spec.name}")
+        elif str(value).startswith("-"):
+            # One word, so argparse reads "--n=7" or "-1e-3" as the value, not as an option.
+            args.append(f"--{spec.name}={value}")
         else:
             args += [f"--{spec.name}", str(value)]
     return args
 
 
-def build_module(name: str, data: Mapping[str, Any], base_dir: Path | None = None) -> ModuleSpec:
-    """A ModuleSpec from a modules.toml table or register() keywords, fully checked."""
-    if not name or not isinstance(name, str):
-        raise ModulesFileError(f"module names must be non-empty strings, got {name!r}")
+def build_module(
+    name: str,
+    data: Mapping[str, Any],
+    base_dir: Path | None = None,
+    *,
+    check_files: bool = True,
+) -> ModuleSpec:
+    """A ModuleSpec from a modules.toml table or register() keywords, fully checked.
+
+    check_files: the script and cwd must exist now, so a typo is refused where the module is
+    defined rather than when its run starts.
+    """
+    checks.text(name, "module names", "non-empty strings", ModulesFileError)
+    if not isinstance(data, Mapping):
+        raise ModulesFileError(
+            f"module {name!r} must be a table ([modules.{name}] with keys like "
+            f'python_module = "pkg.train"), got {data!r}'
+        )
     unknown = set(data) - _MODULE_KEYS
     if unknown:
         raise ModulesFileError(
@@ -280,30 +343,27 @@ def build_module(name: str, data: Mapping[str, Any], base_dir: Path | None = Non
             f"module {name!r} needs exactly one of python_module, script or command; "
             f"got {', '.join(targets) or 'none'}"
         )
-    command = data.get("command")
-    if command is not None:
-        if isinstance(command, str) or not all(isinstance(a, str) for a in command):
-            raise ModulesFileError(
-                f"module {name!r}: command must be a list of strings like "
-                f'["prog", "--flag"], got {command!r}'
-            )
-        command = tuple(command)
-    script = data.get("script")
-    cwd = data.get("cwd")
+    text = {key: _text_key(name, data, key) for key in _TEXT_FORMS}
+    python_module = text["python_module"]
+    # "train.py" is a valid dotted name, but nobody names a submodule "py"
+    if python_module and (not _DOTTED_NAME.match(python_module) or python_module.endswith(".py")):
+        raise ModulesFileError(
+            f"module {name!r}: python_module must be {_TEXT_FORMS['python_module']}, "
+            f'got {text["python_module"]!r} (for a file, use script = "train.py")'
+        )
+    script, cwd = text["script"], text["cwd"]
     if base_dir is not None:
         if script and not os.path.isabs(script) and ("/" in script or script.endswith(".py")):
             script = str(base_dir / script)
         cwd = str(base_dir / cwd) if cwd else str(base_dir)
     timeout = data.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
+    if timeout is not None and not (checks.is_number(timeout) and timeout > 0):
         raise ModulesFileError(
             f"module {name!r}: timeout must be a positive number of seconds, got {timeout!r}"
         )
-    env = data.get("env") or {}
-    if not isinstance(env, Mapping):
-        raise ModulesFileError(f"module {name!r}: env must be a table of strings, got {env!r}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ModulesFileError(f"module {name!r}: description must be text, got {description!r}")
     params = data.get("params") or {}
     if not isinstance(params, Mapping):
         raise ModulesFileError(f"module {name!r}: params must be a table, got {params!r}")
@@ -311,36 +371,102 @@ def build_module(name: str, data: Mapping[str, Any], base_dir: Path | None = Non
         resources = Resources.from_mapping(data.get("resources"))
     except NbrunnerError as exc:
         raise ModulesFileError(f"module {name!r}: {exc}") from None
-    return ModuleSpec(
+    spec = ModuleSpec(
         name=name,
-        python_module=data.get("python_module"),
+        python_module=text["python_module"],
         script=script,
-        command=command,
-        description=str(data.get("description", "")),
+        command=_command(name, data.get("command")),
+        description=description,
         params=tuple(parse_param(name, key, value) for key, value in params.items()),
         timeout=float(timeout) if timeout is not None else None,
-        env={str(k): str(v) for k, v in env.items()},
+        env=_env(name, data.get("env")),
         cwd=cwd,
         resources=resources,
-        group=data.get("group"),
+        group=text["group"],
         on_done=_hook_argv(name, data.get("on_done")),
-        hide_gpus=bool(data.get("hide_gpus", False)),
-        unbuffered=bool(data.get("unbuffered", True)),
+        hide_gpus=_flag(name, data, "hide_gpus", default=False),
+        unbuffered=_flag(name, data, "unbuffered", default=True),
     )
+    if check_files:
+        _check_files(spec)
+    return spec
+
+
+def _text_key(module: str, data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    return checks.text(value, f"module {module!r}: {key}", _TEXT_FORMS[key], ModulesFileError)
+
+
+def _flag(module: str, data: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):  # bool("no") is True: text is refused, not guessed
+        raise ModulesFileError(f"module {module!r}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _argv_list(module: str, key: str, value: Any, example: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise ModulesFileError(
+            f"module {module!r}: {key} must be a list of strings like {example}, got {value!r}"
+        )
+    form = f"a list of strings like {example}"
+    return tuple(
+        checks.text(part, f"module {module!r}: {key}", form, ModulesFileError) for part in value
+    )
+
+
+def _command(module: str, command: Any) -> tuple[str, ...] | None:
+    if command is None:
+        return None
+    return _argv_list(module, "command", command, '["prog", "--flag"]')
+
+
+def _env(module: str, env: Any) -> dict[str, str]:
+    """Environment values as text; numbers are written as TOML users expect (4 → "4")."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise ModulesFileError(f"module {module!r}: env must be a table of strings, got {env!r}")
+    values: dict[str, str] = {}
+    for key, value in env.items():
+        what = f"module {module!r}: env {key!r}"
+        checks.text(key, f"module {module!r}: env names", "non-empty text", ModulesFileError)
+        if "=" in key:
+            raise ModulesFileError(f"{what}: a variable name cannot contain '='")
+        if checks.is_number(value):
+            value = str(value)
+        values[key] = checks.text(value, what, 'text like "4"', ModulesFileError)
+    return values
+
+
+def _check_files(spec: ModuleSpec) -> None:
+    if spec.cwd and not os.path.isdir(spec.cwd):
+        raise ModulesFileError(f"module {spec.name!r}: cwd {spec.cwd!r} is not a directory")
+    script = spec.script
+    if script and not (
+        os.path.isfile(os.path.join(spec.cwd or "", script)) or shutil.which(script)
+    ):
+        raise ModulesFileError(
+            f"module {spec.name!r}: script {script!r} is not a file; paths are relative to "
+            f"the modules file (or the working directory for register())"
+        )
 
 
 def _hook_argv(module: str, hook: object) -> tuple[str, ...] | None:
     """on_done as argv: a list, or a string split like a shell would (but never run by one)."""
-    if hook is None or hook == "":
+    if hook is None or hook == "" or hook == []:
         return None
     if isinstance(hook, str):
-        return tuple(shlex.split(hook))
-    if isinstance(hook, list | tuple) and all(isinstance(part, str) for part in hook):
-        return tuple(hook)
-    raise ModulesFileError(
-        f'module {module!r}: on_done must be a command like "notify-send {{module}} '
-        f'{{status}}" or a list of strings, got {hook!r}'
-    )
+        try:
+            hook = shlex.split(hook)
+        except ValueError as exc:
+            raise ModulesFileError(
+                f"module {module!r}: on_done {hook!r} cannot be split into words ({exc}); "
+                f"close the quote, or give a list of strings"
+            ) from None
+    return _argv_list(module, "on_done", hook, '["notify-send", "{module} {status}"]')
 
 
 def load_modules_file(path: Path) -> dict[str, ModuleSpec]:

@@ -22,7 +22,7 @@ from importlib import resources as package_files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import reconcile, scheduler
+from . import checks, reconcile, scheduler
 from .backends import BACKENDS
 from .config import check_key
 from .errors import BadInput, InvalidParameter, InvalidTransition
@@ -163,7 +163,8 @@ class Runner:
             self._modules_cache = (mtime, load_modules_file(self.modules_file))
         merged = dict(self._modules_cache[1])
         for name, spec in self.store.registered_modules().items():
-            merged[name] = build_module(name, spec)
+            # Its files were checked when registered; one gone since fails its run, not all.
+            merged[name] = build_module(name, spec, check_files=False)
         return merged
 
     def register(self, name: str, **spec: Any) -> ModuleSpec:
@@ -241,12 +242,11 @@ class Runner:
         after: Sequence[int | Run],
     ) -> dict[str, Any]:
         values = spec.validate_params(params)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise InvalidParameter(f"priority must be a whole number, got {priority!r}")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-        ):
-            raise InvalidParameter(f"timeout must be a positive number of seconds, got {timeout!r}")
+        priority, timeout, group = (
+            checks.priority(priority),
+            checks.timeout(timeout),
+            checks.group(group),
+        )
         needs: Resources = spec.resources.merged(dict(resources) if resources else None)
         # An empty PYTHONUNBUFFERED turns it off even where the supervisor's own env sets it.
         env = {"PYTHONUNBUFFERED": "1" if spec.unbuffered else "", **spec.env}
@@ -282,7 +282,7 @@ class Runner:
         return {"backend": chosen, "backend_address": url}
 
     def _run_id(self, run: int | Run) -> int:
-        run_id = run.id if isinstance(run, Run) else run
+        run_id = run.id if isinstance(run, Run) else _parse_id(run)
         self.store.get(run_id)  # unknown ids fail here, before anything is queued
         return run_id
 
@@ -560,12 +560,7 @@ class Runner:
 
 
 def _parse_id(run_id: int | str) -> int:
-    if isinstance(run_id, int) and not isinstance(run_id, bool):
-        return run_id
-    try:
-        return int(str(run_id).strip().lstrip("#"))
-    except ValueError:
-        raise BadInput(f"run ids are whole numbers like 42, got {run_id!r}") from None
+    return checks.run_id(run_id)
 
 
 def _check_backend(name: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from .errors import BadInput, UnknownRun
+from .errors import BadInput, CorruptStore, InvalidHome, UnknownRun
 from .models import JSON_FIELDS, RunRecord
 from .states import ACTIVE, HOLDS_SLOT, RunStatus, check_transition
 
@@ -161,10 +161,21 @@ class Store:
     def __init__(self, home: Path | str) -> None:
         self.home = Path(home)
         self.logs_dir = self.home / "logs"
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, or no permission
+            raise InvalidHome(
+                f"home {self.home} cannot be used ({exc.strerror}); give a directory "
+                f"(a missing one is created) with --home or NBRUNNER_HOME"
+            ) from None
         self.path = self.home / DB_NAME
         self._local = threading.local()
-        self._migrate()
+        try:
+            self._migrate()
+        except sqlite3.OperationalError:  # locked or unreachable: not the file's fault
+            raise
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "... malformed"
+            raise CorruptStore(self.path, exc) from None
 
     # -- connections and transactions ------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
