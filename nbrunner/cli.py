@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,11 +16,12 @@ from typing import Any, NoReturn
 from . import __version__, checks
 from .backends import BACKENDS
 from .errors import BadInput, NbrunnerError
-from .logs import LogFollower, tail_offset
-from .models import RunRecord
+from .logs import CollapsedLines, LogFollower, tail_offset
+from .models import RunRecord, params_text, queue_positions
 from .modules import ModuleSpec, ParamSpec, lookup
 from .runner import Runner
 from .states import RunStatus
+from .store import HistoryFilter
 
 Handler = Callable[[argparse.Namespace, Runner], int]
 _HANDLERS: dict[str, Handler] = {}
@@ -42,39 +44,61 @@ def _short_time(iso_time: str | None) -> str:
     return iso_time[5:19].replace("T", " ") if iso_time else "-"
 
 
-def _print_table(records: Sequence[RunRecord]) -> None:
+def _differing(records: Sequence[RunRecord]) -> set[str]:
+    """The param names whose values are not the same in every record."""
+    names = {name for r in records for name in r.params}
+    return {name for name in names if len({repr(r.params.get(name)) for r in records}) > 1}
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def _print_table(
+    records: Sequence[RunRecord], *, queue: bool = False, only_differing: bool = False
+) -> None:
+    """One row per run; PARAMS takes what the terminal's width ($COLUMNS) leaves, cut with …
+
+    queue: add each run's priority and place in the queue (for `ps`).
+    """
     if not records:
         print("no runs")
         return
-    rows = [("ID", "MODULE", "STATUS", "EXIT", "DURATION", "SUBMITTED", "PARAMS")]
+    shown = _differing(records) if only_differing and len(records) > 1 else None
+    places = queue_positions(records)
+    with_group = any(r.group for r in records)
+    head = ["ID", "MODULE", "STATUS", "EXIT", "DURATION", "SUBMITTED"]
+    head += ["PRI", "QUEUE"] if queue else []
+    head += ["GROUP"] if with_group else []
+    rows = [head]
     for r in records:
-        data = r.to_dict()
         duration = f"{r.duration_s:.1f}s" if r.duration_s is not None else "-"
-        params = " ".join(f"{k}={v}" for k, v in r.params.items())
-        exit_code = "-" if r.exit_code is None else str(r.exit_code)
-        rows.append(
-            (
-                str(r.id),
-                r.module,
-                r.status.value,
-                exit_code,
-                duration,
-                _short_time(data["submitted_at"]),
-                params[:60],
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
-        )
+        row = [
+            str(r.id),
+            r.module,
+            r.status.value,
+            "-" if r.exit_code is None else str(r.exit_code),
+        ]
+        row += [duration, _short_time(r.to_dict()["submitted_at"])]
+        row += [str(r.priority), str(places.get(r.id, "-"))] if queue else []
+        row += [r.group or "-"] if with_group else []
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    room = shutil.get_terminal_size().columns - sum(widths) - 2 * len(widths)
+    params = [
+        params_text({k: v for k, v in r.params.items() if shown is None or k in shown})
+        for r in records
+    ]
+    for row, text in zip(rows, ["PARAMS", *params], strict=True):
+        cells = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        print(f"{cells}  {_cut(text, max(room, 12))}".rstrip())
 
 
-def _print_records(records: Sequence[RunRecord], as_json: bool) -> None:
-    if as_json:
+def _print_records(records: Sequence[RunRecord], args: argparse.Namespace, **table: Any) -> None:
+    if args.json:
         _print_json([r.to_dict() for r in records])
     else:
-        _print_table(records)
+        _print_table(records, only_differing=args.diff, **table)
 
 
 # -- verbs -----------------------------------------------------------------------------------
@@ -113,7 +137,8 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
 def _param_line(spec: ParamSpec) -> tuple[str, str, str]:
     """How `run MODULE --help` shows one parameter: name, what it takes, its help."""
     default = "required" if spec.required else f"default {spec.default}"
-    return f"-p {spec.name}=", f"{spec.describe()}, {default}", spec.help
+    passed_as = f" (passed as {spec.option})" if spec.option != f"--{spec.name}" else ""
+    return f"-p {spec.name}=", f"{spec.describe()}, {default}", spec.help + passed_as
 
 
 def module_help(spec: ModuleSpec) -> str:
@@ -153,18 +178,22 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
     return 0 if record.status is RunStatus.SUCCEEDED else 1
 
 
+def _active(runner: Runner, group: str | None) -> list[RunRecord]:
+    return HistoryFilter.build(group=group).keep_groups(runner.store.active())
+
+
 @verb("ps")
 def _ps(args: argparse.Namespace, runner: Runner) -> int:
-    _print_records(runner.store.active(), args.json)
+    _print_records(_active(runner, args.group), args, queue=True)
     return 0
 
 
 @verb("history")
 def _history(args: argparse.Namespace, runner: Runner) -> int:
-    from .store import HistoryFilter
-
-    query = HistoryFilter.build(args.status, args.module, args.since, args.until, args.text)
-    _print_records(runner.store.history(query, limit=args.limit, offset=args.offset), args.json)
+    query = HistoryFilter.build(
+        args.status, args.module, args.since, args.until, args.text, args.group
+    )
+    _print_records(runner.store.history(query, limit=args.limit, offset=args.offset), args)
     return 0
 
 
@@ -182,27 +211,42 @@ def _show(args: argparse.Namespace, runner: Runner) -> int:
 
 @verb("logs")
 def _logs(args: argparse.Namespace, runner: Runner) -> int:
+    """The log as a terminal would show it (each progress-bar line's last redraw); --raw:
+    the bytes the run wrote."""
     record = runner.get(args.id).record
     start = 0 if args.tail is None else tail_offset(record.log_path, args.tail)
     follower = LogFollower(record.log_path, offset=start)
     out = sys.stdout.buffer
+    lines = CollapsedLines()
     while True:
         # Asked before draining: whatever the run wrote before it ended is then read below.
         ended = args.follow and runner.store.get(record.id).is_done
-        while chunk := follower.read_bytes():
-            out.write(chunk)
-        out.flush()
+        if args.raw:
+            while chunk := follower.read_bytes():
+                out.write(chunk)
+        else:
+            while text := follower.read():
+                out.write(lines.feed(text).encode())
         if not args.follow or ended:
+            out.write(b"" if args.raw else lines.flush().encode())
+            out.flush()
             return 0
+        out.flush()
         time.sleep(0.2)
 
 
 @verb("cancel")
 def _cancel(args: argparse.Namespace, runner: Runner) -> int:
     """Cancel each id given; says which were cancelled and why the others were not."""
-    ids = [r.id for r in runner.store.active()] if args.all else args.ids
+    ids = list(args.ids)
+    if args.all or args.group:
+        ids += [r.id for r in _active(runner, args.group)]
     if not ids:
-        raise BadInput("name the runs to cancel (nbrunner cancel ID [ID ...]) or use --all")
+        if args.group:
+            raise BadInput(f"group {args.group!r} has no active runs; nothing to cancel")
+        raise BadInput(
+            "name the runs to cancel (nbrunner cancel ID [ID ...]), or use --group NAME or --all"
+        )
     done, refused = [], []
     for run_id in ids:
         try:
@@ -222,8 +266,18 @@ def _cancel(args: argparse.Namespace, runner: Runner) -> int:
 
 @verb("restart")
 def _restart(args: argparse.Namespace, runner: Runner) -> int:
-    print(runner.restart(args.id).id)
+    run = runner.restart(args.id, _parse_params(args.param), priority=args.priority)
+    print(run.id)
     return 0
+
+
+@verb("priority")
+def _priority(args: argparse.Namespace, runner: Runner) -> int:
+    record = runner.set_priority(args.id, args.priority)
+    place = queue_positions(runner.store.active())[record.id]
+    return _report_request(
+        record, f"has priority {record.priority} (place {place} in the queue)", args.json
+    )
 
 
 def _report_request(record: RunRecord, what: str, as_json: bool) -> int:
@@ -298,22 +352,51 @@ def _metrics(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
+def _ids_to_wait_for(args: argparse.Namespace, runner: Runner) -> list[int]:
+    """The runs named, then every run of the group, each once; all known before any wait."""
+    ids = [runner.get(run_id).id for run_id in args.ids]
+    if args.group:
+        query = HistoryFilter.build(group=args.group)
+        grouped = runner.store.history(query, limit=checks.SQLITE_INT_MAX)
+        if not grouped:
+            raise BadInput(f"group {args.group!r} has no runs; `nbrunner history` lists them")
+        ids += sorted(r.id for r in grouped)
+    if not ids:
+        raise BadInput("name the runs to wait for (nbrunner wait ID [ID ...]) or use --group NAME")
+    return list(dict.fromkeys(ids))
+
+
 @verb("wait")
 def _wait(args: argparse.Namespace, runner: Runner) -> int:
-    try:
-        record = runner.wait(args.id, timeout=args.timeout)
-    except TimeoutError as exc:
-        print(f"nbrunner: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        _print_json(record.to_dict())
-    else:
-        print(
-            f"run {record.id} {record.status.value}"
-            + (f" (exit code {record.exit_code})" if record.exit_code is not None else "")
-            + (f": {record.reason}" if record.reason else "")
+    """Wait for each run in turn, one line as each ends; exit status 1 if any did not succeed."""
+    ids = _ids_to_wait_for(args, runner)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    records = []
+    for run_id in ids:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            record = runner.wait(run_id, timeout=left)
+        except TimeoutError as exc:
+            print(f"nbrunner: {exc}", file=sys.stderr)
+            return 1
+        records.append(record)
+        if not args.json:
+            print(_outcome(record), flush=True)
+    if args.json:  # one run named: its record, as before; more: a list
+        _print_json(
+            records[0].to_dict()
+            if len(args.ids) == 1 and not args.group
+            else [r.to_dict() for r in records]
         )
-    return 0 if record.status is RunStatus.SUCCEEDED else 1
+    return 0 if all(r.status is RunStatus.SUCCEEDED for r in records) else 1
+
+
+def _outcome(record: RunRecord) -> str:
+    return (
+        f"run {record.id} {record.status.value}"
+        + (f" (exit code {record.exit_code})" if record.exit_code is not None else "")
+        + (f": {record.reason}" if record.reason else "")
+    )
 
 
 @verb("worker")
@@ -419,6 +502,18 @@ class _RunHelp(argparse.Action):
         setattr(namespace, self.dest, True)
 
 
+def _add_param_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"{what} (`nbrunner run MODULE --help` lists them); a value that starts with - "
+        "is given as -p KEY=-VALUE and reaches the run as --KEY=-VALUE",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
@@ -454,16 +549,7 @@ def _parser() -> argparse.ArgumentParser:
         "-h", "--help", action=_RunHelp, help="show this help; after MODULE, its parameters too"
     )
     run.add_argument("module", help="the module to run (`nbrunner modules` lists them)")
-    run.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a parameter of the module, once per -p (`nbrunner run MODULE --help` lists "
-        "them); give a value that starts with - as -p KEY=-VALUE, it reaches the run as "
-        "--KEY=-VALUE",
-    )
+    _add_param_option(run, "a parameter of the module, once per -p")
     run.add_argument(
         "--priority",
         type=_checked(checks.priority),
@@ -488,18 +574,24 @@ def _parser() -> argparse.ArgumentParser:
         choices=BACKENDS,
         help="where it runs (default: config backend); ray uses config ray.address",
     )
-    add("ps", "list active runs (queued, starting, running, paused)", listing)
-    history = add("history", "list past and present runs, newest first", listing)
+    table = _Parser(add_help=False)
+    table.add_argument("--group", help="only runs of this group")
+    table.add_argument(
+        "--diff", action="store_true", help="show only the params that differ between the runs"
+    )
+    add("ps", "list active runs with their priority and place in the queue", listing, table)
+    history = add("history", "list past and present runs, newest first", listing, table)
     history.add_argument("--status")
     history.add_argument("--module")
     history.add_argument("--since", help="submitted at or after (ISO date/time)")
     history.add_argument("--until", help="submitted before (ISO date/time)")
-    history.add_argument("--text", help="text found in params, module or reason")
+    history.add_argument(
+        "--text", help="text found in params (as shown: lr=0.001), module, group or reason"
+    )
     history.add_argument("--limit", type=_count("limit"), default=50)
     history.add_argument("--offset", type=_count("offset"), default=0)
     for name, help_text in (
         ("show", "show one run's record"),
-        ("restart", "run again with the same module and params"),
         ("pause", "suspend a running run's whole process tree (it keeps its slot)"),
         ("resume", "continue a paused run"),
         ("front", "move a queued run to the front of the queue"),
@@ -508,14 +600,28 @@ def _parser() -> argparse.ArgumentParser:
     cancel = add("cancel", "cancel runs: queued ones leave the queue, started ones stop", listing)
     cancel.add_argument("ids", nargs="*", metavar="ID")
     cancel.add_argument("--all", action="store_true", help="every queued and running run")
+    cancel.add_argument("--group", help="every queued and running run of this group")
+    restart = add("restart", "run again with the same module and params, or some changed")
+    restart.add_argument("id")
+    _add_param_option(restart, "a changed parameter, once per -p")
+    restart.add_argument(
+        "--priority", type=_checked(checks.priority), help="the new run's priority"
+    )
+    priority = add("priority", "give a queued run another priority (higher starts first)", listing)
+    priority.add_argument("id")
+    priority.add_argument("priority", type=_checked(checks.priority), metavar="N")
     metrics = add("metrics", "counters: runs by status, mean wait and run time", listing)
     metrics.add_argument("--prometheus", action="store_true", help="Prometheus text format")
     logs = add("logs", "print a run's log")
     logs.add_argument("id")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
     logs.add_argument("--tail", type=_count("lines"), metavar="N", help="only the last N lines")
-    wait = add("wait", "wait for a run to end; exit status 0 if it succeeded", listing)
-    wait.add_argument("id")
+    logs.add_argument(
+        "--raw", action="store_true", help="the bytes as written (progress bars not collapsed)"
+    )
+    wait = add("wait", "wait for runs to end; exit status 0 if all succeeded", listing)
+    wait.add_argument("ids", nargs="*", metavar="ID")
+    wait.add_argument("--group", help="every run of this group")
     wait.add_argument("--timeout", type=_checked(checks.timeout), help="seconds to wait at most")
     add("worker", "keep the queue moving with no notebook open")
     dashboard = add("dashboard", "serve the dashboard as a web app (Voila)")

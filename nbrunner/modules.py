@@ -22,7 +22,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 PARAM_TYPES = ("int", "float", "str", "bool", "choice")
-_PARAM_KEYS = {"type", "default", "min", "max", "choices", "help"}
+_PARAM_KEYS = {"type", "default", "min", "max", "choices", "help", "flag"}
 _MODULE_KEYS = {
     "description",
     "python_module",
@@ -37,12 +37,17 @@ _MODULE_KEYS = {
     "on_done",
     "hide_gpus",
     "unbuffered",
+    "flags",
 }
 _TARGETS = ("python_module", "script", "command")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 # Parameter names become --flags, so they must read as one.
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_FLAG = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# How a module's parameter names become its child's options: n_estimators becomes
+# --n_estimators ("as-is", the default) or --n-estimators ("dashes", argparse's own style).
+FLAG_STYLES = ("as-is", "dashes")
 _DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 # What each string key of a module should look like, as said in an error about it.
 _TEXT_FORMS = {
@@ -62,6 +67,11 @@ class ParamSpec:
     max: float | None = None
     choices: tuple[Any, ...] = ()
     help: str = ""
+    flag: str = ""  # the child's option for it; "" is --NAME
+
+    @property
+    def option(self) -> str:
+        return self.flag or f"--{self.name}"
 
     @property
     def required(self) -> bool:
@@ -143,10 +153,14 @@ class ParamSpec:
                 data[key] = getattr(self, key)
         if self.choices:
             data["choices"] = list(self.choices)
+        if self.option != f"--{self.name}":
+            data["flag"] = self.option
         return data
 
 
-def parse_param(module: str, name: str, data: Mapping[str, Any] | str) -> ParamSpec:
+def parse_param(
+    module: str, name: str, data: Mapping[str, Any] | str, flags: str = "as-is"
+) -> ParamSpec:
     where = f"parameter {name!r} of module {module!r}"
     if not isinstance(name, str) or not _PARAM_NAME.match(name):
         raise InvalidParameter(
@@ -178,6 +192,7 @@ def parse_param(module: str, name: str, data: Mapping[str, Any] | str) -> ParamS
         max=_bound(where, kind, data, "max"),
         choices=_choices(where, kind, data.get("choices")),
         help=help_text,
+        flag=_param_flag(where, name, data.get("flag"), flags),
     )
     if spec.min is not None and spec.max is not None and spec.min > spec.max:
         raise InvalidParameter(f"{where}: min {spec.min} is above max {spec.max}")
@@ -185,6 +200,16 @@ def parse_param(module: str, name: str, data: Mapping[str, Any] | str) -> ParamS
     if default is not None:
         spec = replace(spec, default=spec.coerce(default, module))
     return spec
+
+
+def _param_flag(where: str, name: str, flag: Any, style: str) -> str:
+    if flag is None:
+        return "--" + (name.replace("_", "-") if style == "dashes" else name)
+    if not isinstance(flag, str) or not _FLAG.match(flag):
+        raise InvalidParameter(
+            f'{where}: flag must be an option like "--n-estimators", got {flag!r}'
+        )
+    return flag
 
 
 def _bound(where: str, kind: str, data: Mapping[str, Any], key: str) -> float | None:
@@ -231,6 +256,7 @@ class ModuleSpec:
     on_done: tuple[str, ...] | None = None
     hide_gpus: bool = False
     unbuffered: bool = True  # Python children write each line at once (live logs)
+    flags: str = "as-is"  # one of FLAG_STYLES
 
     @property
     def param_map(self) -> dict[str, ParamSpec]:
@@ -289,6 +315,7 @@ class ModuleSpec:
             "env": dict(self.env),
             "hide_gpus": self.hide_gpus,
             "unbuffered": self.unbuffered,
+            "flags": self.flags,
             "params": {p.name: p.to_dict() for p in self.params},
             "resources": self.resources.to_dict(),
         }
@@ -302,14 +329,14 @@ def params_to_args(specs: Iterable[ParamSpec], values: Mapping[str, Any]) -> lis
             continue
         if spec.type == "bool":
             if value:
-                args.append(f"--{spec.name}")
+                args.append(spec.option)
             elif spec.default:
-                args.append(f"--no-{spec.name}")
+                args.append("--no-" + spec.option.lstrip("-"))
         elif str(value).startswith("-"):
             # One word, so argparse reads "--n=7" or "-1e-3" as the value, not as an option.
-            args.append(f"--{spec.name}={value}")
+            args.append(f"{spec.option}={value}")
         else:
-            args += [f"--{spec.name}", str(value)]
+            args += [spec.option, str(value)]
     return args
 
 
@@ -367,6 +394,12 @@ def build_module(
     params = data.get("params") or {}
     if not isinstance(params, Mapping):
         raise ModulesFileError(f"module {name!r}: params must be a table, got {params!r}")
+    flags = data.get("flags", "as-is")
+    if flags not in FLAG_STYLES:
+        raise ModulesFileError(
+            f'module {name!r}: flags must be "as-is" (--n_estimators) or "dashes" '
+            f"(--n-estimators), got {flags!r}"
+        )
     try:
         resources = Resources.from_mapping(data.get("resources"))
     except NbrunnerError as exc:
@@ -377,15 +410,16 @@ def build_module(
         script=script,
         command=_command(name, data.get("command")),
         description=description,
-        params=tuple(parse_param(name, key, value) for key, value in params.items()),
+        params=tuple(parse_param(name, key, value, flags) for key, value in params.items()),
         timeout=float(timeout) if timeout is not None else None,
         env=_env(name, data.get("env")),
         cwd=cwd,
         resources=resources,
         group=text["group"],
         on_done=_hook_argv(name, data.get("on_done")),
-        hide_gpus=_flag(name, data, "hide_gpus", default=False),
-        unbuffered=_flag(name, data, "unbuffered", default=True),
+        hide_gpus=_bool_key(name, data, "hide_gpus", default=False),
+        unbuffered=_bool_key(name, data, "unbuffered", default=True),
+        flags=flags,
     )
     if check_files:
         _check_files(spec)
@@ -399,7 +433,7 @@ def _text_key(module: str, data: Mapping[str, Any], key: str) -> str | None:
     return checks.text(value, f"module {module!r}: {key}", _TEXT_FORMS[key], ModulesFileError)
 
 
-def _flag(module: str, data: Mapping[str, Any], key: str, default: bool) -> bool:
+def _bool_key(module: str, data: Mapping[str, Any], key: str, default: bool) -> bool:
     value = data.get(key, default)
     if not isinstance(value, bool):  # bool("no") is True: text is refused, not guessed
         raise ModulesFileError(f"module {module!r}: {key} must be true or false, got {value!r}")

@@ -361,6 +361,21 @@ class Runner:
         self._kick()
         return record
 
+    def set_priority(self, run_id: int | str, priority: int) -> RunRecord:
+        """Give a queued run another priority (higher starts first)."""
+        run_id, priority = _parse_id(run_id), checks.priority(priority)
+        with self.store.write() as tx:
+            record = tx.get(run_id)
+            if record.status is not RunStatus.QUEUED:
+                raise InvalidTransition(
+                    f"run {run_id} is {record.status.value}; only a queued run's priority "
+                    f"can change"
+                )
+            tx.update(run_id, priority=priority)
+            record = tx.get(run_id)
+        self._kick()
+        return record
+
     def on_done(self, run_id: int | str, callback: Callable[[RunRecord], Any]) -> None:
         """Call callback(record) once the run ends (at once if it already has).
 
@@ -370,8 +385,18 @@ class Runner:
             self.start()
         self._done_future(_parse_id(run_id)).add_done_callback(lambda f: callback(f.result()))
 
-    def restart(self, run_id: int | str) -> Run:
-        """A new run of the same module, params and settings; restart_of names the old one."""
+    def restart(
+        self,
+        run_id: int | str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+    ) -> Run:
+        """A new run of the same module, params and settings; restart_of names the old one.
+
+        `params` changes some of them (checked against the module as it is now), `priority`
+        gives the new run its own.
+        """
         old = self.store.get(_parse_id(run_id))
         copied = (
             "module",
@@ -386,6 +411,12 @@ class Runner:
             "on_done",
         )
         row = {key: getattr(old, key) for key in copied} | {"restart_of": old.id}
+        if params:
+            spec = lookup(self.modules(), old.module)
+            values = spec.validate_params({**old.params, **params})
+            row |= {"params": values, "argv": spec.argv(values)}
+        if priority is not None:
+            row["priority"] = checks.priority(priority)
         row |= self._placement(old.backend, old.backend_address)
         (new_id,) = self.store.insert_runs([row])
         self._after_submit()
@@ -446,8 +477,9 @@ class Runner:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    def active(self) -> pd.DataFrame:
-        return _frame(self.store.active())
+    def active(self, group: str | Sequence[str] | None = None) -> pd.DataFrame:
+        """Queued, starting, running and paused runs (of these groups, if given)."""
+        return _frame(HistoryFilter.build(group=group).keep_groups(self.store.active()))
 
     def history(
         self,
@@ -458,9 +490,10 @@ class Runner:
         text: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        group: str | Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """One page of runs, newest first, filtered and paged in SQL."""
-        query = HistoryFilter.build(status, module, since, until, text)
+        query = HistoryFilter.build(status, module, since, until, text, group)
         return _frame(self.store.history(query, limit=limit, offset=offset))
 
     def count(self, **filters: Any) -> int:

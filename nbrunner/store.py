@@ -389,6 +389,7 @@ class HistoryFilter:
     since: float | None = None
     until: float | None = None
     text: str | None = None
+    groups: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -398,6 +399,7 @@ class HistoryFilter:
         since: Any = None,
         until: Any = None,
         text: str | None = None,
+        group: str | Sequence[str] | None = None,
     ) -> HistoryFilter:
         statuses = _as_tuple(status)
         for name in statuses:
@@ -412,7 +414,12 @@ class HistoryFilter:
             _timestamp(since, "since"),
             _timestamp(until, "until"),
             text or None,
+            _as_tuple(group),
         )
+
+    def keep_groups(self, records: Iterable[RunRecord]) -> list[RunRecord]:
+        """Those of the records in this filter's groups (all when it names none)."""
+        return [r for r in records if not self.groups or r.group in self.groups]
 
     def where(self) -> tuple[str, list[Any]]:
         clauses: list[str] = []
@@ -429,10 +436,24 @@ class HistoryFilter:
         if self.until is not None:
             clauses.append("submitted_at < ?")
             params.append(self.until)
+        if self.groups:
+            clauses.append(f"grp IN ({', '.join('?' * len(self.groups))})")
+            params += self.groups
         if self.text:
-            clauses.append("(instr(params, ?) > 0 OR instr(module, ?) > 0 OR instr(reason, ?) > 0)")
-            params += [self.text] * 3
+            clauses.append(
+                "(instr(params, ?) > 0 OR instr(module, ?) > 0 OR instr(reason, ?) > 0"
+                f" OR instr(grp, ?) > 0 OR EXISTS ({_SHOWN_PARAM}))"
+            )
+            params += [self.text] * 5
         return " AND ".join(clauses) or "1", params
+
+
+# A param as listings show it (lr=0.001, amp=True), so --text "lr=0.001" finds what it shows.
+_SHOWN_PARAM = (
+    "SELECT 1 FROM json_each(runs.params) WHERE instr(key || '=' || CASE type "
+    "WHEN 'true' THEN 'True' WHEN 'false' THEN 'False' WHEN 'null' THEN 'None' "
+    "ELSE value END, ?) > 0"
+)
 
 
 def _as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -229,6 +229,18 @@ CASES = [
         '[modules.m]\ncommand = ["prog"]\n[modules.m.resources]\nmemory = inf\n',
         "module 'm': memory must be a size ≥ 0 like '4GB', got inf",
     ),
+    toml_case(
+        "flags-style-unknown",
+        '[modules.m]\ncommand = ["prog"]\nflags = "kebab"\n',
+        'module \'m\': flags must be "as-is" (--n_estimators) or "dashes" (--n-estimators), '
+        "got 'kebab'",
+    ),
+    toml_case(
+        "param-flag-not-an-option",
+        with_param('x = { type = "int", flag = "n estimators" }'),
+        "parameter 'x' of module 'm': flag must be an option like \"--n-estimators\", "
+        "got 'n estimators'",
+    ),
     toml_case(  # one that was already one line: kept as it was
         "unknown-module-key",
         '[modules.m]\ncommand = ["prog"]\nscirpt = "x.py"\n',
