@@ -481,6 +481,15 @@ def _count(what: str, maximum: int = checks.SQLITE_INT_MAX) -> Callable[[str], i
     return _checked(lambda value: checks.whole_number(value, what, 0, maximum))
 
 
+def _path(flag: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not text.strip():  # "" from an unset shell variable would mean the default
+            raise argparse.ArgumentTypeError(f"{flag} needs a path, got {text!r}")
+        return text
+
+    return parse
+
+
 class _RunHelp(argparse.Action):
     """`run --help`; after a module name (`run train --help`) it lists that module's params
     too, once the whole line is read: the home that holds the module may be named after it."""
@@ -518,11 +527,13 @@ def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
         "--home",
+        type=_path("--home"),
         default=argparse.SUPPRESS,
         help="nbrunner home (default: $NBRUNNER_HOME or ~/.nbrunner)",
     )
     common.add_argument(
         "--modules",
+        type=_path("--modules"),
         default=argparse.SUPPRESS,
         help="modules file (default: $NBRUNNER_MODULES or HOME/modules.toml)",
     )

@@ -235,8 +235,10 @@ def _choices(where: str, kind: str, choices: Any) -> tuple[Any, ...]:
             f'{where}: choices must be a list like ["small", "large"], got {choices!r}'
         )
     for choice in choices:
-        if not (isinstance(choice, str) or checks.is_number(choice)):
-            raise InvalidParameter(f"{where}: choices must be strings or numbers, got {choice!r}")
+        if not ((isinstance(choice, str) and "\0" not in choice) or checks.is_number(choice)):
+            raise InvalidParameter(
+                f"{where}: choices must be strings (without NUL bytes) or numbers, got {choice!r}"
+            )
     return tuple(choices)
 
 
@@ -264,6 +266,11 @@ class ModuleSpec:
 
     def validate_params(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """Complete, typed parameters for one run, defaults filled in."""
+        if given is not None and not isinstance(given, Mapping):
+            raise InvalidParameter(
+                f"params of module {self.name!r} must be a mapping like {{'epochs': 5}}, "
+                f"got {given!r}"
+            )
         given = dict(given or {})
         specs = self.param_map
         unknown = [key for key in given if key not in specs]
@@ -399,6 +406,11 @@ def build_module(
         raise ModulesFileError(
             f'module {name!r}: flags must be "as-is" (--n_estimators) or "dashes" '
             f"(--n-estimators), got {flags!r}"
+        )
+    if not isinstance(data.get("resources") or {}, Mapping):
+        raise ModulesFileError(
+            f"module {name!r}: resources must be a table like {{ cpus = 2 }}, "
+            f"got {data['resources']!r}"
         )
     try:
         resources = Resources.from_mapping(data.get("resources"))

@@ -241,6 +241,16 @@ CASES = [
         "parameter 'x' of module 'm': flag must be an option like \"--n-estimators\", "
         "got 'n estimators'",
     ),
+    toml_case(
+        "resources-not-a-table",
+        '[modules.m]\ncommand = ["prog"]\nresources = 5\n',
+        "module 'm': resources must be a table like { cpus = 2 }, got 5",
+    ),
+    toml_case(
+        "choice-with-nul",
+        with_param('x = { type = "choice", choices = ["a\\u0000"] }'),
+        "parameter 'x' of module 'm': choices must be strings (without NUL bytes) or numbers, got 'a\\x00'",
+    ),
     toml_case(  # one that was already one line: kept as it was
         "unknown-module-key",
         '[modules.m]\ncommand = ["prog"]\nscirpt = "x.py"\n',
@@ -336,6 +346,11 @@ CASES = [
         cli=("dashboard", "--port", "70000", "--no-browser"),
     ),
     Case(
+        "home-empty",
+        "argument --home: --home needs a path, got ''",
+        cli=("ps", "--home", ""),  # the test's own --home comes last and would win
+    ),
+    Case(
         "run-without-module",
         "nbrunner run: error: the following arguments are required: module "
         "(see nbrunner run --help)",
@@ -403,6 +418,12 @@ CASES = [
         "module 'm': script 'no_such_script.py' is not a file",
         api=lambda r: r.register("m", script="no_such_script.py"),
         error=ModulesFileError,
+    ),
+    Case(
+        "submit-params-a-list",
+        "params of module 'count' must be a mapping like {'epochs': 5}, got ['n', 1]",
+        api=lambda r: r.submit("count", ["n", 1]),
+        error=InvalidParameter,
     ),
     Case(
         "submit-group-a-dict",
