@@ -360,6 +360,38 @@ def build_module(
     defined rather than when its run starts.
     """
     checks.text(name, "module names", "non-empty strings", ModulesFileError)
+    _check_shape(name, data)
+    python_module, script, cwd = _target(name, data, base_dir)
+    flags = data.get("flags", "as-is")
+    if flags not in FLAG_STYLES:
+        raise ModulesFileError(
+            f'module {name!r}: flags must be "as-is" (--n_estimators) or "dashes" '
+            f"(--n-estimators), got {flags!r}"
+        )
+    spec = ModuleSpec(
+        name=name,
+        python_module=python_module,
+        script=script,
+        command=_command(name, data.get("command")),
+        description=_description(name, data.get("description", "")),
+        params=_params(name, data.get("params") or {}, flags),
+        timeout=_timeout(name, data.get("timeout")),
+        env=_env(name, data.get("env")),
+        cwd=cwd,
+        resources=_resources(name, data.get("resources") or {}),
+        group=_text_key(name, data, "group"),
+        on_done=_hook_argv(name, data.get("on_done")),
+        hide_gpus=_bool_key(name, data, "hide_gpus", default=False),
+        unbuffered=_bool_key(name, data, "unbuffered", default=True),
+        flags=flags,
+    )
+    if check_files:
+        _check_files(spec)
+    return spec
+
+
+def _check_shape(name: str, data: Any) -> None:
+    """A table of known keys naming exactly one thing to run."""
     if not isinstance(data, Mapping):
         raise ModulesFileError(
             f"module {name!r} must be a table ([modules.{name}] with keys like "
@@ -377,65 +409,56 @@ def build_module(
             f"module {name!r} needs exactly one of python_module, script or command; "
             f"got {', '.join(targets) or 'none'}"
         )
-    text = {key: _text_key(name, data, key) for key in _TEXT_FORMS}
-    python_module = text["python_module"]
+
+
+def _target(
+    name: str, data: Mapping[str, Any], base_dir: Path | None
+) -> tuple[str | None, str | None, str | None]:
+    """python_module, script and cwd; in a modules file, paths are relative to the file."""
+    python_module = _text_key(name, data, "python_module")
     # "train.py" is a valid dotted name, but nobody names a submodule "py"
     if python_module and (not _DOTTED_NAME.match(python_module) or python_module.endswith(".py")):
         raise ModulesFileError(
             f"module {name!r}: python_module must be {_TEXT_FORMS['python_module']}, "
-            f'got {text["python_module"]!r} (for a file, use script = "train.py")'
+            f'got {python_module!r} (for a file, use script = "train.py")'
         )
-    script, cwd = text["script"], text["cwd"]
+    script, cwd = _text_key(name, data, "script"), _text_key(name, data, "cwd")
     if base_dir is not None:
         if script and not os.path.isabs(script) and ("/" in script or script.endswith(".py")):
             script = str(base_dir / script)
         cwd = str(base_dir / cwd) if cwd else str(base_dir)
-    timeout = data.get("timeout")
+    return python_module, script, cwd
+
+
+def _description(module: str, description: Any) -> str:
+    if not isinstance(description, str):
+        raise ModulesFileError(f"module {module!r}: description must be text, got {description!r}")
+    return description
+
+
+def _params(module: str, params: Any, flags: str) -> tuple[ParamSpec, ...]:
+    if not isinstance(params, Mapping):
+        raise ModulesFileError(f"module {module!r}: params must be a table, got {params!r}")
+    return tuple(parse_param(module, key, value, flags) for key, value in params.items())
+
+
+def _timeout(module: str, timeout: Any) -> float | None:
     if timeout is not None and not (checks.is_number(timeout) and timeout > 0):
         raise ModulesFileError(
-            f"module {name!r}: timeout must be a positive number of seconds, got {timeout!r}"
+            f"module {module!r}: timeout must be a positive number of seconds, got {timeout!r}"
         )
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise ModulesFileError(f"module {name!r}: description must be text, got {description!r}")
-    params = data.get("params") or {}
-    if not isinstance(params, Mapping):
-        raise ModulesFileError(f"module {name!r}: params must be a table, got {params!r}")
-    flags = data.get("flags", "as-is")
-    if flags not in FLAG_STYLES:
+    return None if timeout is None else float(timeout)
+
+
+def _resources(module: str, resources: Any) -> Resources:
+    if not isinstance(resources, Mapping):
         raise ModulesFileError(
-            f'module {name!r}: flags must be "as-is" (--n_estimators) or "dashes" '
-            f"(--n-estimators), got {flags!r}"
-        )
-    if not isinstance(data.get("resources") or {}, Mapping):
-        raise ModulesFileError(
-            f"module {name!r}: resources must be a table like {{ cpus = 2 }}, "
-            f"got {data['resources']!r}"
+            f"module {module!r}: resources must be a table like {{ cpus = 2 }}, got {resources!r}"
         )
     try:
-        resources = Resources.from_mapping(data.get("resources"))
+        return Resources.from_mapping(dict(resources))
     except NbrunnerError as exc:
-        raise ModulesFileError(f"module {name!r}: {exc}") from None
-    spec = ModuleSpec(
-        name=name,
-        python_module=text["python_module"],
-        script=script,
-        command=_command(name, data.get("command")),
-        description=description,
-        params=tuple(parse_param(name, key, value, flags) for key, value in params.items()),
-        timeout=float(timeout) if timeout is not None else None,
-        env=_env(name, data.get("env")),
-        cwd=cwd,
-        resources=resources,
-        group=text["group"],
-        on_done=_hook_argv(name, data.get("on_done")),
-        hide_gpus=_bool_key(name, data, "hide_gpus", default=False),
-        unbuffered=_bool_key(name, data, "unbuffered", default=True),
-        flags=flags,
-    )
-    if check_files:
-        _check_files(spec)
-    return spec
+        raise ModulesFileError(f"module {module!r}: {exc}") from None
 
 
 def _text_key(module: str, data: Mapping[str, Any], key: str) -> str | None:
