@@ -565,10 +565,14 @@ def _parser() -> argparse.ArgumentParser:
         "--priority",
         type=_checked(checks.priority),
         default=0,
+        metavar="N",
         help=f"higher starts first (±{checks.PRIORITY_LIMIT})",
     )
     run.add_argument(
-        "--timeout", type=_checked(checks.timeout), help="seconds before the run is stopped"
+        "--timeout",
+        type=_checked(checks.timeout),
+        metavar="SECONDS",
+        help="seconds before the run is stopped",
     )
     run.add_argument("--group", help="queue group (its own limit: config group.NAME N)")
     run.add_argument(
@@ -616,7 +620,7 @@ def _parser() -> argparse.ArgumentParser:
     restart.add_argument("id")
     _add_param_option(restart, "a changed parameter, once per -p")
     restart.add_argument(
-        "--priority", type=_checked(checks.priority), help="the new run's priority"
+        "--priority", type=_checked(checks.priority), metavar="N", help="the new run's priority"
     )
     priority = add("priority", "give a queued run another priority (higher starts first)", listing)
     priority.add_argument("id")
@@ -633,7 +637,12 @@ def _parser() -> argparse.ArgumentParser:
     wait = add("wait", "wait for runs to end; exit status 0 if all succeeded", listing)
     wait.add_argument("ids", nargs="*", metavar="ID")
     wait.add_argument("--group", help="every run of this group")
-    wait.add_argument("--timeout", type=_checked(checks.timeout), help="seconds to wait at most")
+    wait.add_argument(
+        "--timeout",
+        type=_checked(checks.timeout),
+        metavar="SECONDS",
+        help="seconds to wait at most",
+    )
     add("worker", "keep the queue moving with no notebook open")
     dashboard = add("dashboard", "serve the dashboard as a web app (Voila)")
     dashboard.add_argument("--port", type=_count("port", 65535), default=8866)
