@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
+from . import __version__, checks
 from .backends import BACKENDS
 from .errors import BadInput, NbrunnerError, OperationFailed
-from .logs import LogFollower, tail_offset
-from .models import RunRecord
+from .logs import CollapsedLines, LogFollower, tail_offset
+from .models import RunRecord, params_text, queue_positions
+from .modules import ModuleSpec, ParamSpec, lookup
 from .runner import Runner
 from .states import RunStatus
+from .store import HistoryFilter
 
 Handler = Callable[[argparse.Namespace, Runner], int]
 _HANDLERS: dict[str, Handler] = {}
@@ -40,39 +44,61 @@ def _short_time(iso_time: str | None) -> str:
     return iso_time[5:19].replace("T", " ") if iso_time else "-"
 
 
-def _print_table(records: Sequence[RunRecord]) -> None:
+def _differing(records: Sequence[RunRecord]) -> set[str]:
+    """The param names whose values are not the same in every record."""
+    names = {name for r in records for name in r.params}
+    return {name for name in names if len({repr(r.params.get(name)) for r in records}) > 1}
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def _print_table(
+    records: Sequence[RunRecord], *, queue: bool = False, only_differing: bool = False
+) -> None:
+    """One row per run; PARAMS takes what the terminal's width ($COLUMNS) leaves, cut with …
+
+    queue: add each run's priority and place in the queue (for `ps`).
+    """
     if not records:
         print("no runs")
         return
-    rows = [("ID", "MODULE", "STATUS", "EXIT", "DURATION", "SUBMITTED", "PARAMS")]
+    shown = _differing(records) if only_differing and len(records) > 1 else None
+    places = queue_positions(records)
+    with_group = any(r.group for r in records)
+    head = ["ID", "MODULE", "STATUS", "EXIT", "DURATION", "SUBMITTED"]
+    head += ["PRI", "QUEUE"] if queue else []
+    head += ["GROUP"] if with_group else []
+    rows = [head]
     for r in records:
-        data = r.to_dict()
         duration = f"{r.duration_s:.1f}s" if r.duration_s is not None else "-"
-        params = " ".join(f"{k}={v}" for k, v in r.params.items())
-        exit_code = "-" if r.exit_code is None else str(r.exit_code)
-        rows.append(
-            (
-                str(r.id),
-                r.module,
-                r.status.value,
-                exit_code,
-                duration,
-                _short_time(data["submitted_at"]),
-                params[:60],
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
-        )
+        row = [
+            str(r.id),
+            r.module,
+            r.status.value,
+            "-" if r.exit_code is None else str(r.exit_code),
+        ]
+        row += [duration, _short_time(r.to_dict()["submitted_at"])]
+        row += [str(r.priority), str(places.get(r.id, "-"))] if queue else []
+        row += [r.group or "-"] if with_group else []
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    room = shutil.get_terminal_size().columns - sum(widths) - 2 * len(widths)
+    params = [
+        params_text({k: v for k, v in r.params.items() if shown is None or k in shown})
+        for r in records
+    ]
+    for row, text in zip(rows, ["PARAMS", *params], strict=True):
+        cells = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        print(f"{cells}  {_cut(text, max(room, 12))}".rstrip())
 
 
-def _print_records(records: Sequence[RunRecord], as_json: bool) -> None:
-    if as_json:
+def _print_records(records: Sequence[RunRecord], args: argparse.Namespace, **table: Any) -> None:
+    if args.json:
         _print_json([r.to_dict() for r in records])
     else:
-        _print_table(records)
+        _print_table(records, only_differing=args.diff, **table)
 
 
 # -- verbs -----------------------------------------------------------------------------------
@@ -99,14 +125,39 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise BadInput(f"parameters are given as -p KEY=VALUE, got {pair!r}")
-        params[key.strip()] = value
+        if key in params:  # the last one silently winning hides a typo in a long line
+            raise BadInput(f"parameter {key!r} is given twice (-p {key}=...); give it once")
+        params[key] = value
     return params
+
+
+def _param_line(spec: ParamSpec) -> tuple[str, str, str]:
+    """How `run MODULE --help` shows one parameter: name, what it takes, its help."""
+    default = "required" if spec.required else f"default {spec.default}"
+    passed_as = f" (passed as {spec.option})" if spec.option != f"--{spec.name}" else ""
+    return f"-p {spec.name}=", f"{spec.describe()}, {default}", spec.help + passed_as
+
+
+def module_help(spec: ModuleSpec) -> str:
+    """The parameters of one module, as `nbrunner run MODULE --help` lists them."""
+    lines = [f"module {spec.name}" + (f": {spec.description}" if spec.description else "")]
+    rows = [_param_line(p) for p in spec.params]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(2)]
+    lines.append("parameters:" if rows else "no parameters")
+    lines += [f"  {n.ljust(widths[0])}  {k.ljust(widths[1])}  {h}".rstrip() for n, k, h in rows]
+    return "\n".join(lines)
 
 
 @verb("run")
 def _run(args: argparse.Namespace, runner: Runner) -> int:
+    if args.help:
+        args.run_parser.print_help()
+        print()
+        print(module_help(lookup(runner.modules(), args.module)))
+        return 0
     run = runner.submit(
         args.module,
         _parse_params(args.param),
@@ -127,18 +178,22 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
     return 0 if record.status is RunStatus.SUCCEEDED else 1
 
 
+def _active(runner: Runner, group: str | None) -> list[RunRecord]:
+    return HistoryFilter.build(group=group).keep_groups(runner.store.active())
+
+
 @verb("ps")
 def _ps(args: argparse.Namespace, runner: Runner) -> int:
-    _print_records(runner.store.active(), args.json)
+    _print_records(_active(runner, args.group), args, queue=True)
     return 0
 
 
 @verb("history")
 def _history(args: argparse.Namespace, runner: Runner) -> int:
-    from .store import HistoryFilter
-
-    query = HistoryFilter.build(args.status, args.module, args.since, args.until, args.text)
-    _print_records(runner.store.history(query, limit=args.limit, offset=args.offset), args.json)
+    query = HistoryFilter.build(
+        args.status, args.module, args.since, args.until, args.text, args.group
+    )
+    _print_records(runner.store.history(query, limit=args.limit, offset=args.offset), args)
     return 0
 
 
@@ -156,27 +211,42 @@ def _show(args: argparse.Namespace, runner: Runner) -> int:
 
 @verb("logs")
 def _logs(args: argparse.Namespace, runner: Runner) -> int:
+    """The log as a terminal would show it (each progress-bar line's last redraw); --raw:
+    the bytes the run wrote."""
     record = runner.get(args.id).record
     start = 0 if args.tail is None else tail_offset(record.log_path, args.tail)
     follower = LogFollower(record.log_path, offset=start)
     out = sys.stdout.buffer
+    lines = CollapsedLines()
     while True:
         # Asked before draining: whatever the run wrote before it ended is then read below.
         ended = args.follow and runner.store.get(record.id).is_done
-        while chunk := follower.read_bytes():
-            out.write(chunk)
-        out.flush()
+        if args.raw:
+            while chunk := follower.read_bytes():
+                out.write(chunk)
+        else:
+            while text := follower.read():
+                out.write(lines.feed(text).encode())
         if not args.follow or ended:
+            out.write(b"" if args.raw else lines.flush().encode())
+            out.flush()
             return 0
+        out.flush()
         time.sleep(0.2)
 
 
 @verb("cancel")
 def _cancel(args: argparse.Namespace, runner: Runner) -> int:
     """Cancel each id given; says which were cancelled and why the others were not."""
-    ids = [r.id for r in runner.store.active()] if args.all else args.ids
+    ids = list(args.ids)
+    if args.all or args.group:
+        ids += [r.id for r in _active(runner, args.group)]
     if not ids:
-        raise BadInput("name the runs to cancel (nbrunner cancel ID [ID ...]) or use --all")
+        if args.group:
+            raise BadInput(f"group {args.group!r} has no active runs; nothing to cancel")
+        raise BadInput(
+            "name the runs to cancel (nbrunner cancel ID [ID ...]), or use --group NAME or --all"
+        )
     done, refused = [], []
     for run_id in ids:
         try:
@@ -196,8 +266,18 @@ def _cancel(args: argparse.Namespace, runner: Runner) -> int:
 
 @verb("restart")
 def _restart(args: argparse.Namespace, runner: Runner) -> int:
-    print(runner.restart(args.id).id)
+    run = runner.restart(args.id, _parse_params(args.param), priority=args.priority)
+    print(run.id)
     return 0
+
+
+@verb("priority")
+def _priority(args: argparse.Namespace, runner: Runner) -> int:
+    record = runner.set_priority(args.id, args.priority)
+    place = queue_positions(runner.store.active())[record.id]
+    return _report_request(
+        record, f"has priority {record.priority} (place {place} in the queue)", args.json
+    )
 
 
 def _report_request(record: RunRecord, what: str, as_json: bool) -> int:
@@ -272,22 +352,51 @@ def _metrics(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
+def _ids_to_wait_for(args: argparse.Namespace, runner: Runner) -> list[int]:
+    """The runs named, then every run of the group, each once; all known before any wait."""
+    ids = [runner.get(run_id).id for run_id in args.ids]
+    if args.group:
+        query = HistoryFilter.build(group=args.group)
+        grouped = runner.store.history(query, limit=checks.SQLITE_INT_MAX)
+        if not grouped:
+            raise BadInput(f"group {args.group!r} has no runs; `nbrunner history` lists them")
+        ids += sorted(r.id for r in grouped)
+    if not ids:
+        raise BadInput("name the runs to wait for (nbrunner wait ID [ID ...]) or use --group NAME")
+    return list(dict.fromkeys(ids))
+
+
 @verb("wait")
 def _wait(args: argparse.Namespace, runner: Runner) -> int:
-    try:
-        record = runner.wait(args.id, timeout=args.timeout)
-    except TimeoutError as exc:
-        print(f"nbrunner: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        _print_json(record.to_dict())
-    else:
-        print(
-            f"run {record.id} {record.status.value}"
-            + (f" (exit code {record.exit_code})" if record.exit_code is not None else "")
-            + (f": {record.reason}" if record.reason else "")
+    """Wait for each run in turn, one line as each ends; exit status 1 if any did not succeed."""
+    ids = _ids_to_wait_for(args, runner)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    records = []
+    for run_id in ids:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            record = runner.wait(run_id, timeout=left)
+        except TimeoutError as exc:
+            print(f"nbrunner: {exc}", file=sys.stderr)
+            return 1
+        records.append(record)
+        if not args.json:
+            print(_outcome(record), flush=True)
+    if args.json:  # one run named: its record, as before; more: a list
+        _print_json(
+            records[0].to_dict()
+            if len(args.ids) == 1 and not args.group
+            else [r.to_dict() for r in records]
         )
-    return 0 if record.status is RunStatus.SUCCEEDED else 1
+    return 0 if all(r.status is RunStatus.SUCCEEDED for r in records) else 1
+
+
+def _outcome(record: RunRecord) -> str:
+    return (
+        f"run {record.id} {record.status.value}"
+        + (f" (exit code {record.exit_code})" if record.exit_code is not None else "")
+        + (f": {record.reason}" if record.reason else "")
+    )
 
 
 @verb("worker")
@@ -362,43 +471,136 @@ def _config(args: argparse.Namespace, runner: Runner) -> int:
 
 
 # -- argument parsing ------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too, pointing at the help that lists what is allowed."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _checked(check: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """An argparse type from a check: the check's own message becomes the error line."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(_number_or_text(text))
+        except BadInput as exc:  # a ValueError, which argparse would replace by its own words
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _number_or_text(text: str) -> int | float | str:
+    """The number the text spells, so a message shows -1, not '-1'; else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _count(what: str, maximum: int = checks.SQLITE_INT_MAX) -> Callable[[str], int]:
+    return _checked(lambda value: checks.whole_number(value, what, 0, maximum))
+
+
+def _path(flag: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not text.strip():  # "" from an unset shell variable would mean the default
+            raise argparse.ArgumentTypeError(f"{flag} needs a path, got {text!r}")
+        return text
+
+    return parse
+
+
+class _RunHelp(argparse.Action):
+    """`run --help`; after a module name (`run train --help`) it lists that module's params
+    too, once the whole line is read: the home that holds the module may be named after it."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.update(nargs=0, default=False)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, "module", None) is None:
+            parser.print_help()
+            parser.exit()
+        setattr(namespace, self.dest, True)
+
+
+def _add_param_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"{what} (`nbrunner run MODULE --help` lists them); a value that starts with - "
+        "is given as -p KEY=-VALUE and reaches the run as --KEY=-VALUE",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--home",
+        type=_path("--home"),
         default=argparse.SUPPRESS,
         help="nbrunner home (default: $NBRUNNER_HOME or ~/.nbrunner)",
     )
     common.add_argument(
         "--modules",
+        type=_path("--modules"),
         default=argparse.SUPPRESS,
         help="modules file (default: $NBRUNNER_MODULES or HOME/modules.toml)",
     )
-    listing = argparse.ArgumentParser(add_help=False)
+    listing = _Parser(add_help=False)
     listing.add_argument("--json", action="store_true", help="machine-readable output")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nbrunner",
         parents=[common],
         description="Run many jobs at once, from Jupyter or here.",
     )
+    parser.add_argument("--version", action="version", version=f"nbrunner {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def add(
-        name: str, help_text: str, *parents: argparse.ArgumentParser
+        name: str, help_text: str, *parents: argparse.ArgumentParser, **options: Any
     ) -> argparse.ArgumentParser:
-        return verbs.add_parser(name, help=help_text, parents=[common, *parents])
+        return verbs.add_parser(name, help=help_text, parents=[common, *parents], **options)
 
     add("modules", "list the modules you can run", listing)
-    run = add("run", "queue a run of a module; prints its id", listing)
-    run.add_argument("module")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--priority", type=int, default=0, help="higher starts first")
-    run.add_argument("--timeout", type=float, help="seconds before the run is stopped")
+    run = add("run", "queue a run of a module; prints its id", listing, add_help=False)
+    run.set_defaults(run_parser=run)
+    run.add_argument(
+        "-h", "--help", action=_RunHelp, help="show this help; after MODULE, its parameters too"
+    )
+    run.add_argument("module", help="the module to run (`nbrunner modules` lists them)")
+    _add_param_option(run, "a parameter of the module, once per -p")
+    run.add_argument(
+        "--priority",
+        type=_checked(checks.priority),
+        default=0,
+        metavar="N",
+        help=f"higher starts first (±{checks.PRIORITY_LIMIT})",
+    )
+    run.add_argument(
+        "--timeout",
+        type=_checked(checks.timeout),
+        metavar="SECONDS",
+        help="seconds before the run is stopped",
+    )
     run.add_argument("--group", help="queue group (its own limit: config group.NAME N)")
     run.add_argument(
         "--after",
-        type=int,
+        type=_checked(checks.run_id),
         action="append",
         default=[],
         metavar="ID",
@@ -410,18 +612,24 @@ def _parser() -> argparse.ArgumentParser:
         choices=BACKENDS,
         help="where it runs (default: config backend); ray uses config ray.address",
     )
-    add("ps", "list active runs (queued, starting, running, paused)", listing)
-    history = add("history", "list past and present runs, newest first", listing)
+    table = _Parser(add_help=False)
+    table.add_argument("--group", help="only runs of this group")
+    table.add_argument(
+        "--diff", action="store_true", help="show only the params that differ between the runs"
+    )
+    add("ps", "list active runs with their priority and place in the queue", listing, table)
+    history = add("history", "list past and present runs, newest first", listing, table)
     history.add_argument("--status")
     history.add_argument("--module")
     history.add_argument("--since", help="submitted at or after (ISO date/time)")
     history.add_argument("--until", help="submitted before (ISO date/time)")
-    history.add_argument("--text", help="text found in params, module or reason")
-    history.add_argument("--limit", type=int, default=50)
-    history.add_argument("--offset", type=int, default=0)
+    history.add_argument(
+        "--text", help="text found in params (as shown: lr=0.001), module, group or reason"
+    )
+    history.add_argument("--limit", type=_count("limit"), default=50)
+    history.add_argument("--offset", type=_count("offset"), default=0)
     for name, help_text in (
         ("show", "show one run's record"),
-        ("restart", "run again with the same module and params"),
         ("pause", "suspend a running run's whole process tree (it keeps its slot)"),
         ("resume", "continue a paused run"),
         ("front", "move a queued run to the front of the queue"),
@@ -430,20 +638,39 @@ def _parser() -> argparse.ArgumentParser:
     cancel = add("cancel", "cancel runs: queued ones leave the queue, started ones stop", listing)
     cancel.add_argument("ids", nargs="*", metavar="ID")
     cancel.add_argument("--all", action="store_true", help="every queued and running run")
+    cancel.add_argument("--group", help="every queued and running run of this group")
+    restart = add("restart", "run again with the same module and params, or some changed")
+    restart.add_argument("id")
+    _add_param_option(restart, "a changed parameter, once per -p")
+    restart.add_argument(
+        "--priority", type=_checked(checks.priority), metavar="N", help="the new run's priority"
+    )
+    priority = add("priority", "give a queued run another priority (higher starts first)", listing)
+    priority.add_argument("id")
+    priority.add_argument("priority", type=_checked(checks.priority), metavar="N")
     metrics = add("metrics", "counters: runs by status, mean wait and run time", listing)
     metrics.add_argument("--prometheus", action="store_true", help="Prometheus text format")
     logs = add("logs", "print a run's log")
     logs.add_argument("id")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
-    logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
-    wait = add("wait", "wait for a run to end; exit status 0 if it succeeded", listing)
-    wait.add_argument("id")
-    wait.add_argument("--timeout", type=float)
+    logs.add_argument("--tail", type=_count("lines"), metavar="N", help="only the last N lines")
+    logs.add_argument(
+        "--raw", action="store_true", help="the bytes as written (progress bars not collapsed)"
+    )
+    wait = add("wait", "wait for runs to end; exit status 0 if all succeeded", listing)
+    wait.add_argument("ids", nargs="*", metavar="ID")
+    wait.add_argument("--group", help="every run of this group")
+    wait.add_argument(
+        "--timeout",
+        type=_checked(checks.timeout),
+        metavar="SECONDS",
+        help="seconds to wait at most",
+    )
     add("worker", "run the home's service in the foreground, printing each change")
     service = add("service", "show, start or stop the home's service", listing)
     service.add_argument("action", nargs="?", choices=("status", "start", "stop"), default="status")
     dashboard = add("dashboard", "serve the dashboard as a web app (Voila)")
-    dashboard.add_argument("--port", type=int, default=8866)
+    dashboard.add_argument("--port", type=_count("port", 65535), default=8866)
     dashboard.add_argument("--ip", default="127.0.0.1")
     dashboard.add_argument("--token", help="required to listen on another address than localhost")
     dashboard.add_argument("--no-browser", action="store_true")

@@ -3,39 +3,39 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
+from . import checks
 from .errors import InvalidConfig
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
+# Limits are counts of runs; a bound keeps them far inside what SQL's LIMIT can take.
+_MAX_LIMIT = 100_000
+# inf would make a cancel wait forever for a child that ignores SIGTERM; a day is plenty.
+_MAX_GRACE_S = 86_400.0
+
+
 def _int_at_least(minimum: int) -> Callable[[str, Any], int]:
     def parse(key: str, value: Any) -> int:
-        try:
-            number = int(value)
-            if isinstance(value, bool) or (isinstance(value, float) and number != value):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise InvalidConfig(
-                f"{key} must be a whole number ≥ {minimum}, got {value!r}"
-            ) from None
-        if number < minimum:
-            raise InvalidConfig(f"{key} must be a whole number ≥ {minimum}, got {value!r}")
-        return number
+        return checks.whole_number(value, key, minimum, _MAX_LIMIT, InvalidConfig)
 
     return parse
 
 
-def _positive_float(key: str, value: Any) -> float:
+def _seconds(key: str, value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        number = -1.0
-    if isinstance(value, bool) or number < 0:
-        raise InvalidConfig(f"{key} must be a number of seconds ≥ 0, got {value!r}")
+        number = math.nan
+    if isinstance(value, bool) or not 0 <= number <= _MAX_GRACE_S:
+        raise InvalidConfig(
+            f"{key} must be a number of seconds ≥ 0 and ≤ {_MAX_GRACE_S:g}, got {value!r}"
+        )
     return number
 
 
@@ -55,7 +55,9 @@ def _backend(key: str, value: Any) -> str:
 
 
 def _text(key: str, value: Any) -> str:
-    return str(value)
+    if value == "":  # clears the setting
+        return ""
+    return checks.text(str(value), key, "text", InvalidConfig)
 
 
 MIN_LOG_SIZE = 4096
@@ -88,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_concurrent": _int_at_least(1),
     "paused": _bool,
-    "grace_period": _positive_float,
+    "grace_period": _seconds,
     "backend": _backend,
     "ray.address": _text,
     "max_log_size": _log_size,

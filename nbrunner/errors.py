@@ -8,10 +8,12 @@
     │   ├── UnknownRun             no run with that id in this home
     │   ├── InvalidConfig          unknown config key or a bad value for it
     │   ├── InvalidTransition      the run's state does not allow the operation
-    │   └── ResourceRequestError   a run asks for more than this machine could ever give
+    │   ├── ResourceRequestError   a run asks for more than this machine could ever give
+    │   └── InvalidHome            the home is not a directory nbrunner can use
     └── OperationFailed            a valid request that could not be carried out (exit status 1)
         ├── BackendUnavailable     an optional backend is missing or cannot be reached
-        └── StoreUnavailable       the store stayed locked past its patience, or a write failed
+        ├── StoreUnavailable       the store stayed locked past its patience, or a write failed
+        └── CorruptStore           the store file cannot be read as a database
 
 Messages name the input, the value and what would be right, because they are shown as
 one line to someone who has to fix their call.
@@ -67,6 +69,10 @@ class ResourceRequestError(BadInput):
     pass
 
 
+class InvalidHome(BadInput):
+    pass
+
+
 class OperationFailed(NbrunnerError, RuntimeError):
     """A valid request that could not be carried out."""
 
@@ -77,3 +83,12 @@ class BackendUnavailable(OperationFailed):
 
 class StoreUnavailable(OperationFailed):
     pass
+
+
+class CorruptStore(OperationFailed):
+    def __init__(self, path: object, detail: object) -> None:
+        super().__init__(
+            f"the store {path} cannot be read ({detail}); move it aside "
+            f"(mv {path} {path}.broken) and nbrunner starts again with an empty history"
+        )
+        self.path = path

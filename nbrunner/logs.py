@@ -32,6 +32,27 @@ def _last_redraw(line: str) -> str:
     return ""
 
 
+class CollapsedLines:
+    """Text that arrives in pieces, given back as whole lines showing each line's last redraw.
+
+    A line still being redrawn is held back (only its last two frames, so a progress bar
+    that never ends a line cannot grow it) until it ends or `flush` is called.
+    """
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def feed(self, text: str) -> str:
+        done, newline, partial = (self._partial + text).rpartition("\n")
+        head, cr, last = partial.rpartition("\r")
+        self._partial = head.rpartition("\r")[2] + cr + last
+        return collapse_carriage_returns(done + newline)
+
+    def flush(self) -> str:
+        rest, self._partial = self._partial, ""
+        return collapse_carriage_returns(rest)
+
+
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
@@ -94,6 +95,19 @@ class RunRecord:
         for key in TIME_FIELDS:
             data[key] = iso(data[key])
         return data
+
+
+def queue_positions(records: Iterable[RunRecord]) -> dict[int, int]:
+    """1-based places in the queue: higher priority first, then submission order."""
+    queued = sorted(
+        (r for r in records if r.status is RunStatus.QUEUED), key=lambda r: (-r.priority, r.id)
+    )
+    return {r.id: place for place, r in enumerate(queued, start=1)}
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """Params as listings show them, and as `history --text` finds them: lr=0.001 amp=True."""
+    return " ".join(f"{key}={value}" for key, value in params.items())
 
 
 def _empty(key: str) -> Any:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import shutil
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import checks
 from .errors import InvalidParameter, ModulesFileError, NbrunnerError, UnknownModule
 from .resources import Resources
 
@@ -19,7 +22,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 PARAM_TYPES = ("int", "float", "str", "bool", "choice")
-_PARAM_KEYS = {"type", "default", "min", "max", "choices", "help"}
+_PARAM_KEYS = {"type", "default", "min", "max", "choices", "help", "flag"}
 _MODULE_KEYS = {
     "description",
     "python_module",
@@ -35,10 +38,25 @@ _MODULE_KEYS = {
     "hide_gpus",
     "unbuffered",
     "keep_leftovers",
+    "flags",
 }
 _TARGETS = ("python_module", "script", "command")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+# Parameter names become --flags, so they must read as one.
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_FLAG = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# How a module's parameter names become its child's options: n_estimators becomes
+# --n_estimators ("as-is", the default) or --n-estimators ("dashes", argparse's own style).
+FLAG_STYLES = ("as-is", "dashes")
+_DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+# What each string key of a module should look like, as said in an error about it.
+_TEXT_FORMS = {
+    "python_module": 'a dotted module name like "pkg.train"',
+    "script": 'a path like "train.py"',
+    "cwd": 'a directory like "."',
+    "group": 'a group name like "gpu"',
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,11 @@ class ParamSpec:
     max: float | None = None
     choices: tuple[Any, ...] = ()
     help: str = ""
+    flag: str = ""  # the child's option for it; "" is --NAME
+
+    @property
+    def option(self) -> str:
+        return self.flag or f"--{self.name}"
 
     @property
     def required(self) -> bool:
@@ -68,7 +91,8 @@ class ParamSpec:
             f"parameter {self.name!r} of module {module!r} must be {allowed}, got {value!r}"
         )
 
-    def _describe(self) -> str:
+    def describe(self) -> str:
+        """What a value must be, in words: "an int ≥ 1", "one of 'a', 'b'"."""
         if self.type == "choice":
             return "one of " + ", ".join(repr(c) for c in self.choices)
         bounds = [
@@ -85,7 +109,7 @@ class ParamSpec:
             if self.type == "float":
                 return float(text)
         except ValueError:
-            raise self._fail(module, text, self._describe()) from None
+            raise self._fail(module, text, self.describe()) from None
         if self.type == "bool":
             lowered = text.strip().lower()
             if lowered in _TRUE | _FALSE:
@@ -100,17 +124,19 @@ class ParamSpec:
     def _check_type(self, value: Any, module: str) -> Any:
         kind = self.type
         if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-            raise self._fail(module, value, self._describe())
+            raise self._fail(module, value, self.describe())
         if kind == "float":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise self._fail(module, value, self._describe())
+            if not checks.is_number(value):  # nan and inf would pass every min and max
+                raise self._fail(module, value, "a finite " + self.describe().removeprefix("a "))
             return float(value)
         if kind == "bool" and not isinstance(value, bool):
             raise self._fail(module, value, "true or false")
         if kind == "str" and not isinstance(value, str):
             raise self._fail(module, value, "a string")
+        if kind == "str" and "\0" in value:  # the OS refuses NUL in argv
+            raise self._fail(module, value, "a string without NUL bytes (\\0)")
         if kind == "choice" and value not in self.choices:
-            raise self._fail(module, value, self._describe())
+            raise self._fail(module, value, self.describe())
         return value
 
     def _check_range(self, value: Any, module: str) -> None:
@@ -119,7 +145,7 @@ class ParamSpec:
         if (self.min is not None and value < self.min) or (
             self.max is not None and value > self.max
         ):
-            raise self._fail(module, value, self._describe())
+            raise self._fail(module, value, self.describe())
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"type": self.type}
@@ -128,46 +154,93 @@ class ParamSpec:
                 data[key] = getattr(self, key)
         if self.choices:
             data["choices"] = list(self.choices)
+        if self.option != f"--{self.name}":
+            data["flag"] = self.option
         return data
 
 
-def parse_param(module: str, name: str, data: Mapping[str, Any] | str) -> ParamSpec:
+def parse_param(
+    module: str, name: str, data: Mapping[str, Any] | str, flags: str = "as-is"
+) -> ParamSpec:
+    where = f"parameter {name!r} of module {module!r}"
+    if not isinstance(name, str) or not _PARAM_NAME.match(name):
+        raise InvalidParameter(
+            f"{where}: a name becomes a --flag, so use letters, digits, _, - or . "
+            f"(starting with a letter or _)"
+        )
     if isinstance(data, str):  # shorthand: epochs = "int"
         data = {"type": data}
     if not isinstance(data, Mapping):
         raise InvalidParameter(
-            f"parameter {name!r} of module {module!r} must be a table like "
-            f'{{ type = "int", default = 3 }}, got {data!r}'
+            f'{where} must be a table like {{ type = "int", default = 3 }}, got {data!r}'
         )
     unknown = set(data) - _PARAM_KEYS
     if unknown:
         raise InvalidParameter(
-            f"parameter {name!r} of module {module!r} has unknown key {sorted(unknown)[0]!r}; "
+            f"{where} has unknown key {sorted(unknown)[0]!r}; "
             f"allowed keys: {', '.join(sorted(_PARAM_KEYS))}"
         )
     kind = data.get("type", "str")
     if kind not in PARAM_TYPES:
-        raise InvalidParameter(
-            f"parameter {name!r} of module {module!r} has type {kind!r}; "
-            f"use one of {', '.join(PARAM_TYPES)}"
-        )
-    choices = tuple(data.get("choices", ()))
-    if kind == "choice" and not choices:
-        raise InvalidParameter(
-            f"parameter {name!r} of module {module!r} is a choice but lists no choices"
-        )
+        raise InvalidParameter(f"{where} has type {kind!r}; use one of {', '.join(PARAM_TYPES)}")
+    help_text = data.get("help", "")
+    if not isinstance(help_text, str):
+        raise InvalidParameter(f"{where}: help must be text, got {help_text!r}")
     spec = ParamSpec(
         name=name,
         type=kind,
-        min=data.get("min"),
-        max=data.get("max"),
-        choices=choices,
-        help=str(data.get("help", "")),
+        min=_bound(where, kind, data, "min"),
+        max=_bound(where, kind, data, "max"),
+        choices=_choices(where, kind, data.get("choices")),
+        help=help_text,
+        flag=_param_flag(where, name, data.get("flag"), flags),
     )
+    if spec.min is not None and spec.max is not None and spec.min > spec.max:
+        raise InvalidParameter(f"{where}: min {spec.min} is above max {spec.max}")
     default = data.get("default")
     if default is not None:
         spec = replace(spec, default=spec.coerce(default, module))
     return spec
+
+
+def _param_flag(where: str, name: str, flag: Any, style: str) -> str:
+    if flag is None:
+        return "--" + (name.replace("_", "-") if style == "dashes" else name)
+    if not isinstance(flag, str) or not _FLAG.match(flag):
+        raise InvalidParameter(
+            f'{where}: flag must be an option like "--n-estimators", got {flag!r}'
+        )
+    return flag
+
+
+def _bound(where: str, kind: str, data: Mapping[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if kind not in ("int", "float"):
+        raise InvalidParameter(f"{where}: {key} only applies to int and float parameters")
+    if not checks.is_number(value):
+        raise InvalidParameter(f"{where}: {key} must be a number like 0, got {value!r}")
+    return value
+
+
+def _choices(where: str, kind: str, choices: Any) -> tuple[Any, ...]:
+    if choices is None:
+        if kind == "choice":
+            raise InvalidParameter(f"{where} is a choice but lists no choices")
+        return ()
+    if kind != "choice":
+        raise InvalidParameter(f'{where}: choices only apply to type = "choice"')
+    if not isinstance(choices, list | tuple) or not choices:
+        raise InvalidParameter(
+            f'{where}: choices must be a list like ["small", "large"], got {choices!r}'
+        )
+    for choice in choices:
+        if not ((isinstance(choice, str) and "\0" not in choice) or checks.is_number(choice)):
+            raise InvalidParameter(
+                f"{where}: choices must be strings (without NUL bytes) or numbers, got {choice!r}"
+            )
+    return tuple(choices)
 
 
 @dataclass(frozen=True)
@@ -187,6 +260,7 @@ class ModuleSpec:
     hide_gpus: bool = False
     unbuffered: bool = True  # Python children write each line at once (live logs)
     keep_leftovers: bool = False  # leave processes the run started behind when it ends
+    flags: str = "as-is"  # one of FLAG_STYLES
 
     @property
     def param_map(self) -> dict[str, ParamSpec]:
@@ -194,6 +268,11 @@ class ModuleSpec:
 
     def validate_params(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """Complete, typed parameters for one run, defaults filled in."""
+        if given is not None and not isinstance(given, Mapping):
+            raise InvalidParameter(
+                f"params of module {self.name!r} must be a mapping like {{'epochs': 5}}, "
+                f"got {given!r}"
+            )
         given = dict(given or {})
         specs = self.param_map
         unknown = [key for key in given if key not in specs]
@@ -210,7 +289,7 @@ class ModuleSpec:
             elif spec.required:
                 raise InvalidParameter(
                     f"parameter {name!r} of module {self.name!r} is required "
-                    f"({spec._describe()}); pass it with -p {name}=VALUE"
+                    f"({spec.describe()}); pass it with -p {name}=VALUE"
                 )
             else:
                 values[name] = spec.default
@@ -246,6 +325,7 @@ class ModuleSpec:
             "hide_gpus": self.hide_gpus,
             "unbuffered": self.unbuffered,
             "keep_leftovers": self.keep_leftovers,
+            "flags": self.flags,
             "params": {p.name: p.to_dict() for p in self.params},
             "resources": self.resources.to_dict(),
         }
@@ -259,18 +339,68 @@ def params_to_args(specs: Iterable[ParamSpec], values: Mapping[str, Any]) -> lis
             continue
         if spec.type == "bool":
             if value:
-                args.append(f"--{spec.name}")
+                args.append(spec.option)
             elif spec.default:
-                args.append(f"--no-{spec.name}")
+                args.append("--no-" + spec.option.lstrip("-"))
+        elif str(value).startswith("-"):
+            # One word, so argparse reads "--n=7" or "-1e-3" as the value, not as an option.
+            args.append(f"{spec.option}={value}")
         else:
-            args += [f"--{spec.name}", str(value)]
+            args += [spec.option, str(value)]
     return args
 
 
-def build_module(name: str, data: Mapping[str, Any], base_dir: Path | None = None) -> ModuleSpec:
-    """A ModuleSpec from a modules.toml table or register() keywords, fully checked."""
-    if not name or not isinstance(name, str):
-        raise ModulesFileError(f"module names must be non-empty strings, got {name!r}")
+def build_module(
+    name: str,
+    data: Mapping[str, Any],
+    base_dir: Path | None = None,
+    *,
+    check_files: bool = True,
+) -> ModuleSpec:
+    """A ModuleSpec from a modules.toml table or register() keywords, fully checked.
+
+    check_files: the script and cwd must exist now, so a typo is refused where the module is
+    defined rather than when its run starts.
+    """
+    checks.text(name, "module names", "non-empty strings", ModulesFileError)
+    _check_shape(name, data)
+    python_module, script, cwd = _target(name, data, base_dir)
+    flags = data.get("flags", "as-is")
+    if flags not in FLAG_STYLES:
+        raise ModulesFileError(
+            f'module {name!r}: flags must be "as-is" (--n_estimators) or "dashes" '
+            f"(--n-estimators), got {flags!r}"
+        )
+    spec = ModuleSpec(
+        name=name,
+        python_module=python_module,
+        script=script,
+        command=_command(name, data.get("command")),
+        description=_description(name, data.get("description", "")),
+        params=_params(name, data.get("params") or {}, flags),
+        timeout=_timeout(name, data.get("timeout")),
+        env=_env(name, data.get("env")),
+        cwd=cwd,
+        resources=_resources(name, data.get("resources") or {}),
+        group=_text_key(name, data, "group"),
+        on_done=_hook_argv(name, data.get("on_done")),
+        hide_gpus=_bool_key(name, data, "hide_gpus", default=False),
+        unbuffered=_bool_key(name, data, "unbuffered", default=True),
+        keep_leftovers=_bool_key(name, data, "keep_leftovers", default=False),
+        flags=flags,
+    )
+    if check_files:
+        _check_files(spec)
+    return spec
+
+
+def _check_shape(name: str, data: Any) -> None:
+    """A table of known keys naming exactly one thing to run."""
+    if not isinstance(data, Mapping):
+        raise ModulesFileError(
+            f"module {name!r} must be a table ([modules.{name}] with keys like "
+            f'python_module = "pkg.train"), got {data!r}'
+        )
     unknown = set(data) - _MODULE_KEYS
     if unknown:
         raise ModulesFileError(
@@ -283,68 +413,133 @@ def build_module(name: str, data: Mapping[str, Any], base_dir: Path | None = Non
             f"module {name!r} needs exactly one of python_module, script or command; "
             f"got {', '.join(targets) or 'none'}"
         )
-    command = data.get("command")
-    if command is not None:
-        if isinstance(command, str) or not all(isinstance(a, str) for a in command):
-            raise ModulesFileError(
-                f"module {name!r}: command must be a list of strings like "
-                f'["prog", "--flag"], got {command!r}'
-            )
-        command = tuple(command)
-    script = data.get("script")
-    cwd = data.get("cwd")
+
+
+def _target(
+    name: str, data: Mapping[str, Any], base_dir: Path | None
+) -> tuple[str | None, str | None, str | None]:
+    """python_module, script and cwd; in a modules file, paths are relative to the file."""
+    python_module = _text_key(name, data, "python_module")
+    # "train.py" is a valid dotted name, but nobody names a submodule "py"
+    if python_module and (not _DOTTED_NAME.match(python_module) or python_module.endswith(".py")):
+        raise ModulesFileError(
+            f"module {name!r}: python_module must be {_TEXT_FORMS['python_module']}, "
+            f'got {python_module!r} (for a file, use script = "train.py")'
+        )
+    script, cwd = _text_key(name, data, "script"), _text_key(name, data, "cwd")
     if base_dir is not None:
         if script and not os.path.isabs(script) and ("/" in script or script.endswith(".py")):
             script = str(base_dir / script)
         cwd = str(base_dir / cwd) if cwd else str(base_dir)
-    timeout = data.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    return python_module, script, cwd
+
+
+def _description(module: str, description: Any) -> str:
+    if not isinstance(description, str):
+        raise ModulesFileError(f"module {module!r}: description must be text, got {description!r}")
+    return description
+
+
+def _params(module: str, params: Any, flags: str) -> tuple[ParamSpec, ...]:
+    if not isinstance(params, Mapping):
+        raise ModulesFileError(f"module {module!r}: params must be a table, got {params!r}")
+    return tuple(parse_param(module, key, value, flags) for key, value in params.items())
+
+
+def _timeout(module: str, timeout: Any) -> float | None:
+    if timeout is not None and not (checks.is_number(timeout) and timeout > 0):
+        raise ModulesFileError(
+            f"module {module!r}: timeout must be a positive number of seconds, got {timeout!r}"
+        )
+    return None if timeout is None else float(timeout)
+
+
+def _resources(module: str, resources: Any) -> Resources:
+    if not isinstance(resources, Mapping):
+        raise ModulesFileError(
+            f"module {module!r}: resources must be a table like {{ cpus = 2 }}, got {resources!r}"
+        )
+    try:
+        return Resources.from_mapping(dict(resources))
+    except NbrunnerError as exc:
+        raise ModulesFileError(f"module {module!r}: {exc}") from None
+
+
+def _text_key(module: str, data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    return checks.text(value, f"module {module!r}: {key}", _TEXT_FORMS[key], ModulesFileError)
+
+
+def _bool_key(module: str, data: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):  # bool("no") is True: text is refused, not guessed
+        raise ModulesFileError(f"module {module!r}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _argv_list(module: str, key: str, value: Any, example: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise ModulesFileError(
+            f"module {module!r}: {key} must be a list of strings like {example}, got {value!r}"
+        )
+    form = f"a list of strings like {example}"
+    return tuple(
+        checks.text(part, f"module {module!r}: {key}", form, ModulesFileError) for part in value
+    )
+
+
+def _command(module: str, command: Any) -> tuple[str, ...] | None:
+    if command is None:
+        return None
+    return _argv_list(module, "command", command, '["prog", "--flag"]')
+
+
+def _env(module: str, env: Any) -> dict[str, str]:
+    """Environment values as text; numbers are written as TOML users expect (4 → "4")."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise ModulesFileError(f"module {module!r}: env must be a table of strings, got {env!r}")
+    values: dict[str, str] = {}
+    for key, value in env.items():
+        what = f"module {module!r}: env {key!r}"
+        checks.text(key, f"module {module!r}: env names", "non-empty text", ModulesFileError)
+        if "=" in key:
+            raise ModulesFileError(f"{what}: a variable name cannot contain '='")
+        if checks.is_number(value):
+            value = str(value)
+        values[key] = checks.text(value, what, 'text like "4"', ModulesFileError)
+    return values
+
+
+def _check_files(spec: ModuleSpec) -> None:
+    if spec.cwd and not os.path.isdir(spec.cwd):
+        raise ModulesFileError(f"module {spec.name!r}: cwd {spec.cwd!r} is not a directory")
+    script = spec.script
+    if script and not (
+        os.path.isfile(os.path.join(spec.cwd or "", script)) or shutil.which(script)
     ):
         raise ModulesFileError(
-            f"module {name!r}: timeout must be a positive number of seconds, got {timeout!r}"
+            f"module {spec.name!r}: script {script!r} is not a file; paths are relative to "
+            f"the modules file (or the working directory for register())"
         )
-    env = data.get("env") or {}
-    if not isinstance(env, Mapping):
-        raise ModulesFileError(f"module {name!r}: env must be a table of strings, got {env!r}")
-    params = data.get("params") or {}
-    if not isinstance(params, Mapping):
-        raise ModulesFileError(f"module {name!r}: params must be a table, got {params!r}")
-    try:
-        resources = Resources.from_mapping(data.get("resources"))
-    except NbrunnerError as exc:
-        raise ModulesFileError(f"module {name!r}: {exc}") from None
-    return ModuleSpec(
-        name=name,
-        python_module=data.get("python_module"),
-        script=script,
-        command=command,
-        description=str(data.get("description", "")),
-        params=tuple(parse_param(name, key, value) for key, value in params.items()),
-        timeout=float(timeout) if timeout is not None else None,
-        env={str(k): str(v) for k, v in env.items()},
-        cwd=cwd,
-        resources=resources,
-        group=data.get("group"),
-        on_done=_hook_argv(name, data.get("on_done")),
-        hide_gpus=bool(data.get("hide_gpus", False)),
-        unbuffered=bool(data.get("unbuffered", True)),
-        keep_leftovers=bool(data.get("keep_leftovers", False)),
-    )
 
 
 def _hook_argv(module: str, hook: object) -> tuple[str, ...] | None:
     """on_done as argv: a list, or a string split like a shell would (but never run by one)."""
-    if hook is None or hook == "":
+    if hook is None or hook == "" or hook == []:
         return None
     if isinstance(hook, str):
-        return tuple(shlex.split(hook))
-    if isinstance(hook, list | tuple) and all(isinstance(part, str) for part in hook):
-        return tuple(hook)
-    raise ModulesFileError(
-        f'module {module!r}: on_done must be a command like "notify-send {{module}} '
-        f'{{status}}" or a list of strings, got {hook!r}'
-    )
+        try:
+            hook = shlex.split(hook)
+        except ValueError as exc:
+            raise ModulesFileError(
+                f"module {module!r}: on_done {hook!r} cannot be split into words ({exc}); "
+                f"close the quote, or give a list of strings"
+            ) from None
+    return _argv_list(module, "on_done", hook, '["notify-send", "{module} {status}"]')
 
 
 def load_modules_file(path: Path) -> dict[str, ModuleSpec]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from . import checks
 from .errors import ResourceRequestError
 from .units import format_size, parse_size
 
@@ -37,7 +38,7 @@ class Resources:
             )
         cpus = data.get("cpus", 0)
         gpus = data.get("gpus", 0)
-        if isinstance(cpus, bool) or not isinstance(cpus, int | float) or cpus < 0:
+        if not checks.is_number(cpus) or cpus < 0:
             raise ResourceRequestError(f"cpus must be a number ≥ 0, got {cpus!r}")
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
             raise ResourceRequestError(f"gpus must be a whole number ≥ 0, got {gpus!r}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .models import RunRecord
@@ -82,8 +82,9 @@ class Run:
     def cancel(self) -> RunRecord:
         return self.runner.cancel(self.id)
 
-    def restart(self) -> Run:
-        return self.runner.restart(self.id)
+    def restart(self, params: Mapping[str, Any] | None = None, **options: Any) -> Run:
+        """A new run like this one, with `params` changed; see Runner.restart."""
+        return self.runner.restart(self.id, params, **options)
 
     def pause(self) -> RunRecord:
         return self.runner.pause(self.id)

@@ -26,7 +26,7 @@ from importlib import resources as package_files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import service
+from . import checks, service
 from .backends import BACKENDS
 from .config import check_key
 from .errors import BadInput, InvalidParameter, InvalidTransition
@@ -171,7 +171,8 @@ class Runner:
             self._modules_cache = (mtime, load_modules_file(self.modules_file))
         merged = dict(self._modules_cache[1])
         for name, spec in self.store.registered_modules().items():
-            merged[name] = build_module(name, spec)
+            # Its files were checked when registered; one gone since fails its run, not all.
+            merged[name] = build_module(name, spec, check_files=False)
         return merged
 
     def register(self, name: str, **spec: Any) -> ModuleSpec:
@@ -249,12 +250,11 @@ class Runner:
         after: Sequence[int | Run],
     ) -> dict[str, Any]:
         values = spec.validate_params(params)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise InvalidParameter(f"priority must be a whole number, got {priority!r}")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-        ):
-            raise InvalidParameter(f"timeout must be a positive number of seconds, got {timeout!r}")
+        priority, timeout, group = (
+            checks.priority(priority),
+            checks.timeout(timeout),
+            checks.group(group),
+        )
         needs: Resources = spec.resources.merged(dict(resources) if resources else None)
         # An empty PYTHONUNBUFFERED turns it off even where the supervisor's own env sets it.
         env = {"PYTHONUNBUFFERED": "1" if spec.unbuffered else "", **spec.env}
@@ -291,7 +291,7 @@ class Runner:
         return {"backend": chosen, "backend_address": url}
 
     def _run_id(self, run: int | Run) -> int:
-        run_id = run.id if isinstance(run, Run) else run
+        run_id = run.id if isinstance(run, Run) else _parse_id(run)
         self.store.get(run_id)  # unknown ids fail here, before anything is queued
         return run_id
 
@@ -376,6 +376,21 @@ class Runner:
         self._notify()
         return record
 
+    def set_priority(self, run_id: int | str, priority: int) -> RunRecord:
+        """Give a queued run another priority (higher starts first)."""
+        run_id, priority = _parse_id(run_id), checks.priority(priority)
+        with self.store.write() as tx:
+            record = tx.get(run_id)
+            if record.status is not RunStatus.QUEUED:
+                raise InvalidTransition(
+                    f"run {run_id} is {record.status.value}; only a queued run's priority "
+                    f"can change"
+                )
+            tx.update(run_id, priority=priority)
+            record = tx.get(run_id)
+        self._notify()
+        return record
+
     def on_done(self, run_id: int | str, callback: Callable[[RunRecord], Any]) -> None:
         """Call callback(record) once the run ends (at once if it already has).
 
@@ -385,8 +400,18 @@ class Runner:
             self.start()
         self._done_future(_parse_id(run_id)).add_done_callback(lambda f: callback(f.result()))
 
-    def restart(self, run_id: int | str) -> Run:
-        """A new run of the same module, params and settings; restart_of names the old one."""
+    def restart(
+        self,
+        run_id: int | str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+    ) -> Run:
+        """A new run of the same module, params and settings; restart_of names the old one.
+
+        `params` changes some of them (checked against the module as it is now), `priority`
+        gives the new run its own.
+        """
         old = self.store.get(_parse_id(run_id))
         copied = (
             "module",
@@ -403,6 +428,12 @@ class Runner:
             "keep_leftovers",
         )
         row = {key: getattr(old, key) for key in copied} | {"restart_of": old.id}
+        if params:
+            spec = lookup(self.modules(), old.module)
+            values = spec.validate_params({**old.params, **params})
+            row |= {"params": values, "argv": spec.argv(values)}
+        if priority is not None:
+            row["priority"] = checks.priority(priority)
         row |= self._placement(old.backend, old.backend_address)
         (new_id,) = self.store.insert_runs([row])
         self._notify()
@@ -475,8 +506,9 @@ class Runner:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    def active(self) -> pd.DataFrame:
-        return _frame(self.store.active())
+    def active(self, group: str | Sequence[str] | None = None) -> pd.DataFrame:
+        """Queued, starting, running and paused runs (of these groups, if given)."""
+        return _frame(HistoryFilter.build(group=group).keep_groups(self.store.active()))
 
     def history(
         self,
@@ -487,9 +519,10 @@ class Runner:
         text: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        group: str | Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """One page of runs, newest first, filtered and paged in SQL."""
-        query = HistoryFilter.build(status, module, since, until, text)
+        query = HistoryFilter.build(status, module, since, until, text, group)
         return _frame(self.store.history(query, limit=limit, offset=offset))
 
     def count(self, **filters: Any) -> int:
@@ -582,12 +615,7 @@ class Runner:
 
 
 def _parse_id(run_id: int | str) -> int:
-    if isinstance(run_id, int) and not isinstance(run_id, bool):
-        return run_id
-    try:
-        return int(str(run_id).strip().lstrip("#"))
-    except ValueError:
-        raise BadInput(f"run ids are whole numbers like 42, got {run_id!r}") from None
+    return checks.run_id(run_id)
 
 
 def _check_backend(name: str) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from .errors import BadInput, StoreUnavailable, UnknownRun
+from .errors import BadInput, CorruptStore, InvalidHome, StoreUnavailable, UnknownRun
 from .models import JSON_FIELDS, RunRecord
 from .states import ACTIVE, HOLDS_SLOT, RunStatus, check_transition
 
@@ -207,13 +207,24 @@ class Store:
         self.home = Path(home)
         self.logs_dir = self.home / "logs"
         self.runs_dir = self.home / "runs"
-        for directory in (self.home, self.logs_dir, self.runs_dir):
-            _private_dir(directory)
+        try:
+            for directory in (self.logs_dir, self.runs_dir, self.home):
+                _private_dir(directory)
+        except OSError as exc:  # a file in the way, or no permission
+            raise InvalidHome(
+                f"home {self.home} cannot be used ({exc.strerror}); give a directory "
+                f"(a missing one is created) with --home or NBRUNNER_HOME"
+            ) from None
         self.path = self.home / DB_NAME
         _private_file(self.path)  # SQLite gives its -wal and -shm files the same mode
         self.patience = default_patience() if patience is None else patience
         self._local = threading.local()
-        self._migrate()
+        try:
+            self._migrate()
+        except sqlite3.OperationalError as exc:  # locked or unreachable: not the file's fault
+            raise self._unavailable(exc) from None
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "... malformed"
+            raise CorruptStore(self.path, exc) from None
 
     # -- connections and transactions ------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -467,6 +478,7 @@ class HistoryFilter:
     since: float | None = None
     until: float | None = None
     text: str | None = None
+    groups: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -476,6 +488,7 @@ class HistoryFilter:
         since: Any = None,
         until: Any = None,
         text: str | None = None,
+        group: str | Sequence[str] | None = None,
     ) -> HistoryFilter:
         statuses = _as_tuple(status)
         for name in statuses:
@@ -490,7 +503,12 @@ class HistoryFilter:
             _timestamp(since, "since"),
             _timestamp(until, "until"),
             text or None,
+            _as_tuple(group),
         )
+
+    def keep_groups(self, records: Iterable[RunRecord]) -> list[RunRecord]:
+        """Those of the records in this filter's groups (all when it names none)."""
+        return [r for r in records if not self.groups or r.group in self.groups]
 
     def where(self) -> tuple[str, list[Any]]:
         clauses: list[str] = []
@@ -507,10 +525,24 @@ class HistoryFilter:
         if self.until is not None:
             clauses.append("submitted_at < ?")
             params.append(self.until)
+        if self.groups:
+            clauses.append(f"grp IN ({', '.join('?' * len(self.groups))})")
+            params += self.groups
         if self.text:
-            clauses.append("(instr(params, ?) > 0 OR instr(module, ?) > 0 OR instr(reason, ?) > 0)")
-            params += [self.text] * 3
+            clauses.append(
+                "(instr(params, ?) > 0 OR instr(module, ?) > 0 OR instr(reason, ?) > 0"
+                f" OR instr(grp, ?) > 0 OR EXISTS ({_SHOWN_PARAM}))"
+            )
+            params += [self.text] * 5
         return " AND ".join(clauses) or "1", params
+
+
+# A param as listings show it (lr=0.001, amp=True), so --text "lr=0.001" finds what it shows.
+_SHOWN_PARAM = (
+    "SELECT 1 FROM json_each(runs.params) WHERE instr(key || '=' || CASE type "
+    "WHEN 'true' THEN 'True' WHEN 'false' THEN 'False' WHEN 'null' THEN 'None' "
+    "ELSE value END, ?) > 0"
+)
 
 
 def _environment_id(tx: Transaction, environment: dict[str, str]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import ResourceRequestError
@@ -14,8 +15,8 @@ def parse_size(value: object, what: str = "memory") -> int:
     if isinstance(value, bool):
         raise ResourceRequestError(f"{what} must be a size like '4GB' or '512MB', got {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ResourceRequestError(f"{what} must not be negative, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise ResourceRequestError(f"{what} must be a size ≥ 0 like '4GB', got {value!r}")
         return int(value)
     match = _SIZE.match(str(value))
     if not match:

@@ -9,27 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.cli import cli, cli_json
 from helpers.procs import wait_until
 
 from nbrunner.store import HistoryFilter, Store
-
-
-def cli(
-    home: Path, *args: str, check: bool = True, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "nbrunner", *args, "--home", str(home)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def cli_json(home: Path, *args: str) -> object:
-    return json.loads(cli(home, *args, "--json").stdout)
 
 
 def test_modules_lists_the_demo_modules_of_a_new_home(home: Path) -> None:

@@ -89,6 +89,7 @@ def test_modules_file_resolves_scripts_and_cwd_relative_to_itself(tmp_path: Path
         '[modules.prep]\nscript = "prep.py"\ntimeout = 60\n'
         '[modules.prep.resources]\nmemory = "512MB"\ncpus = 2\n'
     )
+    (tmp_path / "prep.py").write_text("")
     spec = load_modules_file(path)["prep"]
     assert spec.argv({}) == [sys.executable, str(tmp_path / "prep.py")]
     assert spec.cwd == str(tmp_path)
