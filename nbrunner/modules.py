@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidParameter, ModulesFileError, NbrunnerError, UnknownModule
+from .notebook import executor_argv, infer_params
 from .resources import Resources
 
 if sys.version_info >= (3, 11):
@@ -34,8 +35,10 @@ _MODULE_KEYS = {
     "on_done",
     "hide_gpus",
     "unbuffered",
+    "notebook",
+    "kernel",
 }
-_TARGETS = ("python_module", "script", "command")
+_TARGETS = ("python_module", "script", "command", "notebook")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -185,6 +188,8 @@ class ModuleSpec:
     on_done: tuple[str, ...] | None = None
     hide_gpus: bool = False
     unbuffered: bool = True  # Python children write each line at once (live logs)
+    notebook: str | None = None  # run by nbrunner.notebook's executor
+    kernel: str | None = None  # the notebook's kernel; None: its own kernelspec
 
     @property
     def param_map(self) -> dict[str, ParamSpec]:
@@ -218,6 +223,8 @@ class ModuleSpec:
         """The run's command line: parameters become flags, never a shell string."""
         if self.python_module:
             head = [python, "-m", self.python_module]
+        elif self.notebook:
+            return executor_argv(self.notebook, self.kernel, dict(params), python)
         elif self.script:
             head = [python, self.script] if self.script.endswith(".py") else [self.script]
         else:
@@ -230,7 +237,7 @@ class ModuleSpec:
             target["command"] = list(target["command"])
         extra = {
             key: getattr(self, key)
-            for key in ("timeout", "cwd", "group")
+            for key in ("timeout", "cwd", "group", "kernel")
             if getattr(self, key) is not None
         }
         if self.on_done:
@@ -277,7 +284,7 @@ def build_module(name: str, data: Mapping[str, Any], base_dir: Path | None = Non
     targets = [key for key in _TARGETS if data.get(key)]
     if len(targets) != 1:
         raise ModulesFileError(
-            f"module {name!r} needs exactly one of python_module, script or command; "
+            f"module {name!r} needs exactly one of python_module, script, command or notebook; "
             f"got {', '.join(targets) or 'none'}"
         )
     command = data.get("command")
@@ -294,6 +301,7 @@ def build_module(name: str, data: Mapping[str, Any], base_dir: Path | None = Non
         if script and not os.path.isabs(script) and ("/" in script or script.endswith(".py")):
             script = str(base_dir / script)
         cwd = str(base_dir / cwd) if cwd else str(base_dir)
+    notebook = _notebook_path(name, data, base_dir or Path(cwd or "."))
     timeout = data.get("timeout")
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
@@ -304,7 +312,7 @@ def build_module(name: str, data: Mapping[str, Any], base_dir: Path | None = Non
     env = data.get("env") or {}
     if not isinstance(env, Mapping):
         raise ModulesFileError(f"module {name!r}: env must be a table of strings, got {env!r}")
-    params = data.get("params") or {}
+    params = data.get("params") or (infer_params(notebook) if notebook else {})
     if not isinstance(params, Mapping):
         raise ModulesFileError(f"module {name!r}: params must be a table, got {params!r}")
     try:
@@ -326,7 +334,25 @@ def build_module(name: str, data: Mapping[str, Any], base_dir: Path | None = Non
         on_done=_hook_argv(name, data.get("on_done")),
         hide_gpus=bool(data.get("hide_gpus", False)),
         unbuffered=bool(data.get("unbuffered", True)),
+        notebook=notebook,
+        kernel=data.get("kernel"),
     )
+
+
+def _notebook_path(module: str, data: Mapping[str, Any], base: Path) -> str | None:
+    """The notebook as an absolute path (relative ones are to modules.toml, or to cwd for a
+    registered module); a kernel is only a notebook's."""
+    notebook, kernel = data.get("notebook"), data.get("kernel")
+    if kernel is not None and (not notebook or not isinstance(kernel, str)):
+        raise ModulesFileError(
+            f'module {module!r}: kernel names a notebook\'s Jupyter kernel (like "python3") '
+            f"and needs notebook = PATH; got kernel = {kernel!r}"
+        )
+    if not notebook:
+        return None
+    if not isinstance(notebook, str):
+        raise ModulesFileError(f"module {module!r}: notebook must be a path, got {notebook!r}")
+    return str((base / notebook).absolute())
 
 
 def _hook_argv(module: str, hook: object) -> tuple[str, ...] | None:

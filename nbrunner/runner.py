@@ -43,6 +43,7 @@ TICK_S = 0.2
 RECONCILE_EVERY_S = 5.0
 CLAIM_EVERY_S = 1.0
 Listener = Callable[[list[RunRecord]], None]
+DEMO_FILES = ("explore.ipynb", "modules.toml")
 
 
 def default_home() -> Path:
@@ -148,9 +149,10 @@ class Runner:
             return Path(given or os.environ["NBRUNNER_MODULES"]).expanduser()
         path = self.home / "modules.toml"
         if not path.exists():  # a new home starts with the demo modules, ready to edit
-            demo = package_files.files("nbrunner.demo") / "modules.toml"
-            with package_files.as_file(demo) as source:
-                shutil.copyfile(source, path)
+            for name in DEMO_FILES:  # the notebook first: the modules file names it
+                demo = package_files.files("nbrunner.demo") / name
+                with package_files.as_file(demo) as source:
+                    shutil.copyfile(source, self.home / name)
         return path
 
     def modules(self) -> dict[str, ModuleSpec]:
