@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterator
@@ -15,8 +16,11 @@ from helpers.procs import alive, wait_until
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from nbrunner import ModulesFileError, Runner, RunStatus
+from nbrunner.models import RunRecord
 from nbrunner.modules import build_module, load_modules_file
 from nbrunner.notebook import argv_for_run, infer_params, notebook_output
+from nbrunner.ui.logview import LogTab
+from nbrunner.ui.sync import Sync
 
 RUN_TIMEOUT_S = 90.0  # a kernel takes seconds to start on a busy two-core machine
 PYTHON3 = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -240,3 +244,28 @@ def test_the_demo_notebook_module_runs_in_a_new_home(nb_runner: Runner) -> None:
     record = run.wait(timeout=RUN_TIMEOUT_S)
     assert record.status is RunStatus.SUCCEEDED, run.logs()
     assert "sample 2/2" in run.logs()
+
+
+def test_the_log_tab_of_a_notebook_run_links_its_executed_notebook(tmp_path: Path) -> None:
+    argv = argv_for_run(
+        build_module("nb", {"notebook": "a.ipynb"}, tmp_path).argv({}), tmp_path / "3.log"
+    )
+    record = RunRecord(
+        3, "nb", {}, RunStatus.SUCCEEDED, 0.0, str(tmp_path / "3.log"), argv=argv or []
+    )
+    tab = LogTab(record, Sync(), lambda action: action(), lambda _: None)
+    toolbar = tab.widget.children[0].children
+    button = next(w for w in toolbar if "nbr-notebook" in getattr(w, "_dom_classes", ()))
+    link = toolbar[list(toolbar).index(button) + 1]
+    button.click()
+    assert "no executed notebook yet" in link.value
+    (tmp_path / "3.ipynb").write_text('{"cells": []}')
+    button.click()
+    encoded = re.search(r"base64,([^\"]+)", link.value)
+    assert encoded and base64.b64decode(encoded.group(1)) == b'{"cells": []}'
+    assert 'download="run-3.ipynb"' in link.value
+    plain = RunRecord(4, "count", {}, RunStatus.SUCCEEDED, 0.0, str(tmp_path / "4.log"))
+    assert (
+        len(LogTab(plain, Sync(), lambda a: a(), lambda _: None).widget.children[0].children)
+        == len(toolbar) - 2
+    )
