@@ -13,6 +13,7 @@ import nbformat
 import pytest
 from conftest import stop_everything
 from helpers.procs import alive, wait_until
+from helpers.ray_head import RayHead, ray_installed
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from nbrunner import ModulesFileError, Runner, RunStatus
@@ -269,3 +270,30 @@ def test_the_log_tab_of_a_notebook_run_links_its_executed_notebook(tmp_path: Pat
         len(LogTab(plain, Sync(), lambda a: a(), lambda _: None).widget.children[0].children)
         == len(toolbar) - 2
     )
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[RayHead]:
+    if not ray_installed():
+        pytest.skip('ray is not installed: pip install -e ".[ray]"')
+    head = RayHead(num_cpus=2).start()
+    yield head
+    head.remove()
+
+
+@pytest.mark.ray
+def test_a_notebook_runs_as_a_ray_job(home: Path, ray_head: RayHead, tmp_path: Path) -> None:
+    source = write_notebook(
+        tmp_path / "on_ray.ipynb", "print(f'ray says {word}')", "1 / 0", parameters="word = 'hi'"
+    )
+    with Runner(home, backend="ray", address=ray_head.address) as runner:
+        runner.register("on_ray", notebook=str(source))
+        run = runner.submit("on_ray", params={"word": "hello"})
+        record = run.wait(timeout=RUN_TIMEOUT_S)
+        stop_everything(runner)
+    log = run.logs()
+    assert (record.status, record.backend, record.exit_code) == (RunStatus.FAILED, "ray", 1), log
+    assert "ray says hello" in log
+    assert "failed: ZeroDivisionError: division by zero" in last_line(log)
+    executed = nbformat.read(record.notebook_path or "", as_version=4)
+    assert executed.cells[-1].outputs[-1]["ename"] == "ZeroDivisionError"
