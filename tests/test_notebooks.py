@@ -197,8 +197,9 @@ def test_a_failing_cell_fails_the_run_and_later_cells_do_not_run(
     assert executed.cells[3].get("outputs") == []
 
 
-def test_cancel_mid_cell_ends_the_kernel_and_what_it_started(
-    nb_runner: Runner, tmp_path: Path
+@pytest.mark.parametrize("stop", ["cancel", "timeout"])
+def test_cancel_or_timeout_mid_cell_ends_the_kernel_and_what_it_started(
+    nb_runner: Runner, tmp_path: Path, stop: str
 ) -> None:
     source = write_notebook(
         tmp_path / "hangs.ipynb",
@@ -209,7 +210,7 @@ def test_cancel_mid_cell_ends_the_kernel_and_what_it_started(
         "time.sleep(600)",
     )
     nb_runner.register("hangs", notebook=str(source))
-    run = nb_runner.submit("hangs")
+    run = nb_runner.submit("hangs", timeout=12 if stop == "timeout" else None)
     wait_until(lambda: "started" in run.logs(), timeout=RUN_TIMEOUT_S, what="the cell's child")
     log = run.logs()
     kernel, child = (
@@ -217,9 +218,11 @@ def test_cancel_mid_cell_ends_the_kernel_and_what_it_started(
         pid_in(log, r"started (\d+)"),
     )
     assert alive(kernel) and alive(child)
-    run.cancel()
+    if stop == "cancel":
+        run.cancel()
     record = run.wait(timeout=RUN_TIMEOUT_S)
-    assert record.status is RunStatus.CANCELLED
+    expected = RunStatus.CANCELLED if stop == "cancel" else RunStatus.TIMED_OUT
+    assert record.status is expected
     wait_until(lambda: not alive(kernel) and not alive(child), timeout=10, what="no kernel left")
     assert "stopped by SIGTERM in cell 1" in run.logs()
     assert nbformat.read(record.notebook_path or "", as_version=4).cells[1].outputs
