@@ -158,7 +158,7 @@ def test_cell_output_reaches_the_log_while_the_notebook_runs(
     gate = tmp_path / "gate"
     source = write_notebook(
         tmp_path / "live.ipynb",
-        "print('first cell speaking', flush=True)",
+        "print('first cell speaking', end='', flush=True)",
         f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists():\n"
         "    time.sleep(0.05)\nprint('second cell done')",
     )
@@ -171,6 +171,7 @@ def test_cell_output_reaches_the_log_while_the_notebook_runs(
     record = run.wait(timeout=RUN_TIMEOUT_S)
     assert record.status is RunStatus.SUCCEEDED
     assert "second cell done" in run.logs()
+    assert "first cell speaking\n[nbrunner] cell 2" in run.logs()  # own lines start a line
 
 
 def test_a_failing_cell_fails_the_run_and_later_cells_do_not_run(

@@ -45,9 +45,25 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 KILL_WAIT_S = 3.0
 
 
-def say(text: str) -> None:
-    sys.stdout.write(f"{PREFIX} {text}\n")
-    sys.stdout.flush()
+class Log:
+    """The run's log (this process's stdout): the cells' output as it comes, and the
+    executor's own lines, each on a line of its own."""
+
+    def __init__(self) -> None:
+        self.at_line_start = True
+
+    def write(self, text: str) -> None:
+        if text:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            self.at_line_start = text.endswith("\n")
+
+    def say(self, text: str) -> None:
+        self.write(("" if self.at_line_start else "\n") + f"{PREFIX} {text}\n")
+
+
+LOG = Log()
+say = LOG.say
 
 
 def message_text(msg: dict[str, Any]) -> str:
@@ -82,10 +98,7 @@ class EchoingClient(NotebookClient):  # type: ignore[misc]
     def process_message(
         self, msg: dict[str, Any], cell: NotebookNode, cell_index: int
     ) -> NotebookNode | None:
-        text = message_text(msg)
-        if text:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+        LOG.write(message_text(msg))
         return super().process_message(msg, cell, cell_index)
 
 
