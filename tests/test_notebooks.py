@@ -17,6 +17,7 @@ from helpers.ray_head import RayHead, ray_installed
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from nbrunner import ModulesFileError, Runner, RunStatus
+from nbrunner.cli import main as cli
 from nbrunner.models import RunRecord
 from nbrunner.modules import build_module, load_modules_file
 from nbrunner.notebook import argv_for_run, infer_params, notebook_output
@@ -126,7 +127,7 @@ def test_bad_notebook_modules_say_what_to_fix(
 
 # -- with real kernels ------------------------------------------------------------------------------
 def test_parameters_reach_the_notebook_and_the_executed_notebook_is_kept(
-    nb_runner: Runner, tmp_path: Path
+    nb_runner: Runner, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = write_notebook(
         tmp_path / "explore.ipynb",
@@ -150,6 +151,9 @@ def test_parameters_reach_the_notebook_and_the_executed_notebook_is_kept(
     assert len(injected) == 1 and "x = 21" in injected[0].source
     assert executed.cells[-1].outputs[0]["data"]["text/plain"] == "42"
     assert last_line(log).startswith("[nbrunner] notebook finished")
+    capsys.readouterr()
+    assert cli(["--home", str(nb_runner.home), "show", str(record.id), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["notebook_path"] == str(path)
 
 
 def test_cell_output_reaches_the_log_while_the_notebook_runs(
