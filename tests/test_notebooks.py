@@ -21,6 +21,7 @@ from nbrunner.cli import main as cli
 from nbrunner.models import RunRecord
 from nbrunner.modules import build_module, load_modules_file
 from nbrunner.notebook import argv_for_run, infer_params, notebook_output
+from nbrunner.store import Store
 from nbrunner.ui.logview import LogTab
 from nbrunner.ui.sync import Sync
 
@@ -305,3 +306,16 @@ def test_a_notebook_runs_as_a_ray_job(home: Path, ray_head: RayHead, tmp_path: P
     assert "failed: ZeroDivisionError: division by zero" in last_line(log)
     executed = nbformat.read(record.notebook_path or "", as_version=4)
     assert executed.cells[-1].outputs[-1]["ename"] == "ZeroDivisionError"
+
+
+def test_each_run_and_each_restart_gets_its_own_executed_notebook(tmp_path: Path) -> None:
+    store = Store(tmp_path / "home")
+    argv = build_module("nb", {"notebook": "a.ipynb"}, tmp_path).argv({"x": 1})
+    (first,) = store.insert_runs([{"module": "nb", "params": {}, "argv": argv, "env": {}}])
+    copied = store.get(first).argv  # what a restart copies
+    (other,) = store.insert_runs([{"module": "nb", "params": {}, "argv": copied, "env": {}}])
+    assert store.get(first).notebook_path == str(store.logs_dir / f"{first}.ipynb")
+    assert store.get(other).notebook_path == str(store.logs_dir / f"{other}.ipynb")
+    plain = store.insert_runs([{"module": "c", "params": {}, "argv": ["true"], "env": {}}])[0]
+    assert store.get(plain).notebook_path is None
+    store.close()
