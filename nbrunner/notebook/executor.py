@@ -32,9 +32,12 @@ from typing import Any
 
 import nbformat
 import psutil
+from jupyter_client.kernelspec import NoSuchKernel, find_kernel_specs, get_kernel_spec
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 from nbformat import NotebookNode
+from papermill.iorw import load_notebook_node
+from papermill.parameterize import parameterize_notebook
 
 from . import EXECUTOR, OUTPUT_FLAG
 
@@ -179,8 +182,9 @@ class Execution:
 
 
 def _processes(pid: int | None) -> list[psutil.Process]:
-    with suppress(psutil.Error, TypeError):
-        return [psutil.Process(pid)]
+    if pid is not None:
+        with suppress(psutil.Error):
+            return [psutil.Process(pid)]
     return []
 
 
@@ -202,10 +206,6 @@ def _kill(processes: list[psutil.Process]) -> None:
 
 def prepare(source: Path, params: dict[str, Any], kernel: str | None) -> tuple[NotebookNode, str]:
     """The notebook with its parameters injected, and the kernel to run it in."""
-    from jupyter_client.kernelspec import NoSuchKernel, find_kernel_specs, get_kernel_spec
-    from papermill.iorw import load_notebook_node
-    from papermill.parameterize import parameterize_notebook
-
     nb = load_notebook_node(str(source))
     name = kernel or nb.metadata.get("kernelspec", {}).get("name") or "python3"
     try:
@@ -233,11 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     with suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # type: ignore[union-attr]
-    params = json.loads(args.params_json)
     say(f"notebook {args.source} -> {args.output}")
-    if params:
-        say(f"parameters: {json.dumps(params)}")
     try:
+        params = json.loads(args.params_json)
+        if params:
+            say(f"parameters: {json.dumps(params)}")
         nb, kernel = prepare(args.source, params, args.kernel)
     except (OSError, ValueError, LookupError) as exc:
         say(f"cannot run {args.source}: {exc}")
