@@ -212,16 +212,16 @@ def test_cancel_or_timeout_mid_cell_ends_the_kernel_and_what_it_started(
         "import subprocess, sys, time\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],\n"
         "                         start_new_session=True)\n"  # left the kernel's group
-        "print('started', child.pid, flush=True)\n"
+        "print('child-pid', child.pid, flush=True)\n"
         "time.sleep(600)",
     )
     nb_runner.register("hangs", notebook=str(source))
     run = nb_runner.submit("hangs", timeout=12 if stop == "timeout" else None)
-    wait_until(lambda: "started" in run.logs(), timeout=RUN_TIMEOUT_S, what="the cell's child")
+    wait_until(lambda: "child-pid" in run.logs(), timeout=RUN_TIMEOUT_S, what="the cell's child")
     log = run.logs()
     kernel, child = (
         pid_in(log, r"kernel python3 started \(pid (\d+)\)"),
-        pid_in(log, r"started (\d+)"),
+        pid_in(log, r"child-pid (\d+)"),
     )
     assert alive(kernel) and alive(child)
     if stop == "cancel":
