@@ -6,7 +6,8 @@ cells with nbclient and writes to its stdout, which is the run's log, as it happ
 - a line per code cell as it starts (`[nbrunner] cell 3 (id 9f2c): for i in range(n):`),
 - every stream output, error traceback (ANSI kept), and the text of results and displays,
 - at the end one line: the notebook finished, or which cell failed with which exception.
-The executed notebook, with its outputs, is saved to OUT after every cell and at the end.
+The executed notebook, with its outputs, is saved to OUT as cells end (at most once a second)
+and at the end.
 
 Exit status: 0 when every cell ran; 1 when a cell failed (later cells do not run) or the
 kernel died; 2 when the notebook or its kernel cannot be found; 143 after SIGTERM (a cancel
@@ -46,6 +47,7 @@ EXIT_CELL_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_TERMINATED = 128 + signal.SIGTERM
 KILL_WAIT_S = 3.0
+SAVE_EVERY_S = 1.0  # a notebook of many quick cells is not rewritten after each of them
 
 
 class Log:
@@ -114,6 +116,7 @@ class Execution:
         self.current = "before the first cell"
         self.kernel_tree: list[psutil.Process] = []
         self.terminated = False
+        self.saved_at = float("-inf")
         self.client = EchoingClient(
             nb,
             kernel_name=kernel,
@@ -122,7 +125,7 @@ class Execution:
             resources={"metadata": {"path": os.getcwd()}},
             on_notebook_start=self._on_start,
             on_cell_execute=self._on_cell,
-            on_cell_executed=lambda **_: self.save(),
+            on_cell_executed=lambda **_: self.save(every=SAVE_EVERY_S),
         )
 
     def run(self) -> int:
@@ -175,7 +178,11 @@ class Execution:
         self.current = cell_name(cell, cell_index)
         say(f"{self.current}: {first_line(cell.source)}")
 
-    def save(self) -> None:
+    def save(self, every: float = 0.0) -> None:
+        """Write the executed notebook so far, unless it was written less than `every` s ago."""
+        if time.monotonic() - self.saved_at < every:
+            return
+        self.saved_at = time.monotonic()
         partial = self.output.with_name(self.output.name + ".part")
         nbformat.write(self.nb, partial)
         os.replace(partial, self.output)
