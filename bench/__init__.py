@@ -6,4 +6,13 @@ share (isolated measurement processes, interleaving, statistics), `report` write
 
 from __future__ import annotations
 
-BENCHMARKS = ("launch", "submit", "logs", "memory", "monitoring", "dashboard", "cancel")
+BENCHMARKS = (
+    "launch",
+    "submit",
+    "logs",
+    "memory",
+    "monitoring",
+    "dashboard",
+    "cancel",
+    "notebook",
+)

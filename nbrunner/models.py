@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
+from .notebook import notebook_output
 from .states import RunStatus
 
 TIME_FIELDS = ("submitted_at", "claimed_at", "started_at", "ended_at")
@@ -84,6 +85,11 @@ class RunRecord:
         return round(end - self.started_at, 3)
 
     @property
+    def notebook_path(self) -> str | None:
+        """A notebook run's executed notebook, beside its log (`logs/ID.ipynb`)."""
+        return notebook_output(self.argv)
+
+    @property
     def is_done(self) -> bool:
         return self.status.is_done
 
@@ -92,6 +98,7 @@ class RunRecord:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["status"] = self.status.value
         data["duration_s"] = self.duration_s
+        data["notebook_path"] = self.notebook_path
         for key in TIME_FIELDS:
             data[key] = iso(data[key])
         return data

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import checks
 from .errors import InvalidParameter, ModulesFileError, NbrunnerError, UnknownModule
+from .notebook import executor_argv, infer_params
 from .resources import Resources
 
 if sys.version_info >= (3, 11):
@@ -39,8 +40,10 @@ _MODULE_KEYS = {
     "unbuffered",
     "keep_leftovers",
     "flags",
+    "notebook",
+    "kernel",
 }
-_TARGETS = ("python_module", "script", "command")
+_TARGETS = ("python_module", "script", "command", "notebook")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 # Parameter names become --flags, so they must read as one.
@@ -261,6 +264,8 @@ class ModuleSpec:
     unbuffered: bool = True  # Python children write each line at once (live logs)
     keep_leftovers: bool = False  # leave processes the run started behind when it ends
     flags: str = "as-is"  # one of FLAG_STYLES
+    notebook: str | None = None  # run by nbrunner.notebook's executor
+    kernel: str | None = None  # the notebook's kernel; None: its own kernelspec
 
     @property
     def param_map(self) -> dict[str, ParamSpec]:
@@ -299,6 +304,8 @@ class ModuleSpec:
         """The run's command line: parameters become flags, never a shell string."""
         if self.python_module:
             head = [python, "-m", self.python_module]
+        elif self.notebook:
+            return executor_argv(self.notebook, self.kernel, dict(params), python)
         elif self.script:
             head = [python, self.script] if self.script.endswith(".py") else [self.script]
         else:
@@ -311,7 +318,7 @@ class ModuleSpec:
             target["command"] = list(target["command"])
         extra = {
             key: getattr(self, key)
-            for key in ("timeout", "cwd", "group")
+            for key in ("timeout", "cwd", "group", "kernel")
             if getattr(self, key) is not None
         }
         if self.on_done:
@@ -365,6 +372,7 @@ def build_module(
     checks.text(name, "module names", "non-empty strings", ModulesFileError)
     _check_shape(name, data)
     python_module, script, cwd = _target(name, data, base_dir)
+    notebook = _notebook_path(name, data, base_dir or Path(cwd or "."))
     flags = data.get("flags", "as-is")
     if flags not in FLAG_STYLES:
         raise ModulesFileError(
@@ -377,7 +385,9 @@ def build_module(
         script=script,
         command=_command(name, data.get("command")),
         description=_description(name, data.get("description", "")),
-        params=_params(name, data.get("params") or {}, flags),
+        params=_params(
+            name, data.get("params") or (infer_params(notebook) if notebook else {}), flags
+        ),
         timeout=_timeout(name, data.get("timeout")),
         env=_env(name, data.get("env")),
         cwd=cwd,
@@ -388,6 +398,8 @@ def build_module(
         unbuffered=_bool_key(name, data, "unbuffered", default=True),
         keep_leftovers=_bool_key(name, data, "keep_leftovers", default=False),
         flags=flags,
+        notebook=notebook,
+        kernel=data.get("kernel"),
     )
     if check_files:
         _check_files(spec)
@@ -410,7 +422,7 @@ def _check_shape(name: str, data: Any) -> None:
     targets = [key for key in _TARGETS if data.get(key)]
     if len(targets) != 1:
         raise ModulesFileError(
-            f"module {name!r} needs exactly one of python_module, script or command; "
+            f"module {name!r} needs exactly one of python_module, script, command or notebook; "
             f"got {', '.join(targets) or 'none'}"
         )
 
@@ -525,6 +537,24 @@ def _check_files(spec: ModuleSpec) -> None:
             f"module {spec.name!r}: script {script!r} is not a file; paths are relative to "
             f"the modules file (or the working directory for register())"
         )
+    if spec.notebook and not os.path.isfile(spec.notebook):
+        raise ModulesFileError(f"module {spec.name!r}: notebook {spec.notebook!r} is not a file")
+
+
+def _notebook_path(module: str, data: Mapping[str, Any], base: Path) -> str | None:
+    """The notebook as an absolute path (relative ones are to modules.toml, or to cwd for a
+    registered module); a kernel is only a notebook's."""
+    notebook, kernel = data.get("notebook"), data.get("kernel")
+    if kernel is not None and (not notebook or not isinstance(kernel, str)):
+        raise ModulesFileError(
+            f'module {module!r}: kernel names a notebook\'s Jupyter kernel (like "python3") '
+            f"and needs notebook = PATH; got kernel = {kernel!r}"
+        )
+    if not notebook:
+        return None
+    if not isinstance(notebook, str):
+        raise ModulesFileError(f"module {module!r}: notebook must be a path, got {notebook!r}")
+    return str((base / notebook).absolute())
 
 
 def _hook_argv(module: str, hook: object) -> tuple[str, ...] | None:

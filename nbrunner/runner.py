@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 TICK_S = 0.2
 SERVICE_CHECK_S = 5.0  # while runs are active, a dead service is restarted this soon
 Listener = Callable[[list[RunRecord]], None]
+DEMO_FILES = ("explore.ipynb", "modules.toml")
 
 
 def default_home() -> Path:
@@ -154,11 +155,12 @@ class Runner:
             return Path(given or os.environ["NBRUNNER_MODULES"]).expanduser()
         path = self.home / "modules.toml"
         if not path.exists():  # a new home starts with the demo modules, ready to edit
-            demo = package_files.files("nbrunner.demo") / "modules.toml"
-            with package_files.as_file(demo) as source:
-                shutil.copyfile(source, path)
-            with contextlib.suppress(OSError):
-                os.chmod(path, 0o600)  # module env may hold tokens
+            for name in DEMO_FILES:  # the notebook first: the modules file names it
+                demo = package_files.files("nbrunner.demo") / name
+                with package_files.as_file(demo) as source:
+                    shutil.copyfile(source, self.home / name)
+                with contextlib.suppress(OSError):
+                    os.chmod(self.home / name, 0o600)  # module env may hold tokens
         return path
 
     def modules(self) -> dict[str, ModuleSpec]:

@@ -30,6 +30,7 @@ from typing import Any
 from . import config as config_mod
 from .errors import BadInput, CorruptStore, InvalidHome, StoreUnavailable, UnknownRun
 from .models import JSON_FIELDS, RunRecord
+from .notebook import argv_for_run
 from .states import ACTIVE, HOLDS_SLOT, RunStatus, check_transition
 
 DB_NAME = "nbrunner.db"
@@ -329,6 +330,9 @@ class Store:
                     "UPDATE runs SET log_path = ? WHERE id = ?",
                     (str(self.logs_dir / f"{run_id}.log"), run_id),
                 )
+                notebook_argv = argv_for_run(row.get("argv", []), self.logs_dir / f"{run_id}.log")
+                if notebook_argv is not None:  # its executed notebook beside its log
+                    tx.update(run_id, argv=notebook_argv)
                 ids.append(run_id)
         return ids
 

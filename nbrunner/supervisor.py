@@ -99,7 +99,18 @@ def outcome_from_exit(record: RunRecord, ended: dict[str, Any]) -> Outcome:
         return Outcome(code, RunStatus(record.ending["status"]), record.ending["reason"])
     if record.control == "cancel":
         return Outcome(code, RunStatus.CANCELLED, "cancelled by request")
+    if code and record.notebook_path:
+        return Outcome(code, RunStatus.FAILED, _notebook_failure(record) or describe_exit(code))
     return Outcome(code)
+
+
+def _notebook_failure(record: RunRecord) -> str | None:
+    """The executor's last word on a failed notebook: which cell, and the exception."""
+    from .logs import last_line
+    from .notebook import LOG_PREFIX
+
+    line = last_line(record.log_path)
+    return line[len(LOG_PREFIX) :].strip() if line.startswith(LOG_PREFIX) else None
 
 
 class LocalWatch:

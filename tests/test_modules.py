@@ -103,7 +103,7 @@ def test_modules_file_resolves_scripts_and_cwd_relative_to_itself(tmp_path: Path
         ("[modules.a\n", "is not valid TOML"),
         (
             '[modules.a]\npython_module = "x"\nscript = "y.py"\n',
-            "exactly one of python_module, script or command; got python_module, script",
+            "exactly one of python_module, script, command or notebook; got python_module, script",
         ),
         ('[modules.a]\ndescription = "nothing to run"\n', "exactly one of .* got none"),
         ('[modules.a]\ncommand = "prog --flag"\n', "command must be a list of strings"),

@@ -20,6 +20,7 @@ from ansi2html import Ansi2HTMLConverter
 from ..logs import LogFollower, collapse_carriage_returns, strip_ansi
 from ..models import RunRecord
 from . import text
+from .notebooklink import notebook_widgets
 from .sync import Sync, close_tree
 
 KEEP_LINES = 2000
@@ -126,7 +127,8 @@ class LogTab:
         self.body = widgets.HTML()
         self.body.add_class("nbr-logbody")
         self.body.add_class(f"nbr-log-{record.id}")
-        toolbar = widgets.HBox([self.follow, self.filter, save, close, self.link])
+        notebook = notebook_widgets(record, sync, request)  # a notebook run's executed notebook
+        toolbar = widgets.HBox([self.follow, self.filter, save, *notebook, close, self.link])
         toolbar.add_class("nbr-toolbar")
         self.widget = widgets.VBox([toolbar, self.body])
         self._rendered_for: tuple[str, bool] | None = None
