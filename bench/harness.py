@@ -2,10 +2,11 @@
 
 Every measured variant (nbrunner, a floor, a peer) runs in a fresh Python process of its own
 (`python -m bench.isolate`), with a temporary NBRUNNER_HOME. On Linux that process makes
-itself a *child subreaper*, so detached descendants (nbrunner's supervisors, the task-spooler
-server) are re-parented to it instead of to init; once they are reaped, their CPU time shows
-up in `getrusage(RUSAGE_CHILDREN)`. That gives one uniform CPU method for every variant:
-CPU of the measuring process plus CPU of every descendant that ended inside the window.
+itself a *child subreaper*, so detached descendants (nbrunner's service and recorders, the
+task-spooler server) are re-parented to it instead of to init; once they are reaped, their
+CPU time shows up in `getrusage(RUSAGE_CHILDREN)`. That gives one uniform CPU method for
+every variant: CPU of the measuring process plus CPU of every descendant that ended inside the
+window.
 
 Variants run interleaved, A B C A B C ..., so that drift of a shared machine falls on all of
 them alike; figures are reported as the median and the min–max spread over the repeats.
@@ -164,7 +165,8 @@ def isolate(target: str, timeout: float = 600, **kwargs: Any) -> Metrics:
     with tempfile.TemporaryDirectory(prefix="nbb-") as tmp:
         home, out = Path(tmp) / "home", Path(tmp) / "result.json"
         home.mkdir()
-        env = {**os.environ, "NBRUNNER_HOME": str(home)}
+        # a home's service outlives its last run by this long: not a minute per variant
+        env = {**os.environ, "NBRUNNER_HOME": str(home), "NBRUNNER_SERVICE_IDLE_S": "3"}
         env.pop("NBRUNNER_MODULES", None)
         argv = [
             sys.executable,

@@ -8,7 +8,6 @@ latency is that stamp minus the moment just before the submit call.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -45,7 +44,8 @@ SLEEPER = ["sleep", "600"]
 METHOD = """\
 Each batch runs in a fresh process. *runs/s* is runs divided by the wall time from the first
 submit to the last run's end. *CPU outside the child* is the CPU of the submitting process
-plus every descendant (nbrunner's detached supervisors and their `/bin/sh` launcher, the
+plus every descendant (nbrunner's detached service, its forked recorders and the `/bin/sh`
+launcher, the
 task-spooler server, GNU parallel) over the batch — counted with `getrusage(RUSAGE_CHILDREN)`
 after the measuring process adopted and reaped them as a Linux child subreaper — minus the
 children's own CPU, taken as the floor's median `RUSAGE_CHILDREN` per run. For the floor it
@@ -98,8 +98,9 @@ def nbrunner_batch(home: Path, argv: list[str], count: int) -> Metrics:
             runner.submit(name)
         nbrun.wait_done(runner, timeout=300)
         done = time.perf_counter() - window.wall0
+        runner.close()
+        nbrun.stop_service(home)
         wait_for_descendants()
-    runner.close()
     return _result(window, count, done)
 
 
@@ -165,7 +166,6 @@ def nbrunner_latency(home: Path, probes: int) -> Metrics:
     nbrun.wait_running(background)
     gaps, recorded = [], []
     for _ in range(probes):
-        time.sleep(0.1)  # the previous probe's supervisor has exited
         before = time.time()
         run = runner.submit(stamp)
         record = run.wait(60)
@@ -173,6 +173,7 @@ def nbrunner_latency(home: Path, probes: int) -> Metrics:
         recorded.append((record.started_at or 0) - record.submitted_at)
     nbrun.cancel_all(background)
     runner.close()
+    nbrun.stop_service(home)
     result = _latency(gaps)
     result["record_p50_ms"] = 1000 * median(recorded)
     return result
@@ -228,7 +229,7 @@ def _variants(ctx: Context, kind: str, ray_count: int, **kwargs: object) -> dict
         FLOOR: partial(isolate, f"launch:floor_{kind}", **kwargs),
         "nbrunner": partial(isolate, f"launch:nbrunner_{kind}", **kwargs),
     }
-    for peer, label in (("tsp", "tsp -S 10"), ("parallel", "parallel -j10")):
+    for peer, label in (("tsp", TSP), ("parallel", "parallel -j10")):
         if ctx.has(peer):
             variants[label] = partial(
                 isolate, f"launch:{peer}_{kind}", binary=ctx.binary(peer), **kwargs
@@ -258,7 +259,7 @@ def run(ctx: Context) -> Section:
     probes = ctx.size(20, 5)
     latency = interleave(_variants(ctx, "latency", ctx.size(3, 0), probes=probes), repeats)
     p50 = figure_from(section, latency, "p50_ms", "submit → child started, p50", "ms")
-    figure_from(section, latency, "p99_ms", "submit → child started, p99", "ms")
+    p99 = figure_from(section, latency, "p99_ms", "submit → child started, p99", "ms")
     figure_from(section, latency, "record_p50_ms", "started_at − submitted_at, p50", "ms")
     section.notes.append(
         f"{count} runs per batch, {repeats} interleaved repeat(s); {probes} latency probes per "
@@ -266,7 +267,13 @@ def run(ctx: Context) -> Section:
         "job does not depend on the child)"
         + (", no latency probes in quick mode." if ctx.quick else ", 3 latency probes.")
     )
-    section.targets += [_floor_target(rates, cpu), _ray_target(rates), _latency_target(p50)]
+    section.targets += [
+        _floor_target(rates),
+        _tsp_target(rates),
+        _cpu_target(cpu),
+        _ray_target(rates),
+        _latency_target(p50, p99),
+    ]
     section.plots.append(
         bar_plot(ctx.out_dir, "launch_throughput.png", "Launch throughput", list(rates.values()))
     )
@@ -283,23 +290,43 @@ def _cpu_outside(section: Section, results: dict[str, list[Metrics]], child: str
     return fig
 
 
-def _floor_target(rates: dict[str, Figure], cpu: dict[str, Figure]) -> Target:
-    ratios = {child: fig.ratio(FLOOR) for child, fig in rates.items()}
-    measured = ", ".join(f"`{child}` {ratio:.2f}×" for child, ratio in ratios.items())
-    overhead = cpu["true"].median()
-    cores = os.cpu_count() or 1
+TSP = "tsp -S 10"
+CPU_PER_RUN = (
+    "each run pays a fork of the warm service (its recorder), the recorder's own work (a lock "
+    "file, the child's start, its output pump, two small state files, a wake-up datagram) and "
+    "four store transactions (submit, claim, running, ended) with a tick of the service for "
+    "each; task-spooler's server is C and keeps its queue in memory."
+)
+
+
+def _floor_target(rates: dict[str, Figure]) -> Target:
+    ratio = rates["python"].ratio(FLOOR)
     why = (
-        f"{overhead:.0f} ms of CPU outside the child per run, against "
-        f"{cpu['true'].median(FLOOR):.1f} ms for the floor: every run is recorded durably "
-        "(submit, claim, take-over, running and ended are each a store transaction), gets "
-        "a supervisor (a fresh Python interpreter per concurrency slot; while the queue "
-        "drains, the same supervisor takes the next run) and a liveness check of its "
-        f"neighbours. With {cores} cores that caps nbrunner near "
-        f"{1000 * cores / overhead:.0f} runs/s whatever the child does, while the floor only "
-        "pays a fork+exec and records nothing. What would reach it: one long-lived "
-        "supervisor process (or a forkserver) for all runs, and fewer transactions per run."
+        f"`true` is {rates['true'].ratio(FLOOR):.2f}× the floor: with a child that costs "
+        "nothing, what nbrunner records per run is all there is to measure; " + CPU_PER_RUN
     )
-    return Target("launch ≥ 0.5× the floor's runs/s", measured, min(ratios.values()) >= 0.5, why)
+    return Target(
+        "launch, Python child ≥ 0.9× the asyncio floor", f"{ratio:.2f}×", ratio >= 0.9, why
+    )
+
+
+def _tsp_target(rates: dict[str, Figure]) -> Target:
+    if TSP not in rates["python"].samples:
+        return Target("launch ≥ 1.0× task-spooler (Python child and `true`)", "tsp not found", None)
+    ratios = {child: fig.ratio(TSP) for child, fig in rates.items()}
+    measured = ", ".join(f"`{child}` {ratio:.2f}×" for child, ratio in ratios.items())
+    return Target(
+        "launch ≥ 1.0× task-spooler (Python child and `true`)",
+        measured,
+        min(ratios.values()) >= 1.0,
+        CPU_PER_RUN,
+    )
+
+
+def _cpu_target(cpu: dict[str, Figure]) -> Target:
+    overhead = cpu["true"].median()
+    why = f"{CPU_PER_RUN} The floor pays {cpu['true'].median(FLOOR):.1f} ms and records nothing."
+    return Target("CPU outside the child ≤ 2 ms per run", f"{overhead:.1f} ms", overhead <= 2, why)
 
 
 def _ray_target(rates: dict[str, Figure]) -> Target:
@@ -310,12 +337,16 @@ def _ray_target(rates: dict[str, Figure]) -> Target:
     return Target("launch ≥ 10× Ray Jobs' runs/s", f"{ratio:.0f}× (`python`)", ratio >= 10)
 
 
-def _latency_target(p50: Figure) -> Target:
-    value = p50.median()
+def _latency_target(p50: Figure, p99: Figure) -> Target:
+    low, high = p50.median(), p99.median()
     why = (
-        "submit → tick wake-up → claim → `/bin/sh` → a fresh Python supervisor (imports, "
-        "two store transactions) → the child's own interpreter start; the supervisor's "
-        "start-up is the largest share (a supervisor handed the next run of a draining "
-        "queue skips it)."
+        "submit (one transaction) → a datagram wakes the service → one claim transaction → "
+        "fork of the service → the recorder starts the child → the child's own interpreter "
+        f"start, which the floor pays too ({p50.median(FLOOR):.0f} ms p50 there)."
     )
-    return Target("p50 submit → started ≤ 100 ms", f"{value:.0f} ms", value <= 100, why)
+    return Target(
+        "submit → child started: p50 ≤ 30 ms, p99 ≤ 60 ms (9 runs active)",
+        f"p50 {low:.0f} ms, p99 {high:.0f} ms",
+        low <= 30 and high <= 60,
+        why,
+    )

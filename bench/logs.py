@@ -41,7 +41,7 @@ The child is `python bench/children.py log LINES 100 REPORT [FILE]`: one `write`
 100-byte line per line, then it reports the wall time of its writing loop and its process
 CPU. *Runner CPU* is the CPU of the submitting process plus all descendants over the run
 (reaped as a child subreaper, see launch) minus the child's own CPU: for nbrunner that is
-the runner's tick plus the supervisor. Ray Jobs: child wall time only."""
+the runner's tick plus the service and the run's recorder. Ray Jobs: child wall time only."""
 
 
 def _report(path: Path, window: CpuWindow | None) -> Metrics:

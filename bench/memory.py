@@ -1,4 +1,5 @@
-"""4. Memory: the runner process plus its supervisors with 1 … 100 sleeping runs.
+"""4. Memory: the runner process plus the home's service and recorders with 1 … 100
+sleeping runs.
 
 Each point is a fresh process with a runner (max_concurrent 100) and N `sleep 600` runs,
 measured once all are running. The slope over N is the memory each active run costs; the
@@ -37,8 +38,8 @@ SLEEPER = ["sleep", "600"]
 SETTLE_S = 1.0
 RAY = "Ray Jobs"
 METHOD = """\
-psutil `memory_full_info()` of the runner's process and of every run's supervisor (pids
-from the run records), summed, once all N runs are `running` and 1 s has passed. RSS counts
+psutil `memory_full_info()` of the runner's process, the home's service and every run's
+recorder (its child's parent), summed, once all N runs are `running` and 1 s has passed. RSS counts
 shared pages (the Python binary, libc) once per process, so it overstates a sum of processes;
 PSS divides each shared page among its users and adds up to the real total; USS is what
 each process alone holds. **The target is judged on PSS.** The runner's process is the
@@ -60,13 +61,14 @@ def nbrunner_memory(home: Path, count: int) -> Metrics:
     nbrun.wait_running(runs, timeout=300)
     time.sleep(SETTLE_S)
     own = memory_of([psutil.Process()])
-    supervisors = memory_of(nbrun.supervisors(runs))
+    owners = memory_of(nbrun.owners(home, runs))
     nbrun.cancel_all(runs)
     runner.close()
-    total = {kind: own[kind] + supervisors[kind] for kind in MEMORY_KINDS}
+    nbrun.stop_service(home)
+    total = {kind: own[kind] + owners[kind] for kind in MEMORY_KINDS}
     return {
         **_summed("runner", own),
-        **_summed("supervisors", supervisors),
+        **_summed("service", owners),
         **_summed("total", total),
     }
 
@@ -105,7 +107,7 @@ def run(ctx: Context) -> Section:
         kind: section.figure(f"memory per active run ({kind.upper()})", "MB/run")
         for kind in MEMORY_KINDS
     }
-    fits = section.figure("linearity of runner + supervisors (R², PSS)", "R²", True)
+    fits = section.figure("linearity of runner + service + recorders (R², PSS)", "R²", True)
     for subject, by_count in (("nbrunner", points), (RAY, ray_points)):
         for r in range(min(len(v) for v in by_count.values()) if by_count else 0):
             for kind in MEMORY_KINDS:
@@ -114,7 +116,7 @@ def run(ctx: Context) -> Section:
                 if kind == "pss":
                     fits.add(subject, r2)
     for n in counts:
-        fig = section.figure(f"runner + supervisors, {n} runs (PSS)", "MB")
+        fig = section.figure(f"runner + service + recorders, {n} runs (PSS)", "MB")
         for metrics in points[n]:
             fig.add("nbrunner", metrics["total_pss"])
     section.notes.append(
@@ -142,7 +144,7 @@ def _fit(by_count: dict[int, list[Metrics]], repeat: int, key: str) -> tuple[flo
 
 def _plot(ctx: Context, points: dict[int, list[Metrics]], ray: dict[int, list[Metrics]]) -> str:
     series = {
-        f"nbrunner runner + supervisors ({kind.upper()})": [
+        f"nbrunner runner + service + recorders ({kind.upper()})": [
             (n, median([m[f"total_{kind}"] for m in runs])) for n, runs in points.items()
         ]
         for kind in MEMORY_KINDS
@@ -159,12 +161,11 @@ def _plot(ctx: Context, points: dict[int, list[Metrics]], ray: dict[int, list[Me
 def _targets(pss: Figure, fits: Figure, slopes: dict[str, Figure]) -> list[Target]:
     slope, r2 = pss.median(), fits.median()
     why = (
-        f"each run holds one Python supervisor (RSS {slopes['rss'].median():.1f} MB, USS "
-        f"{slopes['uss'].median():.1f} MB per run): the interpreter plus its imports "
-        "(sqlite3, json, subprocess, dataclasses, the store). What would reach it: fewer "
-        "imports in the supervisor, or one supervisor process watching many runs."
+        f"each run holds one recorder forked from the service (RSS {slopes['rss'].median():.1f}"
+        f" MB, USS {slopes['uss'].median():.1f} MB per run): pages it shares with the service "
+        "until it writes them; what it writes (its stack, the objects it touches) is its own."
     )
     return [
-        Target("memory ≤ 15 MB per active run (PSS)", f"{slope:.1f} MB/run", slope <= 15, why),
+        Target("memory ≤ 5 MB per active run (PSS)", f"{slope:.1f} MB/run", slope <= 5, why),
         Target("memory linear in active runs (R² ≥ 0.99)", f"R² = {r2:.4f}", r2 >= 0.99),
     ]

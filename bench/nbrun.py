@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from typing import Any
 
 import psutil
 
-from nbrunner import Run, Runner, RunStatus
+from nbrunner import Run, Runner, RunStatus, service
 from nbrunner.store import DB_NAME, Store
 
 from .harness import cache_dir, processes, wait_until
@@ -64,8 +65,20 @@ def cancel_all(runs: Sequence[Run], timeout: float = 60) -> None:
         run.wait(timeout)
 
 
-def supervisors(runs: Sequence[Run]) -> list[psutil.Process]:
-    return processes(run.record.supervisor_pid for run in runs)
+def owners(home: Path, runs: Sequence[Run]) -> list[psutil.Process]:
+    """What nbrunner runs beside the children: the home's service and each run's recorder
+    (its child's parent)."""
+    found = service.info(home)
+    pids: list[int | None] = [found["pid"] if found else None]
+    for run in runs:
+        with contextlib.suppress(psutil.Error, TypeError):
+            pids.append(psutil.Process(run.record.pid).ppid())
+    return processes(pids)
+
+
+def stop_service(home: Path) -> None:
+    """End the home's service, so that the CPU it spent is counted once it is reaped."""
+    service.stop(home)
 
 
 def log_text(run: Run) -> str:

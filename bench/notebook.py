@@ -28,7 +28,7 @@ the parameters writes `time.time()` to the file named by its `stamp_file` parame
 → first cell* = that stamp − the time just before `runner.submit` (nbrunner) or just before
 starting `python -m papermill IN OUT -p stamp_file PATH` (the peer); *submit → ended* = until
 the run's record says succeeded, or papermill exits. Both start a fresh `python3` kernel;
-nbrunner adds the store, a supervisor and its executor process, papermill its CLI start.
+nbrunner adds the store, the service, a recorder and its executor process, papermill its CLI start.
 The floor is a process that has already imported nbclient executing the notebook (its
 parameters cell edited in memory) with `NotebookClient(nb).execute()`, the kernel killed at
 the end as nbrunner's executor does: kernel start-up and execution alone. nbrunner's

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from .errors import BadInput
-from .resources import parse_size
+from .units import parse_size
 
 T = TypeVar("T")
 INVENTORY_ENV = "NBRUNNER_GPUS"

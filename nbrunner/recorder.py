@@ -242,6 +242,19 @@ def stop_leftovers(child_pid: int, grace: float = LEFTOVER_GRACE_S) -> None:
     _reap_all()
 
 
+def _may_have_leftovers() -> bool:
+    """Whether anything of the run may still live. As the subreaper, a recorder inherits
+    every orphan of its run: with no child left at all, nothing was left behind (and the
+    scan of the process table is spared). Elsewhere, assume there may be."""
+    if not platform.IS_LINUX:
+        return True
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return True
+
+
 def _reap_all() -> None:
     if platform.IS_WINDOWS:  # pragma: no cover
         return
@@ -287,7 +300,7 @@ def record(spec: RecorderSpec) -> int:
     pump.start()
     code = child.wait()
     ended_at = time.time()
-    if not spec.keep_leftovers:
+    if not spec.keep_leftovers and _may_have_leftovers():
         stop_leftovers(child.pid)
     pump.join(KEPT_LEFTOVER_DRAIN_S if spec.keep_leftovers else None)
     log.close()
