@@ -28,6 +28,9 @@ from typing import Any
 IS_WINDOWS = sys.platform == "win32"
 IS_LINUX = sys.platform.startswith("linux")
 PR_SET_CHILD_SUBREAPER = 36
+if IS_LINUX:
+    # loaded once by the service, not by each recorder it forks
+    import ctypes
 
 # Win32 process creation flags, spelled out so both branches can be built and checked here.
 CREATE_NEW_PROCESS_GROUP = 0x00000200
@@ -160,8 +163,6 @@ def become_subreaper() -> bool:
     run's recorder can find and stop what its child left behind."""
     if not IS_LINUX:
         return False
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 

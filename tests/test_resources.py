@@ -324,6 +324,17 @@ def test_sampler_keeps_a_rolling_window() -> None:
     assert sampler.history(seconds=10) == list(sampler.samples)
 
 
+def test_a_sampler_held_again_while_winding_down_keeps_sampling() -> None:
+    sampler = SystemSampler(interval=0.05, window_s=10)
+    sampler.acquire().release()  # its thread is told to stop...
+    sampler.acquire()  # ...and a new user comes before it has
+    try:
+        count = len(sampler.samples)
+        wait_until(lambda: len(sampler.samples) >= count + 3, what="samples still coming")
+    finally:
+        sampler.release()
+
+
 def test_declared_inventory_is_validated() -> None:
     assert [d.memory_total for d in DeclaredGpus('[{"memory": "8GB"}]').devices()] == [8 * 10**9]
     with pytest.raises(ValueError, match="NBRUNNER_GPUS must be a JSON list like"):
