@@ -33,7 +33,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,11 +49,12 @@ log = logging.getLogger("nbrunner.service")
 LOCK_NAME = "service.lock"
 INFO_NAME = "service.json"
 ERR_NAME = "service.log"
-ACTIVE_TICK_S = 0.5
+ACTIVE_TICK_S = 1.0  # ends and starts wake it at once; this is for timeouts and limits
 IDLE_TICK_S = 2.0
 ADOPT_EVERY_S = 2.0
 IDLE_EXIT_S = 60.0
 SERVICE_PATIENCE_S = 5.0
+REPEAT_LOG_S = 60.0
 # A claim whose recorder never took its lock: forked recorders take it within
 # milliseconds, so one this old will never come.
 UNLAUNCHED_CLAIM_S = 5.0
@@ -156,6 +156,7 @@ class Service:
         self._hooks_pending = 0
         self._hooks_lock = threading.Lock()
         self._gpu_source: Any = None
+        self._last_error: tuple[tuple[str, str], float] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def serve(self) -> bool:
@@ -240,9 +241,21 @@ class Service:
         for step in (self._reap, self._read_changes, self._adopt, self._advance_all, self._claim):
             try:
                 step()
-            except Exception:  # a locked store or a bug: logged, and tried again next tick
-                log.exception("nbrunner service: %s failed; trying again", step.__name__)
-                traceback.print_exc()
+            except Exception as exc:  # a locked store or a bug: logged, tried again next tick
+                self._report(step.__name__, exc)
+
+    def _report(self, step: str, exc: Exception) -> None:
+        """Log a failure once, then once a minute while it repeats, so a store locked for
+        hours does not fill the disk with the same traceback twice a second."""
+        now, key = time.monotonic(), (step, repr(exc))
+        if (
+            self._last_error is not None
+            and self._last_error[0] == key
+            and now < self._last_error[1]
+        ):
+            return
+        self._last_error = (key, now + REPEAT_LOG_S)
+        log.error("nbrunner service: %s failed; trying again", step, exc_info=exc)
 
     def _reap(self) -> None:
         if platform.IS_WINDOWS:  # pragma: no cover - recorders there are not our children
@@ -334,8 +347,8 @@ class Service:
                         samples_due.append(watch)
                 else:
                     self._advance_ray(watch)
-            except NbrunnerError:
-                log.exception("nbrunner service: run %s: store busy; trying again", watch.record.id)
+            except NbrunnerError as exc:
+                self._report(f"run {watch.record.id}", exc)
         if samples_due:
             self._sample(samples_due)
 
@@ -560,6 +573,7 @@ def stop_leftovers_of(watch: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """python -m nbrunner.service HOME: serve the home's queue until idle."""
     home = (argv if argv is not None else sys.argv[1:])[0]
+    logging.basicConfig(format="%(asctime)s %(message)s", stream=sys.stderr)  # service.log
     service = Service(home)
     signal.signal(signal.SIGTERM, service.request_exit)
     with contextlib.suppress(KeyboardInterrupt):

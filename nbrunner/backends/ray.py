@@ -45,7 +45,9 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 INSTALL_HINT = 'install it with: pip install "nbrunner[ray]"'
 CHECK_TIMEOUT_S = 3.0  # an unreachable cluster must fail a submit quickly, not hang it
 STATUS_POLL_S = 0.5  # how often a waiting supervisor asks Ray about its job
-LOST_AFTER_S = 10.0  # a dashboard busy for a moment is not a cluster gone
+LOST_AFTER_S = 10.0
+SUBMIT_RETRY_S = 30.0  # how long a head that is not ready yet is given to take a job
+SUBMIT_RETRY_EVERY_S = 0.5  # a dashboard busy for a moment is not a cluster gone
 MIRROR_FINISH_S = 10.0  # for the live tail, when Ray cannot give the whole log
 STOP_MARGIN_S = 5.0  # Ray sends SIGTERM, then SIGKILL after 3 s of its own
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -145,11 +147,28 @@ def start_ray_job(run: RunRecord, log: BinaryIO, env: Mapping[str, str]) -> RayJ
     address = normalize_address(run.backend_address)
     client = _connect(address)
     submission_id = f"nbrunner-{run.id}-{uuid.uuid4().hex[:8]}"
-    try:
-        client.submit_job(submission_id=submission_id, **job_spec(run, env, address))
-    except Exception as exc:  # refused, HTTP error, bad runtime_env: in every case not submitted
-        raise OperationFailed(f"the Ray cluster at {address} did not take the job: {exc}") from None
-    return RayJob(client, submission_id, address, log)
+    deadline = time.monotonic() + SUBMIT_RETRY_S
+    while True:
+        try:
+            client.submit_job(submission_id=submission_id, **job_spec(run, env, address))
+            return RayJob(client, submission_id, address, log)
+        except Exception as exc:  # refused, HTTP error, bad runtime_env: in every case not taken
+            if "already exists" in str(exc):  # an earlier try was taken; its answer was lost
+                return RayJob(client, submission_id, address, log)
+            if not _not_ready(exc) or time.monotonic() > deadline:
+                raise OperationFailed(
+                    f"the Ray cluster at {address} did not take the job: {exc}"
+                ) from None
+        time.sleep(SUBMIT_RETRY_EVERY_S)
+
+
+def _not_ready(exc: Exception) -> bool:
+    """A head that has just (re)started: it drops connections, or answers before its job
+    agent is up. Worth another try; anything else is the job's fault."""
+    text = str(exc)
+    return isinstance(exc, ConnectionError | OSError) or any(
+        sign in text for sign in ("try again", "Connection aborted", "Connection refused")
+    )
 
 
 def attach_ray_job(run: RunRecord, log: BinaryIO) -> RayJob:

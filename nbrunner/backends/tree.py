@@ -16,8 +16,31 @@ from .. import platform
 from . import Usage
 
 # How often the list of the tree's processes is rebuilt: a full scan of the process table,
-# so less often than the cheap per-process samples in between.
+# so less often than the cheap per-process samples in between, and one scan serves every
+# tree sampled in the same pass.
 RESCAN_S = 5.0
+_table: tuple[float, dict[int, list[int]]] = (-RESCAN_S, {})
+
+
+def children_by_parent(max_age: float) -> dict[int, list[int]]:
+    """pid → its children's pids, from a scan of the process table at most max_age old."""
+    global _table
+    now = time.monotonic()
+    if now - _table[0] > max_age:
+        table: dict[int, list[int]] = {}
+        for process in psutil.process_iter(["ppid"]):
+            table.setdefault(process.info["ppid"], []).append(process.pid)
+        _table = (now, table)
+    return _table[1]
+
+
+def descendants(pid: int, table: dict[int, list[int]]) -> list[int]:
+    found, todo = [], list(table.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(table.get(child, ()))
+    return found
 
 
 class ProcessTree:
@@ -39,10 +62,16 @@ class ProcessTree:
             return None
 
     def members(self, rescan: bool = False) -> list[psutil.Process]:
+        """The root and its descendants: rescanned now (before a signal), or when the list
+        is older than RESCAN_S (from a table other trees may share)."""
         now = time.monotonic()
         if rescan or now - self._scanned >= RESCAN_S:
-            with suppress(psutil.Error):
-                self._members = [self._root, *self._root.children(recursive=True)]
+            table = children_by_parent(0.0 if rescan else RESCAN_S / 2)
+            known = {member.pid: member for member in self._members}
+            self._members = [self._root]
+            for pid in descendants(self._root.pid, table):
+                with suppress(psutil.Error):
+                    self._members.append(known.get(pid) or psutil.Process(pid))
             self._scanned = now
         return self._members
 
