@@ -45,8 +45,8 @@ def page(home: Path) -> Iterator[Any]:
     from playwright.sync_api import expect
 
     expect.set_options(timeout=20_000)
-    with dashboard_server(home, home.parent / "voila.log") as url, chromium_page() as page:
-        page.goto(url)
+    with dashboard_server(home, home.parent) as server, chromium_page() as page:
+        page.goto(server.url)
         page.wait_for_selector(".nbr-app.nbr-ready", timeout=90_000)
         yield page
 

@@ -163,6 +163,7 @@ class Dashboard:
         return self.sync.stats
 
     def _loop(self) -> None:
+        detach_from_cell()
         while not self._stop.is_set():
             started = time.monotonic()
             try:
@@ -282,6 +283,27 @@ class Dashboard:
             if record.id == run_id:
                 return record
         return self.runner.get(run_id).record
+
+
+def detach_from_cell() -> None:
+    """Let this thread's widget updates count as widget traffic, not as a cell's output.
+
+    A thread's messages otherwise carry the kernel's last request as their parent: in a Voila
+    page that is the notebook's execution, and the server counts a message as activity when
+    its type or its parent's type is tracked (a missing parent counts too). Every refresh
+    would then keep the kernel of a page that is gone from being culled. ipykernel >= 7 keeps
+    the parent in a context variable that threads fall back from; this thread gets its own,
+    a widget message's header. Older kernels share one parent between threads: left alone.
+    """
+    from contextvars import ContextVar
+    from uuid import uuid4
+
+    from IPython import get_ipython
+
+    kernel = getattr(get_ipython(), "kernel", None)
+    parent = getattr(kernel, "_shell_parent", None)
+    if isinstance(parent, ContextVar):
+        parent.set({"header": {"msg_type": "comm_msg", "msg_id": uuid4().hex}})
 
 
 def _error_html(exc: BaseException) -> str:

@@ -14,10 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from nbrunner.store import Store
@@ -58,22 +60,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    """Wait until the server listens; a TCP connect, since each page load starts a kernel."""
+@dataclass
+class Server:
+    """A running `nbrunner dashboard`: its process, port and the URL it printed."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    url: str
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def kernels(self) -> list[psutil.Process]:
+        found = []
+        for child in self.descendants():
+            with suppress(psutil.Error):
+                if "ipykernel_launcher" in " ".join(child.cmdline()):
+                    found.append(child)
+        return found
+
+
+def printed_url(out_file: Path, process: subprocess.Popen[bytes], timeout: float = 120) -> str:
+    """The URL `nbrunner dashboard` prints once Voila listens."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        for line in out_file.read_text().splitlines():
+            if line.startswith("http://"):
+                return line.strip()
         if process.poll() is not None:
             raise AssertionError(f"the dashboard server exited with status {process.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
         time.sleep(0.1)
-    raise AssertionError(f"the dashboard server did not listen on port {port} in {timeout} s")
+    raise AssertionError(f"the dashboard server printed no URL in {timeout} s")
 
 
 @contextmanager
-def dashboard_server(home: Path, log_file: Path) -> Iterator[str]:
-    """`nbrunner dashboard` on a free port; yields its URL; stops it (and its kernels)."""
+def dashboard_server(home: Path, log_dir: Path) -> Iterator[Server]:
+    """`nbrunner dashboard` on a free port; stops it with SIGTERM to that process alone
+    (it must stop Voila and the page kernels), then sweeps its group if anything is left."""
     port = free_port()
     command = [
         sys.executable,
@@ -86,26 +116,24 @@ def dashboard_server(home: Path, log_file: Path) -> Iterator[str]:
         str(port),
         "--no-browser",
     ]
-    with open(log_file, "wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out_file = log_dir / f"dashboard-{port}.out"
+    with open(out_file, "wb") as out, open(log_dir / f"dashboard-{port}.log", "wb") as log:
+        process = subprocess.Popen(command, stdout=out, stderr=log, start_new_session=True)
         try:
-            wait_for_port(port, process)
-            yield f"http://127.0.0.1:{port}/"
+            yield Server(process, port, printed_url(out_file, process))
         finally:
-            stop_group(process)
+            stop_server(process)
 
 
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM lets Voila shut its kernels down; SIGKILL whatever is left of the group."""
+def stop_server(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+        process.terminate()
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # a leftover would outlive the test session
+    process.wait(timeout=5)
 
 
 @contextmanager
