@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from statistics import median
 
@@ -18,6 +19,7 @@ from .theme import badge, status_colour
 RECENT_RUNS = 200
 BARS_PER_MODULE = 24
 BAR_WIDTH, BAR_GAP, CHART_HEIGHT = 5, 1, 24
+MIN_BAR = 2.0
 ENDED = tuple(s.value for s in RunStatus if s in DONE)
 
 
@@ -31,15 +33,22 @@ def counts_html(counts: dict[str, int]) -> str:
     return f'<div class="nbr-chips">{body}</div>'
 
 
+def bar_height(duration: float, longest: float) -> float:
+    """On a log scale, so one long run does not flatten the short ones; at least 2 px."""
+    if longest <= 0:
+        return MIN_BAR
+    return max(MIN_BAR, CHART_HEIGHT * math.log1p(duration) / math.log1p(longest))
+
+
 def bars_svg(durations: Sequence[float], statuses: Sequence[str]) -> str:
-    """Oldest to newest, heights relative to the longest; made of numbers only, so safe."""
-    top = max(durations, default=0.0) or 1.0
+    """Oldest to newest; made of numbers and status names only, so safe. Hover: duration."""
+    longest = max(durations, default=0.0)
     width = len(durations) * (BAR_WIDTH + BAR_GAP)
     rects = "".join(
         f'<rect x="{i * (BAR_WIDTH + BAR_GAP)}" y="{CHART_HEIGHT - h:.1f}" width="{BAR_WIDTH}" '
-        f'height="{h:.1f}" fill="{status_colour(s)}"/>'
+        f'height="{h:.1f}" fill="{status_colour(s)}"><title>{text.duration(d)} {s}</title></rect>'
         for i, (d, s) in enumerate(zip(durations, statuses, strict=True))
-        for h in [max(1.0, CHART_HEIGHT * d / top)]
+        for h in [bar_height(d, longest)]
     )
     return f'<svg width="{width}" height="{CHART_HEIGHT}">{rects}</svg>'
 
@@ -68,6 +77,7 @@ class SummaryView:
         self.runner = runner
         self.sync = sync
         self.ended_counts: dict[str, int] = {}
+        self.modules: set[str] = set()
         self.counts = widgets.HTML()
         self.counts.add_class("nbr-counts")
         self.chart = widgets.HTML()
@@ -87,6 +97,7 @@ class SummaryView:
         """The ended counts and the recent finished runs, in one store query."""
         counts, recent = self.runner.overview(RECENT_RUNS)
         self.ended_counts = {status: counts.get(status, 0) for status in ENDED}
+        self.modules = set(recent["module"])
         # Newest first, then filtered here: newest-first by status would sort the whole table.
         finished = recent[recent["status"].isin(ENDED)]
         self.sync.set(self.chart, value=durations_html(finished))
