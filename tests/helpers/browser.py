@@ -8,6 +8,7 @@ browser tests are part of what must pass.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,7 +36,11 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
+# Chromium resolves this name to 127.0.0.1, as a DNS-rebinding attacker's name would.
+REBIND_HOST = "rebind.test"
+CHROMIUM_ARGS.append(f"--host-resolver-rules=MAP {REBIND_HOST} 127.0.0.1")
 VIEWPORT = {"width": 1280, "height": 800}
+READY = ".nbr-app.nbr-ready"
 
 
 def require_browser() -> None:
@@ -137,17 +142,118 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def chromium_page() -> Iterator[Any]:
+def chromium(extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A headless Chromium; pages come from `browser.new_page(viewport=VIEWPORT)`."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args]
         )
         try:
-            yield browser.new_page(viewport=VIEWPORT)
+            yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def chromium_page() -> Iterator[Any]:
+    with chromium() as browser:
+        yield browser.new_page(viewport=VIEWPORT)
+
+
+def open_dashboard(browser: Any, url: str) -> Any:
+    """A new page on the dashboard, once its widgets are built."""
+    page = browser.new_page(viewport=VIEWPORT)
+    page.goto(url)
+    page.wait_for_selector(READY, timeout=120_000)
+    return page
+
+
+def launch(page: Any, module: str, copies: int = 1, **params: object) -> list[int]:
+    """Fill the launcher form and press Run; returns the ids the launcher reports."""
+    from playwright.sync_api import expect
+
+    page.select_option(".nbr-module-picker select", module)
+    page.wait_for_selector(f".nbr-form-{module}", state="attached")
+    for name, value in params.items():
+        field = page.locator(f".nbr-form-{module} .nbr-field-{name} input")
+        field.fill(str(value))
+        field.press("Tab")
+    page.locator(".nbr-copies input").fill(str(copies))
+    page.locator(".nbr-copies input").press("Tab")
+    page.click("button.nbr-run-button")
+    message = page.locator(".nbr-launch-message")
+    expect(message).to_contain_text(f"Queued {copies} run{'s' if copies > 1 else ''} of {module}")
+    first, *last = map(int, re.findall(r"#(\d+)", message.inner_text()))
+    return list(range(first, (last[0] if last else first) + 1))
+
+
+def select_tab(page: Any, title: str) -> None:
+    page.locator(".nbr-tabs .lm-TabBar-tab", has_text=title).click()
+
+
+# The contrast of each selector's text with the background it is drawn on (the first
+# ancestor with an opaque one), per WCAG 2: (L1 + 0.05) / (L2 + 0.05).
+_CONTRAST_JS = """
+(selectors) => {
+  const rgba = (c) => { const v = c.match(/[\\d.]+/g).map(Number); return v.length === 3 ? [...v, 1] : v; };
+  const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const luminance = ([r, g, b]) => 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+  const backdrop = (el) => {
+    for (; el; el = el.parentElement) {
+      const c = rgba(getComputedStyle(el).backgroundColor);
+      if (c[3] > 0.5) return c;
+    }
+    return [255, 255, 255, 1];
+  };
+  const out = {};
+  for (const selector of selectors) {
+    const el = document.querySelector(selector);
+    if (!el) { out[selector] = null; continue; }
+    const bg = backdrop(el);
+    const fg = rgba(getComputedStyle(el).color);
+    const seen = [0, 1, 2].map((i) => fg[3] * fg[i] + (1 - fg[3]) * bg[i]);
+    const [a, b] = [luminance(seen), luminance(bg)];
+    out[selector] = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  }
+  return out;
+}
+"""
+
+
+def contrast_ratios(page: Any, wanted: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """(measured, wanted) contrast per selector; a selector that matches nothing fails."""
+    measured = page.evaluate(_CONTRAST_JS, list(wanted))
+    missing = [selector for selector, ratio in measured.items() if ratio is None]
+    assert not missing, f"nothing matches {missing}"
+    return {selector: (measured[selector], ratio) for selector, ratio in wanted.items()}
+
+
+_HISTORY_LAYOUT_JS = """
+() => {
+  const all = (s) => [...document.querySelectorAll(s)];
+  const box = (e) => e.getBoundingClientRect();
+  const buttons = all('.nbr-hactions .widget-button');
+  return {
+    scrollers: all('.nbr-history, .nbr-history *')
+      .filter((e) => e.scrollWidth > e.clientWidth + 1
+        && ['auto', 'scroll'].includes(getComputedStyle(e).overflowX))
+      .map((e) => e.className),
+    tableRight: box(document.querySelector('.nbr-htable')).right,
+    buttonsLeft: Math.min(...buttons.map((b) => box(b).left)),
+    truncatedButtons: buttons.some((b) => b.scrollWidth > b.clientWidth + 1),
+    headerWidths: all('.nbr-htable th').map((th) => box(th).width),
+    rows: all('.nbr-htable tbody tr').map((tr) => [box(tr).top, box(tr).bottom]),
+    actionCentres: all('.nbr-hactions-row').map((a) => (box(a).top + box(a).bottom) / 2),
+  };
+}
+"""
+
+
+def history_layout(page: Any) -> dict[str, Any]:
+    """Where History's table, rows and buttons are, and whether anything scrolls sideways."""
+    return dict(page.evaluate(_HISTORY_LAYOUT_JS))
 
 
 def seed_history(store: Store, count: int, module: str = "seeded") -> list[int]:
