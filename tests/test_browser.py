@@ -299,3 +299,17 @@ def test_a_dead_kernel_leaves_a_clear_message_not_dead_widgets(
         assert "kernel is gone: re-run the cell" in message
     finally:
         doomed.close()
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
+def test_a_missing_browser_fails_under_ci(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
+) -> None:
+    import helpers.browser
+
+    monkeypatch.setattr(helpers.browser, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="apt-get install chromium"):
+        require_browser()

@@ -187,12 +187,15 @@ def test_a_gone_page_kernel_is_culled_within_a_minute(server: Server) -> None:
     )
 
 
-def test_sigterm_to_the_dashboard_alone_stops_voila_and_its_kernels(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_to_the_dashboard_alone_stops_voila_and_its_kernels(
+    tmp_path: Path, signum: int
+) -> None:
     with dashboard_server(tmp_path / "home", tmp_path) as running:
         assert get(running.url) == 200
         wait_until(running.kernels, what="a page kernel")
         everything = running.descendants()
-        running.process.send_signal(signal.SIGTERM)
+        running.process.send_signal(signum)
         running.process.wait(timeout=30)
         wait_until(
             lambda: not [p for p in everything if alive(p.pid)], what="Voila and kernels to stop"

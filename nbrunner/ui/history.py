@@ -126,7 +126,7 @@ def row_html(row: pd.Series, live: RunRecord | None, now: float, line: str) -> s
 
 
 def table_html(rows: Iterable[str]) -> str:
-    head = "".join(f'<th class="{css}">{title}</th>' for title, css in COLUMNS)
+    head = "".join(f'<th class="{css}" title="{title}">{title}</th>' for title, css in COLUMNS)
     return (
         f'<table class="nbr-htable"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"

@@ -122,10 +122,10 @@ CSS = f"""
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; text-align: left;
   border-bottom: 1px solid {RULE}; }}
 .nbr-htable th {{ font-weight: 600; color: {MUTED}; border-bottom-color: {BORDER}; }}
-.nbr-htable .nbr-c-id {{ width: 7%; }} .nbr-htable .nbr-c-module {{ width: 12%; }}
+.nbr-htable .nbr-c-id {{ width: 6%; }} .nbr-htable .nbr-c-module {{ width: 12%; }}
 .nbr-htable .nbr-c-status {{ width: 14%; }} .nbr-htable .nbr-c-submitted {{ width: 11%; }}
-.nbr-htable .nbr-c-duration {{ width: 8%; }} .nbr-htable .nbr-c-exit {{ width: 5%; }}
-.nbr-htable .nbr-c-progress {{ width: 16%; }} .nbr-htable .nbr-c-detail {{ width: 27%; }}
+.nbr-htable .nbr-c-duration {{ width: 10%; }} .nbr-htable .nbr-c-exit {{ width: 5%; }}
+.nbr-htable .nbr-c-progress {{ width: 16%; }} .nbr-htable .nbr-c-detail {{ width: 26%; }}
 .nbr-htable .nbr-badge {{ padding: 0 6px; }}
 .nbr-htable .nbr-progress-track {{ flex: 0 0 28px; }}
 .nbr-hactions {{ flex: 0 0 auto; margin: 0; padding-top: {ROW_PX}px; }}

@@ -274,3 +274,55 @@ def seed_history(store: Store, count: int, module: str = "seeded") -> list[int]:
         for i in range(count)
     ]
     return store.insert_runs(rows)
+
+
+def take_screenshots(folder: Path) -> list[Path]:
+    """docs/dashboard.png and docs/dashboard-dark.png: a scratch home with some history and
+    a few runs going, shown light, then in JupyterLab's dark theme."""
+    import tempfile
+
+    from playwright.sync_api import expect
+
+    from nbrunner import Runner
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shots = [folder / "dashboard.png", folder / "dashboard-dark.png"]
+    with tempfile.TemporaryDirectory(prefix="nbrunner-shots-") as scratch:
+        home = Path(scratch) / "home"
+        with Runner(home) as runner:
+            seed_history(runner.store, 30, module="count")
+            with dashboard_server(home, Path(scratch)) as server, chromium() as browser:
+                runs = [
+                    runner.submit("train", {"epochs": 2, "steps": 200, "step_time": 0.3}),
+                    runner.submit("count", {"n": 500, "delay": 0.2, "label": "batch"}),
+                ]
+                for shot, theme in zip(shots, ("", "&theme=dark"), strict=True):
+                    page = open_dashboard(browser, server.url + theme)
+                    quick = {"epochs": 1, "steps": 4, "step_time": 0.1, "fail": True}
+                    runs.append(runner.submit("train", quick))  # ends while shown: a toast
+                    expect(page.locator(".nbr-toast")).to_have_count(1, timeout=60_000)
+                    expect(page.locator(f".nbr-run-{runs[0].id} .nbr-progress")).to_be_visible()
+                    page.click(f".nbr-run-{runs[0].id} .nbr-view")
+                    expect(page.locator(f".nbr-log-{runs[0].id}")).to_contain_text("epoch 1")
+                    select_tab(page, "History")
+                    page.screenshot(path=str(shot), full_page=True)
+                    page.close()
+                for record in runner.store.active():
+                    runner.cancel(record.id)
+    return shots
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="refresh the README's dashboard screenshots")
+    parser.add_argument("--screenshots", type=Path, required=True, metavar="FOLDER")
+    args = parser.parse_args(argv)
+    require_browser()
+    for shot in take_screenshots(args.screenshots):
+        print(shot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
