@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from helpers.browser import (
+    READY,
     REBIND_HOST,
     VIEWPORT,
     Server,
@@ -26,9 +27,12 @@ from helpers.browser import (
     contrast_ratios,
     dashboard_server,
     history_layout,
+    jupyterlab_server,
     launch,
     open_dashboard,
     require_browser,
+    restart_kernel,
+    run_cell,
     seed_history,
     select_tab,
 )
@@ -299,6 +303,70 @@ def test_a_dead_kernel_leaves_a_clear_message_not_dead_widgets(
         assert "kernel is gone: re-run the cell" in message
     finally:
         doomed.close()
+
+
+# -- in a real JupyterLab, dark theme ------------------------------------------------------------
+THREADS = "import threading\nsum(t.name == 'nbrunner-dashboard' for t in threading.enumerate())"
+
+
+@pytest.fixture(scope="module")
+def lab(browser: Any, home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The dashboard in a JupyterLab notebook cell, JupyterLab's dark theme on."""
+    cells = [f"from nbrunner import Runner\nRunner({str(home)!r}).dashboard()", THREADS]
+    with jupyterlab_server(tmp_path_factory.mktemp("lab"), cells) as url:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(url)
+        run_cell(page, 0)
+        page.wait_for_selector(READY, timeout=120_000)
+        yield page
+        page.close()
+
+
+def test_jupyterlab_dark_cell_is_readable(lab: Any, runner: Runner) -> None:
+    from playwright.sync_api import expect
+
+    run = runner.submit("sleep", {"n": 60})
+    try:
+        expect(lab.locator(f".nbr-run-{run.id} .nbr-badge")).to_have_text("running")
+        ratios = contrast_ratios(
+            lab,
+            {
+                ".nbr-launcher .nbr-field .widget-label": TEXT_CONTRAST,
+                ".nbr-launcher h3": TEXT_CONTRAST,
+                f".nbr-run-{run.id} b": TEXT_CONTRAST,
+                ".nbr-counts .nbr-chips": TEXT_CONTRAST,
+                ".nbr-gauge b": TEXT_CONTRAST,
+                ".nbr-htable td.nbr-c-module": TEXT_CONTRAST,
+                ".nbr-muted": MUTED_CONTRAST,
+            },
+        )
+    finally:
+        run.cancel()
+    assert lab.evaluate("document.body.dataset.jpThemeLight") == "false"
+    too_low = {selector: ratio for selector, (ratio, wanted) in ratios.items() if ratio < wanted}
+    assert not too_low, f"unreadable in JupyterLab's dark theme: {too_low}"
+
+
+def test_rerunning_the_cell_leaves_one_refresh_thread(lab: Any) -> None:
+    from playwright.sync_api import expect
+
+    for _ in range(2):
+        run_cell(lab, 0)
+        expect(lab.locator(READY)).to_have_count(1)
+    run_cell(lab, 1)
+    count = lab.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output")
+    expect(count).to_have_text("1")
+
+
+def test_a_kernel_restart_says_re_run_the_cell(lab: Any) -> None:
+    from playwright.sync_api import expect
+
+    restart_kernel(lab)
+    app = lab.locator(".nbr-app")
+    expect(app).to_have_class(re.compile(r"\bjupyter-widgets-disconnected\b"))
+    expect(lab.locator(".nbr-body")).to_be_hidden()
+    message = app.evaluate("e => getComputedStyle(e, '::after').content")
+    assert "kernel is gone: re-run the cell" in message
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,10 @@ browser tests are part of what must pass.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -160,6 +162,89 @@ def chromium(extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
 def chromium_page() -> Iterator[Any]:
     with chromium() as browser:
         yield browser.new_page(viewport=VIEWPORT)
+
+
+@contextmanager
+def jupyterlab_server(
+    root: Path, cells: list[str], theme: str = "JupyterLab Dark"
+) -> Iterator[str]:
+    """Real JupyterLab in `theme`, serving `root/dashboard.ipynb` made of `cells`; yields
+    the notebook's URL (the token of this test server travels in its environment)."""
+    settings = root / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "themes.jupyterlab-settings").write_text(json.dumps({"theme": theme}))
+    notebooks = root / "notebooks"
+    notebooks.mkdir()
+    (notebooks / "dashboard.ipynb").write_text(json.dumps(_notebook(cells)))
+    token, port = secrets.token_hex(16), free_port()
+    env = dict(
+        os.environ,
+        JUPYTER_TOKEN=token,
+        JUPYTERLAB_SETTINGS_DIR=str(root / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(root / "workspaces"),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--allow-root",
+        f"--port={port}",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.root_dir={notebooks}",
+    ]
+    with open(root / "jupyterlab.log", "wb") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            wait_for_port(port, process)
+            yield f"http://127.0.0.1:{port}/lab/tree/dashboard.ipynb?token={token}"
+        finally:
+            stop_server(process)
+
+
+def _notebook(cells: list[str]) -> dict[str, Any]:
+    return {
+        "cells": [
+            {
+                "cell_type": "code",
+                "id": f"cell-{i}",
+                "metadata": {},
+                "source": source,
+                "outputs": [],
+                "execution_count": None,
+            }
+            for i, source in enumerate(cells)
+        ],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited with status {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"the server did not listen on port {port} in {timeout} s")
+
+
+def run_cell(page: Any, index: int) -> None:
+    """Run a JupyterLab notebook cell in place (Ctrl+Enter in its editor)."""
+    page.locator(".jp-Notebook .jp-Cell .cm-content").nth(index).click()
+    page.keyboard.press("Control+Enter")
+
+
+def restart_kernel(page: Any) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
+    page.locator(".lm-Menu-itemLabel", has_text="Restart Kernel…").click()
+    page.locator(".jp-Dialog button.jp-mod-accept").click()
 
 
 def open_dashboard(browser: Any, url: str) -> Any:
