@@ -228,16 +228,17 @@ def test_history_pages_through_one_page_at_a_time(dash: Dashboard, runner: Runne
     history.invalidate()
     settle(dash)
     assert history.page_label.value == "page 1 of 3 · 60 runs"
-    assert len(history.frame) == 25 and table_rows(history) == 25
+    assert len(history.runs) == 25 and table_rows(history) == 25
     assert len(history.action_column.children) == 25
-    assert history.frame["id"].is_monotonic_decreasing
+    ids = [r.id for r in history.runs]
+    assert ids == sorted(ids, reverse=True)
     assert history.prev_button.disabled and not history.next_button.disabled
-    newest = int(history.frame["id"].iloc[0])
+    newest = history.runs[0].id
 
     history.next_button.click()
     settle(dash)
     assert history.page_label.value == "page 2 of 3 · 60 runs"
-    assert int(history.frame["id"].iloc[0]) == newest - 25
+    assert history.runs[0].id == newest - 25
     history.next_button.click()
     settle(dash)
     assert history.page_label.value == "page 3 of 3 · 60 runs"
@@ -257,7 +258,7 @@ def test_history_filters_by_module_status_and_text(dash: Dashboard, runner: Runn
     history.module.value = "beta"
     settle(dash)
     assert history.page_label.value == "page 1 of 1 · 3 runs"
-    assert set(history.frame["module"]) == {"beta"}
+    assert {r.module for r in history.runs} == {"beta"}
     history.module.value = ""
     history.status.value = "failed"
     settle(dash)
@@ -414,7 +415,7 @@ def test_a_history_row_follows_its_run_without_a_reload(dash: Dashboard, runner:
     assert "nbr-status-queued" in row.table.value
     runner.config("paused", False)
     refresh_until(dash, lambda: "nbr-status-running" in row.table.value, "running in history")
-    assert row.frame["status"].iloc[0] == "queued"  # the page was not reloaded: followed live
+    assert row.runs[0].status is RunStatus.QUEUED  # the page was not reloaded: followed live
     refresh_until(dash, lambda: "nbr-progress" in row.table.value, "progress in the row")
     refresh_until(dash, lambda: "nbr-status-succeeded" in row.table.value, "the end")
 

@@ -1,11 +1,12 @@
 """History: one page of runs at a time, filtered and paged in SQL, newest first.
 
-The page is a pandas DataFrame (`HistoryView.frame`) from `runner.history`, drawn as one
-HTML table; the View / Restart buttons sit in a column of their own beside it, one pair per
-row at the row's fixed height, so they never cover a cell. Rows of runs that are active (or
-just ended) follow the live snapshot every tick, as the cards do: state, elapsed time, exit
-code and progress. The page is reloaded only when runs were added or ended, or the user
-asked.
+The page is a list of run records (`HistoryView.runs`) from the store, not `runner.history`'s
+DataFrame: pandas would add ~40 MB to every page's kernel, and only the CSV export needs it.
+It is drawn as one HTML table; the View / Restart buttons sit in a column of their own
+beside it, one pair per row at the row's fixed height, so they never cover a cell. Rows of
+runs that are active (or just ended) follow the live snapshot every tick, as the cards do:
+state, elapsed time, exit code and progress. The page is reloaded only when runs were added
+or ended, or the user asked.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
-import pandas as pd
 
 from ..models import RunRecord
 from ..runner import Runner
 from ..states import RunStatus
+from ..store import HistoryFilter
 from . import text
 from .cards import elapsed, progress_of
 from .progress import bar_html
@@ -95,34 +96,25 @@ def _cell(css: str, html: str, title: str = "") -> str:
     return f'<td class="{css}"{hover}>{html}</td>'
 
 
-def row_html(row: pd.Series, live: RunRecord | None, now: float, line: str) -> str:
-    """One table row: from the page, or from the live record while the run is followed."""
-    run_id = int(row["id"])
-    detail = text.params(row["params"] or {}, limit=1000)
-    if isinstance(row["reason"], str) and row["reason"]:
-        detail = f"{detail} — {row['reason']}" if detail else row["reason"]
-    submitted = row["submitted_at"].timestamp()
-    if live is not None:
-        status, duration = live.status.value, elapsed(live, now)
-        exit_code = "" if live.exit_code is None else str(live.exit_code)
-        progress = bar_html(progress_of(live, line, now))
-    else:
-        status = str(row["status"])
-        duration = text.duration(None if pd.isna(row["duration_s"]) else row["duration_s"])
-        exit_code = "" if pd.isna(row["exit_code"]) else str(int(row["exit_code"]))
-        progress = ""
-    local = datetime.fromtimestamp(submitted).strftime("%Y-%m-%d %H:%M:%S")
+def row_html(record: RunRecord, now: float, line: str) -> str:
+    """One table row; `record` is the live one while the run is followed, so its state,
+    elapsed time, exit code and progress move as its card's do."""
+    detail = text.params(record.params, limit=1000)
+    if record.reason:
+        detail = f"{detail} — {record.reason}" if detail else record.reason
+    exit_code = "" if record.exit_code is None else str(record.exit_code)
+    local = datetime.fromtimestamp(record.submitted_at).strftime("%Y-%m-%d %H:%M:%S")
     cells = [
-        _cell("nbr-c-id", f"#{run_id}"),
-        _cell("nbr-c-module", text.escape(row["module"]), row["module"]),
-        _cell("nbr-c-status", badge(status)),
-        _cell("nbr-c-submitted", submitted_text(submitted, now), local),
-        _cell("nbr-c-duration", duration),
+        _cell("nbr-c-id", f"#{record.id}"),
+        _cell("nbr-c-module", text.escape(record.module), record.module),
+        _cell("nbr-c-status", badge(record.status.value)),
+        _cell("nbr-c-submitted", submitted_text(record.submitted_at, now), local),
+        _cell("nbr-c-duration", elapsed(record, now)),
         _cell("nbr-c-exit", exit_code),
-        _cell("nbr-c-progress", progress),
+        _cell("nbr-c-progress", bar_html(progress_of(record, line, now))),
         _cell("nbr-c-detail", text.escape(detail), detail),
     ]
-    return f'<tr class="nbr-hrow nbr-hrun-{run_id}">{"".join(cells)}</tr>'
+    return f'<tr class="nbr-hrow nbr-hrun-{record.id}">{"".join(cells)}</tr>'
 
 
 def table_html(rows: Iterable[str]) -> str:
@@ -165,7 +157,7 @@ class HistoryView:
         self.on_change = on_change
         self.page = 0
         self.total = 0
-        self.frame = pd.DataFrame()
+        self.runs: list[RunRecord] = []
         self.stale = True
         self.known_modules: set[str] = set(runner.modules())
         self._count_for: HistoryQuery | None = None
@@ -305,32 +297,32 @@ class HistoryView:
         self.stale = False
         size = int(self.page_size.value)
         self.page = min(self.page, page_count(self.total, size) - 1)
-        self.frame = self.runner.history(**query.kwargs(), limit=size, offset=self.page * size)
-        self.learn_modules(self.frame["module"])
+        query_filter = HistoryFilter.build(**query.kwargs())
+        self.runs = self.runner.store.history(query_filter, limit=size, offset=self.page * size)
+        self.learn_modules(r.module for r in self.runs)
         self._show_page()
 
     def _show_page(self) -> None:
         size = int(self.page_size.value)
-        while len(self.actions) < len(self.frame):
+        while len(self.actions) < len(self.runs):
             self.actions.append(RowActions(*self._row_actions))
-        for actions, run_id in zip(self.actions, self.frame["id"], strict=False):
-            actions.run_id = int(run_id)
-        shown = tuple(a.widget for a in self.actions[: len(self.frame)])
+        for actions, record in zip(self.actions, self.runs, strict=False):
+            actions.run_id = record.id
+        shown = tuple(a.widget for a in self.actions[: len(self.runs)])
         self.sync.set(self.action_column, children=shown)
         pages = page_count(self.total, size)
         self.sync.set(self.page_label, value=f"page {self.page + 1} of {pages} · {self.total} runs")
         self.sync.set(self.prev_button, disabled=self.page == 0)
         self.sync.set(self.next_button, disabled=self.page + 1 >= pages)
-        self.sync.show(self.grid, not self.frame.empty)
-        self.sync.show(self.empty, self.frame.empty)
+        self.sync.show(self.grid, bool(self.runs))
+        self.sync.show(self.empty, not self.runs)
 
     def update(self, live: Mapping[int, RunRecord], now: float, last_line: LastLine) -> None:
         """Draw the page; rows of followed runs (active or just ended) from `live`."""
         rows = []
-        for _, row in self.frame.iterrows():
-            record = live.get(int(row["id"]))
-            line = last_line(record.log_path) if record is not None else ""
-            rows.append(row_html(row, record, now, line))
+        for record in self.runs:
+            shown = live.get(record.id, record)
+            rows.append(row_html(shown, now, "" if shown.is_done else last_line(shown.log_path)))
         self.sync.set(self.table, value=table_html(rows))
 
 
