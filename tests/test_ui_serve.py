@@ -187,7 +187,9 @@ def test_a_gone_page_kernel_is_culled_within_a_minute(server: Server) -> None:
     )
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "Ctrl-C", "killed"]
+)
 def test_a_signal_to_the_dashboard_alone_stops_voila_and_its_kernels(
     tmp_path: Path, signum: int
 ) -> None:

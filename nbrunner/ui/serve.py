@@ -142,6 +142,7 @@ class Stopped(Exception):
 
 
 def _raise_stopped(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the stop
     raise Stopped
 
 
