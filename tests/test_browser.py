@@ -108,6 +108,14 @@ def expect_log_grows(page: Any, run_id: int, label: str) -> None:
     expect(body).to_contain_text(f"{label} {seen + 3}/")
 
 
+def assert_whole(button: Any, label: str) -> None:
+    """The button shows its whole label (not "×.." nor "V…")."""
+    from playwright.sync_api import expect
+
+    expect(button).to_have_text(label)
+    assert button.evaluate("b => b.scrollWidth <= b.clientWidth"), f"{label!r} is cut"
+
+
 def filter_history(page: Any, module: str) -> None:
     select_tab(page, "History")
     field = page.locator(".nbr-hmodule input")
@@ -136,6 +144,7 @@ def test_launch_watch_cancel_and_find_in_history(page: Any, shots: Path) -> None
     expect(page.locator(f".nbr-run-{alpha[1]} .nbr-badge")).to_have_text("cancelled")
     expect(page.locator(".nbr-active-heading")).to_have_text("Active runs (2)")
     expect(page.locator(".nbr-toast-cancelled")).to_contain_text(f"#{alpha[1]} count")
+    assert_whole(page.locator(".nbr-toast-cancelled .nbr-dismiss"), "×")
     page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
 
     filter_history(page, "cou")  # the start of a name is enough
@@ -342,6 +351,7 @@ def test_jupyterlab_dark_cell_is_readable(lab: Any, runner: Runner) -> None:
         )
     finally:
         run.cancel()
+    assert_whole(lab.locator(f".nbr-toast-cancelled:has-text('#{run.id}') .nbr-dismiss"), "×")
     assert lab.evaluate("document.body.dataset.jpThemeLight") == "false"
     too_low = {selector: ratio for selector, (ratio, wanted) in ratios.items() if ratio < wanted}
     assert not too_low, f"unreadable in JupyterLab's dark theme: {too_low}"
