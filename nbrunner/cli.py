@@ -450,7 +450,6 @@ def _dashboard(args: argparse.Namespace, runner: Runner) -> int:
         port=args.port,
         ip=args.ip,
         open_browser=not args.no_browser,
-        token=args.token,
         modules_file=args.modules,
     )
 
@@ -672,7 +671,6 @@ def _parser() -> argparse.ArgumentParser:
     dashboard = add("dashboard", "serve the dashboard as a web app (Voila)")
     dashboard.add_argument("--port", type=_count("port", 65535), default=8866)
     dashboard.add_argument("--ip", default="127.0.0.1")
-    dashboard.add_argument("--token", help="required to listen on another address than localhost")
     dashboard.add_argument("--no-browser", action="store_true")
     config = add("config", "show or set settings (max_concurrent, paused, group.NAME...)", listing)
     config.add_argument("key", nargs="?")

@@ -1,12 +1,16 @@
 """The dashboard end to end: `nbrunner dashboard` (real Voila) driven by headless Chromium.
 
 One server and one page for the module; the tests run in order on the same page, as a user
-would: launch, watch, cancel, look things up in History, page through it.
+would: launch, watch, cancel, look things up in History, page through it. Other pages come
+and go beside it: without the token, through a rebinding host name, in the dark theme.
+Screenshots go to the test's temporary folder; `python -m tests.helpers.browser
+--screenshots docs/` refreshes the ones in the README.
 """
 
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -14,15 +18,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.browser import chromium_page, dashboard_server, require_browser, seed_history
+from helpers.browser import (
+    READY,
+    REBIND_HOST,
+    VIEWPORT,
+    Server,
+    chromium,
+    contrast_ratios,
+    dashboard_server,
+    history_layout,
+    jupyterlab_server,
+    launch,
+    open_dashboard,
+    require_browser,
+    restart_kernel,
+    run_cell,
+    seed_history,
+    select_tab,
+)
 
 from nbrunner import Runner
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "dashboard.png"
 XSS = "print('<img src=x onerror=window.__pwned=1>'); print('<script>window.__pwned=2</script>')"
 SEEDED = 60
+TEXT_CONTRAST = 4.5  # WCAG AA for body text
+MUTED_CONTRAST = 3.0  # secondary text, as JupyterLab's own font-color2
 
 
 @pytest.fixture(scope="module")
@@ -40,38 +62,36 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def page(home: Path) -> Iterator[Any]:
+def runner(home: Path) -> Iterator[Runner]:
+    """Runs started outside the page (a script, the CLI) to watch the page follow them."""
+    with Runner(home) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[Server]:
     require_browser()
+    with dashboard_server(home, home.parent) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(server: Server) -> Iterator[Any]:
     from playwright.sync_api import expect
 
-    expect.set_options(timeout=20_000)
-    with dashboard_server(home, home.parent / "voila.log") as url, chromium_page() as page:
-        page.goto(url)
-        page.wait_for_selector(".nbr-app.nbr-ready", timeout=90_000)
-        yield page
+    expect.set_options(timeout=30_000)
+    with chromium() as running:
+        yield running
 
 
-def launch(page: Any, module: str, copies: int = 1, **params: object) -> list[int]:
-    """Fill the launcher form and press Run; returns the ids the launcher reports."""
-    from playwright.sync_api import expect
-
-    page.select_option(".nbr-module-picker select", module)
-    page.wait_for_selector(f".nbr-form-{module}", state="attached")
-    for name, value in params.items():
-        field = page.locator(f".nbr-form-{module} .nbr-field-{name} input")
-        field.fill(str(value))
-        field.press("Tab")
-    page.locator(".nbr-copies input").fill(str(copies))
-    page.locator(".nbr-copies input").press("Tab")
-    page.click("button.nbr-run-button")
-    message = page.locator(".nbr-launch-message")
-    expect(message).to_contain_text(f"Queued {copies} run{'s' if copies > 1 else ''} of {module}")
-    first, *last = map(int, re.findall(r"#(\d+)", message.inner_text()))
-    return list(range(first, (last[0] if last else first) + 1))
+@pytest.fixture(scope="module")
+def page(browser: Any, server: Server) -> Any:
+    return open_dashboard(browser, server.url)
 
 
-def select_tab(page: Any, title: str) -> None:
-    page.locator(".nbr-tabs .lm-TabBar-tab", has_text=title).click()
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("screenshots")
 
 
 def last_count(page: Any, run_id: int, label: str) -> int:
@@ -88,6 +108,14 @@ def expect_log_grows(page: Any, run_id: int, label: str) -> None:
     expect(body).to_contain_text(f"{label} {seen + 3}/")
 
 
+def assert_whole(button: Any, label: str) -> None:
+    """The button shows its whole label (not "×.." nor "V…")."""
+    from playwright.sync_api import expect
+
+    expect(button).to_have_text(label)
+    assert button.evaluate("b => b.scrollWidth <= b.clientWidth"), f"{label!r} is cut"
+
+
 def filter_history(page: Any, module: str) -> None:
     select_tab(page, "History")
     field = page.locator(".nbr-hmodule input")
@@ -95,7 +123,7 @@ def filter_history(page: Any, module: str) -> None:
     field.press("Enter")
 
 
-def test_launch_watch_cancel_and_find_in_history(page: Any) -> None:
+def test_launch_watch_cancel_and_find_in_history(page: Any, shots: Path) -> None:
     from playwright.sync_api import expect
 
     alpha = launch(page, "count", copies=2, n=300, delay=0.2, label="alpha")
@@ -110,20 +138,22 @@ def test_launch_watch_cancel_and_find_in_history(page: Any) -> None:
     select_tab(page, f"#{alpha[0]} count")
     expect_log_grows(page, alpha[0], "alpha")
     assert "count " not in page.locator(f".nbr-log-{alpha[0]}").inner_text()
+    expect(page.locator(f".nbr-run-{alpha[0]} .nbr-progress")).to_contain_text("%")
 
     page.click(f".nbr-run-{alpha[1]} .nbr-cancel")
     expect(page.locator(f".nbr-run-{alpha[1]} .nbr-badge")).to_have_text("cancelled")
     expect(page.locator(".nbr-active-heading")).to_have_text("Active runs (2)")
     expect(page.locator(".nbr-toast-cancelled")).to_contain_text(f"#{alpha[1]} count")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert_whole(page.locator(".nbr-toast-cancelled .nbr-dismiss"), "×")
+    page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
 
-    filter_history(page, "count")
+    filter_history(page, "cou")  # the start of a name is enough
     rows = page.locator(".nbr-hrow")
     expect(rows).to_have_count(2)
     expect(rows.nth(0)).to_contain_text(f"#{alpha[1]}")
     expect(rows.nth(0)).to_contain_text("cancelled")
     expect(rows.nth(1)).to_contain_text(f"#{alpha[0]}")
+    expect(rows.nth(1).locator(".nbr-progress")).to_contain_text("%")  # live, as its card
     filter_history(page, "sleep")
     expect(rows).to_have_count(1)
     expect(rows.nth(0)).to_contain_text(f"#{sleeper}")
@@ -147,6 +177,42 @@ def test_history_pages_through_seeded_runs(page: Any) -> None:
     expect(label).to_have_text(f"page 2 of 3 · {SEEDED} runs")
 
 
+def test_history_is_one_table_that_fits_at_1024_px(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 1024, "height": 800})
+    try:
+        filter_history(page, "")
+        expect(page.locator(".nbr-hrow")).to_have_count(25)
+        expect(page.locator(".nbr-hactions-row")).to_have_count(25)
+        layout = history_layout(page)
+    finally:
+        page.set_viewport_size(VIEWPORT)
+    assert layout["scrollers"] == [], "nothing in History scrolls sideways"
+    assert layout["tableRight"] <= layout["buttonsLeft"], "buttons cover no cell"
+    assert not layout["truncatedButtons"], "View / Restart are shown whole"
+    assert min(layout["headerWidths"]) > 20, "no column vanishes"
+    for (top, bottom), centre in zip(layout["rows"], layout["actionCentres"], strict=True):
+        assert top <= centre <= bottom, "each row's buttons sit beside it"
+
+
+def test_a_history_row_follows_a_run_started_elsewhere(page: Any, runner: Runner) -> None:
+    from playwright.sync_api import expect
+
+    filter_history(page, "")
+    runner.config("paused", True)
+    try:
+        run_id = runner.submit("count", {"n": 30, "delay": 0.1, "label": "elsewhere"}).id
+        row = page.locator(f".nbr-hrun-{run_id}")
+        expect(row.locator(".nbr-badge")).to_have_text("queued")
+    finally:
+        runner.config("paused", False)
+    expect(row.locator(".nbr-badge")).to_have_text("running")
+    expect(row.locator(".nbr-progress")).to_contain_text("%")
+    expect(row.locator(".nbr-badge")).to_have_text("succeeded")
+    expect(row.locator(".nbr-c-exit")).to_have_text("0")
+
+
 def test_untrusted_output_is_shown_as_text_and_runs_nothing(page: Any) -> None:
     from playwright.sync_api import expect
 
@@ -161,3 +227,167 @@ def test_untrusted_output_is_shown_as_text_and_runs_nothing(page: Any) -> None:
     time.sleep(0.5)  # give an injected handler the time it would need to fire
     assert page.evaluate("window.__pwned") is None
     assert page.locator(".nbr-app img, .nbr-app script").count() == 0
+
+
+def test_without_the_token_the_login_page_and_no_kernel(browser: Any, server: Server) -> None:
+    from playwright.sync_api import expect
+
+    kernels = len(server.kernels())
+    stranger = browser.new_page(viewport=VIEWPORT)
+    try:
+        stranger.goto(server.base)
+        expect(stranger).to_have_url(re.compile(r"/login"))
+        expect(stranger.locator("#password_input")).to_be_visible()
+        assert stranger.locator(".nbr-app").count() == 0
+        assert len(server.kernels()) == kernels
+    finally:
+        stranger.close()
+
+
+def test_a_rebinding_host_name_is_refused(browser: Any, server: Server) -> None:
+    """Chromium resolves REBIND_HOST to 127.0.0.1, as DNS rebinding would."""
+    kernels = len(server.kernels())
+    attacker = browser.new_page(viewport=VIEWPORT)
+    try:
+        token = server.url.split("?", 1)[1]
+        response = attacker.goto(f"http://{REBIND_HOST}:{server.port}/?{token}")
+        assert response is not None and response.status == 403
+        assert attacker.locator(".nbr-app").count() == 0
+        assert len(server.kernels()) == kernels
+    finally:
+        attacker.close()
+
+
+def test_jupyterlab_dark_theme_is_readable(
+    browser: Any, server: Server, runner: Runner, shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    run = runner.submit("train", {"epochs": 1, "steps": 100, "step_time": 0.2})
+    dark = open_dashboard(browser, server.url + "&theme=dark")
+    try:
+        expect(dark.locator(f".nbr-run-{run.id} .nbr-progress")).to_contain_text("%")
+        select_tab(dark, "History")
+        expect(dark.locator(".nbr-hrow").first).to_be_visible()
+        assert dark.evaluate("getComputedStyle(document.body).backgroundColor") != (
+            "rgb(255, 255, 255)"
+        )
+        ratios = contrast_ratios(
+            dark,
+            {
+                ".nbr-launcher .nbr-field .widget-label": TEXT_CONTRAST,
+                ".nbr-launcher h3": TEXT_CONTRAST,
+                f".nbr-run-{run.id} b": TEXT_CONTRAST,
+                ".nbr-active-heading h3": TEXT_CONTRAST,
+                ".nbr-counts .nbr-chips": TEXT_CONTRAST,
+                ".nbr-gauge b": TEXT_CONTRAST,
+                ".nbr-chart b": TEXT_CONTRAST,
+                ".nbr-htable td.nbr-c-module": TEXT_CONTRAST,
+                ".nbr-page-label": TEXT_CONTRAST,
+                ".nbr-gauge .nbr-muted": MUTED_CONTRAST,
+            },
+        )
+        dark.screenshot(path=str(shots / "dashboard-dark.png"), full_page=True)
+    finally:
+        dark.close()
+        run.cancel()
+    too_low = {selector: ratio for selector, (ratio, wanted) in ratios.items() if ratio < wanted}
+    assert not too_low, f"unreadable in the dark theme: {too_low}"
+
+
+def test_a_dead_kernel_leaves_a_clear_message_not_dead_widgets(
+    browser: Any, server: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    before = {k.pid for k in server.kernels()}
+    doomed = open_dashboard(browser, server.url)
+    try:
+        (kernel,) = [k for k in server.kernels() if k.pid not in before]
+        kernel.send_signal(signal.SIGKILL)
+        app = doomed.locator(".nbr-app")
+        expect(app).to_have_class(re.compile(r"\bjupyter-widgets-disconnected\b"))
+        expect(doomed.locator(".nbr-body")).to_be_hidden()
+        message = app.evaluate("e => getComputedStyle(e, '::after').content")
+        assert "kernel is gone: re-run the cell" in message
+    finally:
+        doomed.close()
+
+
+# -- in a real JupyterLab, dark theme ------------------------------------------------------------
+THREADS = "import threading\nsum(t.name == 'nbrunner-dashboard' for t in threading.enumerate())"
+
+
+@pytest.fixture(scope="module")
+def lab(browser: Any, home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The dashboard in a JupyterLab notebook cell, JupyterLab's dark theme on."""
+    cells = [f"from nbrunner import Runner\nRunner({str(home)!r}).dashboard()", THREADS]
+    with jupyterlab_server(tmp_path_factory.mktemp("lab"), cells) as url:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(url)
+        run_cell(page, 0)
+        page.wait_for_selector(READY, timeout=120_000)
+        yield page
+        page.close()
+
+
+def test_jupyterlab_dark_cell_is_readable(lab: Any, runner: Runner) -> None:
+    from playwright.sync_api import expect
+
+    run = runner.submit("sleep", {"n": 60})
+    try:
+        expect(lab.locator(f".nbr-run-{run.id} .nbr-badge")).to_have_text("running")
+        ratios = contrast_ratios(
+            lab,
+            {
+                ".nbr-launcher .nbr-field .widget-label": TEXT_CONTRAST,
+                ".nbr-launcher h3": TEXT_CONTRAST,
+                f".nbr-run-{run.id} b": TEXT_CONTRAST,
+                ".nbr-counts .nbr-chips": TEXT_CONTRAST,
+                ".nbr-gauge b": TEXT_CONTRAST,
+                ".nbr-htable td.nbr-c-module": TEXT_CONTRAST,
+                ".nbr-muted": MUTED_CONTRAST,
+            },
+        )
+    finally:
+        run.cancel()
+    assert_whole(lab.locator(f".nbr-toast-cancelled:has-text('#{run.id}') .nbr-dismiss"), "×")
+    assert lab.evaluate("document.body.dataset.jpThemeLight") == "false"
+    too_low = {selector: ratio for selector, (ratio, wanted) in ratios.items() if ratio < wanted}
+    assert not too_low, f"unreadable in JupyterLab's dark theme: {too_low}"
+
+
+def test_rerunning_the_cell_leaves_one_refresh_thread(lab: Any) -> None:
+    from playwright.sync_api import expect
+
+    for _ in range(2):
+        run_cell(lab, 0)
+        expect(lab.locator(READY)).to_have_count(1)
+    run_cell(lab, 1)
+    count = lab.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output")
+    expect(count).to_have_text("1")
+
+
+def test_a_kernel_restart_says_re_run_the_cell(lab: Any) -> None:
+    from playwright.sync_api import expect
+
+    restart_kernel(lab)
+    app = lab.locator(".nbr-app")
+    expect(app).to_have_class(re.compile(r"\bjupyter-widgets-disconnected\b"))
+    expect(lab.locator(".nbr-body")).to_be_hidden()
+    message = app.evaluate("e => getComputedStyle(e, '::after').content")
+    assert "kernel is gone: re-run the cell" in message
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
+def test_a_missing_browser_fails_under_ci(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
+) -> None:
+    import helpers.browser
+
+    monkeypatch.setattr(helpers.browser, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="apt-get install chromium"):
+        require_browser()

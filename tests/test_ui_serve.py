@@ -1,45 +1,94 @@
-"""`nbrunner dashboard`: how Voila is started (the browser tests start it for real)."""
+"""`nbrunner dashboard`: who may drive it, what a page costs, and how it stops.
+
+The first tests check the configuration Voila is given; the others start the real server
+(Voila and its page kernels, no browser) and talk HTTP and websockets to it.
+"""
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
+import re
+import signal
+import stat
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from importlib import resources as package_files
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import psutil
 import pytest
+from helpers.browser import Server, dashboard_server
+from helpers.procs import alive, wait_until
 
-from nbrunner.cli import main
-from nbrunner.errors import BadInput
-from nbrunner.ui.serve import NOTEBOOK, is_loopback, untracked_messages, voila_command
+from nbrunner.ui.serve import (
+    CULL_IDLE_TIMEOUT_S,
+    CULL_INTERVAL_S,
+    NOTEBOOK,
+    local_hostnames,
+    private_config,
+    untracked_messages,
+    url_for,
+    voila_config,
+)
+from nbrunner.ui.voila_app import check_host, host_name
 
 NB = Path("dashboard.ipynb")
+GONE_PAGE_KERNEL_S = 60
 
 
-def test_localhost_needs_no_token_and_kernels_are_culled() -> None:
-    command = voila_command(8866, "127.0.0.1", False, None, NB)
-    assert "--Voila.ip=127.0.0.1" in command
-    assert "--Voila.open_browser=False" in command
-    assert any(a.startswith("--MappingKernelManager.cull_idle_timeout=") for a in command)
-    assert any(a.startswith("--MappingKernelManager.cull_interval=") for a in command)
-    assert not any(a.startswith("--Voila.token") for a in command)
+# -- what Voila is told --------------------------------------------------------------------------
+def test_token_host_check_and_culling_are_configured() -> None:
+    config = voila_config("127.0.0.1", 8866, "s3cret", NB)
+    assert config["Voila"]["token"] == "s3cret"
+    assert config["Voila"]["port_retries"] == 0
+    assert config["Voila"]["tornado_settings"]["allow_remote_access"] is False
+    culling = config["MappingKernelManager"]
+    assert culling["cull_idle_timeout"] + culling["cull_interval"] <= GONE_PAGE_KERNEL_S
+    assert culling["cull_connected"] is False  # an open page keeps its kernel
 
 
-@pytest.mark.parametrize("ip", ["0.0.0.0", "192.168.1.20", "::", "example.org"])
-def test_another_address_is_refused_without_a_token(ip: str) -> None:
-    with pytest.raises(BadInput, match="without a token"):
-        voila_command(8866, ip, False, None, NB)
-    assert "--Voila.token=s3cret" in voila_command(8866, ip, True, "s3cret", NB)
+def test_the_url_carries_the_token() -> None:
+    assert url_for("127.0.0.1", 8866, "abc") == "http://127.0.0.1:8866/?token=abc"
+    assert url_for("0.0.0.0", 8866, "abc") == "http://127.0.0.1:8866/?token=abc"
+    assert url_for("::1", 8866, "abc") == "http://[::1]:8866/?token=abc"
 
 
-def test_cli_says_why_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["dashboard", "--home", str(tmp_path), "--ip", "0.0.0.0", "--no-browser"])
-    assert code == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "--token" in error
+def test_the_config_file_is_private_and_removed(tmp_path: Path) -> None:
+    with private_config({"Voila": {"token": "s3cret"}}) as path:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert json.loads(path.read_text())["Voila"]["token"] == "s3cret"
+    assert not path.exists()
 
 
-def test_loopback_addresses() -> None:
-    assert all(is_loopback(ip) for ip in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+def test_local_names_are_the_bound_address_and_localhost() -> None:
+    assert local_hostnames("127.0.0.1") == ["127.0.0.1", "localhost"]
+    assert "192.168.1.20" in local_hostnames("192.168.1.20")
+    assert "0.0.0.0" not in local_hostnames("0.0.0.0")
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:8866", True),
+        ("localhost:8866", True),
+        ("[::1]:8866", True),
+        ("192.168.1.20:8866", True),
+        ("192.168.1.21:8866", False),
+        ("rebind.attacker.example:8866", False),
+    ],
+)
+def test_host_header_check(host: str, allowed: bool) -> None:
+    handler: Any = SimpleNamespace(
+        request=SimpleNamespace(host=host),
+        settings={"allow_remote_access": False, "local_hostnames": ["192.168.1.20", "localhost"]},
+        log=SimpleNamespace(warning=lambda *a: None),
+    )
+    assert check_host(handler) is allowed
+    assert host_name("[::1]:80") == "::1"
 
 
 def test_widget_traffic_does_not_keep_an_orphaned_kernel_alive() -> None:
@@ -50,5 +99,106 @@ def test_widget_traffic_does_not_keep_an_orphaned_kernel_alive() -> None:
 def test_the_packaged_notebook_builds_the_dashboard_from_the_environment() -> None:
     notebook = package_files.files("nbrunner.ui") / NOTEBOOK
     cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    source = "".join(cells[-1]["source"])
-    assert "Runner().dashboard()" in source
+    assert "Runner().dashboard()" in "".join(cells[-1]["source"])
+
+
+# -- the real server -----------------------------------------------------------------------------
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None
+
+
+def get(url: str, host: str | None = None) -> int:
+    """The status of a GET, redirects not followed."""
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.build_opener(NoRedirect).open(request, timeout=120) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def token_of(server: Server) -> str:
+    return server.url.split("token=", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("serve")
+    with dashboard_server(folder / "home", folder) as running:
+        yield running
+
+
+def test_the_token_is_printed_and_in_no_command_line(server: Server) -> None:
+    token = token_of(server)
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/\?token=[\w-]{40,}", server.url)
+    for process in [psutil.Process(server.process.pid), *server.descendants()]:
+        assert token not in " ".join(process.cmdline())
+
+
+def test_without_the_token_no_kernel_starts(server: Server) -> None:
+    assert get(server.base) == 302  # to the login page
+    assert get(server.base + "?token=wrong") == 302
+    assert server.kernels() == []
+
+
+def test_a_foreign_host_is_refused(server: Server) -> None:
+    assert get(server.url, host=f"rebind.attacker.example:{server.port}") == 403
+    assert server.kernels() == []
+
+
+def test_a_foreign_origin_cannot_open_a_kernel_websocket(server: Server) -> None:
+    """A page on another site rides the owner's login cookie; it cannot know the token
+    (a request carrying the token is trusted from any origin, as in Jupyter)."""
+    from tornado.httpclient import HTTPClientError, HTTPRequest
+    from tornado.ioloop import IOLoop
+    from tornado.websocket import websocket_connect
+
+    cookies = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(cookies))
+    with opener.open(server.url, timeout=120) as response:
+        kernel_id = re.search(r'"kernelId": "([\w-]+)"', response.read().decode()).group(1)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in cookies)
+    channels = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels"
+
+    async def status(origin: str) -> int:
+        headers = {"Origin": origin, "Cookie": cookie}
+        try:
+            connection = await websocket_connect(HTTPRequest(channels, headers=headers))
+        except HTTPClientError as error:
+            return error.code
+        connection.close()
+        return 101
+
+    assert IOLoop.current().run_sync(lambda: status("http://attacker.example")) == 403
+    assert IOLoop.current().run_sync(lambda: status(f"http://127.0.0.1:{server.port}")) == 101
+
+
+def test_a_gone_page_kernel_is_culled_within_a_minute(server: Server) -> None:
+    assert get(server.url) == 200  # a page load nobody connects to: a gone page
+    kernels = wait_until(server.kernels, what="the page's kernel")
+    print(f"page kernels' RSS: {[f'{k.memory_info().rss / 2**20:.0f} MiB' for k in kernels]}")
+    wait_until(
+        lambda: not server.kernels(),
+        timeout=GONE_PAGE_KERNEL_S + 15,  # the page took a little time to render
+        interval=1,
+        what=f"culling after {CULL_IDLE_TIMEOUT_S} s idle, checked every {CULL_INTERVAL_S} s",
+    )
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "Ctrl-C", "killed"]
+)
+def test_a_signal_to_the_dashboard_alone_stops_voila_and_its_kernels(
+    tmp_path: Path, signum: int
+) -> None:
+    with dashboard_server(tmp_path / "home", tmp_path) as running:
+        assert get(running.url) == 200
+        wait_until(running.kernels, what="a page kernel")
+        everything = running.descendants()
+        running.process.send_signal(signum)
+        running.process.wait(timeout=30)
+        wait_until(
+            lambda: not [p for p in everything if alive(p.pid)], what="Voila and kernels to stop"
+        )

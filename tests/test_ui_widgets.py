@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -15,10 +17,14 @@ from helpers.procs import wait_until
 from nbrunner import Runner
 from nbrunner.monitor import SystemSample, SystemSampler, take_sample
 from nbrunner.states import RunStatus
-from nbrunner.ui import Dashboard
+from nbrunner.ui import Dashboard, text
 from nbrunner.ui.cards import card_html
 from nbrunner.ui.gauges import gauges_html
+from nbrunner.ui.history import HistoryView
 from nbrunner.ui.logview import LogBuffer
+from nbrunner.ui.progress import parse
+from nbrunner.ui.summary import bars_svg
+from nbrunner.ui.theme import stylesheet
 
 T = TypeVar("T")
 
@@ -48,6 +54,10 @@ def dash(runner: Runner, sampler: SystemSampler, clock: FakeClock) -> Iterator[D
     settle(dashboard)
     yield dashboard
     dashboard.close()
+
+
+def table_rows(history: HistoryView) -> int:
+    return history.table.value.count('<tr class="nbr-hrow')
 
 
 def settle(dash: Dashboard) -> None:
@@ -218,25 +228,27 @@ def test_history_pages_through_one_page_at_a_time(dash: Dashboard, runner: Runne
     history.invalidate()
     settle(dash)
     assert history.page_label.value == "page 1 of 3 · 60 runs"
-    assert len(history.frame) == 25 and len(history.grid.children) == 25
-    assert history.frame["id"].is_monotonic_decreasing
+    assert len(history.runs) == 25 and table_rows(history) == 25
+    assert len(history.action_column.children) == 25
+    ids = [r.id for r in history.runs]
+    assert ids == sorted(ids, reverse=True)
     assert history.prev_button.disabled and not history.next_button.disabled
-    newest = int(history.frame["id"].iloc[0])
+    newest = history.runs[0].id
 
     history.next_button.click()
     settle(dash)
     assert history.page_label.value == "page 2 of 3 · 60 runs"
-    assert int(history.frame["id"].iloc[0]) == newest - 25
+    assert history.runs[0].id == newest - 25
     history.next_button.click()
     settle(dash)
     assert history.page_label.value == "page 3 of 3 · 60 runs"
-    assert len(history.grid.children) == 10
+    assert table_rows(history) == 10 and len(history.action_column.children) == 10
     assert history.next_button.disabled
 
     history.page_size.value = 50
     settle(dash)
     assert history.page_label.value == "page 1 of 2 · 60 runs"
-    assert len(history.grid.children) == 50
+    assert table_rows(history) == 50
 
 
 def test_history_filters_by_module_status_and_text(dash: Dashboard, runner: Runner) -> None:
@@ -246,7 +258,7 @@ def test_history_filters_by_module_status_and_text(dash: Dashboard, runner: Runn
     history.module.value = "beta"
     settle(dash)
     assert history.page_label.value == "page 1 of 1 · 3 runs"
-    assert set(history.frame["module"]) == {"beta"}
+    assert {r.module for r in history.runs} == {"beta"}
     history.module.value = ""
     history.status.value = "failed"
     settle(dash)
@@ -262,12 +274,12 @@ def test_history_row_actions_view_and_restart(dash: Dashboard, runner: Runner) -
     (seeded,) = seed_history(runner.store, 1, module="count")
     dash.history.invalidate()
     settle(dash)
-    row = dash.history.rows[0]
-    assert row.run_id == seeded
-    row.widget.children[1].click()  # View
+    actions = dash.history.actions[0]
+    assert actions.run_id == seeded
+    actions.view_button.click()
     settle(dash)
     assert seeded in dash.tabs.tabs
-    row.widget.children[2].click()  # Restart
+    actions.restart_button.click()
     assert runner.store.active()[0].restart_of == seeded
     assert f"Restarted #{seeded}" in dash.notice.value
 
@@ -352,3 +364,119 @@ def test_every_tick_makes_at_most_one_store_query(
             reloads += len(selects)
     runner.store._conn().set_trace_callback(None)
     assert reloads >= 3  # history counts, pages and the summary did reload
+
+
+# -- truth, live ---------------------------------------------------------------------------------
+def test_durations_under_a_second_keep_a_decimal() -> None:
+    assert [text.duration(s) for s in (0.0, 0.42, 1.0, 59.9, 200)] == [
+        "0.0s",
+        "0.4s",
+        "1s",
+        "59s",
+        "3m20s",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "fraction", "eta"),
+    [
+        ("45%|████▌     | 450/1000 [00:10<00:12, 43.1it/s]", 0.45, 12.0),
+        ("step 450/1000", 0.45, 10 * 550 / 450),
+        ("train: 30% done", 0.3, 10 * 0.7 / 0.3),
+        ("epoch 3/10 [1:02:03<0:01:04]", 0.3, 64.0),
+    ],
+)
+def test_progress_is_read_from_the_last_line(line: str, fraction: float, eta: float) -> None:
+    progress = parse(line, elapsed_s=10)
+    assert progress is not None
+    assert progress.fraction == pytest.approx(fraction)
+    assert progress.eta_s == pytest.approx(eta)
+
+
+@pytest.mark.parametrize("line", ["", "loss 0.25", "saved 2024/11/30", "12/0", "150%"])
+def test_no_progress_is_made_up(line: str) -> None:
+    assert parse(line, elapsed_s=10) is None
+
+
+def test_a_running_card_shows_a_progress_bar_with_percent_and_eta(runner: Runner) -> None:
+    runner.config("paused", True)
+    record = runner.submit("count").record
+    running = dataclasses.replace(record, status=RunStatus.RUNNING, started_at=record.submitted_at)
+    html = card_html(running, record.submitted_at + 10, None, "step 450/1000")
+    assert 'class="nbr-progress"' in html and "45% · ETA 12s" in html
+    assert "nbr-progress" not in card_html(record, record.submitted_at + 10, 1, "step 1/2")
+
+
+def test_a_history_row_follows_its_run_without_a_reload(dash: Dashboard, runner: Runner) -> None:
+    runner.config("paused", True)
+    run_id = runner.submit("count", {"n": 40, "delay": 0.05}).id
+    row = dash.history
+    refresh_until(dash, lambda: f"nbr-hrun-{run_id}" in row.table.value, "the new run's row")
+    assert "nbr-status-queued" in row.table.value
+    runner.config("paused", False)
+    refresh_until(dash, lambda: "nbr-status-running" in row.table.value, "running in history")
+    assert row.runs[0].status is RunStatus.QUEUED  # the page was not reloaded: followed live
+    refresh_until(dash, lambda: "nbr-progress" in row.table.value, "progress in the row")
+    refresh_until(dash, lambda: "nbr-status-succeeded" in row.table.value, "the end")
+
+
+def test_the_module_filter_offers_known_modules_and_matches_prefixes(
+    dash: Dashboard, runner: Runner
+) -> None:
+    seed_history(runner.store, 2, module="alpha")
+    seed_history(runner.store, 3, module="alphabet")
+    seed_history(runner.store, 4, module="beta")
+    dash.history.invalidate()
+    settle(dash)
+    history = dash.history
+    assert {"alpha", "alphabet", "beta", "count", "sleep", "train"} <= set(history.module.options)
+    history.module.value = "alp"
+    settle(dash)
+    assert history.total == 5
+    history.module.value = "alphabet"
+    settle(dash)
+    assert history.total == 3
+    history.module.value = "zeta"
+    settle(dash)
+    assert history.total == 0
+
+
+def test_invalid_fields_are_highlighted(dash: Dashboard) -> None:
+    launcher = dash.launcher
+    launcher.module.value = "count"
+    launcher.fields["n"].input.value = "ten"
+    assert launcher.submit() == []
+    assert "nbr-invalid" in launcher.fields["n"].row._dom_classes
+    assert "nbr-invalid" not in launcher.fields["delay"].row._dom_classes
+    launcher.fields["n"].input.value = "3"
+    assert "nbr-invalid" not in launcher.fields["n"].row._dom_classes
+
+
+def test_one_long_run_does_not_flatten_the_short_ones() -> None:
+    heights = [
+        float(h)
+        for h in re.findall(r'height="([\d.]+)"', bars_svg([0.5, 5, 3600], ["succeeded"] * 3))[1:]
+    ]
+    assert heights[0] >= 2 and heights[1] > 0.2 * heights[2]  # linear: 0.1 %
+
+
+def test_rerunning_the_cell_releases_the_previous_dashboard(runner: Runner) -> None:
+    sampler = SystemSampler(interval=3600)
+    first = runner.dashboard(interval=0.05, sampler=sampler).dashboard
+    wait_until(lambda: first.ticks >= 1, what="a tick")
+    listeners = len(runner._listeners)
+    second = runner.dashboard(interval=0.05, sampler=sampler).dashboard
+    try:
+        assert first._thread is not None and not first._thread.is_alive()
+        assert first.widget.comm is None
+        assert len(runner._listeners) == listeners  # the old one's left, the new one's came
+        wait_until(lambda: second.ticks >= 1, what="the new dashboard ticking")
+    finally:
+        second.close()
+    assert sampler._users == 0
+
+
+def test_a_dead_kernel_hides_the_dashboard_and_says_what_to_do() -> None:
+    css = stylesheet().value
+    assert ".nbr-app.jupyter-widgets-disconnected > *" in css
+    assert "re-run the cell" in css

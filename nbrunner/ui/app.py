@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 
@@ -94,6 +95,7 @@ class Dashboard:
         self.sampler = (sampler or SystemSampler.shared()).acquire()
         self._build(page_size)
         self._unsubscribe = runner.subscribe(self._on_changes)
+        _replace_predecessor(self)
         if start:
             self.start()
 
@@ -163,6 +165,7 @@ class Dashboard:
         return self.sync.stats
 
     def _loop(self) -> None:
+        detach_from_cell()
         while not self._stop.is_set():
             started = time.monotonic()
             try:
@@ -186,10 +189,13 @@ class Dashboard:
         ended = self._take_ended(now)
         self.toasts.add(ended)
         active = self.runner.snapshot()
-        self.cards.update(active, self._linger(now, active), now)
+        lingering = self._linger(now, active)
+        self.cards.update(active, lingering, now)
         self.tabs.refresh()
         self.gauges.update(self.sampler.history(SPARK_SECONDS))
         self._reload_one(now)
+        live = {r.id: r for r in [*lingering, *active]}
+        self.history.update(live, now, self.cards.last_lines.get)
         self.summary.update(active)
         if self.ticks == 0:
             self.widget.add_class(READY_CLASS)
@@ -237,6 +243,7 @@ class Dashboard:
             self._summary_due = False
             self._summary_loaded_at = now
             self.summary.load()
+            self.history.learn_modules(self.summary.modules)
 
     # -- events from the runner's loop ---------------------------------------------------------
     def _on_changes(self, changes: list[RunRecord]) -> None:
@@ -282,6 +289,56 @@ class Dashboard:
             if record.id == run_id:
                 return record
         return self.runner.get(run_id).record
+
+
+_shown: dict[str, weakref.ref[Dashboard]] = {}
+_shown_lock = threading.Lock()
+
+
+def place_key(home: object) -> str:
+    """Where a dashboard is shown: its notebook cell when the front end says which
+    (JupyterLab does), else its home. A new dashboard in the same place replaces the old."""
+    try:
+        from IPython import get_ipython
+
+        parent = get_ipython().kernel.get_parent()
+        cell = parent.get("metadata", {}).get("cellId")
+    except Exception:  # not in a kernel, or one that does not say
+        cell = None
+    return f"cell {cell}" if cell else f"home {home}"
+
+
+def _replace_predecessor(dashboard: Dashboard) -> None:
+    """Re-running a dashboard cell closes the dashboard it showed before: its refresh
+    thread, its listener on the runner and its widgets are let go."""
+    key = place_key(dashboard.runner.home)
+    with _shown_lock:
+        previous = _shown.get(key)
+        _shown[key] = weakref.ref(dashboard)
+    predecessor = previous() if previous is not None else None
+    if predecessor is not None and predecessor is not dashboard:
+        predecessor.close()
+
+
+def detach_from_cell() -> None:
+    """Let this thread's widget updates count as widget traffic, not as a cell's output.
+
+    A thread's messages otherwise carry the kernel's last request as their parent: in a Voila
+    page that is the notebook's execution, and the server counts a message as activity when
+    its type or its parent's type is tracked (a missing parent counts too). Every refresh
+    would then keep the kernel of a page that is gone from being culled. ipykernel >= 7 keeps
+    the parent in a context variable that threads fall back from; this thread gets its own,
+    a widget message's header. Older kernels share one parent between threads: left alone.
+    """
+    from contextvars import ContextVar
+    from uuid import uuid4
+
+    from IPython import get_ipython
+
+    kernel = getattr(get_ipython(), "kernel", None)
+    parent = getattr(kernel, "_shell_parent", None)
+    if isinstance(parent, ContextVar):
+        parent.set({"header": {"msg_type": "comm_msg", "msg_id": uuid4().hex}})
 
 
 def _error_html(exc: BaseException) -> str:

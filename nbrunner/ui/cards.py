@@ -15,6 +15,7 @@ from ..logs import last_line
 from ..models import RunRecord
 from ..states import RunStatus
 from . import text
+from .progress import Progress, bar_html, parse
 from .sync import Sync, close_tree
 from .theme import badge
 
@@ -37,6 +38,13 @@ def elapsed(record: RunRecord, now: float) -> str:
     return text.duration(now - record.started_at)
 
 
+def progress_of(record: RunRecord, line: str, now: float) -> Progress | None:
+    """Progress from the run's latest line, while it is going (not before, not after)."""
+    if record.status not in (RunStatus.RUNNING, RunStatus.PAUSED) or record.started_at is None:
+        return None
+    return parse(line, now - record.started_at)
+
+
 def gpu_text(record: RunRecord) -> str:
     if not record.gpus and record.gpu_memory is None:
         return text.DASH
@@ -57,7 +65,7 @@ def card_html(record: RunRecord, now: float, position: int | None, line: str) ->
     )
     return (
         f'<div><b>{text.escape(record.module)}</b> <span class="nbr-muted">#{record.id}</span> '
-        f"{badge(status)}</div>{meta}"
+        f"{badge(status)}</div>{meta}{bar_html(progress_of(record, line, now))}"
         f'<div class="nbr-lastline" title="{text.escape(line)}">{text.escape(line) or "&nbsp;"}'
         "</div>"
     )

@@ -1,8 +1,12 @@
 """History: one page of runs at a time, filtered and paged in SQL, newest first.
 
-The page is a pandas DataFrame (`HistoryView.frame`) from `runner.history`; only its rows
-are rendered, into a fixed pool of row widgets that is reused from page to page, so the
-browser never holds more than one page and paging costs one query and a few updates.
+The page is a list of run records (`HistoryView.runs`) from the store, not `runner.history`'s
+DataFrame: pandas would add ~40 MB to every page's kernel, and only the CSV export needs it.
+It is drawn as one HTML table; the View / Restart buttons sit in a column of their own
+beside it, one pair per row at the row's fixed height, so they never cover a cell. Rows of
+runs that are active (or just ended) follow the live snapshot every tick, as the cards do:
+state, elapsed time, exit code and progress. The page is reloaded only when runs were added
+or ended, or the user asked.
 """
 
 from __future__ import annotations
@@ -10,18 +14,21 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
-import pandas as pd
 
+from ..models import RunRecord
 from ..runner import Runner
 from ..states import RunStatus
+from ..store import HistoryFilter
 from . import text
+from .cards import elapsed, progress_of
+from .progress import bar_html
 from .sync import Sync
 from .theme import badge
 
@@ -29,7 +36,18 @@ PAGE_SIZES = (10, 25, 50, 100)
 EXPORT_CHUNK = 5000
 ALL = ""
 RunAction = Callable[[int], None]
-COLUMNS = ("Run", "Module", "Status", "Submitted", "Duration", "Exit", "Params / reason")
+LastLine = Callable[[str], str]
+# (title, CSS class); widths are in the stylesheet, so the table always fits its panel
+COLUMNS = (
+    ("Run", "nbr-c-id"),
+    ("Module", "nbr-c-module"),
+    ("Status", "nbr-c-status"),
+    ("Submitted", "nbr-c-submitted"),
+    ("Duration", "nbr-c-duration"),
+    ("Exit", "nbr-c-exit"),
+    ("Progress", "nbr-c-progress"),
+    ("Params / reason", "nbr-c-detail"),
+)
 
 
 @dataclass(frozen=True)
@@ -37,7 +55,7 @@ class HistoryQuery:
     """The filter as the user set it; empty values mean "any"."""
 
     status: str = ALL
-    module: str = ALL
+    modules: tuple[str, ...] = ()
     text: str = ""
     since: date | None = None
     until: date | None = None
@@ -46,53 +64,84 @@ class HistoryQuery:
         """Arguments for runner.history / runner.count; `until` includes its whole day."""
         return {
             "status": self.status or None,
-            "module": self.module.strip() or None,
+            "module": list(self.modules) or None,
             "text": self.text.strip() or None,
             "since": self.since,
             "until": self.until + timedelta(days=1) if self.until else None,
         }
 
 
+def matching_modules(typed: str, known: Iterable[str]) -> tuple[str, ...]:
+    """The known modules the typed text begins; the text itself if it begins none."""
+    typed = typed.strip()
+    if not typed:
+        return ()
+    return tuple(sorted(m for m in known if m.startswith(typed))) or (typed,)
+
+
 def page_count(total: int, page_size: int) -> int:
     return max(1, math.ceil(total / page_size))
 
 
-def row_html(row: pd.Series) -> str:
-    submitted = row["submitted_at"]
-    local = datetime.fromtimestamp(submitted.timestamp()).strftime("%Y-%m-%d %H:%M:%S")
-    exit_code = "" if pd.isna(row["exit_code"]) else str(int(row["exit_code"]))
-    detail = text.params(row["params"] or {})
-    if isinstance(row["reason"], str) and row["reason"]:
-        detail = f"{detail} — {row['reason']}" if detail else row["reason"]
-    duration = None if pd.isna(row["duration_s"]) else float(row["duration_s"])
+def submitted_text(timestamp: float, now: float) -> str:
+    """Local time; the day only when it is not today, the year only when not this one."""
+    moment, today = datetime.fromtimestamp(timestamp), datetime.fromtimestamp(now)
+    if moment.date() == today.date():
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%b %d %H:%M" if moment.year == today.year else "%Y-%m-%d")
+
+
+def _cell(css: str, html: str, title: str = "") -> str:
+    hover = f' title="{text.escape(title)}"' if title else ""
+    return f'<td class="{css}"{hover}>{html}</td>'
+
+
+def row_html(record: RunRecord, now: float, line: str) -> str:
+    """One table row; `record` is the live one while the run is followed, so its state,
+    elapsed time, exit code and progress move as its card's do."""
+    detail = text.params(record.params, limit=1000)
+    if record.reason:
+        detail = f"{detail} — {record.reason}" if detail else record.reason
+    exit_code = "" if record.exit_code is None else str(record.exit_code)
+    local = datetime.fromtimestamp(record.submitted_at).strftime("%Y-%m-%d %H:%M:%S")
     cells = [
-        f"#{int(row['id'])}",
-        text.escape(row["module"]),
-        badge(str(row["status"])),
-        local,
-        text.duration(duration),
-        exit_code,
-        text.escape(detail),
+        _cell("nbr-c-id", f"#{record.id}"),
+        _cell("nbr-c-module", text.escape(record.module), record.module),
+        _cell("nbr-c-status", badge(record.status.value)),
+        _cell("nbr-c-submitted", submitted_text(record.submitted_at, now), local),
+        _cell("nbr-c-duration", elapsed(record, now)),
+        _cell("nbr-c-exit", exit_code),
+        _cell("nbr-c-progress", bar_html(progress_of(record, line, now))),
+        _cell("nbr-c-detail", text.escape(detail), detail),
     ]
-    return '<div class="nbr-hcells">' + "".join(f"<span>{c}</span>" for c in cells) + "</div>"
+    return f'<tr class="nbr-hrow nbr-hrun-{record.id}">{"".join(cells)}</tr>'
 
 
-class HistoryRow:
+def table_html(rows: Iterable[str]) -> str:
+    head = "".join(f'<th class="{css}" title="{title}">{title}</th>' for title, css in COLUMNS)
+    return (
+        f'<table class="nbr-htable"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+class RowActions:
+    """View and Restart for one row; reused from page to page."""
+
     def __init__(self, view: RunAction, restart: RunAction) -> None:
         self.run_id = 0
-        self.cells = widgets.HTML()
-        view_button = widgets.Button(description="View")
-        view_button.add_class("nbr-hview")
-        view_button.on_click(lambda _: view(self.run_id))
-        restart_button = widgets.Button(description="Restart")
-        restart_button.add_class("nbr-hrestart")
-        restart_button.on_click(lambda _: restart(self.run_id))
-        self.widget = widgets.HBox([self.cells, view_button, restart_button])
-        self.widget.add_class("nbr-hrow")
+        self.view_button = widgets.Button(description="View", tooltip="open its log")
+        self.view_button.add_class("nbr-hview")
+        self.view_button.on_click(lambda _: view(self.run_id))
+        self.restart_button = widgets.Button(description="Restart", tooltip="run it again")
+        self.restart_button.add_class("nbr-hrestart")
+        self.restart_button.on_click(lambda _: restart(self.run_id))
+        self.widget = widgets.HBox([self.view_button, self.restart_button])
+        self.widget.add_class("nbr-hactions-row")
 
 
 class HistoryView:
-    """Filters, the page grid, paging and export. Reloads only when asked (`stale`)."""
+    """Filters, the page table, paging and export. Reloads only when asked (`stale`)."""
 
     def __init__(
         self,
@@ -108,11 +157,12 @@ class HistoryView:
         self.on_change = on_change
         self.page = 0
         self.total = 0
-        self.frame = pd.DataFrame()
+        self.runs: list[RunRecord] = []
         self.stale = True
+        self.known_modules: set[str] = set(runner.modules())
         self._count_for: HistoryQuery | None = None
         self._row_actions = (view, restart)
-        self.rows: list[HistoryRow] = []
+        self.actions: list[RowActions] = []
         self._build_filters(page_size)
         self.prev_button = widgets.Button(description="Previous")
         self.prev_button.add_class("nbr-prev")
@@ -125,9 +175,11 @@ class HistoryView:
         self.export_button = widgets.Button(description="Export CSV")
         self.export_button.on_click(lambda _: self.export())
         self.export_message = widgets.HTML()
-        header = "".join(f"<span>{c}</span>" for c in COLUMNS)
-        self.header = widgets.HTML(f'<div class="nbr-hcells nbr-hhead">{header}</div>')
-        self.grid = widgets.VBox()
+        self.table = widgets.HTML(table_html([]))
+        self.table.add_class("nbr-htable-box")
+        self.action_column = widgets.VBox()
+        self.action_column.add_class("nbr-hactions")
+        self.grid = widgets.HBox([self.table, self.action_column])
         self.grid.add_class("nbr-hgrid")
         self.empty = widgets.HTML('<div class="nbr-muted">No runs match.</div>')
         pager = widgets.HBox(
@@ -141,7 +193,7 @@ class HistoryView:
             ]
         )
         pager.add_class("nbr-toolbar")
-        self.widget = widgets.VBox([self.filters, self.header, self.empty, self.grid, pager])
+        self.widget = widgets.VBox([self.filters, self.grid, self.empty, pager])
         self.widget.add_class("nbr-history")
 
     def _build_filters(self, page_size: int) -> None:
@@ -152,9 +204,10 @@ class HistoryView:
         self.status.add_class("nbr-hstatus")
         self.module = widgets.Combobox(
             placeholder="any module",
-            options=sorted(self.runner.modules()),
+            options=tuple(sorted(self.known_modules)),
             ensure_option=False,
             continuous_update=False,
+            tooltip="a module, or the start of its name",
             layout=widgets.Layout(width="140px"),
         )
         self.module.add_class("nbr-hmodule")
@@ -190,7 +243,7 @@ class HistoryView:
     def query(self) -> HistoryQuery:
         return HistoryQuery(
             self.status.value,
-            self.module.value or ALL,
+            matching_modules(self.module.value, self.known_modules),
             self.search.value,
             self.since.value,
             self.until.value,
@@ -225,8 +278,13 @@ class HistoryView:
         return path
 
     # -- done by the refresh loop --------------------------------------------------------------
+    def learn_modules(self, modules: Iterable[str]) -> None:
+        """Offer every module seen so far in the module filter."""
+        self.known_modules.update(modules)
+        self.sync.set(self.module, options=tuple(sorted(self.known_modules)))
+
     def load(self) -> None:
-        """Count when the filter or the runs changed, else fetch the page and render it.
+        """Count when the filter or the runs changed, else fetch the page.
 
         One query per call: after a recount the view stays stale, and the page comes with
         the next tick.
@@ -239,22 +297,33 @@ class HistoryView:
         self.stale = False
         size = int(self.page_size.value)
         self.page = min(self.page, page_count(self.total, size) - 1)
-        self.frame = self.runner.history(**query.kwargs(), limit=size, offset=self.page * size)
-        self.render()
+        query_filter = HistoryFilter.build(**query.kwargs())
+        self.runs = self.runner.store.history(query_filter, limit=size, offset=self.page * size)
+        self.learn_modules(r.module for r in self.runs)
+        self._show_page()
 
-    def render(self) -> None:
+    def _show_page(self) -> None:
         size = int(self.page_size.value)
-        while len(self.rows) < len(self.frame):
-            self.rows.append(HistoryRow(*self._row_actions))
-        for row, (_, data) in zip(self.rows, self.frame.iterrows(), strict=False):
-            row.run_id = int(data["id"])
-            self.sync.set(row.cells, value=row_html(data))
-        self.sync.set(self.grid, children=tuple(r.widget for r in self.rows[: len(self.frame)]))
+        while len(self.actions) < len(self.runs):
+            self.actions.append(RowActions(*self._row_actions))
+        for actions, record in zip(self.actions, self.runs, strict=False):
+            actions.run_id = record.id
+        shown = tuple(a.widget for a in self.actions[: len(self.runs)])
+        self.sync.set(self.action_column, children=shown)
         pages = page_count(self.total, size)
         self.sync.set(self.page_label, value=f"page {self.page + 1} of {pages} · {self.total} runs")
         self.sync.set(self.prev_button, disabled=self.page == 0)
         self.sync.set(self.next_button, disabled=self.page + 1 >= pages)
-        self.sync.show(self.empty, self.frame.empty)
+        self.sync.show(self.grid, bool(self.runs))
+        self.sync.show(self.empty, not self.runs)
+
+    def update(self, live: Mapping[int, RunRecord], now: float, last_line: LastLine) -> None:
+        """Draw the page; rows of followed runs (active or just ended) from `live`."""
+        rows = []
+        for record in self.runs:
+            shown = live.get(record.id, record)
+            rows.append(row_html(shown, now, "" if shown.is_done else last_line(shown.log_path)))
+        self.sync.set(self.table, value=table_html(rows))
 
 
 def export_csv(runner: Runner, query: HistoryQuery, path: Path) -> int:

@@ -18,6 +18,16 @@ from ..runner import Run, Runner
 from . import text
 
 MAX_COPIES = 100
+INPUT_WIDTH = "200px"
+
+
+def field_row(label: str, *controls: widgets.Widget, css: str = "") -> widgets.HBox:
+    """A label and its input, the same for parameters and for Module/Priority/Copies."""
+    row = widgets.HBox([widgets.Label(label), *controls])
+    row.add_class("nbr-field")
+    if css:
+        row.add_class(css)
+    return row
 
 
 class ParamField:
@@ -29,17 +39,14 @@ class ParamField:
         self.input = self._make_input()
         self.error = widgets.HTML()
         self.error.add_class("nbr-error")
-        label = widgets.Label(spec.name, layout=widgets.Layout(width="80px"))
-        row = widgets.HBox([label, self.input])
-        row.add_class("nbr-field")
-        row.add_class(f"nbr-field-{spec.name}")
+        self.row = field_row(spec.name, self.input, css=f"nbr-field-{spec.name}")
         help_text = widgets.HTML(f'<div class="nbr-help">{text.escape(self._hint())}</div>')
-        self.widget = widgets.VBox([row, help_text, self.error])
+        self.widget = widgets.VBox([self.row, help_text, self.error])
         self.input.observe(lambda _: self.check(), names="value")
 
     def _make_input(self) -> widgets.ValueWidget:
         spec = self.spec
-        layout = widgets.Layout(width="200px")
+        layout = widgets.Layout(width=INPUT_WIDTH)
         if spec.type == "bool":
             return widgets.Checkbox(value=bool(spec.default), indent=False, layout=layout)
         if spec.type == "choice":
@@ -70,10 +77,16 @@ class ParamField:
             if self.raw is not None:
                 self.spec.coerce(self.raw, self.module)
         except NbrunnerError as exc:
-            self.error.value = text.escape(exc)
+            self._show_error(text.escape(exc))
             return False
-        self.error.value = ""
+        self._show_error("")
         return True
+
+    def _show_error(self, message: str) -> None:
+        """The message under the field, and the field highlighted while it is wrong."""
+        self.error.value = message
+        css = [c for c in self.row._dom_classes if c != "nbr-invalid"]
+        self.row._dom_classes = (*css, "nbr-invalid") if message else tuple(css)
 
 
 class Launcher:
@@ -84,24 +97,18 @@ class Launcher:
         self.on_submitted = on_submitted
         self.modules: dict[str, ModuleSpec] = runner.modules()
         self.module = widgets.Dropdown(
-            options=sorted(self.modules), description="Module", layout=widgets.Layout(width="290px")
+            options=sorted(self.modules), layout=widgets.Layout(width=INPUT_WIDTH)
         )
         self.module.add_class("nbr-module-picker")
         self.description = widgets.HTML()
         self.form = widgets.VBox()
-        self.priority = widgets.IntText(
-            value=0, description="Priority", layout=widgets.Layout(width="170px")
-        )
+        self.priority = widgets.IntText(value=0, layout=widgets.Layout(width="90px"))
         self.copies = widgets.BoundedIntText(
-            value=1,
-            min=1,
-            max=MAX_COPIES,
-            description="Copies",
-            layout=widgets.Layout(width="170px"),
+            value=1, min=1, max=MAX_COPIES, layout=widgets.Layout(width="90px")
         )
         self.copies.add_class("nbr-copies")
         self.run_button = widgets.Button(
-            description="Run", button_style="primary", layout=widgets.Layout(width="100px")
+            description="Run", button_style="primary", layout=widgets.Layout(width="104px")
         )
         self.run_button.add_class("nbr-run-button")
         self.message = widgets.HTML()
@@ -110,15 +117,14 @@ class Launcher:
         self.module.observe(lambda _: self._build_form(), names="value")
         self.run_button.on_click(lambda _: self.submit())
         self._build_form()
-        run_row = widgets.HBox([self.copies, self.run_button])
-        run_row.add_class("nbr-row")
+        run_row = field_row("Copies", self.copies, self.run_button)
         self.widget = widgets.VBox(
             [
                 widgets.HTML("<h3>Launch</h3>"),
-                self.module,
+                field_row("Module", self.module),
                 self.description,
                 self.form,
-                self.priority,
+                field_row("Priority", self.priority),
                 run_row,
                 self.message,
             ]

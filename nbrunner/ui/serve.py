@@ -1,27 +1,44 @@
 """`nbrunner dashboard`: the packaged dashboard notebook served as a web app by Voila.
 
-Voila starts a kernel per page load and shuts it down when the tab closes; culling is the
-backstop for tabs that vanish without saying so. The dashboard's own widget traffic must
-not count as activity for that, or an orphaned dashboard would keep its kernel forever, so
-widget messages are left out of the activity the server tracks. Runs are not affected by
-any of this: they live in their supervisors.
+The dashboard launches runs as its owner, so only its owner may drive it, as in Jupyter:
+- a fresh secret token on every start, in the URL printed on stdout and opened in the
+  browser, and in a private (0600) config file that Voila reads and deletes: never in argv;
+  a request without it is sent to the login page and starts no kernel;
+- requests whose Host is not the bound address or a local name are refused (DNS
+  rebinding), and so are websockets from another Origin (jupyter_server's own checks);
+- kernels of pages that are gone are culled: a kernel with no open page and no execution
+  for `CULL_IDLE_TIMEOUT_S` goes within `CULL_INTERVAL_S` more. Widget traffic does not
+  count as activity, or an orphaned dashboard would keep its kernel forever;
+- SIGTERM or Ctrl-C stops Voila, which shuts every page kernel down.
+Runs are not affected by any of this: they live in their supervisors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import os
+import secrets
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import webbrowser
+from collections.abc import Iterator
 from importlib import resources as package_files
 from pathlib import Path
-
-from ..errors import BadInput
+from typing import Any
 
 NOTEBOOK = "dashboard.ipynb"
-CULL_IDLE_TIMEOUT_S = 600
-CULL_INTERVAL_S = 60
+CULL_IDLE_TIMEOUT_S = 30
+CULL_INTERVAL_S = 10
 WIDGET_MESSAGES = ("comm_open", "comm_msg", "comm_close")
+LISTEN_TIMEOUT_S = 120
+STOP_TIMEOUT_S = 20
+WILDCARDS = ("", "0.0.0.0", "::")
 
 
 def untracked_messages() -> list[str]:
@@ -41,30 +58,92 @@ def is_loopback(ip: str) -> bool:
         return False
 
 
-def voila_command(
-    port: int, ip: str, open_browser: bool, token: str | None, notebook: Path
-) -> list[str]:
-    """The Voila command line; refuses a non-loopback address without a token."""
-    if not is_loopback(ip) and not token:
-        raise BadInput(
-            f"refusing to serve the dashboard on {ip!r} without a token: anyone who can reach "
-            "it could run commands; pass --token SECRET, or use --ip 127.0.0.1"
-        )
-    command = [
-        sys.executable,
-        "-m",
-        "voila",
-        str(notebook),
-        f"--port={port}",
-        f"--Voila.ip={ip}",
-        f"--Voila.open_browser={open_browser}",
-        f"--MappingKernelManager.cull_idle_timeout={CULL_IDLE_TIMEOUT_S}",
-        f"--MappingKernelManager.cull_interval={CULL_INTERVAL_S}",
-        f"--MappingKernelManager.untracked_message_types={untracked_messages()!r}",
-    ]
-    if token:
-        command.append(f"--Voila.token={token}")
-    return command
+def local_hostnames(ip: str) -> list[str]:
+    """Host names a request may carry: local names and the bound address (every address of
+    this machine when bound to all of them). Loopback addresses are always allowed."""
+    names = {"localhost", ip}
+    if ip in WILDCARDS:
+        import psutil
+
+        names |= {socket.gethostname(), socket.getfqdn()}
+        names |= {a.address.split("%")[0] for nic in psutil.net_if_addrs().values() for a in nic}
+    return sorted(n for n in names if n not in WILDCARDS)
+
+
+def voila_config(ip: str, port: int, token: str, notebook: Path) -> dict[str, Any]:
+    """Everything Voila is told, token included: written to a private file, not argv."""
+    return {
+        "notebook": str(notebook),
+        "Voila": {
+            "ip": ip,
+            "port": port,
+            "port_retries": 0,  # the URL we print must be the one it listens on
+            "open_browser": False,  # we open it, with the token in the URL
+            "token": token,
+            "tornado_settings": {
+                "allow_remote_access": False,
+                "local_hostnames": local_hostnames(ip),
+            },
+        },
+        "MappingKernelManager": {
+            "cull_idle_timeout": CULL_IDLE_TIMEOUT_S,
+            "cull_interval": CULL_INTERVAL_S,
+            "cull_connected": False,
+            "untracked_message_types": untracked_messages(),
+        },
+    }
+
+
+def url_for(ip: str, port: int, token: str) -> str:
+    host = "127.0.0.1" if ip in WILDCARDS else ip
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/?token={token}"
+
+
+@contextlib.contextmanager
+def private_config(config: dict[str, Any]) -> Iterator[Path]:
+    """The config as a file only this user can read; removed when done (the server removes
+    it as soon as it has read it)."""
+    with tempfile.TemporaryDirectory(prefix="nbrunner-dashboard-") as folder:
+        path = Path(folder) / "voila.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(config, f)
+        yield path
+
+
+def wait_until_listening(
+    ip: str, port: int, process: subprocess.Popen[bytes], timeout: float = LISTEN_TIMEOUT_S
+) -> bool:
+    """A TCP connect only: an HTTP request would start a kernel."""
+    host = "127.0.0.1" if ip in WILDCARDS else ip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM lets Voila shut its page kernels down; SIGKILL if it does not end in time."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
+class Stopped(Exception):
+    """SIGTERM reached `nbrunner dashboard`."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the stop
+    raise Stopped
 
 
 def serve(
@@ -73,17 +152,38 @@ def serve(
     port: int = 8866,
     ip: str = "127.0.0.1",
     open_browser: bool = True,
-    token: str | None = None,
     modules_file: str | Path | None = None,
 ) -> int:
-    """Serve the dashboard until interrupted; returns Voila's exit status."""
+    """Serve the dashboard until SIGTERM or Ctrl-C; returns Voila's exit status."""
     env = dict(os.environ, NBRUNNER_HOME=str(Path(home).expanduser().resolve()))
     if modules_file:
         env["NBRUNNER_MODULES"] = str(Path(modules_file).expanduser().resolve())
-    with package_files.as_file(package_files.files("nbrunner.ui") / NOTEBOOK) as notebook:
-        command = voila_command(port, ip, open_browser, token, notebook)
-        process = subprocess.Popen(command, env=env)
-        try:
-            return process.wait()
-        except KeyboardInterrupt:  # Ctrl+C reaches Voila too; let it shut down cleanly
-            return process.wait()
+    token = secrets.token_urlsafe(32)
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        with (
+            package_files.as_file(package_files.files("nbrunner.ui") / NOTEBOOK) as notebook,
+            private_config(voila_config(ip, port, token, notebook)) as config,
+        ):
+            command = [sys.executable, "-m", "nbrunner.ui.voila_app", str(config)]
+            process = subprocess.Popen(command, env=env)
+            try:
+                return _watch(process, ip, port, token, open_browser)
+            finally:
+                stop(process)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _watch(
+    process: subprocess.Popen[bytes], ip: str, port: int, token: str, open_browser: bool
+) -> int:
+    try:
+        if wait_until_listening(ip, port, process):
+            url = url_for(ip, port, token)
+            print(url, flush=True)
+            if open_browser:
+                webbrowser.open(url)
+        return process.wait()
+    except (KeyboardInterrupt, Stopped):
+        return stop(process)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from statistics import median
+from typing import Any
 
 import ipywidgets as widgets
-import pandas as pd
 
 from ..models import RunRecord
 from ..runner import Runner
@@ -18,6 +20,7 @@ from .theme import badge, status_colour
 RECENT_RUNS = 200
 BARS_PER_MODULE = 24
 BAR_WIDTH, BAR_GAP, CHART_HEIGHT = 5, 1, 24
+MIN_BAR = 2.0
 ENDED = tuple(s.value for s in RunStatus if s in DONE)
 
 
@@ -31,31 +34,43 @@ def counts_html(counts: dict[str, int]) -> str:
     return f'<div class="nbr-chips">{body}</div>'
 
 
+def bar_height(duration: float, longest: float) -> float:
+    """On a log scale, so one long run does not flatten the short ones; at least 2 px."""
+    if longest <= 0:
+        return MIN_BAR
+    return max(MIN_BAR, CHART_HEIGHT * math.log1p(duration) / math.log1p(longest))
+
+
 def bars_svg(durations: Sequence[float], statuses: Sequence[str]) -> str:
-    """Oldest to newest, heights relative to the longest; made of numbers only, so safe."""
-    top = max(durations, default=0.0) or 1.0
+    """Oldest to newest; made of numbers and status names only, so safe. Hover: duration."""
+    longest = max(durations, default=0.0)
     width = len(durations) * (BAR_WIDTH + BAR_GAP)
     rects = "".join(
         f'<rect x="{i * (BAR_WIDTH + BAR_GAP)}" y="{CHART_HEIGHT - h:.1f}" width="{BAR_WIDTH}" '
-        f'height="{h:.1f}" fill="{status_colour(s)}"/>'
+        f'height="{h:.1f}" fill="{status_colour(s)}"><title>{text.duration(d)} {s}</title></rect>'
         for i, (d, s) in enumerate(zip(durations, statuses, strict=True))
-        for h in [max(1.0, CHART_HEIGHT * d / top)]
+        for h in [bar_height(d, longest)]
     )
     return f'<svg width="{width}" height="{CHART_HEIGHT}">{rects}</svg>'
 
 
-def durations_html(recent: pd.DataFrame) -> str:
-    """A row per module: its last runs' durations as bars, and their median."""
-    if recent.empty:
+def durations_html(recent: Iterable[tuple[Any, ...]]) -> str:
+    """A row per module: its last finished runs' durations as bars, and their median.
+
+    `recent` holds the store's newest runs as (id, module, status, duration), newest first."""
+    by_module: dict[str, list[tuple[int, float, str]]] = defaultdict(list)
+    for run_id, module, status, duration in recent:
+        if status in ENDED and duration is not None:
+            by_module[module].append((run_id, float(duration), status))
+    if not by_module:
         return '<div class="nbr-muted">No finished runs yet.</div>'
     rows = []
-    timed = recent[recent["duration_s"].notna()]
-    for module, group in timed.groupby("module", sort=True):
-        last = group.sort_values("id").tail(BARS_PER_MODULE)
-        durations = [float(d) for d in last["duration_s"]]
+    for module, runs in sorted(by_module.items()):
+        last = sorted(runs)[-BARS_PER_MODULE:]
+        durations = [d for _, d, _ in last]
         rows.append(
             f"<tr><td><b>{text.escape(module)}</b></td>"
-            f"<td>{bars_svg(durations, [str(s) for s in last['status']])}</td>"
+            f"<td>{bars_svg(durations, [s for _, _, s in last])}</td>"
             f'<td class="nbr-muted">median {text.duration(median(durations))}</td></tr>'
         )
     return f'<table class="nbr-chart">{"".join(rows)}</table>'
@@ -68,6 +83,7 @@ class SummaryView:
         self.runner = runner
         self.sync = sync
         self.ended_counts: dict[str, int] = {}
+        self.modules: set[str] = set()
         self.counts = widgets.HTML()
         self.counts.add_class("nbr-counts")
         self.chart = widgets.HTML()
@@ -84,12 +100,11 @@ class SummaryView:
         self.widget.add_class("nbr-summary")
 
     def load(self) -> None:
-        """The ended counts and the recent finished runs, in one store query."""
-        counts, recent = self.runner.overview(RECENT_RUNS)
+        """The ended counts and the recent runs' durations, in one store query."""
+        counts, recent = self.runner.store.overview(RECENT_RUNS)
         self.ended_counts = {status: counts.get(status, 0) for status in ENDED}
-        # Newest first, then filtered here: newest-first by status would sort the whole table.
-        finished = recent[recent["status"].isin(ENDED)]
-        self.sync.set(self.chart, value=durations_html(finished))
+        self.modules = {module for _, module, _, _ in recent}
+        self.sync.set(self.chart, value=durations_html(recent))
 
     def update(self, active: Iterable[RunRecord]) -> None:
         counts = dict(self.ended_counts)

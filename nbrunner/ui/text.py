@@ -10,10 +10,13 @@ DASH = "-"
 
 
 def duration(seconds: float | None) -> str:
-    """12s, 4m05s, 2h03m: short and monotone, so a ticking value does not jump in width."""
+    """0.4s, 12s, 4m05s, 2h03m: short, so a ticking value hardly changes width; under a
+    second with a decimal, as the CLI shows it, so a quick run does not read "0s"."""
     if seconds is None:
         return DASH
-    whole = max(0, int(seconds))
+    if seconds < 1:
+        return f"{max(0.0, seconds):.1f}s"
+    whole = int(seconds)
     if whole < 60:
         return f"{whole}s"
     if whole < 3600:

@@ -1,7 +1,14 @@
 """The dashboard's look: status colours, spacing and the one stylesheet every view relies on.
 
 The stylesheet is shipped as a `<style>` element inside an HTML widget, so the same look
-works in a JupyterLab cell and in a Voila page without any front-end extension.
+works in a JupyterLab cell and in a Voila page without any front-end extension. Every
+surface and text colour is one of JupyterLab's theme variables (Voila defines them too,
+light or dark with `?theme=dark`), with a light fallback; only the status colours are
+fixed, and they always carry white text on their own background.
+
+When the kernel behind the widgets is gone (restarted, culled), ipywidgets marks each view
+`jupyter-widgets-disconnected`; the stylesheet, which stays in the page, then hides the
+dead dashboard and says what to do instead.
 """
 
 from __future__ import annotations
@@ -20,72 +27,120 @@ STATUS_COLOURS: dict[str, str] = {
     "lost": "#4b5563",
 }
 ACCENT = "#2563eb"
+GONE_MESSAGE = "This dashboard's kernel is gone: re-run the cell (or reload the page)."
 
-CSS = """
-.nbr-app { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-  font-size: 13px; color: #111827; gap: 10px; padding: 8px; box-sizing: border-box;
-  max-width: 100%; }
-.nbr-app .widget-html-content { line-height: 1.4; }
-.nbr-app h2, .nbr-app h3 { margin: 0; font-weight: 600; }
-.nbr-app h2 { font-size: 18px; }
-.nbr-app h3 { font-size: 14px; color: #374151; }
-.nbr-muted { color: #6b7280; }
-.nbr-row { gap: 6px; align-items: center; }
-.nbr-panel { border: 1px solid #e5e7eb; border-radius: 8px; padding: 10px;
-  background: #fff; box-sizing: border-box; gap: 8px; }
-.nbr-header { align-items: center; gap: 12px; flex-wrap: wrap; }
-.nbr-gauges { gap: 8px; flex-wrap: wrap; }
-.nbr-gauge { border: 1px solid #e5e7eb; border-radius: 8px; padding: 4px 10px;
-  min-width: 150px; background: #f9fafb; }
-.nbr-gauge b { font-size: 15px; }
-.nbr-gauge .nbr-bar { height: 4px; background: #e5e7eb; border-radius: 2px; margin: 2px 0; }
-.nbr-gauge .nbr-bar > div { height: 4px; border-radius: 2px; background: #2563eb; }
-.nbr-nogpu { color: #6b7280; font-style: italic; padding: 14px 8px; }
-.nbr-body { gap: 10px; align-items: flex-start; }
-.nbr-side { width: 320px; flex: 0 0 320px; }
-.nbr-main { flex: 1 1 auto; min-width: 0; }
-.nbr-field { align-items: center; gap: 6px; }
-.nbr-field .widget-label { width: 80px; }
-.nbr-error { color: #dc2626; font-size: 12px; }
-.nbr-ok { color: #16a34a; font-size: 12px; }
-.nbr-help { color: #6b7280; font-size: 11px; margin-left: 86px; margin-top: -4px; }
-.nbr-cards { display: grid !important; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr));
-  gap: 8px; max-height: 340px; overflow-y: auto; align-content: start; }
-.nbr-card { border: 1px solid #e5e7eb; border-left: 4px solid #9ca3af; border-radius: 8px;
-  padding: 6px 8px; background: #fff; gap: 2px; }
-.nbr-card.nbr-ended { opacity: 0.7; }
-.nbr-card .nbr-lastline { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 11px;
-  color: #374151; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
-  background: #f3f4f6; border-radius: 4px; padding: 1px 4px; }
-.nbr-card .widget-button, .nbr-hrow .widget-button, .nbr-toolbar .widget-button {
-  height: 24px; font-size: 12px; padding: 0 8px; width: auto; }
-.nbr-badge { display: inline-block; border-radius: 9px; padding: 0 8px; color: #fff;
-  font-size: 11px; font-weight: 600; line-height: 17px; }
-.nbr-meta { color: #4b5563; font-size: 12px; }
-.nbr-meta span { margin-right: 10px; }
-.nbr-toasts { gap: 4px; }
-.nbr-toast { border-radius: 6px; padding: 2px 4px 2px 10px; align-items: center;
-  color: #fff; width: fit-content; }
-.nbr-toast .widget-button { background: transparent; color: #fff; width: 28px; height: 24px; }
-.nbr-logbody .widget-html-content { height: 320px; overflow: auto; display: flex;
+# JupyterLab's variables, each with the light theme's value for pages that lack them
+TEXT = "var(--jp-ui-font-color1, rgba(0, 0, 0, 0.87))"
+MUTED = "var(--jp-ui-font-color2, rgba(0, 0, 0, 0.54))"
+SURFACE = "var(--jp-layout-color1, #fff)"
+SUNKEN = "var(--jp-layout-color2, #eee)"
+BORDER = "var(--jp-border-color2, #e0e0e0)"
+RULE = "var(--jp-border-color3, #eee)"
+BRAND = "var(--jp-brand-color1, #1976d2)"
+BRAND_SOFT = "var(--jp-brand-color3, #bbdefb)"
+ERROR = "var(--jp-error-color1, #d32f2f)"
+OK = "var(--jp-success-color1, #388e3c)"
+MONO = "var(--jp-code-font-family, ui-monospace, Menlo, Consolas, monospace)"
+ROW_PX = 28
+
+CSS = f"""
+.nbr-app {{ font-family: var(--jp-ui-font-family, system-ui, sans-serif);
+  font-size: 13px; color: {TEXT}; gap: 10px; padding: 8px; box-sizing: border-box;
+  max-width: 100%; }}
+.nbr-app .widget-html-content {{ line-height: 1.4; color: {TEXT}; }}
+.nbr-app h2, .nbr-app h3 {{ margin: 0; font-weight: 600; color: {TEXT}; }}
+.nbr-app h2 {{ font-size: 18px; }}
+.nbr-app h3 {{ font-size: 14px; }}
+.nbr-muted {{ color: {MUTED}; }}
+.nbr-row {{ gap: 6px; align-items: center; }}
+.nbr-panel {{ border: 1px solid {BORDER}; border-radius: 8px; padding: 10px;
+  background: {SURFACE}; box-sizing: border-box; gap: 8px; }}
+.nbr-header {{ align-items: center; gap: 12px; flex-wrap: wrap; }}
+.nbr-gauges {{ gap: 8px; flex-wrap: wrap; }}
+.nbr-gauge {{ border: 1px solid {BORDER}; border-radius: 8px; padding: 4px 10px;
+  min-width: 150px; background: {SUNKEN}; white-space: nowrap; }}
+.nbr-gauge b {{ font-size: 15px; }}
+.nbr-bar, .nbr-progress-track {{ height: 4px; background: {BORDER}; border-radius: 2px;
+  margin: 2px 0; overflow: hidden; }}
+.nbr-bar > div, .nbr-progress-track > div {{ height: 4px; border-radius: 2px;
+  background: {BRAND}; }}
+.nbr-nogpu {{ color: {MUTED}; font-style: italic; padding: 14px 8px; }}
+.nbr-body {{ gap: 10px; align-items: flex-start; }}
+.nbr-side {{ width: 320px; flex: 0 0 320px; gap: 10px; }}
+.nbr-main {{ flex: 1 1 auto; min-width: 0; gap: 10px; }}
+.nbr-field {{ align-items: center; gap: 6px; margin: 0; }}
+.nbr-field > .widget-label {{ width: 80px; min-width: 80px; text-align: left; margin: 0; }}
+.nbr-field > .widget-inline-hbox, .nbr-field > .widget-text, .nbr-field > .widget-dropdown,
+.nbr-field > .widget-checkbox {{ margin: 0; }}
+.nbr-invalid input, .nbr-invalid select {{ border-color: {ERROR} !important;
+  box-shadow: 0 0 0 1px {ERROR}; }}
+.nbr-invalid > .widget-label {{ color: {ERROR}; font-weight: 600; }}
+.nbr-error {{ color: {ERROR}; font-size: 12px; }}
+.nbr-ok {{ color: {OK}; font-size: 12px; }}
+.nbr-help {{ color: {MUTED}; font-size: 11px; margin-left: 86px; margin-top: -4px; }}
+.nbr-cards {{ display: grid !important;
+  grid-template-columns: repeat(auto-fill, minmax(280px, 1fr));
+  gap: 8px; max-height: 360px; overflow-y: auto; align-content: start; }}
+.nbr-card {{ border: 1px solid {BORDER}; border-left: 4px solid #9ca3af; border-radius: 8px;
+  padding: 6px 8px; background: {SURFACE}; gap: 2px; }}
+.nbr-card.nbr-ended {{ opacity: 0.7; }}
+.nbr-card .nbr-lastline {{ font-family: {MONO}; font-size: 11px; color: {TEXT};
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
+  background: {SUNKEN}; border-radius: 4px; padding: 1px 4px; }}
+.nbr-progress {{ display: flex; align-items: center; gap: 6px; font-size: 11px;
+  color: {MUTED}; white-space: nowrap; min-width: 0; }}
+.nbr-progress-track {{ flex: 1 1 40px; min-width: 24px; }}
+.nbr-progress-label {{ overflow: hidden; text-overflow: ellipsis; }}
+.nbr-app .widget-button {{ height: 24px; font-size: 12px; padding: 0 8px; }}
+.nbr-card .widget-button, .nbr-toolbar .widget-button {{ width: auto; }}
+.nbr-badge {{ display: inline-block; border-radius: 9px; padding: 0 8px; color: #fff;
+  font-size: 11px; font-weight: 600; line-height: 17px; }}
+.nbr-meta {{ color: {MUTED}; font-size: 12px; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }}
+.nbr-meta span {{ margin-right: 10px; }}
+.nbr-toasts {{ gap: 4px; }}
+.nbr-toast {{ border-radius: 6px; padding: 2px 4px 2px 10px; align-items: center;
+  color: #fff; width: fit-content; max-width: 100%; gap: 6px; }}
+.nbr-toast .widget-html-content {{ color: #fff; }}
+.nbr-toast .widget-button.nbr-dismiss {{ background: transparent; color: #fff; width: 24px;
+  min-width: 24px; height: 24px; padding: 0; font-size: 16px; line-height: 24px;
+  overflow: visible; text-overflow: clip; box-shadow: none; }}
+.nbr-logbody .widget-html-content {{ height: 320px; overflow: auto; display: flex;
   flex-direction: column-reverse; background: #0f172a; border-radius: 6px;
-  padding: 8px 10px; box-sizing: border-box; }
-.nbr-logbody.nbr-nofollow .widget-html-content { flex-direction: column; }
-.nbr-logtext { margin: 0; padding: 0; color: #e5e7eb; font-size: 12px;
-  font-family: ui-monospace, Menlo, Consolas, monospace; white-space: pre-wrap;
-  overflow-wrap: anywhere; line-height: 1.35; }
-.nbr-toolbar { align-items: center; gap: 8px; flex-wrap: wrap; }
-.nbr-filters { gap: 6px; flex-wrap: wrap; align-items: center; }
-.nbr-filters .widget-label { width: auto; }
-.nbr-hcells { display: grid; grid-template-columns: 60px 110px 90px 150px 70px 44px minmax(0, 1fr);
-  gap: 8px; align-items: center; font-size: 12px; white-space: nowrap; }
-.nbr-hcells > span { overflow: hidden; text-overflow: ellipsis; }
-.nbr-hhead { font-weight: 600; color: #374151; border-bottom: 1px solid #e5e7eb;
-  padding: 2px 0 4px 0; margin-right: 116px; }
-.nbr-hrow { align-items: center; gap: 6px; border-bottom: 1px solid #f3f4f6; }
-.nbr-hrow > .widget-html { flex: 1 1 auto; min-width: 0; }
-.nbr-chips span { margin: 0 6px 4px 0; }
-.nbr-chart td { padding: 1px 6px 1px 0; font-size: 12px; }
+  padding: 8px 10px; box-sizing: border-box; }}
+.nbr-logbody.nbr-nofollow .widget-html-content {{ flex-direction: column; }}
+.nbr-logtext {{ margin: 0; padding: 0; color: #e5e7eb; font-size: 12px;
+  font-family: {MONO}; white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.35; }}
+.nbr-toolbar {{ align-items: center; gap: 8px; flex-wrap: wrap; }}
+.nbr-filters {{ gap: 6px; flex-wrap: wrap; align-items: center; }}
+.nbr-filters .widget-label {{ width: auto; }}
+.nbr-hgrid {{ align-items: flex-start; gap: 6px; overflow: hidden; width: 100%; }}
+.nbr-htable-box {{ flex: 1 1 auto; min-width: 0; margin: 0; overflow: hidden; }}
+.nbr-htable {{ width: 100%; table-layout: fixed; border-collapse: collapse;
+  font-size: 12px; color: {TEXT}; }}
+.nbr-htable th, .nbr-htable td {{ height: {ROW_PX}px; padding: 0 6px 0 0; box-sizing: border-box;
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; text-align: left;
+  border-bottom: 1px solid {RULE}; }}
+.nbr-htable th {{ font-weight: 600; color: {MUTED}; border-bottom-color: {BORDER}; }}
+.nbr-htable .nbr-c-id {{ width: 6%; }} .nbr-htable .nbr-c-module {{ width: 12%; }}
+.nbr-htable .nbr-c-status {{ width: 14%; }} .nbr-htable .nbr-c-submitted {{ width: 11%; }}
+.nbr-htable .nbr-c-duration {{ width: 10%; }} .nbr-htable .nbr-c-exit {{ width: 5%; }}
+.nbr-htable .nbr-c-progress {{ width: 16%; }} .nbr-htable .nbr-c-detail {{ width: 26%; }}
+.nbr-htable .nbr-badge {{ padding: 0 6px; }}
+.nbr-htable .nbr-progress-track {{ flex: 0 0 28px; }}
+.nbr-hactions {{ flex: 0 0 auto; margin: 0; padding-top: {ROW_PX}px; }}
+.nbr-hactions-row {{ height: {ROW_PX}px; align-items: center; gap: 4px; margin: 0; }}
+.nbr-hactions-row .widget-button {{ height: 22px; margin: 0; }}
+.nbr-hactions-row .nbr-hview {{ width: 48px; }}
+.nbr-hactions-row .nbr-hrestart {{ width: 62px; }}
+.nbr-chips span {{ margin: 0 6px 4px 0; white-space: nowrap; }}
+.nbr-chart td {{ padding: 1px 6px 1px 0; font-size: 12px; white-space: nowrap; }}
+.nbr-chart svg {{ display: block; }}
+.nbr-app.jupyter-widgets-disconnected > * {{ display: none !important; }}
+.nbr-app.jupyter-widgets-disconnected::before {{ display: none; }}
+.nbr-app.jupyter-widgets-disconnected::after {{ content: "{GONE_MESSAGE}"; display: block;
+  padding: 12px; border: 1px dashed {ERROR}; border-radius: 8px; color: {ERROR};
+  font-weight: 600; }}
 """
 CSS += "".join(
     f".nbr-card-{status} {{ border-left-color: {colour}; }}\n"
