@@ -22,13 +22,13 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
 from ..errors import NbrunnerError
 from ..models import RunRecord
 from ..monitor import SystemSampler
-from ..runner import Runner
 from . import text
 from .cards import CardsView
 from .gauges import SPARK_SECONDS, GaugesView
@@ -39,6 +39,9 @@ from .summary import SummaryView
 from .sync import Sync, SyncStats, close_tree
 from .theme import stylesheet
 from .toasts import ToastsView
+
+if TYPE_CHECKING:  # the runner imports the dashboard, not the other way round
+    from ..runner import Runner
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
 from ..models import RunRecord
-from ..runner import Runner
 from ..states import RunStatus
 from ..store import HistoryFilter
 from . import text
@@ -31,6 +30,9 @@ from .cards import elapsed, progress_of
 from .progress import bar_html
 from .sync import Sync
 from .theme import badge
+
+if TYPE_CHECKING:  # the runner imports the dashboard, not the other way round
+    from ..runner import Runner
 
 PAGE_SIZES = (10, 25, 50, 100)
 EXPORT_CHUNK = 5000

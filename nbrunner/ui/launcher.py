@@ -8,14 +8,16 @@ field, and nothing is submitted until every field is valid.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
 from ..errors import InvalidParameter, NbrunnerError
 from ..modules import ModuleSpec, ParamSpec
-from ..runner import Run, Runner
 from . import text
+
+if TYPE_CHECKING:  # the runner imports the dashboard, not the other way round
+    from ..runner import Run, Runner
 
 MAX_COPIES = 100
 INPUT_WIDTH = "200px"

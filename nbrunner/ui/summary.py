@@ -6,16 +6,18 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from statistics import median
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
 from ..models import RunRecord
-from ..runner import Runner
 from ..states import ACTIVE, DONE, RunStatus
 from . import text
 from .sync import Sync
 from .theme import badge, status_colour
+
+if TYPE_CHECKING:  # the runner imports the dashboard, not the other way round
+    from ..runner import Runner
 
 RECENT_RUNS = 200
 BARS_PER_MODULE = 24
