@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +113,14 @@ def check_key(key: str) -> Callable[[str, Any], Any]:
 def parse_value(key: str, value: Any) -> Any:
     """The typed value for a config key, or InvalidConfig saying what form is allowed."""
     return check_key(key)(key, value)
+
+
+def seconds_from_env(name: str, default: float) -> float:
+    """A duration from the environment (tests and benchmarks shorten some), else default."""
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
 
 
 def encode(value: Any) -> str:

@@ -128,10 +128,9 @@ def stop(home: str | Path, timeout: float = 30.0) -> bool:
 
 
 def idle_exit_s() -> float:
-    try:
-        return float(os.environ.get("NBRUNNER_SERVICE_IDLE_S", IDLE_EXIT_S))
-    except ValueError:
-        return IDLE_EXIT_S
+    from .config import seconds_from_env
+
+    return seconds_from_env("NBRUNNER_SERVICE_IDLE_S", IDLE_EXIT_S)
 
 
 # -- the service --------------------------------------------------------------------------

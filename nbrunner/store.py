@@ -195,10 +195,7 @@ def _private_file(path: Path) -> None:
 
 def default_patience() -> float:
     """How long a write waits for the lock: NBRUNNER_STORE_PATIENCE seconds, else 30."""
-    try:
-        return float(os.environ.get("NBRUNNER_STORE_PATIENCE", DEFAULT_PATIENCE_S))
-    except ValueError:
-        return DEFAULT_PATIENCE_S
+    return config_mod.seconds_from_env("NBRUNNER_STORE_PATIENCE", DEFAULT_PATIENCE_S)
 
 
 class Store:

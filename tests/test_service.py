@@ -69,6 +69,19 @@ def services_of(home: Path) -> list[psutil.Process]:
     return found
 
 
+def gated_run(home: Path, gate: Path, exit_code: int):
+    """A running run that exits with exit_code once the gate file exists."""
+    code = (
+        f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+        f"raise SystemExit({exit_code})"
+    )
+    with Runner(home) as runner:
+        runner.register("gated", command=python(code))
+        run = runner.submit("gated")
+        wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    return run
+
+
 @pytest.fixture
 def held_store_lock(home: Path) -> Iterator[threading.Event]:
     """Another process holding the store's write lock until the test sets the event."""
@@ -104,11 +117,7 @@ def test_a_store_locked_past_its_patience_loses_no_end(
 ) -> None:
     monkeypatch.setenv("NBRUNNER_STORE_PATIENCE", "1")
     gate = tmp_path / "gate"
-    code = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\nraise SystemExit(7)"
-    with Runner(home) as runner:
-        runner.register("gated", command=python(code))
-        run = runner.submit("gated")
-        wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    run = gated_run(home, gate, exit_code=7)
     before = service_pid(home)
     holder = subprocess.Popen(
         [*python(HOLD_THE_LOCK + "time.sleep(4)"), str(home / "nbrunner.db")],
@@ -233,11 +242,7 @@ def test_a_slow_hook_does_not_hold_the_next_run(runner: Runner, tmp_path: Path) 
 
 def test_a_killed_service_stops_no_run_and_loses_no_exit_code(home: Path, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    code = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\nraise SystemExit(5)"
-    with Runner(home) as runner:
-        runner.register("gated", command=python(code))
-        run = runner.submit("gated")
-        wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    run = gated_run(home, gate, exit_code=5)
     child = record_of(home, run.id).pid
     first = service_pid(home)
     os.kill(first, signal.SIGKILL)
