@@ -507,7 +507,11 @@ class Service:
             claimed = scheduler.claim(tx, capacity)
         for record in claimed:
             self.active[record.id] = record
-            self._launch(record)
+            try:
+                self._launch(record)
+            except Exception:  # not even its failure could be written: _adopt requeues it
+                self.watches.pop(record.id, None)
+                log.exception("nbrunner service: run %s: launch failed", record.id)
 
     def _launch(self, record: RunRecord) -> None:
         if record.backend == "ray":
