@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 IS_WINDOWS = sys.platform == "win32"
 IS_LINUX = sys.platform.startswith("linux")
 PR_SET_CHILD_SUBREAPER = 36
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 # Win32 process creation flags, spelled out so both branches can be built and checked here.
 CREATE_NEW_PROCESS_GROUP = 0x00000200
@@ -153,6 +154,63 @@ def start_marker(pid: int) -> str | None:
 
 def is_same_process(pid: int | None, marker: str | None) -> bool:
     return pid is not None and marker is not None and start_marker(pid) == marker
+
+
+def usable_cpus() -> tuple[int, ...]:
+    """The CPUs this process may run on: its affinity (taskset, a container's cpuset, a
+    Windows affinity mask), which its children inherit."""
+    if hasattr(os, "sched_getaffinity"):
+        return tuple(sorted(os.sched_getaffinity(0)))
+    import psutil  # pragma: no cover - no sched_getaffinity (Windows, macOS)
+
+    try:  # pragma: no cover
+        return tuple(sorted(psutil.Process().cpu_affinity()))  # type: ignore[attr-defined]
+    except (AttributeError, psutil.Error):  # pragma: no cover - macOS has no affinity
+        return tuple(range(os.cpu_count() or 1))
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, membership: str | None = None) -> float | None:
+    """The CPU quota (in CPUs) of this process's cgroup or the tightest of its ancestors,
+    v2 (`cpu.max`) or v1 (`cpu.cfs_quota_us` / `cpu.cfs_period_us`); None where no quota is
+    set or there are no cgroups. `membership` is /proc/self/cgroup's text."""
+    if membership is None:
+        try:
+            membership = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    quotas = []
+    for line in membership.splitlines():
+        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if hierarchy == "0" and not controllers:
+            quotas += _quotas_up(root, path, _v2_quota)
+        elif "cpu" in controllers.split(","):
+            quotas += _quotas_up(root / controllers, path, _v1_quota)
+    return min(quotas, default=None)
+
+
+def _quotas_up(mount: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
+    """The quotas set on a cgroup and its ancestors that are visible under `mount` (in a
+    container the mount is the container's own cgroup, whatever the path says)."""
+    parts = [p for p in path.split("/") if p]
+    found = (read(mount.joinpath(*parts[:depth])) for depth in range(len(parts), -1, -1))
+    return [quota for quota in found if quota is not None]
+
+
+def _v2_quota(directory: Path) -> float | None:
+    try:
+        quota, period = (directory / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(directory: Path) -> float | None:
+    try:
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def become_subreaper() -> bool:
