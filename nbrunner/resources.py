@@ -7,6 +7,7 @@ free GPU memory alone is not a safe test: a run that just started has not alloca
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,6 +72,11 @@ class Resources:
 class Device:
     index: int
     memory_total: int
+    memory_others: int = 0  # held by processes nbrunner does not own (a desktop, ...)
+
+    @property
+    def memory_for_shares(self) -> int:
+        return self.memory_total - self.memory_others
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class Ledger:
             for device in self.capacity.devices:
                 used = self.shared_gpu_memory.get(device.index, 0)
                 if device.index not in self.whole_gpus and (
-                    used + need.gpu_memory <= device.memory_total
+                    used + need.gpu_memory <= device.memory_for_shares
                 ):
                     return (device.index,)
             return None
@@ -190,9 +196,11 @@ class Ledger:
         return tuple(free[:wanted]) if len(free) >= wanted else None
 
 
-def machine_capacity(with_gpus: bool = True) -> Capacity:
-    """This machine now: the CPUs this process may use, psutil for memory, the GPU source
-    for devices.
+def machine_capacity(
+    with_gpus: bool = True, gpu_mask: str = "", ours: Collection[int] | None = None
+) -> Capacity:
+    """This machine now: the CPUs this process may use, psutil for memory, the GPUs not
+    masked out (see gpu.devices_for_runs; `ours` are the pids of this home's runs).
 
     GPU discovery is skipped when nobody involved asks for a GPU, so CPU-only claims never
     pay for loading NVML.
@@ -207,7 +215,7 @@ def machine_capacity(with_gpus: bool = True) -> Capacity:
     memory = psutil.virtual_memory()
     devices: tuple[Device, ...] = ()
     if with_gpus:
-        from .gpu import gpu_source
+        from .gpu import devices_for_runs
 
-        devices = tuple(Device(d.index, d.memory_total) for d in gpu_source().devices())
+        devices = devices_for_runs(gpu_mask, ours)
     return Capacity(cpus, int(memory.total), int(memory.available), devices, cores)
