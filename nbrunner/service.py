@@ -41,7 +41,13 @@ from typing import Any
 from . import platform
 from .errors import NbrunnerError
 from .models import RunRecord
-from .recorder import RecorderSpec, RunFiles, start_recorder, write_atomically
+from .recorder import (
+    RecorderSpec,
+    RunFiles,
+    start_recorder,
+    sweep_run_files,
+    write_atomically,
+)
 from .states import RunStatus
 from .supervisor import LocalWatch, Outcome, RayWatch, outcome_from_exit, run_hook
 
@@ -189,6 +195,7 @@ class Service:
             },
         )
         self._refresh_all()
+        sweep_run_files(self.home, set(self.active))
         return True
 
     def request_exit(self, *_: Any) -> None:
@@ -560,6 +567,7 @@ class Service:
             max_log_size=int(self.store.config()["max_log_size"]),
             keep_leftovers=record.keep_leftovers,
             cores=record.cores,
+            memory_limit=int(record.resources.get("memory") or 0),
         )
 
     def _child_env(self, record: RunRecord) -> dict[str, str]:

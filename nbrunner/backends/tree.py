@@ -54,7 +54,7 @@ class ProcessTree:
                 cpu += times.user + times.system
                 if member is self._root:  # descendants it already reaped
                     cpu += times.children_user + times.children_system
-                rss += member.memory_info().rss
+                rss += getattr(member.memory_info(), platform.memory_field())
                 pids.append(member.pid)
         if not pids:
             return None
@@ -71,8 +71,11 @@ class ProcessTree:
 
 def signal_tree(root_pid: int, graceful: bool, members: Sequence[psutil.Process]) -> None:
     """SIGTERM (or SIGKILL) to the root's process group and to every listed member, so that
-    descendants that left the group with a session of their own are reached too."""
+    descendants that left the group with a session of their own are reached too. Windows:
+    CTRL_BREAK to the group (or the run's whole job object), and only a kill per member."""
     platform.signal_group(root_pid, graceful)
+    if graceful and not platform.polite_per_process():
+        return
     for member in members:
         with suppress(psutil.Error):
             member.terminate() if graceful else member.kill()
