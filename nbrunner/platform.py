@@ -28,6 +28,7 @@ platform-bound.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import shlex
@@ -65,6 +66,8 @@ BREAKAWAY_REFUSED = (
 JOB_OBJECT_LIMIT_JOB_MEMORY = 0x00000200
 JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x00002000
 JOB_EXTENDED_LIMIT_INFORMATION = 9  # JOBOBJECTINFOCLASS
+JOB_BASIC_PROCESS_ID_LIST = 3  # JOBOBJECTINFOCLASS
+JOB_OBJECT_QUERY = 0x0004
 JOB_OBJECT_ALL_ACCESS = 0x1F001F
 # A job's own memory limit backs the service's (which stops a run with a clear reason): set
 # this far above it, it only acts when no service is watching.
@@ -214,6 +217,36 @@ class ExtendedLimits(ctypes.Structure):  # JOBOBJECT_EXTENDED_LIMIT_INFORMATION
     ]
 
 
+class ProcessIdList(ctypes.Structure):  # JOBOBJECT_BASIC_PROCESS_ID_LIST, room for 1024
+    _fields_ = [
+        ("NumberOfAssignedProcesses", ctypes.c_uint32),
+        ("NumberOfProcessIdsInList", ctypes.c_uint32),
+        ("ProcessIdList", ctypes.c_size_t * 1024),
+    ]
+
+
+def job_pids(child_pid: int) -> list[int]:
+    """Windows: every process in the run's job object, orphans and late arrivals included
+    (its tree by parent pid misses those). POSIX: none beyond the tree (the recorder is the
+    run's subreaper, and its session is signalled as one)."""
+    if not IS_WINDOWS:
+        return []
+    kernel32 = _kernel32()  # pragma: no cover - Windows only
+    job = kernel32.OpenJobObjectW(JOB_OBJECT_QUERY, 0, job_name(child_pid))  # pragma: no cover
+    if not job:  # pragma: no cover
+        return []
+    try:  # pragma: no cover
+        found = ProcessIdList()
+        if not kernel32.QueryInformationJobObject(
+            job, JOB_BASIC_PROCESS_ID_LIST, ctypes.byref(found), ctypes.sizeof(found), None
+        ):
+            return []
+        return [int(pid) for pid in found.ProcessIdList[: found.NumberOfProcessIdsInList]]
+    finally:  # pragma: no cover
+        kernel32.CloseHandle(job)
+
+
+@functools.cache
 def _kernel32() -> Any:  # pragma: no cover - Windows only
     kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
     kernel32.CreateJobObjectW.restype = ctypes.c_void_p
@@ -225,6 +258,9 @@ def _kernel32() -> Any:  # pragma: no cover - Windows only
     )  # fmt: skip
     kernel32.AssignProcessToJobObject.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
     kernel32.TerminateJobObject.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
+    kernel32.QueryInformationJobObject.argtypes = (
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
+    )  # fmt: skip
     kernel32.CloseHandle.argtypes = (ctypes.c_void_p,)
     return kernel32
 

@@ -180,6 +180,7 @@ def test_the_job_object_structures_have_the_win64_layout() -> None:
     assert ctypes.sizeof(platform.IoCounters) == 48
     assert ctypes.sizeof(platform.ExtendedLimits) == 144  # JOBOBJECT_EXTENDED_LIMIT_INFORMATION
     assert platform.ExtendedLimits.JobMemoryLimit.offset == 120
+    assert platform.ProcessIdList.ProcessIdList.offset == 8  # two DWORDs, then ULONG_PTRs
 
 
 def test_windows_stops_politely_by_group_only_and_charges_private_bytes() -> None:

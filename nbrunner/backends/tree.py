@@ -42,9 +42,19 @@ class ProcessTree:
         now = time.monotonic()
         if rescan or now - self._scanned >= RESCAN_S:
             with suppress(psutil.Error):
-                self._members = [self._root, *self._root.children(recursive=True)]
+                members = [self._root, *self._root.children(recursive=True)]
+                self._members = members + self._job_members({m.pid for m in members})
             self._scanned = now
         return self._members
+
+    def _job_members(self, known: set[int]) -> list[psutil.Process]:
+        """Members its tree by parent pid misses: on Windows, orphans in the run's job."""
+        found = []
+        for pid in platform.job_pids(self._root.pid):
+            if pid not in known:
+                with suppress(psutil.Error):
+                    found.append(psutil.Process(pid))
+        return found
 
     def sample(self) -> Usage | None:
         rss, cpu, pids = 0, 0.0, []
