@@ -232,18 +232,17 @@ def _start(spec: RecorderSpec) -> subprocess.Popen[bytes]:
 
 def stop_leftovers(child_pid: int, grace: float = LEFTOVER_GRACE_S) -> None:
     """Stop what the run's child left behind: its process group, and every descendant of
-    this recorder (orphans are re-parented to it as the subreaper)."""
+    this recorder (orphans are re-parented to it as the subreaper on Linux; on Windows they
+    are in the run's job object)."""
     import psutil
 
     from .backends.tree import signal_tree
 
     def leftovers() -> list[psutil.Process]:
         with suppress(psutil.Error):
-            return [
-                p
-                for p in psutil.Process().children(recursive=True)
-                if p.status() != psutil.STATUS_ZOMBIE
-            ]
+            found = psutil.Process().children(recursive=True)
+            found += [psutil.Process(pid) for pid in platform.job_pids(child_pid)]
+            return [p for p in found if p.status() != psutil.STATUS_ZOMBIE]
         return []
 
     signal_tree(child_pid, True, leftovers())
