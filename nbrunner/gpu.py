@@ -256,14 +256,13 @@ def visible(devices: list[GpuInfo], mask: str, cuda_visible: str | None) -> list
         return kept
     named: set[int] = set()
     for entry in (e.strip() for e in cuda_visible.split(",")):
-        uuid = entry.startswith("GPU-")
-        by_uuid = [d.index for d in devices if uuid and d.uuid.startswith(entry)]
         if entry.isdigit():
             named.add(int(entry))
-        elif by_uuid:
-            named.update(by_uuid)
-        else:
+            continue
+        by_uuid = [d.index for d in devices if entry[:4] == "GPU-" and d.uuid.startswith(entry)]
+        if not by_uuid:
             break
+        named.update(by_uuid)
     return [d for d in kept if d.index in named]
 
 

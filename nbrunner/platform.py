@@ -55,7 +55,9 @@ CREATE_BREAKAWAY_FROM_JOB = 0x01000000
 # CTRL_BREAK_EVENT needs to reach a run's process group.
 DETACHED_FLAGS = CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW | CREATE_BREAKAWAY_FROM_JOB
 # A recorder shares the service's hidden console (no CREATE_NO_WINDOW: that would give it a
-# console of its own), so the service's CTRL_BREAK reaches the run's group.
+# console of its own), so the service's CTRL_BREAK reaches the run's group. A later service
+# that adopts the run has another console: its CTRL_BREAK fails quietly and the run's job is
+# terminated after the grace period.
 RECORDER_FLAGS = CREATE_NEW_PROCESS_GROUP | CREATE_BREAKAWAY_FROM_JOB
 BREAKAWAY_REFUSED = (
     "nbrunner: this process runs in a Windows job that forbids breaking away from it (Task "
