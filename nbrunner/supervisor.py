@@ -263,6 +263,8 @@ class LocalWatch:
 class RayWatch:
     """A Ray run, watched by a thread of its own; the service reads `outcome` each tick."""
 
+    child = None  # no local process: the job's are the cluster's
+
     def __init__(self, store: Store, record: RunRecord, env: dict[str, str], grace: float) -> None:
         self.record = record
         self.store = store

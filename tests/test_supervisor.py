@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -176,29 +177,53 @@ class StubbornRayJob:
         raise ChildEnded(RunStatus.LOST, f"Ray did not stop job {self.ref} within 5 s")
 
 
-def test_a_ray_job_that_would_not_stop_keeps_its_lost_status_and_reason(
-    home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+class QuickRayJob(StubbornRayJob):
+    """A Ray job that has succeeded before the service saw it running."""
+
+    def wait(self, timeout: float) -> int:
+        return 0
+
+
+def watched_ray_run(home: Path, monkeypatch: pytest.MonkeyPatch, job: Any) -> tuple[Any, Any]:
+    """A Ray run just claimed (starting) and its watch, with `job` standing in for Ray."""
     from nbrunner.backends import ray
 
-    monkeypatch.setattr(ray, "start_ray_job", lambda record, log, env: StubbornRayJob())
+    monkeypatch.setattr(ray, "start_ray_job", lambda record, log, env: job)
     with Runner(home) as client:
         client.config("paused", True)
         run = client.submit("count", {"n": 1})
-    store = Store(home)
-    record = store.transition(run.id, RunStatus.STARTING, backend="ray")
+    record = Store(home).transition(run.id, RunStatus.STARTING, backend="ray")
     owner = Service(home)
     owner._watch_ray(record)
-    watch = owner.watches[run.id]
-    wait_until(lambda: watch.job is not None, what="the job to be submitted")
-    store.update(run.id, control="cancel")
-    watch.record = store.get(run.id)
+    return owner, owner.watches[run.id]
+
+
+def advance_until_ended(owner: Any, watch: Any) -> Any:
     deadline = time.monotonic() + 20
-    while run.id in owner.watches:
+    while watch.record.id in owner.watches:
         assert time.monotonic() < deadline, "the run did not end"
         owner._advance_ray(watch)
         time.sleep(0.05)
-    ended = store.get(run.id)
+    return owner.store.get(watch.record.id)
+
+
+def test_a_ray_job_that_ends_before_it_was_seen_running_is_recorded(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner, watch = watched_ray_run(home, monkeypatch, QuickRayJob())
+    wait_until(lambda: watch.outcome is not None, what="the job's end")
+    ended = advance_until_ended(owner, watch)
+    assert (ended.status, ended.exit_code) == (RunStatus.SUCCEEDED, 0)
+
+
+def test_a_ray_job_that_would_not_stop_keeps_its_lost_status_and_reason(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner, watch = watched_ray_run(home, monkeypatch, StubbornRayJob())
+    wait_until(lambda: watch.job is not None, what="the job to be submitted")
+    owner.store.update(watch.record.id, control="cancel")
+    watch.record = owner.store.get(watch.record.id)
+    ended = advance_until_ended(owner, watch)
     assert (ended.status, ended.reason) == (
         RunStatus.LOST,
         "Ray did not stop job raysubmit-stubborn within 5 s",
