@@ -136,11 +136,9 @@ def admit(
 
 
 def _pages(tx: Transaction, admission: Admission) -> Iterable[list[RunRecord]]:
-    """The queue in priority order, a page at a time, without the shapes already blocked.
-
-    Runs whose dependencies failed are still read (to be cancelled) until the slots are
-    full; past that only the first page is needed for them.
-    """
+    """The queue in priority order, a page at a time, without the shapes already blocked,
+    until the queue ends or the free slots are filled (runs further back whose dependency
+    failed are cancelled by a later claim)."""
     cursor: tuple[int, int] | None = None
     while True:
         where, params = ["status = 'queued'"], []
