@@ -80,6 +80,20 @@ def _log_size(key: str, value: Any) -> int:
     return size
 
 
+def _gpu_mask(key: str, value: Any) -> str:
+    """The GPUs nbrunner may hand out: indices in PCI order like 0,2; none; or "" for all."""
+    text = str(value).replace(" ", "").lower()
+    if text in ("", "none"):
+        return text
+    indices = text.split(",")
+    if not all(i.isdigit() for i in indices):
+        raise InvalidConfig(
+            f"{key} must be GPU indices like 0,2 (as nvidia-smi numbers them), none, or an "
+            f"empty value for all GPUs; got {value!r}"
+        )
+    return ",".join(str(i) for i in sorted({int(i) for i in indices}))
+
+
 DEFAULTS: dict[str, Any] = {
     "max_concurrent": 10,
     "paused": False,
@@ -87,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
     "backend": "local",
     "ray.address": "",
     "max_log_size": 256_000_000,
+    "gpus": "",
 }
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_concurrent": _int_at_least(1),
@@ -95,6 +110,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "backend": _backend,
     "ray.address": _text,
     "max_log_size": _log_size,
+    "gpus": _gpu_mask,
 }
 GROUP_PREFIX = "group."
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import sys
 from collections.abc import Iterable, Mapping
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import checks
+from . import checks, platform
 from .errors import InvalidParameter, ModulesFileError, NbrunnerError, UnknownModule
 from .notebook import executor_argv, infer_params
 from .resources import Resources
@@ -558,12 +557,14 @@ def _notebook_path(module: str, data: Mapping[str, Any], base: Path) -> str | No
 
 
 def _hook_argv(module: str, hook: object) -> tuple[str, ...] | None:
-    """on_done as argv: a list, or a string split like a shell would (but never run by one)."""
+    """on_done as argv: a list, or a string split as this platform's command lines are
+    (POSIX shell words; Windows rules, which keep C:\\tools\\notify.exe whole), never run
+    by a shell."""
     if hook is None or hook == "" or hook == []:
         return None
     if isinstance(hook, str):
         try:
-            hook = shlex.split(hook)
+            hook = platform.split_command(hook)
         except ValueError as exc:
             raise ModulesFileError(
                 f"module {module!r}: on_done {hook!r} cannot be split into words ({exc}); "

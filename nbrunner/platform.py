@@ -10,17 +10,33 @@ Liveness is proven by OS file locks held by the living process (a lock dies with
 holder, whatever happens to pids), and a pid is only signalled once its start marker
 matches the one recorded when it was started.
 
-The decisions (which command, which flags) are plain functions of `windows`, so both
-branches are unit-tested on any machine; only the system calls are platform-bound.
+POSIX: a run's child leads a session of its own; SIGTERM to its group, SIGKILL after the
+grace period, and the recorder (the child subreaper on Linux) stops what is left. Windows:
+the child starts suspended in a process group of its own and is put in a job object
+(kill-on-close, a memory limit behind the service's) before it runs; CTRL_BREAK to its
+group, then the job is terminated. Where a job forbids breaking away, processes start in
+it with a warning. Memory is RSS on POSIX and private bytes on Windows.
+
+Which CPUs a run may get (affinity, cgroup quotas), how a command line splits into argv,
+and how a shell runs argv in a directory are here too.
+
+The decisions (which command, which flags, which structures) are plain functions of
+`windows`, so both branches are unit-tested on any machine; only the system calls are
+platform-bound.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -28,24 +44,71 @@ from typing import Any
 IS_WINDOWS = sys.platform == "win32"
 IS_LINUX = sys.platform.startswith("linux")
 PR_SET_CHILD_SUBREAPER = 36
-if IS_LINUX:
-    # loaded once by the service, not by each recorder it forks
-    import ctypes
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 # Win32 process creation flags, spelled out so both branches can be built and checked here.
+CREATE_SUSPENDED = 0x00000004
 CREATE_NEW_PROCESS_GROUP = 0x00000200
 CREATE_NO_WINDOW = 0x08000000
 CREATE_BREAKAWAY_FROM_JOB = 0x01000000
-# CREATE_NO_WINDOW, not DETACHED_PROCESS: the supervisor keeps a hidden console, which
-# CTRL_BREAK_EVENT needs to reach the child's process group.
+# CREATE_NO_WINDOW, not DETACHED_PROCESS: the service keeps a hidden console, which
+# CTRL_BREAK_EVENT needs to reach a run's process group.
 DETACHED_FLAGS = CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW | CREATE_BREAKAWAY_FROM_JOB
+# A recorder shares the service's hidden console (no CREATE_NO_WINDOW: that would give it a
+# console of its own), so the service's CTRL_BREAK reaches the run's group. A later service
+# that adopts the run has another console: its CTRL_BREAK fails quietly and the run's job is
+# terminated after the grace period.
+RECORDER_FLAGS = CREATE_NEW_PROCESS_GROUP | CREATE_BREAKAWAY_FROM_JOB
+BREAKAWAY_REFUSED = (
+    "nbrunner: this process runs in a Windows job that forbids breaking away from it (Task "
+    "Scheduler, RunAs, some IDE launchers); what it starts now stays in that job and ends "
+    "when the job is closed. Start Jupyter or nbrunner from a plain terminal to avoid this."
+)
+# Windows job objects (winnt.h)
+JOB_OBJECT_LIMIT_JOB_MEMORY = 0x00000200
+JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x00002000
+JOB_EXTENDED_LIMIT_INFORMATION = 9  # JOBOBJECTINFOCLASS
+JOB_BASIC_PROCESS_ID_LIST = 3  # JOBOBJECTINFOCLASS
+JOB_OBJECT_QUERY = 0x0004
+JOB_OBJECT_ALL_ACCESS = 0x1F001F
+# A job's own memory limit backs the service's (which stops a run with a clear reason): set
+# this far above it, it only acts when no service is watching.
+JOB_MEMORY_HEADROOM = 1.25
 
 
 def child_popen_kwargs(windows: bool = IS_WINDOWS) -> dict[str, Any]:
-    """Popen arguments that put a run's child in a process group of its own."""
+    """Popen arguments that put a run's child in a process group of its own; on Windows it
+    starts suspended, so it is in its job object (`contain`) before it can start anything."""
     if windows:
-        return {"creationflags": CREATE_NEW_PROCESS_GROUP}
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_SUSPENDED}
     return {"start_new_session": True}
+
+
+def polite_per_process(windows: bool = IS_WINDOWS) -> bool:
+    """Whether a polite stop also goes to each process of a run. POSIX: SIGTERM to every
+    member too, for descendants that left the group. Windows has no polite signal for one
+    process (TerminateProcess kills at once): CTRL_BREAK to the run's group is all."""
+    return not windows
+
+
+def memory_field(windows: bool = IS_WINDOWS) -> str:
+    """The memory a run is charged (a field of psutil's memory_info): RSS on POSIX; on
+    Windows the working set can be trimmed at will, so the committed private bytes."""
+    return "private" if windows else "rss"
+
+
+def job_name(child_pid: int) -> str:
+    """The name of a run's job object, so that the service can terminate it by name."""
+    return f"Local\\nbrunner-run-{child_pid}"
+
+
+def job_limits(keep_leftovers: bool, memory_limit: int) -> tuple[int, int]:
+    """A run's job object limits: (LimitFlags, JobMemoryLimit). Its processes end with the
+    recorder's handle (kill-on-close) unless the module keeps what it leaves behind."""
+    flags = 0 if keep_leftovers else JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+    if not memory_limit:
+        return flags, 0
+    return flags | JOB_OBJECT_LIMIT_JOB_MEMORY, int(memory_limit * JOB_MEMORY_HEADROOM)
 
 
 def detach_command(
@@ -62,28 +125,41 @@ def detach_command(
     return ["/bin/sh", "-c", '"$@" &', "sh", *argv], {"start_new_session": True, "close_fds": True}
 
 
+def popen_detached(argv: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
+    """Popen, breaking away from this process's Windows job where the flags ask to. A job
+    that forbids it refuses with WinError 5: then the process starts inside it, with a
+    warning (BREAKAWAY_REFUSED)."""
+    flags = options.get("creationflags", 0)
+    try:
+        return subprocess.Popen(argv, **options)
+    except PermissionError:
+        if not flags & CREATE_BREAKAWAY_FROM_JOB:
+            raise
+    warnings.warn(BREAKAWAY_REFUSED, RuntimeWarning, stacklevel=2)
+    options["creationflags"] = flags & ~CREATE_BREAKAWAY_FROM_JOB
+    return subprocess.Popen(argv, **options)
+
+
 def spawn_detached(argv: Sequence[str], stderr_path: str) -> None:
     """Start argv so that it is nobody's descendant and survives this process's death."""
     command, options = detach_command(argv)
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with open(fd, "ab") as stderr:
-        subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            check=True,
-            **options,
+        launcher = popen_detached(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, **options
         )
+        if launcher.wait():
+            raise subprocess.CalledProcessError(launcher.returncode, command)
 
 
 def signal_group(pid: int, graceful: bool) -> None:
-    """Signal the process group led by pid: politely (SIGTERM / CTRL_BREAK) or for good."""
+    """Signal the process group led by pid: politely (SIGTERM / CTRL_BREAK) or for good
+    (SIGKILL / the run's whole job object)."""
     try:
         if IS_WINDOWS:  # pragma: no cover - Windows only
             if graceful:
                 os.kill(pid, signal.CTRL_BREAK_EVENT)
-            else:
+            elif not _terminate_job(job_name(pid)):
                 subprocess.run(
                     ["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False
                 )
@@ -91,6 +167,139 @@ def signal_group(pid: int, graceful: bool) -> None:
             os.killpg(pid, signal.SIGTERM if graceful else signal.SIGKILL)
     except OSError:
         pass  # already gone
+
+
+def contain(child: subprocess.Popen[bytes], keep_leftovers: bool, memory_limit: int) -> None:
+    """Windows: put the (suspended) child in a job object of its own, then let it run. The
+    job's handle stays open for the recorder's life: when the recorder ends, however it
+    ends, so does everything in the job (unless the module keeps its leftovers). POSIX:
+    nothing to do, the child's session is its container."""
+    if not IS_WINDOWS:
+        return
+    import psutil  # pragma: no cover - Windows only
+
+    try:  # pragma: no cover
+        _create_job(job_name(child.pid), child, *job_limits(keep_leftovers, memory_limit))
+    except OSError as exc:  # pragma: no cover - e.g. a job that forbids nesting
+        warnings.warn(f"nbrunner: no job object for the run ({exc})", RuntimeWarning, stacklevel=2)
+    finally:  # pragma: no cover
+        psutil.Process(child.pid).resume()
+
+
+# -- Win32 job objects through ctypes (no pywin32); the structures are checked anywhere --------
+class IoCounters(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("Read", "Write", "Other", "ReadBytes", "WriteBytes", "OtherBytes")
+    ]
+
+
+class BasicLimits(ctypes.Structure):  # JOBOBJECT_BASIC_LIMIT_INFORMATION
+    _fields_ = [
+        ("PerProcessUserTimeLimit", ctypes.c_int64),
+        ("PerJobUserTimeLimit", ctypes.c_int64),
+        ("LimitFlags", ctypes.c_uint32),
+        ("MinimumWorkingSetSize", ctypes.c_size_t),
+        ("MaximumWorkingSetSize", ctypes.c_size_t),
+        ("ActiveProcessLimit", ctypes.c_uint32),
+        ("Affinity", ctypes.c_size_t),
+        ("PriorityClass", ctypes.c_uint32),
+        ("SchedulingClass", ctypes.c_uint32),
+    ]
+
+
+class ExtendedLimits(ctypes.Structure):  # JOBOBJECT_EXTENDED_LIMIT_INFORMATION
+    _fields_ = [
+        ("BasicLimitInformation", BasicLimits),
+        ("IoInfo", IoCounters),
+        ("ProcessMemoryLimit", ctypes.c_size_t),
+        ("JobMemoryLimit", ctypes.c_size_t),
+        ("PeakProcessMemoryUsed", ctypes.c_size_t),
+        ("PeakJobMemoryUsed", ctypes.c_size_t),
+    ]
+
+
+class ProcessIdList(ctypes.Structure):  # JOBOBJECT_BASIC_PROCESS_ID_LIST, room for 1024
+    _fields_ = [
+        ("NumberOfAssignedProcesses", ctypes.c_uint32),
+        ("NumberOfProcessIdsInList", ctypes.c_uint32),
+        ("ProcessIdList", ctypes.c_size_t * 1024),
+    ]
+
+
+def job_pids(child_pid: int) -> list[int]:
+    """Windows: every process in the run's job object, orphans and late arrivals included
+    (its tree by parent pid misses those). POSIX: none beyond the tree (the recorder is the
+    run's subreaper, and its session is signalled as one)."""
+    if not IS_WINDOWS:
+        return []
+    kernel32 = _kernel32()  # pragma: no cover - Windows only
+    job = kernel32.OpenJobObjectW(JOB_OBJECT_QUERY, 0, job_name(child_pid))  # pragma: no cover
+    if not job:  # pragma: no cover
+        return []
+    try:  # pragma: no cover
+        found = ProcessIdList()
+        if not kernel32.QueryInformationJobObject(
+            job, JOB_BASIC_PROCESS_ID_LIST, ctypes.byref(found), ctypes.sizeof(found), None
+        ):
+            return []
+        return [int(pid) for pid in found.ProcessIdList[: found.NumberOfProcessIdsInList]]
+    finally:  # pragma: no cover
+        kernel32.CloseHandle(job)
+
+
+@functools.cache
+def _kernel32() -> Any:  # pragma: no cover - Windows only
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.CreateJobObjectW.restype = ctypes.c_void_p
+    kernel32.CreateJobObjectW.argtypes = (ctypes.c_void_p, ctypes.c_wchar_p)
+    kernel32.OpenJobObjectW.restype = ctypes.c_void_p
+    kernel32.OpenJobObjectW.argtypes = (ctypes.c_uint32, ctypes.c_int, ctypes.c_wchar_p)
+    kernel32.SetInformationJobObject.argtypes = (
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32,
+    )  # fmt: skip
+    kernel32.AssignProcessToJobObject.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
+    kernel32.TerminateJobObject.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
+    kernel32.QueryInformationJobObject.argtypes = (
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
+    )  # fmt: skip
+    kernel32.CloseHandle.argtypes = (ctypes.c_void_p,)
+    return kernel32
+
+
+def _check(result: Any) -> Any:  # pragma: no cover - Windows only
+    if not result:
+        raise ctypes.WinError(ctypes.get_last_error())  # type: ignore[attr-defined]
+    return result
+
+
+def _create_job(  # pragma: no cover - Windows only
+    name: str, child: subprocess.Popen[bytes], flags: int, job_memory: int
+) -> int:
+    kernel32 = _kernel32()
+    job = _check(kernel32.CreateJobObjectW(None, name))
+    limits = ExtendedLimits()
+    limits.BasicLimitInformation.LimitFlags = flags
+    limits.JobMemoryLimit = job_memory
+    _check(
+        kernel32.SetInformationJobObject(
+            job, JOB_EXTENDED_LIMIT_INFORMATION, ctypes.byref(limits), ctypes.sizeof(limits)
+        )
+    )
+    _check(kernel32.AssignProcessToJobObject(job, int(child._handle)))  # type: ignore[attr-defined]
+    return job
+
+
+def _terminate_job(name: str) -> bool:  # pragma: no cover - Windows only
+    """Terminate every process in the named job; False if there is no such job."""
+    kernel32 = _kernel32()
+    job = kernel32.OpenJobObjectW(JOB_OBJECT_ALL_ACCESS, 0, name)
+    if not job:
+        return False
+    try:
+        return bool(kernel32.TerminateJobObject(job, 1))
+    finally:
+        kernel32.CloseHandle(job)
 
 
 def suspend_group(pid: int, pause: bool) -> None:
@@ -158,6 +367,63 @@ def is_same_process(pid: int | None, marker: str | None) -> bool:
     return pid is not None and marker is not None and start_marker(pid) == marker
 
 
+def usable_cpus() -> tuple[int, ...]:
+    """The CPUs this process may run on: its affinity (taskset, a container's cpuset, a
+    Windows affinity mask), which its children inherit."""
+    if hasattr(os, "sched_getaffinity"):
+        return tuple(sorted(os.sched_getaffinity(0)))
+    import psutil  # pragma: no cover - no sched_getaffinity (Windows, macOS)
+
+    try:  # pragma: no cover
+        return tuple(sorted(psutil.Process().cpu_affinity()))  # type: ignore[attr-defined]
+    except (AttributeError, psutil.Error):  # pragma: no cover - macOS has no affinity
+        return tuple(range(os.cpu_count() or 1))
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, membership: str | None = None) -> float | None:
+    """The CPU quota (in CPUs) of this process's cgroup or the tightest of its ancestors,
+    v2 (`cpu.max`) or v1 (`cpu.cfs_quota_us` / `cpu.cfs_period_us`); None where no quota is
+    set or there are no cgroups. `membership` is /proc/self/cgroup's text."""
+    if membership is None:
+        try:
+            membership = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    quotas = []
+    for line in membership.splitlines():
+        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if hierarchy == "0" and not controllers:
+            quotas += _quotas_up(root, path, _v2_quota)
+        elif "cpu" in controllers.split(","):
+            quotas += _quotas_up(root / controllers, path, _v1_quota)
+    return min(quotas, default=None)
+
+
+def _quotas_up(mount: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
+    """The quotas set on a cgroup and its ancestors that are visible under `mount` (in a
+    container the mount is the container's own cgroup, whatever the path says)."""
+    parts = [p for p in path.split("/") if p]
+    found = (read(mount.joinpath(*parts[:depth])) for depth in range(len(parts), -1, -1))
+    return [quota for quota in found if quota is not None]
+
+
+def _v2_quota(directory: Path) -> float | None:
+    try:
+        quota, period = (directory / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(directory: Path) -> float | None:
+    try:
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
 def become_subreaper() -> bool:
     """Linux: orphaned descendants are re-parented to this process instead of init, so a
     run's recorder can find and stop what its child left behind."""
@@ -167,8 +433,72 @@ def become_subreaper() -> bool:
     return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
+def split_command(text: str, windows: bool = IS_WINDOWS) -> list[str]:
+    """A command line as argv, split as this platform's programs split theirs: POSIX shell
+    words (shlex; ValueError for an unclosed quote), or the Windows rules (backslashes are
+    literal unless they precede a quote), so C:\\tools\\notify.exe stays whole."""
+    return _split_windows(text) if windows else shlex.split(text)
+
+
+def _split_windows(text: str) -> list[str]:
+    """CommandLineToArgvW's rules (as the Microsoft C runtime parses argv since 2008)."""
+    words: list[str] = []
+    word: list[str] | None = None  # None: between words
+    quoted, i = False, 0
+    while i < len(text):
+        char = text[i]
+        if char in " \t" and not quoted:
+            if word is not None:
+                words.append("".join(word))
+            word, i = None, i + 1
+            continue
+        word = [] if word is None else word
+        if char == "\\":
+            run = len(text) - i - len(text[i:].lstrip("\\"))
+            if text[i + run : i + run + 1] == '"':  # 2n (+1): n backslashes (and a quote)
+                word.append("\\" * (run // 2) + ('"' if run % 2 else ""))
+                i += run + run % 2
+            else:
+                word.append("\\" * run)
+                i += run
+        elif char == '"':
+            if quoted and text[i + 1 : i + 2] == '"':  # "" inside quotes: a quote
+                word.append('"')
+                i += 1
+            else:
+                quoted = not quoted
+            i += 1
+        else:
+            word.append(char)
+            i += 1
+    if word is not None:
+        words.append("".join(word))
+    return words
+
+
+LAUNCH_ENV = "NBRUNNER_LAUNCH"
+# Reads argv and the directory from LAUNCH_ENV: no character of a run's arguments ever
+# passes through cmd.exe, whose quoting cannot carry every one (%, ^, &, ").
+_LAUNCHER = (
+    "import json, os, subprocess, sys; a = json.loads(os.environ['NBRUNNER_LAUNCH']); "
+    "sys.exit(subprocess.call(a['argv'], cwd=a['cwd']))"
+)
+
+
+def shell_command(
+    argv: Sequence[str], cwd: str | None, windows: bool = IS_WINDOWS
+) -> tuple[str, dict[str, str]]:
+    """A command line that this platform's shell (sh; cmd.exe on Windows, as Ray runs a
+    job's entrypoint) runs as argv in cwd, and the environment it needs."""
+    if windows:
+        launch = json.dumps({"argv": list(argv), "cwd": cwd})
+        return subprocess.list2cmdline([sys.executable, "-c", _LAUNCHER]), {LAUNCH_ENV: launch}
+    command = shlex.join(argv)
+    return (f"cd {shlex.quote(cwd)} && {command}" if cwd else command), {}
+
+
 if __name__ == "__main__":  # pragma: no cover - the Windows launcher of spawn_detached
-    subprocess.Popen(
+    popen_detached(
         sys.argv[1:],
         creationflags=DETACHED_FLAGS,
         close_fds=True,

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ class RecorderSpec:
     max_log_size: int
     keep_leftovers: bool
     cores: list[int]
+    memory_limit: int = 0  # bytes; backs the service's limit with a Windows job's own
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,20 @@ class RunFiles:
         for path in (self.child, self.exit, self.lock):
             with suppress(OSError):
                 path.unlink()
+
+
+def sweep_run_files(home: str | Path, active: Collection[int]) -> None:
+    """Remove the files of runs that are over. `RunFiles.remove` cannot delete a file that
+    is still open on Windows (a recorder holds its lock file until it exits), so what it
+    left is cleared here, with the temporary files of interrupted writes."""
+    for path in (Path(home) / "runs").glob("*"):
+        run_id = path.name.split(".", 1)[0]
+        if not run_id.isdigit() or int(run_id) in active:
+            continue
+        if path.suffix == ".lock" and platform.is_locked(path):
+            continue  # its recorder is still on its way out
+        with suppress(OSError):
+            path.unlink()
 
 
 def write_atomically(path: Path, data: dict[str, Any]) -> None:
@@ -216,29 +232,24 @@ def _start(spec: RecorderSpec) -> subprocess.Popen[bytes]:
 
 def stop_leftovers(child_pid: int, grace: float = LEFTOVER_GRACE_S) -> None:
     """Stop what the run's child left behind: its process group, and every descendant of
-    this recorder (orphans are re-parented to it as the subreaper)."""
+    this recorder (orphans are re-parented to it as the subreaper on Linux; on Windows they
+    are in the run's job object)."""
     import psutil
+
+    from .backends.tree import signal_tree
 
     def leftovers() -> list[psutil.Process]:
         with suppress(psutil.Error):
-            return [
-                p
-                for p in psutil.Process().children(recursive=True)
-                if p.status() != psutil.STATUS_ZOMBIE
-            ]
+            found = psutil.Process().children(recursive=True)
+            found += [psutil.Process(pid) for pid in platform.job_pids(child_pid)]
+            return [p for p in found if p.status() != psutil.STATUS_ZOMBIE]
         return []
 
-    platform.signal_group(child_pid, graceful=True)
-    for member in leftovers():
-        with suppress(psutil.Error):
-            member.terminate()
+    signal_tree(child_pid, True, leftovers())
     deadline = time.monotonic() + grace
     while leftovers() and time.monotonic() < deadline:
         time.sleep(0.05)
-    platform.signal_group(child_pid, graceful=False)
-    for member in leftovers():
-        with suppress(psutil.Error):
-            member.kill()
+    signal_tree(child_pid, False, leftovers())
     _reap_all()
 
 
@@ -293,6 +304,7 @@ def record(spec: RecorderSpec) -> int:
         write_atomically(files.exit, {"exit_code": None, "error": reason, "ended_at": time.time()})
         _tell_service(spec.home, started=False)
         return 0
+    platform.contain(child, spec.keep_leftovers, spec.memory_limit)
     started = {"pid": child.pid, "marker": platform.start_marker(child.pid), "at": time.time()}
     write_atomically(files.child, started)
     _tell_service(spec.home, started=True)
@@ -352,12 +364,12 @@ def fork_recorder(spec: RecorderSpec) -> int:
 
 def spawn_recorder(spec: RecorderSpec) -> int:  # pragma: no cover - Windows path
     """Windows: a recorder started as its own interpreter, handed its spec on stdin."""
-    proc = subprocess.Popen(
+    proc = platform.popen_detached(
         [sys.executable, "-m", "nbrunner.recorder"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        **platform.detach_command([], windows=True)[1],
+        creationflags=platform.RECORDER_FLAGS,
     )
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(asdict(spec)).encode())

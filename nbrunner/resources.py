@@ -7,6 +7,7 @@ free GPU memory alone is not a safe test: a run that just started has not alloca
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,22 +72,33 @@ class Resources:
 class Device:
     index: int
     memory_total: int
+    memory_others: int = 0  # held by processes nbrunner does not own (a desktop, ...)
+
+    @property
+    def memory_for_shares(self) -> int:
+        return self.memory_total - self.memory_others
 
 
 @dataclass(frozen=True)
 class Capacity:
-    """What this machine has: logical CPUs, memory, and GPUs in PCI order."""
+    """What this machine has for nbrunner: the CPUs it may use (`cores`, capped by a cgroup
+    quota in `cpus`), memory, and the GPUs not masked out, in PCI order."""
 
-    cpus: int
+    cpus: float
     memory_total: int
     memory_available: int
     devices: tuple[Device, ...] = ()
+    cores: tuple[int, ...] = ()  # which CPUs; empty: 0 .. cpus - 1
+
+    @property
+    def usable_cores(self) -> tuple[int, ...]:
+        return self.cores or tuple(range(int(self.cpus)))
 
     def check_possible(self, need: Resources) -> None:
         """Refuse, at submit, what could never start here instead of queueing it forever."""
         problems = []
         if need.cpus > self.cpus:
-            problems.append(f"{need.cpus:g} CPUs but this machine has {self.cpus}")
+            problems.append(f"{need.cpus:g} CPUs but this machine has {self.cpus:g}")
         if need.memory > self.memory_total:
             problems.append(
                 f"{format_size(need.memory)} of memory but this machine has "
@@ -170,7 +182,7 @@ class Ledger:
             for device in self.capacity.devices:
                 used = self.shared_gpu_memory.get(device.index, 0)
                 if device.index not in self.whole_gpus and (
-                    used + need.gpu_memory <= device.memory_total
+                    used + need.gpu_memory <= device.memory_for_shares
                 ):
                     return (device.index,)
             return None
@@ -179,23 +191,31 @@ class Ledger:
     def _fit_cores(self, need: Resources) -> tuple[int, ...] | None:
         if not need.pin or not need.cpus:
             return ()
-        free = [c for c in range(self.capacity.cpus) if c not in self.pinned_cores]
+        free = [c for c in self.capacity.usable_cores if c not in self.pinned_cores]
         wanted = int(need.cpus)
         return tuple(free[:wanted]) if len(free) >= wanted else None
 
 
-def machine_capacity(with_gpus: bool = True) -> Capacity:
-    """This machine now: psutil for CPUs and memory, the GPU source for devices.
+def machine_capacity(
+    with_gpus: bool = True, gpu_mask: str = "", ours: Collection[int] | None = None
+) -> Capacity:
+    """This machine now: the CPUs this process may use, psutil for memory, the GPUs not
+    masked out (see gpu.devices_for_runs; `ours` are the pids of this home's runs).
 
     GPU discovery is skipped when nobody involved asks for a GPU, so CPU-only claims never
     pay for loading NVML.
     """
     import psutil
 
+    from . import platform
+
+    cores = platform.usable_cpus()
+    quota = platform.cgroup_cpu_limit()
+    cpus = min(len(cores), max(quota, 1.0)) if quota is not None else len(cores)
     memory = psutil.virtual_memory()
     devices: tuple[Device, ...] = ()
     if with_gpus:
-        from .gpu import gpu_source
+        from .gpu import devices_for_runs
 
-        devices = tuple(Device(d.index, d.memory_total) for d in gpu_source().devices())
-    return Capacity(psutil.cpu_count() or 1, int(memory.total), int(memory.available), devices)
+        devices = devices_for_runs(gpu_mask, ours)
+    return Capacity(cpus, int(memory.total), int(memory.available), devices, cores)

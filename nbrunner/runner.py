@@ -236,7 +236,11 @@ class Runner:
         ]
         if rows and placement["backend"] == "local":
             needs = Resources.from_mapping(rows[0]["resources"])
-            machine_capacity(with_gpus=bool(needs.gpus or needs.gpu_memory)).check_possible(needs)
+            capacity = machine_capacity(
+                with_gpus=bool(needs.gpus or needs.gpu_memory),
+                gpu_mask=str(self.store.config()["gpus"]),
+            )
+            capacity.check_possible(needs)
         ids = self.store.insert_runs(rows, service.submitter_environment())
         self._notify()
         return [Run(self, run_id) for run_id in ids]

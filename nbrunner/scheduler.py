@@ -3,6 +3,12 @@
 Only the home's service claims. The claim is one store transaction that re-reads the
 limits; the machine's facts (memory, GPUs) are gathered before it, so the store's write
 lock is never held while NVML or psutil answer.
+
+The queue is read in pages, in priority order, until the free slots are filled or the queue
+ends, so a run that may start is found however many blocked runs are ahead of it. A run
+that cannot start blocks its *shape* (group, resources, dependencies, backend) for the rest
+of the pass: every later run of that shape would be refused for the same reason, so the
+next pages leave them out in SQL and a deep queue of one blocked kind costs one page.
 """
 
 from __future__ import annotations
@@ -18,18 +24,20 @@ from .config import GROUP_PREFIX
 from .models import RunRecord
 from .resources import Assignment, Capacity, Ledger, Resources
 from .states import RunStatus
-from .store import Transaction
+from .store import Transaction, encode_column
 
-# How many queued runs one claim looks at: enough to skip past runs that cannot start yet
-# (a full group, a busy GPU, an unfinished dependency) without scanning a huge queue.
-CANDIDATE_WINDOW = 500
+# Queued runs read per query while looking for runs that may start.
+PAGE_SIZE = 200
+# Blocked shapes left out in SQL; past these, blocked runs are read and skipped in Python.
+MAX_EXCLUDED_SHAPES = 32
+
+Shape = tuple[Any, Any, Any, str]  # the stored group, resources, after and backend
 
 
 @dataclass
 class Decision:
     start: list[tuple[RunRecord, Assignment]] = field(default_factory=list)
     doomed: list[tuple[RunRecord, str]] = field(default_factory=list)  # (run, why cancelled)
-    looked_at: int = 0  # how many queued runs were considered
 
 
 def _dependency_verdict(run: RunRecord, statuses: dict[int, RunStatus]) -> str | None:
@@ -43,6 +51,76 @@ def _dependency_verdict(run: RunRecord, statuses: dict[int, RunStatus]) -> str |
     return "wait"
 
 
+def shape_of(run: RunRecord) -> Shape:
+    """What decides whether a run may start, as the store keeps it."""
+    return (
+        run.group,
+        encode_column("resources", run.resources),
+        encode_column("after", run.after),
+        run.backend,
+    )
+
+
+class Admission:
+    """One pass over the queue: runs are offered in priority order, `decision` says which
+    start and where. Pure: the caller holds the transaction.
+
+    A run that cannot start yet (full group, resources in use, dependency unfinished) is
+    skipped rather than blocking the runs behind it, so a CPU run never waits behind a GPU
+    run. A Ray run counts against the slots and its group only: its CPUs, memory and GPUs
+    are the cluster's, not this machine's.
+    """
+
+    def __init__(self, holding: list[RunRecord], cfg: dict[str, Any], capacity: Capacity):
+        self.cfg = cfg
+        self.decision = Decision()
+        self.blocked: set[Shape] = set()
+        self.free = 0 if cfg.get("paused") else int(cfg["max_concurrent"]) - len(holding)
+        self.ledger = Ledger(capacity)
+        for run in holding:
+            if run.backend != "ray":
+                self.ledger.take(
+                    Resources.from_mapping(run.resources),
+                    Assignment(tuple(int(g) for g in run.gpus), tuple(run.cores)),
+                )
+        self.per_group = Counter(r.group for r in holding if r.group)
+
+    @property
+    def full(self) -> bool:
+        return len(self.decision.start) >= self.free
+
+    def offer(self, run: RunRecord, dependencies: dict[int, RunStatus]) -> None:
+        verdict = _dependency_verdict(run, dependencies)
+        if verdict not in ("ready", "wait"):
+            self.decision.doomed.append((run, verdict))  # type: ignore[arg-type]
+            return
+        if self.full:
+            return
+        shape = shape_of(run)
+        if shape in self.blocked:
+            return
+        assignment = self._place(run) if verdict == "ready" else None
+        if assignment is None:
+            self.blocked.add(shape)
+            return
+        self.per_group[run.group] += 1
+        self.decision.start.append((run, assignment))
+
+    def _place(self, run: RunRecord) -> Assignment | None:
+        """Where the run goes now (and booked there), or None if its group or the machine
+        is full."""
+        limit = self.cfg.get(GROUP_PREFIX + run.group) if run.group else None
+        if limit is not None and self.per_group[run.group] >= int(limit):
+            return None
+        if run.backend == "ray":
+            return Assignment()
+        need = Resources.from_mapping(run.resources)
+        assignment = self.ledger.fit(need)
+        if assignment is not None:
+            self.ledger.take(need, assignment, admitted=True)
+        return assignment
+
+
 def admit(
     queued: Iterable[RunRecord],
     holding: list[RunRecord],
@@ -50,52 +128,34 @@ def admit(
     capacity: Capacity,
     dependencies: dict[int, RunStatus] | None = None,
 ) -> Decision:
-    """Which queued runs start now, and where. Pure: the caller holds the transaction.
-
-    `queued` comes in priority order, then submission order. A run that cannot start yet
-    (full group, resources in use, dependency unfinished) is skipped rather than blocking
-    the runs behind it, so a CPU run never waits behind a GPU run.
-    """
-    decision = Decision()
-    free = int(cfg["max_concurrent"]) - len(holding)
-    if cfg.get("paused"):
-        return decision
-    ledger = Ledger(capacity)
-    for run in holding:
-        ledger.take(
-            Resources.from_mapping(run.resources),
-            Assignment(tuple(int(g) for g in run.gpus), tuple(run.cores)),
-        )
-    per_group = Counter(r.group for r in holding if r.group)
+    """Which of `queued` (in priority order, then submission order) start now, and where."""
+    admission = Admission(holding, cfg, capacity)
     for run in queued:
-        verdict = _dependency_verdict(run, dependencies or {})
-        if verdict not in ("ready", "wait"):
-            decision.doomed.append((run, verdict))  # type: ignore[arg-type]
-            continue
-        if verdict == "wait" or len(decision.start) >= free:
-            continue
-        limit = cfg.get(GROUP_PREFIX + run.group) if run.group else None
-        if limit is not None and per_group[run.group] >= int(limit):
-            continue
-        need = Resources.from_mapping(run.resources)
-        assignment = ledger.fit(need)
-        if assignment is None:
-            continue
-        ledger.take(need, assignment, admitted=True)
-        per_group[run.group] += 1
-        decision.start.append((run, assignment))
-    return decision
+        admission.offer(run, dependencies or {})
+    return admission.decision
 
 
-def _decide(
-    tx: Transaction, cfg: dict[str, Any], holding: list[RunRecord], window: int, capacity: Capacity
-) -> Decision:
-    queued = tx.select("status = 'queued'", tail=f"ORDER BY priority DESC, id LIMIT {window}")
-    wanted = {dep for run in queued for dep in run.after}
-    dependencies = tx.statuses(wanted) if wanted else {}
-    decision = admit(queued, holding, cfg, capacity, dependencies)
-    decision.looked_at = len(queued)
-    return decision
+def _pages(tx: Transaction, admission: Admission) -> Iterable[list[RunRecord]]:
+    """The queue in priority order, a page at a time, without the shapes already blocked,
+    until the queue ends or the free slots are filled (runs further back whose dependency
+    failed are cancelled by a later claim)."""
+    cursor: tuple[int, int] | None = None
+    while True:
+        where, params = ["status = 'queued'"], []
+        if cursor is not None:
+            where.append("(priority < ? OR (priority = ? AND id > ?))")
+            params += [cursor[0], cursor[0], cursor[1]]
+        for shape in list(admission.blocked)[:MAX_EXCLUDED_SHAPES]:
+            where.append("NOT (grp IS ? AND resources IS ? AND after IS ? AND backend = ?)")
+            params += shape
+        page = tx.select(
+            " AND ".join(where), params, tail=f"ORDER BY priority DESC, id LIMIT {PAGE_SIZE}"
+        )
+        if page:
+            yield page
+        if len(page) < PAGE_SIZE or admission.full:
+            return
+        cursor = (page[-1].priority, page[-1].id)
 
 
 def claim(tx: Transaction, capacity: Capacity) -> list[RunRecord]:
@@ -103,14 +163,15 @@ def claim(tx: Transaction, capacity: Capacity) -> list[RunRecord]:
     if cfg.get("paused"):
         return []
     holding = tx.holding_slot()
-    free = int(cfg["max_concurrent"]) - len(holding)
-    if free <= 0:
+    admission = Admission(holding, cfg, capacity)
+    if admission.full:
         return []
-    # A few candidates per free slot usually fill it; the whole window only when they don't.
-    window = min(CANDIDATE_WINDOW, 2 * free + 8)
-    decision = _decide(tx, cfg, holding, window, capacity)
-    if len(decision.start) < free and decision.looked_at == window < CANDIDATE_WINDOW:
-        decision = _decide(tx, cfg, holding, CANDIDATE_WINDOW, capacity)
+    for page in _pages(tx, admission):
+        wanted = {dep for run in page for dep in run.after}
+        dependencies = tx.statuses(wanted) if wanted else {}
+        for run in page:
+            admission.offer(run, dependencies)
+    decision = admission.decision
     now = time.time()
     for run, why in decision.doomed:
         tx.transition(run.id, RunStatus.CANCELLED, ended_at=now, reason=why)

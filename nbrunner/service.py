@@ -40,7 +40,13 @@ from typing import Any
 from . import platform
 from .errors import NbrunnerError
 from .models import RunRecord
-from .recorder import RecorderSpec, RunFiles, start_recorder, write_atomically
+from .recorder import (
+    RecorderSpec,
+    RunFiles,
+    start_recorder,
+    sweep_run_files,
+    write_atomically,
+)
 from .states import RunStatus
 from .supervisor import LocalWatch, Outcome, RayWatch, outcome_from_exit, run_hook
 
@@ -189,6 +195,7 @@ class Service:
             },
         )
         self._refresh_all()
+        sweep_run_files(self.home, set(self.active))
         return True
 
     def request_exit(self, *_: Any) -> None:
@@ -429,11 +436,16 @@ class Service:
     ) -> str | None:
         from .units import format_size
 
+        share = int(watch.record.resources.get("gpu_memory") or 0)
         used = watch.gpu_memory(samples)
         if used is None:
+            if share and watch.gpu_memory_hidden(samples):
+                figures.setdefault(watch.record.id, {})["warning"] = (
+                    "GPU memory per process is not available on Windows WDDM: its share of "
+                    f"{format_size(share)} is reserved but not enforced"
+                )
             return None
         figures.setdefault(watch.record.id, {})["gpu_memory"] = used
-        share = int(watch.record.resources.get("gpu_memory") or 0)
         if not share or used <= share:
             return None
         message = f"uses {format_size(used)} of GPU memory, over its share of {format_size(share)}"
@@ -509,17 +521,37 @@ class Service:
         if not self._queued():
             return
         from . import scheduler
-        from .resources import machine_capacity
+        from .resources import Resources, machine_capacity
 
-        wants_gpus = any(
-            r.resources.get("gpus") or r.resources.get("gpu_memory") for r in self.active.values()
+        local = [r for r in self.active.values() if r.backend != "ray"]
+        wants_gpus = any(r.resources.get("gpus") or r.resources.get("gpu_memory") for r in local)
+        shares = any(
+            r.status is RunStatus.QUEUED and Resources.from_mapping(r.resources).shares_a_gpu
+            for r in local
         )
-        capacity = machine_capacity(with_gpus=wants_gpus)  # facts first, then the claim
+        capacity = machine_capacity(  # facts first, then the claim
+            with_gpus=wants_gpus,
+            gpu_mask=str(self.store.config()["gpus"]),
+            ours=self._run_pids() if shares else None,
+        )
         with self.store.write() as tx:
             claimed = scheduler.claim(tx, capacity)
         for record in claimed:
             self.active[record.id] = record
-            self._launch(record)
+            try:
+                self._launch(record)
+            except Exception:  # not even its failure could be written: _adopt requeues it
+                self.watches.pop(record.id, None)
+                log.exception("nbrunner service: run %s: launch failed", record.id)
+
+    def _run_pids(self) -> set[int]:
+        """The processes of the runs watched here, as last sampled."""
+        return {
+            pid
+            for watch in self.watches.values()
+            if isinstance(watch, LocalWatch) and watch.usage is not None
+            for pid in watch.usage.pids
+        }
 
     def _launch(self, record: RunRecord) -> None:
         if record.backend == "ray":
@@ -547,6 +579,7 @@ class Service:
             max_log_size=int(self.store.config()["max_log_size"]),
             keep_leftovers=record.keep_leftovers,
             cores=record.cores,
+            memory_limit=int(record.resources.get("memory") or 0),
         )
 
     def _child_env(self, record: RunRecord) -> dict[str, str]:

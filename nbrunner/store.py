@@ -107,7 +107,8 @@ MIGRATIONS: Sequence[str] = (
 )
 
 
-def _encode(column: str, value: Any) -> Any:
+def encode_column(column: str, value: Any) -> Any:
+    """A field's value as the store keeps it (JSON text for lists and mappings)."""
     if column in JSON_FIELDS and value is not None:
         return json.dumps(value)
     if isinstance(value, RunStatus):
@@ -139,7 +140,7 @@ class Transaction:
     def update(self, run_id: int, **values: Any) -> None:
         columns = [_FIELD_TO_COLUMN.get(key, key) for key in values]
         assignments = ", ".join(f"{c} = ?" for c in columns)
-        encoded = [_encode(c, v) for c, v in zip(columns, values.values(), strict=True)]
+        encoded = [encode_column(c, v) for c, v in zip(columns, values.values(), strict=True)]
         self.conn.execute(
             f"UPDATE runs SET {assignments}, version = ? WHERE id = ?",
             (*encoded, self.stamp(), run_id),
@@ -318,7 +319,7 @@ class Store:
                     f"INSERT INTO runs ({', '.join(columns)}, version) "
                     f"VALUES ({', '.join('?' * len(columns))}, ?)",
                     (
-                        *(_encode(c, v) for c, v in zip(columns, row.values(), strict=True)),
+                        *(encode_column(c, v) for c, v in zip(columns, row.values(), strict=True)),
                         tx.stamp(),
                     ),
                 )

@@ -246,16 +246,18 @@ class LocalWatch:
 
     def gpu_memory(self, samples: list[Any]) -> int | None:
         """GPU memory of the tree, where the driver reports it per process."""
-        if not self.record.gpus or self.usage is None:
-            return None
-        pids = set(self.usage.pids)
-        found = [
-            used
-            for sample in samples
-            for pid, used in sample.processes.items()
-            if pid in pids and used is not None
-        ]
+        found = [used for used in self._on_gpus(samples) if used is not None]
         return sum(found) if found else None
+
+    def gpu_memory_hidden(self, samples: list[Any]) -> bool:
+        """The tree is on a GPU whose driver hides per-process memory (Windows WDDM)."""
+        return None in self._on_gpus(samples)
+
+    def _on_gpus(self, samples: list[Any]) -> list[int | None]:
+        if not self.record.gpus or self.usage is None:
+            return []
+        pids = set(self.usage.pids)
+        return [used for s in samples for pid, used in s.processes.items() if pid in pids]
 
 
 class RayWatch:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from helpers.procs import processes_with, wait_until
 from helpers.sampling import MaxSampler
 
-from nbrunner import Runner
+from nbrunner import Runner, service
+from nbrunner.recorder import fork_recorder
 from nbrunner.resources import Capacity
 from nbrunner.scheduler import admit
 from nbrunner.states import RunStatus
+from nbrunner.store import Store
 
 # Prints its token many times, slowly enough that the runs overlap in time.
 CHATTY = (
@@ -59,7 +64,8 @@ def test_twelve_runs_of_three_modules_never_exceed_the_limit(runner: Runner, hom
 
 SUBMITTER = """
 import sys
-from nbrunner import Runner
+from nbrunner import Runner, service
+from nbrunner.recorder import fork_recorder
 runner = Runner(sys.argv[1], start=False)
 for i in range(30):
     runner.submit("nap", {"token": f"{sys.argv[2]}-{i}"})
@@ -142,3 +148,66 @@ def test_a_startable_run_deep_in_the_queue_is_found(runner: Runner) -> None:
     assert deep.wait(timeout=30).status is RunStatus.SUCCEEDED
     assert blocker.status is RunStatus.RUNNING
     assert all(run.status is RunStatus.QUEUED for run in waiting)
+
+
+def test_a_ray_run_counts_against_slots_and_groups_but_not_this_machines_resources() -> None:
+    ray_gpu = dataclasses.replace(_queued(2, "g"), backend="ray", resources={"gpus": 1})
+    ray_holding = dataclasses.replace(_queued(1), backend="ray", resources={"cpus": 64})
+    local = dataclasses.replace(_queued(3), resources={"cpus": 64})
+    no_gpu_here = Capacity(cpus=64, memory_total=10**12, memory_available=10**12)
+    started = admit([ray_gpu, local], [ray_holding], {"max_concurrent": 10}, no_gpu_here).start
+    assert [r.id for r, _ in started] == [2, 3]  # nothing local is booked for either Ray run
+    assert admit([ray_gpu], [ray_holding], {"max_concurrent": 1}, no_gpu_here).start == []
+    full_group = {"max_concurrent": 10, "group.g": 1}
+    assert (
+        admit([ray_gpu], [dataclasses.replace(ray_holding, group="g")], full_group, ROOMY).start
+        == []
+    )
+
+
+def test_a_startable_run_behind_a_thousand_blocked_ones_starts(runner: Runner) -> None:
+    runner.config("group.g", 1)
+    blocker = runner.submit("count", {"n": 300, "delay": 0.1}, group="g")
+    wait_until(lambda: blocker.status is RunStatus.RUNNING, what="the group's one run")
+    runner.submit_many("count", [{"n": 1}] * 1000, group="g", priority=5)
+    runner.submit_many("count", [{"n": 2}] * 300, priority=5, after=[blocker])
+    deep = runner.submit("count", {"n": 1, "delay": 0})
+    assert deep.wait(timeout=30).status is RunStatus.SUCCEEDED
+    assert blocker.status is RunStatus.RUNNING
+
+
+def test_one_failed_launch_leaves_no_run_of_its_batch_claimed_and_unlaunched(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Runner(home) as client:
+        client.config("paused", True)
+        runs = [client.submit("count", {"n": 1, "delay": 0}) for _ in range(3)]
+    assert service.stop(home)
+    Store(home).set_config("paused", False)
+    calls = []
+
+    def first_fails(spec):
+        calls.append(spec.run_id)
+        if len(calls) == 1:
+            raise subprocess.CalledProcessError(1, ["recorder"])
+        return fork_recorder(spec)
+
+    monkeypatch.setattr(service, "start_recorder", first_fails)
+    owner = service.Service(home, idle_exit=0)
+    assert owner._take_over()
+    try:
+        owner._tick()
+        assert sorted(calls) == [r.id for r in runs]  # all three were launched in one tick
+        deadline = time.monotonic() + 30
+        records = [Store(home).get(r.id) for r in runs]
+        while not all(r.is_done for r in records):
+            assert time.monotonic() < deadline, "the batch did not end"
+            time.sleep(0.1)
+            owner._tick()
+            records = [Store(home).get(r.id) for r in runs]
+    finally:
+        owner._close()
+    failed = next(r for r in records if r.id == calls[0])
+    assert failed.status is RunStatus.FAILED
+    assert "could not start the run's recorder" in failed.reason
+    assert [r.status for r in records if r.id != calls[0]] == [RunStatus.SUCCEEDED] * 2

@@ -6,14 +6,18 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from helpers.procs import alive, python, wait_until
 
 from nbrunner import Runner
+from nbrunner.backends import ChildEnded
 from nbrunner.errors import InvalidTransition
+from nbrunner.service import Service
 from nbrunner.states import RunStatus
+from nbrunner.store import Store
 
 # A child with three grandchildren: one plain, one that ignores SIGTERM, one that left the
 # process group with its own session. The child itself ignores SIGTERM too.
@@ -158,3 +162,69 @@ def test_a_draining_queue_runs_in_order_under_one_service(runner: Runner) -> Non
     ends, later_starts = [r.ended_at for r in records[:-1]], starts[1:]
     assert all(end <= start for end, start in zip(ends, later_starts, strict=True))
     assert len({r.claimed_by for r in records}) == 1  # one service claimed them all
+
+
+class StubbornRayJob:
+    """A Ray job that never ends and that Ray will not stop."""
+
+    ref = "raysubmit-stubborn"
+    started = True
+
+    def wait(self, timeout: float) -> None:
+        time.sleep(min(timeout, 0.05))
+
+    def stop(self, grace: float) -> int:
+        raise ChildEnded(RunStatus.LOST, f"Ray did not stop job {self.ref} within 5 s")
+
+
+class QuickRayJob(StubbornRayJob):
+    """A Ray job that has succeeded before the service saw it running."""
+
+    def wait(self, timeout: float) -> int:
+        return 0
+
+
+def watched_ray_run(home: Path, monkeypatch: pytest.MonkeyPatch, job: Any) -> tuple[Any, Any]:
+    """A Ray run just claimed (starting) and its watch, with `job` standing in for Ray."""
+    from nbrunner.backends import ray
+
+    monkeypatch.setattr(ray, "start_ray_job", lambda record, log, env: job)
+    with Runner(home) as client:
+        client.config("paused", True)
+        run = client.submit("count", {"n": 1})
+    record = Store(home).transition(run.id, RunStatus.STARTING, backend="ray")
+    owner = Service(home)
+    owner._watch_ray(record)
+    return owner, owner.watches[run.id]
+
+
+def advance_until_ended(owner: Any, watch: Any) -> Any:
+    deadline = time.monotonic() + 20
+    while watch.record.id in owner.watches:
+        assert time.monotonic() < deadline, "the run did not end"
+        owner._advance_ray(watch)
+        time.sleep(0.05)
+    return owner.store.get(watch.record.id)
+
+
+def test_a_ray_job_that_ends_before_it_was_seen_running_is_recorded(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner, watch = watched_ray_run(home, monkeypatch, QuickRayJob())
+    wait_until(lambda: watch.outcome is not None, what="the job's end")
+    ended = advance_until_ended(owner, watch)
+    assert (ended.status, ended.exit_code) == (RunStatus.SUCCEEDED, 0)
+
+
+def test_a_ray_job_that_would_not_stop_keeps_its_lost_status_and_reason(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner, watch = watched_ray_run(home, monkeypatch, StubbornRayJob())
+    wait_until(lambda: watch.job is not None, what="the job to be submitted")
+    owner.store.update(watch.record.id, control="cancel")
+    watch.record = owner.store.get(watch.record.id)
+    ended = advance_until_ended(owner, watch)
+    assert (ended.status, ended.reason) == (
+        RunStatus.LOST,
+        "Ray did not stop job raysubmit-stubborn within 5 s",
+    )

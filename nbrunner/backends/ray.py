@@ -9,7 +9,8 @@ the run's own log file as Ray writes it, and maps Ray's job statuses onto the ru
     STOPPED -> cancelled   no answer for LOST_AFTER_S -> lost
 
 A cluster on this machine (a loopback address) shares its files and interpreter with
-nbrunner, so the run starts in its own directory with the same argv as a local run. A remote
+nbrunner, so the run starts in its own directory with the same argv as a local run (through
+sh, or on Windows through cmd.exe and a small python launcher: see platform.shell_command). A remote
 cluster gets the directory as Ray's `working_dir` and runs `python` from its own environment.
 """
 
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
+from .. import platform
 from ..errors import BackendUnavailable, BadInput, OperationFailed
 from ..models import RunRecord
 from ..states import RunStatus
@@ -113,15 +115,16 @@ def check_cluster(address: str | None) -> str:
 # -- the job ------------------------------------------------------------------------------------
 def job_spec(run: RunRecord, env: Mapping[str, str], address: str) -> dict[str, Any]:
     """submit_job's arguments for a run: entrypoint, runtime_env and resources."""
-    on_this_machine = urlsplit(address).hostname in LOOPBACK_HOSTS
-    entrypoint = shlex.join(run.argv if on_this_machine else _portable(run.argv))
     runtime_env: dict[str, Any] = {"env_vars": _job_env(run, env)}
-    if run.cwd and on_this_machine:
-        entrypoint = f"cd {shlex.quote(run.cwd)} && {entrypoint}"
-    elif run.cwd:
-        runtime_env["working_dir"] = run.cwd
-        if (Path(run.cwd) / "nbrunner.db").exists():
-            runtime_env["excludes"] = HOME_EXCLUDES
+    if urlsplit(address).hostname in LOOPBACK_HOSTS:  # in place, through this machine's shell
+        entrypoint, launch_env = platform.shell_command(run.argv, run.cwd)
+        runtime_env["env_vars"].update(launch_env)
+    else:
+        entrypoint = shlex.join(_portable(run.argv))
+        if run.cwd:  # another machine: the directory is uploaded
+            runtime_env["working_dir"] = run.cwd
+            if (Path(run.cwd) / "nbrunner.db").exists():
+                runtime_env["excludes"] = HOME_EXCLUDES
     resources = {
         "entrypoint_num_cpus": run.resources.get("cpus"),
         "entrypoint_num_gpus": run.resources.get("gpus"),

@@ -68,12 +68,22 @@ class ProcessTree:
         if rescan or now - self._scanned >= RESCAN_S:
             table = children_by_parent(0.0 if rescan else RESCAN_S / 2)
             known = {member.pid: member for member in self._members}
-            self._members = [self._root]
+            members = [self._root]
             for pid in descendants(self._root.pid, table):
                 with suppress(psutil.Error):
-                    self._members.append(known.get(pid) or psutil.Process(pid))
+                    members.append(known.get(pid) or psutil.Process(pid))
+            self._members = members + self._job_members({m.pid for m in members})
             self._scanned = now
         return self._members
+
+    def _job_members(self, known: set[int]) -> list[psutil.Process]:
+        """Members its tree by parent pid misses: on Windows, orphans in the run's job."""
+        found = []
+        for pid in platform.job_pids(self._root.pid):
+            if pid not in known:
+                with suppress(psutil.Error):
+                    found.append(psutil.Process(pid))
+        return found
 
     def sample(self) -> Usage | None:
         rss, cpu, pids = 0, 0.0, []
@@ -83,7 +93,7 @@ class ProcessTree:
                 cpu += times.user + times.system
                 if member is self._root:  # descendants it already reaped
                     cpu += times.children_user + times.children_system
-                rss += member.memory_info().rss
+                rss += getattr(member.memory_info(), platform.memory_field())
                 pids.append(member.pid)
         if not pids:
             return None
@@ -100,8 +110,11 @@ class ProcessTree:
 
 def signal_tree(root_pid: int, graceful: bool, members: Sequence[psutil.Process]) -> None:
     """SIGTERM (or SIGKILL) to the root's process group and to every listed member, so that
-    descendants that left the group with a session of their own are reached too."""
+    descendants that left the group with a session of their own are reached too. Windows:
+    CTRL_BREAK to the group (or the run's whole job object), and only a kill per member."""
     platform.signal_group(root_pid, graceful)
+    if graceful and not platform.polite_per_process():
+        return
     for member in members:
         with suppress(psutil.Error):
             member.terminate() if graceful else member.kill()
