@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from helpers.procs import wait_until
+import psutil
+from helpers.procs import python, wait_until
 
 from nbrunner import platform
 
@@ -43,9 +45,36 @@ def test_spawn_detached_leaves_no_parent_link(tmp_path: Path) -> None:
     assert ppid != os.getpid() and sid != os.getsid(0)
 
 
+# A caller that signals a group which has ended, beside a process in its own group and one
+# in a session of its own: it must neither raise nor touch either of them.
+SIGNAL_A_GONE_GROUP = """
+import subprocess, sys
+from nbrunner import platform
+sleep = [sys.executable, "-c", "import time; time.sleep(300)"]
+gone = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+gone.wait()
+mine = subprocess.Popen(sleep, stdout=subprocess.DEVNULL)
+other = subprocess.Popen(sleep, stdout=subprocess.DEVNULL, start_new_session=True)
+print(mine.pid, other.pid, flush=True)
+platform.suspend_group(gone.pid, pause=True)
+platform.signal_group(gone.pid, graceful=True)
+platform.signal_group(gone.pid, graceful=False)
+"""
+
+
 def test_signalling_a_group_that_is_gone_is_harmless() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
-    proc.wait()
-    platform.signal_group(proc.pid, graceful=True)
-    platform.signal_group(proc.pid, graceful=False)
-    platform.suspend_group(proc.pid, pause=True)
+    caller = subprocess.Popen(
+        python(SIGNAL_A_GONE_GROUP), stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert caller.stdout is not None
+    bystanders = [psutil.Process(int(pid)) for pid in caller.stdout.readline().split()]
+    try:
+        assert caller.wait(timeout=30) == 0
+        statuses = [p.status() for p in bystanders]  # a killed one is a zombie, or gone
+        assert not {psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE} & set(statuses), statuses
+    finally:
+        caller.kill()
+        caller.wait()
+        for bystander in bystanders:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                bystander.kill()
