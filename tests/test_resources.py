@@ -18,8 +18,8 @@ from helpers.procs import alive, python, wait_until
 
 from nbrunner import Runner
 from nbrunner.errors import InvalidTransition, ResourceRequestError
-from nbrunner.gpu import DeclaredGpus, NvmlGpus
-from nbrunner.monitor import SystemSampler, take_sample
+from nbrunner.gpu import DeclaredGpus
+from nbrunner.monitor import SystemSampler
 from nbrunner.resources import Capacity, Device, Ledger, Resources, parse_size
 from nbrunner.states import RunStatus
 
@@ -301,21 +301,6 @@ def test_a_failing_hook_is_logged_not_raised(runner: Runner) -> None:
     wait_until(lambda: "on_done hook failed" in hook_log.read_text(), what="failure logged")
 
 
-def test_without_a_driver_nvml_degrades_to_no_gpu() -> None:
-    source = NvmlGpus()
-    assert source.available is False
-    assert source.reason.startswith("no GPU detected")
-    assert source.devices() == [] and source.sample() == []
-
-
-def test_system_sample_says_no_gpu_plainly(monkeypatch) -> None:
-    monkeypatch.delenv("NBRUNNER_GPUS", raising=False)
-    sample = take_sample()
-    assert sample.gpus == () and sample.gpu_status.startswith("no GPU detected")
-    assert 0 <= sample.cpu_percent <= 100 and len(sample.per_core) == os.cpu_count()
-    assert 0 < sample.memory_used < sample.memory_total
-
-
 def test_sampler_keeps_a_rolling_window() -> None:
     sampler = SystemSampler(interval=0.05, window_s=0.2).acquire()
     time.sleep(0.5)
@@ -350,19 +335,3 @@ def test_ledger_memory_counts_runs_admitted_in_the_same_pass() -> None:
 )
 def test_sizes(text, size) -> None:
     assert parse_size(text) == size
-
-
-def test_the_gpu_probe_reports_what_nvml_sees() -> None:
-    probe = Path(__file__).parent.parent / "scripts" / "gpu_probe.py"
-    result = subprocess.run(
-        [sys.executable, str(probe), "--seconds", "1.2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert "system samples in" in result.stdout
-    if NvmlGpus().available:  # a machine with a driver: each device is listed
-        assert "GPU 0:" in result.stdout and "via NVML" in result.stdout
-    else:
-        assert "NVML: no GPU detected" in result.stdout and "0 GPU(s)" in result.stdout
