@@ -180,14 +180,32 @@ def _last_count(run) -> int:
     return int(lines[-1]) if lines else -1
 
 
+def _counts_on(witness, lines: int) -> None:
+    """Wait until the witness, a counter that nobody stops, has counted `lines` more: at least
+    `lines` * 0.05 s, in which any other counter that was not stopped would have counted too,
+    however busy the machine."""
+    start = _last_count(witness)
+    wait_until(lambda: _last_count(witness) >= start + lines, what="the witness to count on")
+
+
+def _service_acts(witness, times: int) -> None:
+    """Wait until the home's service has acted `times` times more: it alone pauses and
+    resumes a run, and claims in the same tick."""
+    for _ in range(times):
+        witness.pause()
+        wait_until(lambda: witness.status is RunStatus.PAUSED, what="the witness paused")
+        witness.resume()
+        wait_until(lambda: witness.status is RunStatus.RUNNING, what="the witness resumed")
+
+
 def test_pause_stops_the_counter_and_resume_continues_it(runner: Runner) -> None:
     runner.register("counter", command=python(COUNTER))
-    run = runner.submit("counter")
+    run, witness = runner.submit("counter"), runner.submit("counter")
     wait_until(lambda: _last_count(run) >= 3, what="counting")
     assert run.pause().control == "pause"
     wait_until(lambda: run.status is RunStatus.PAUSED, what="paused")
     frozen = _last_count(run)
-    time.sleep(0.6)
+    _counts_on(witness, 10)
     assert _last_count(run) <= frozen + 1  # at most one line was in flight
     with pytest.raises(InvalidTransition, match="only a running run can be asked to pause"):
         run.pause()
@@ -211,12 +229,15 @@ def test_cancelling_a_paused_run_stops_it(runner: Runner) -> None:
 
 
 def test_drain_lets_running_runs_finish_and_starts_nothing(runner: Runner) -> None:
+    runner.register("counter", command=python(COUNTER))
+    witness = runner.submit("counter")
     running = runner.submit("count", {"n": 5, "delay": 0.1})
     wait_until(lambda: running.status is RunStatus.RUNNING, what="running")
     runner.config("paused", True)
     waiting = runner.submit("count", {"n": 1})
     assert running.wait(timeout=30).status is RunStatus.SUCCEEDED
-    time.sleep(0.5)
+    _service_acts(witness, 3)
+    _counts_on(witness, 40)  # 40 sleeps of 0.05 s: the service's idle ticks passed too
     assert waiting.status is RunStatus.QUEUED
     runner.config("paused", False)
     assert waiting.wait(timeout=30).status is RunStatus.SUCCEEDED
