@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.counting import counts_on, last_count
 from helpers.procs import alive, python, wait_until
 
 from nbrunner import Runner
@@ -175,19 +176,6 @@ def test_dependencies_start_after_success_and_cancel_after_failure(runner: Runne
     assert cancelled.reason == f"run {failing.id}, which it depends on, ended failed"
 
 
-def _last_count(run) -> int:
-    lines = run.logs().split()
-    return int(lines[-1]) if lines else -1
-
-
-def _counts_on(witness, lines: int) -> None:
-    """Wait until the witness, a counter that nobody stops, has counted `lines` more: at least
-    `lines` * 0.05 s, in which any other counter that was not stopped would have counted too,
-    however busy the machine."""
-    start = _last_count(witness)
-    wait_until(lambda: _last_count(witness) >= start + lines, what="the witness to count on")
-
-
 def _service_acts(witness, times: int) -> None:
     """Wait until the home's service has acted `times` times more: it alone pauses and
     resumes a run, and claims in the same tick."""
@@ -201,17 +189,17 @@ def _service_acts(witness, times: int) -> None:
 def test_pause_stops_the_counter_and_resume_continues_it(runner: Runner) -> None:
     runner.register("counter", command=python(COUNTER))
     run, witness = runner.submit("counter"), runner.submit("counter")
-    wait_until(lambda: _last_count(run) >= 3, what="counting")
+    wait_until(lambda: last_count(run.logs()) >= 3, what="counting")
     assert run.pause().control == "pause"
     wait_until(lambda: run.status is RunStatus.PAUSED, what="paused")
-    frozen = _last_count(run)
-    _counts_on(witness, 10)
-    assert _last_count(run) <= frozen + 1  # at most one line was in flight
+    frozen = last_count(run.logs())
+    counts_on(witness.logs, 10)
+    assert last_count(run.logs()) <= frozen + 1  # at most one line was in flight
     with pytest.raises(InvalidTransition, match="only a running run can be asked to pause"):
         run.pause()
     run.resume()
     wait_until(lambda: run.status is RunStatus.RUNNING, what="running again")
-    wait_until(lambda: _last_count(run) > frozen + 3, what="counting again")
+    wait_until(lambda: last_count(run.logs()) > frozen + 3, what="counting again")
     run.cancel()  # a paused-then-running tree still stops
     assert run.wait(timeout=20).status is RunStatus.CANCELLED
 
@@ -237,7 +225,7 @@ def test_drain_lets_running_runs_finish_and_starts_nothing(runner: Runner) -> No
     waiting = runner.submit("count", {"n": 1})
     assert running.wait(timeout=30).status is RunStatus.SUCCEEDED
     _service_acts(witness, 3)
-    _counts_on(witness, 40)  # 40 sleeps of 0.05 s: the service's idle ticks passed too
+    counts_on(witness.logs, 40)  # 40 sleeps of 0.05 s: the service's idle ticks passed too
     assert waiting.status is RunStatus.QUEUED
     runner.config("paused", False)
     assert waiting.wait(timeout=30).status is RunStatus.SUCCEEDED
