@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers.cli import cli, cli_json
 from helpers.counting import counts_on, last_count
 from helpers.procs import alive, python, wait_until
 
@@ -299,6 +301,23 @@ def test_on_done_hooks_python_and_module(runner: Runner, tmp_path: Path) -> None
         lambda: "on_done hook exited with code 0" in hook_log.read_text(),
         what="the hook's exit code in its log",
     )
+
+
+def test_on_done_as_one_quoted_string_as_the_readme_shows(home: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "hook.txt"
+    write = f"import sys; open({str(marker)!r}, 'w').write(sys.argv[1])"
+    hook = f"{shlex.quote(sys.executable)} -c {shlex.quote(write)} "
+    hook += "'run {id} of {module}: {status} ({exit_code})'"
+    (home / "modules.toml").write_text(
+        "[modules.hooked]\n"
+        f"command = {json.dumps(python('raise SystemExit(2)'))}\n"
+        f"on_done = {json.dumps(hook)}\n"
+    )
+    run_id = cli(home, "run", "hooked", "--wait", check=False).stdout.strip()
+    hook_log = Path(cli_json(home, "show", run_id)["log_path"]).with_suffix(".on_done.log")
+    wait_until(lambda: hook_log.exists() and "on_done hook" in hook_log.read_text(), what="hook")
+    assert hook_log.read_text().endswith("on_done hook exited with code 0\n")
+    assert marker.read_text() == f"run {run_id} of hooked: failed (2)"
 
 
 def test_a_failing_hook_is_logged_not_raised(runner: Runner) -> None:
