@@ -25,6 +25,7 @@ from nbrunner.gpu import DeclaredGpus
 from nbrunner.monitor import SystemSampler
 from nbrunner.resources import Capacity, Device, Ledger, Resources, parse_size
 from nbrunner.states import RunStatus
+from nbrunner.store import Store
 
 SHOW_GPUS = "import os, time; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')), os.environ.get('CUDA_DEVICE_ORDER')); time.sleep(float(os.environ.get('HOLD', '0')))"
 COUNTER = "import time\nfor i in range(10000):\n    print(i, flush=True); time.sleep(0.05)"
@@ -89,6 +90,47 @@ def test_gpu_memory_shares_pack_one_device(runner: Runner, monkeypatch) -> None:
     assert big.status is RunStatus.QUEUED  # 12 + 12 + 20 > 32
     assert [r.record.gpus for r in small] == [["0"], ["0"]]
     assert big.wait(timeout=30).status is RunStatus.SUCCEEDED
+
+
+SUBMIT_A_GPU_RUN = """
+import os, sys, time
+from nbrunner import Runner
+home, gate, show = sys.argv[1:]
+with Runner(home) as runner:
+    runner.register("gpu", command=[sys.executable, "-c", show], env={"HOLD": "1"},
+                    resources={"gpus": 1})
+    print("ready", flush=True)
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    print(runner.submit("gpu").id, flush=True)
+"""
+
+
+def test_two_processes_never_hold_the_one_gpu_at_once(
+    home: Path, tmp_path: Path, monkeypatch
+) -> None:
+    gpus(monkeypatch, "32GB")
+    gate = tmp_path / "go"
+    submitters = [
+        subprocess.Popen(
+            [*python(SUBMIT_A_GPU_RUN), str(home), str(gate), SHOW_GPUS],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    assert [p.stdout.readline() for p in submitters] == ["ready\n"] * 2
+    gate.touch()  # both submit at once
+    ids = [int(p.communicate(timeout=60)[0]) for p in submitters]
+    store = Store(home)
+    records = [
+        wait_until(lambda i=i: store.get(i).is_done and store.get(i), what=f"run {i} to end")
+        for i in ids
+    ]
+    first, second = sorted(records, key=lambda r: r.started_at)
+    assert [r.status for r in (first, second)] == [RunStatus.SUCCEEDED] * 2
+    assert first.gpus == second.gpus == ["0"]
+    assert second.started_at >= first.ended_at  # never both on the GPU
 
 
 def test_cpu_only_runs_hide_gpus_only_when_the_module_asks(runner: Runner, monkeypatch) -> None:
