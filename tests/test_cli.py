@@ -120,7 +120,7 @@ def test_worker_keeps_the_queue_moving_headless(home: Path) -> None:
 
 
 BAD_INPUTS = [
-    (["run", "nosuch"], "unknown module 'nosuch'; known modules: count, sleep, train"),
+    (["run", "nosuch"], "unknown module 'nosuch'; known modules: count, explore, sleep, train"),
     (["run", "count", "-p", "bogus=1"], "unknown parameter 'bogus' for module 'count'"),
     (
         ["run", "count", "-p", "n=ten"],
