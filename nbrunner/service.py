@@ -474,7 +474,7 @@ class Service:
                     RunStatus.CANCELLED,
                     RunStatus.LOST,
                 ):
-                    started = watch.child
+                    started = getattr(watch, "child", None)  # a Ray job has none
                     tx.transition(current.id, RunStatus.RUNNING, pid=started and started[0])
                 record = tx.transition(
                     current.id,

@@ -6,10 +6,12 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from helpers.cli import cli, cli_json
+from helpers.counting import counts_on, last_count
 from helpers.procs import wait_until
 
 from nbrunner.store import HistoryFilter, Store
@@ -118,7 +120,7 @@ def test_worker_keeps_the_queue_moving_headless(home: Path) -> None:
 
 
 BAD_INPUTS = [
-    (["run", "nosuch"], "unknown module 'nosuch'; known modules: count, sleep, train"),
+    (["run", "nosuch"], "unknown module 'nosuch'; known modules: count, explore, sleep, train"),
     (["run", "count", "-p", "bogus=1"], "unknown parameter 'bogus' for module 'count'"),
     (
         ["run", "count", "-p", "n=ten"],
@@ -183,3 +185,73 @@ def test_cancel_many_reports_which_were_done_and_which_not(home: Path) -> None:
     third = cli(home, "run", "count").stdout.strip()
     assert cli(home, "cancel", "--all").stdout == f"run {third} cancelled\n"
     assert cli(home, "cancel", check=False).returncode == 2
+
+
+def submit(home: Path, *args: str) -> str:
+    return cli(home, "run", *args).stdout.strip()
+
+
+def status_of(home: Path, run_id: str) -> str:
+    return cli_json(home, "show", run_id)["status"]
+
+
+def at(record: dict, field: str) -> datetime:
+    return datetime.fromisoformat(record[field])
+
+
+COUNTING = ("count", "-p", "n=400", "-p", "delay=0.05")  # 20 s at most, if a test fails
+
+
+def test_pause_and_resume_suspend_and_continue_a_run(home: Path) -> None:
+    run_id, witness = submit(home, *COUNTING), submit(home, *COUNTING)
+    log, witness_log = (Path(cli_json(home, "show", i)["log_path"]) for i in (run_id, witness))
+    wait_until(lambda: last_count(log.read_text()) >= 3, what="counting")
+    assert cli(home, "pause", run_id).stdout == f"run {run_id} pausing (its tree is suspended)\n"
+    wait_until(lambda: status_of(home, run_id) == "paused", what="paused")
+    frozen = last_count(log.read_text())
+    counts_on(witness_log.read_text, 10)
+    assert last_count(log.read_text()) <= frozen + 1  # at most one line was in flight
+    refused = cli(home, "pause", run_id, check=False)
+    assert refused.returncode == 2 and "only a running run can be asked to pause" in refused.stderr
+    assert cli(home, "resume", run_id).stdout == f"run {run_id} resuming\n"
+    wait_until(lambda: status_of(home, run_id) == "running", what="running again")
+    wait_until(lambda: last_count(log.read_text()) > frozen + 3, what="counting again")
+    cli(home, "cancel", "--all")
+
+
+def test_priority_and_front_order_the_queue(home: Path) -> None:
+    cli(home, "config", "paused", "true")
+    cli(home, "config", "max_concurrent", "1")
+    ids = [submit(home, "count", "-p", "n=0", "--priority", p) for p in ("3", "0", "5")]
+    assert [cli_json(home, "show", i)["priority"] for i in ids] == [3, 0, 5]
+    assert cli(home, "front", ids[1]).stdout == f"run {ids[1]} is next in the queue (priority 6)\n"
+    cli(home, "config", "paused", "false")
+    records = cli_json(home, "wait", *ids)
+    assert [r["id"] for r in sorted(records, key=lambda r: at(r, "started_at"))] == [
+        int(ids[1]),
+        int(ids[2]),
+        int(ids[0]),
+    ]
+    refused = cli(home, "front", ids[0], check=False)
+    assert refused.returncode == 2 and "only queued runs can move" in refused.stderr
+
+
+def test_a_group_keeps_its_limit_and_after_waits_for_success(home: Path) -> None:
+    cli(home, "config", "group.solo", "1")
+    first, second = (
+        submit(home, "count", "-p", "n=4", "-p", "delay=0.1", "--group", "solo") for _ in range(2)
+    )
+    after_first = submit(home, "count", "-p", "n=1", "-p", "delay=0", "--after", first)
+    timed_out = submit(home, *COUNTING, "--timeout", "0.3")
+    after_both = submit(home, "count", "-p", "n=1", "--after", first, "--after", timed_out)
+    waited = cli(home, "wait", first, second, after_first, after_both, "--json", check=False)
+    assert waited.returncode == 1  # one of them was cancelled
+    records = {r["id"]: r for r in json.loads(waited.stdout)}
+    one, two, three, four = (records[int(i)] for i in (first, second, after_first, after_both))
+    assert (one["group"], one["status"], two["status"]) == ("solo", "succeeded", "succeeded")
+    assert at(two, "started_at") >= at(one, "ended_at")  # never two of the group at once
+    assert three["status"] == "succeeded" and at(three, "started_at") >= at(one, "ended_at")
+    assert (four["status"], four["reason"]) == (
+        "cancelled",
+        f"run {timed_out}, which it depends on, ended timed_out",
+    )

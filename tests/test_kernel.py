@@ -1,14 +1,27 @@
-"""Runs outlive the Jupyter kernel that started them."""
+"""Runs outlive the Jupyter kernel, server or Voila page that started them."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers.browser import free_port, wait_for_port
+from helpers.procs import alive, wait_until
+from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.manager import start_new_kernel
 
 from nbrunner import Runner
+from nbrunner.states import RunStatus
+from nbrunner.store import Store
 
 SUBMIT = """
 import sys
@@ -71,3 +84,101 @@ def test_runs_survive_kernel_shutdown_and_a_new_kernel_sees_them(kernel_env, hom
     with Runner(home) as runner:
         assert runner.logs(ok_id).splitlines() == [f"zero {i}/30" for i in range(1, 31)]
         assert runner.logs(bad_id).splitlines() == [f"three {i}" for i in range(30)]
+
+
+def submit_and_say(gate: Path) -> str:
+    """Kernel code: submit a run that waits for the gate, and once it runs say which run and
+    which kernel."""
+    wait = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+    return (
+        "import os, sys, time\nfrom nbrunner import Runner\nrunner = Runner()\n"
+        f"runner.register('gated', command=[sys.executable, '-c', {wait + 'print(1)'!r}])\n"
+        "run = runner.submit('gated')\n"
+        "while run.status.value != 'running':\n    time.sleep(0.05)\n"
+        "print(f'run {run.id} from kernel {os.getpid()}', flush=True)\n"
+    )
+
+
+SAID = re.compile(r"run (\d+) from kernel (\d+)")
+
+
+@contextmanager
+def server(command: list[str], env: dict[str, str], log: Path) -> Iterator[int]:
+    """A Jupyter server or Voila in a session of its own, listening on the port it yields."""
+    port = free_port()
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [*command, f"--port={port}", "--no-browser"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for_port(port, process)
+            yield port
+            os.killpg(process.pid, signal.SIGKILL)  # the test's kill: no shutdown, no cleanup
+            process.wait(timeout=10)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+def kill_kernel(pid: int) -> None:
+    """SIGKILL the kernel's whole process group, as a server stopping its kernels would."""
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
+    wait_until(lambda: not alive(pid), what="the kernel to die")
+
+
+def assert_run_goes_on_to_succeed(home: Path, run_id: int, gate: Path) -> None:
+    store = Store(home)
+    assert store.get(run_id).status is RunStatus.RUNNING
+    gate.touch()  # the run ends only now, after everything that started it was killed
+    record = wait_until(lambda: store.get(run_id).is_done and store.get(run_id), 60, what="end")
+    assert (record.status, record.exit_code) == (RunStatus.SUCCEEDED, 0)
+    assert Path(record.log_path).read_text() == "1\n"
+
+
+def test_a_run_outlives_a_killed_jupyter_server_and_its_kernel(
+    kernel_env, home: Path, tmp_path: Path
+) -> None:
+    runtime, token, gate = tmp_path / "runtime", "test-token", tmp_path / "gate"
+    env = {**kernel_env, "JUPYTER_RUNTIME_DIR": str(runtime)}
+    command = [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1", "--allow-root"]
+    command += [f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}"]
+    with server(command, env, tmp_path / "server.log") as port:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/kernels",
+            data=b"{}",
+            headers={"Authorization": f"token {token}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            kernel_id = json.load(response)["id"]
+        client = BlockingKernelClient(connection_file=str(runtime / f"kernel-{kernel_id}.json"))
+        client.load_connection_file()
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=60)
+            run_id, kernel_pid = map(int, SAID.findall(execute(client, submit_and_say(gate)))[0])
+        finally:
+            client.stop_channels()
+    kill_kernel(kernel_pid)
+    assert_run_goes_on_to_succeed(home, run_id, gate)
+
+
+def test_a_run_outlives_a_killed_voila_and_its_page_kernel(
+    kernel_env, home: Path, tmp_path: Path
+) -> None:
+    page, gate = tmp_path / "submit.ipynb", tmp_path / "gate"
+    cell = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None}
+    notebook = {"cells": [{**cell, "source": submit_and_say(gate)}], "metadata": {}}
+    page.write_text(json.dumps({**notebook, "nbformat": 4, "nbformat_minor": 5}))
+    command = [sys.executable, "-m", "voila", str(page), "--Voila.ip=127.0.0.1"]
+    with server(command, kernel_env, tmp_path / "voila.log") as port:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=120) as response:
+            html = response.read().decode()
+        run_id, kernel_pid = map(int, SAID.findall(html)[0])
+    kill_kernel(kernel_pid)
+    assert_run_goes_on_to_succeed(home, run_id, gate)

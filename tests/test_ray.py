@@ -132,6 +132,16 @@ def test_four_runs_two_slots_logs_codes_cancel_restart_history(
     assert set(history["backend_ref"]) <= known_to_ray
 
 
+def test_a_modules_cpus_and_env_reach_its_ray_job(ray_runner: Runner) -> None:
+    show = "import os; print(os.environ['MY_SETTING'], os.environ.get('OMP_NUM_THREADS'))"
+    ray_runner.register("envshow", command=[sys.executable, "-c", show], env={"MY_SETTING": "42"},
+                        resources={"cpus": 2, "memory": "100MB"})  # fmt: skip
+    record = ray_runner.submit("envshow").wait(RUN_TIMEOUT_S)
+    assert (record.status, record.backend) == (RunStatus.SUCCEEDED, "ray"), record.reason
+    # the module's env, and the thread count Ray gives an entrypoint that holds 2 CPUs (else 1)
+    assert ray_runner.logs(record.id).splitlines()[-1] == "42 2"
+
+
 def test_unreachable_cluster_fails_the_submit_and_queues_nothing(
     runner: Runner, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers.cli import cli, cli_json
+from helpers.counting import counts_on, last_count
 from helpers.procs import alive, python, wait_until
 
 from nbrunner import Runner
 from nbrunner.errors import InvalidTransition, ResourceRequestError
-from nbrunner.gpu import DeclaredGpus, NvmlGpus
-from nbrunner.monitor import SystemSampler, take_sample
+from nbrunner.gpu import DeclaredGpus
+from nbrunner.monitor import SystemSampler
 from nbrunner.resources import Capacity, Device, Ledger, Resources, parse_size
 from nbrunner.states import RunStatus
+from nbrunner.store import Store
 
 SHOW_GPUS = "import os, time; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')), os.environ.get('CUDA_DEVICE_ORDER')); time.sleep(float(os.environ.get('HOLD', '0')))"
 COUNTER = "import time\nfor i in range(10000):\n    print(i, flush=True); time.sleep(0.05)"
@@ -86,6 +90,47 @@ def test_gpu_memory_shares_pack_one_device(runner: Runner, monkeypatch) -> None:
     assert big.status is RunStatus.QUEUED  # 12 + 12 + 20 > 32
     assert [r.record.gpus for r in small] == [["0"], ["0"]]
     assert big.wait(timeout=30).status is RunStatus.SUCCEEDED
+
+
+SUBMIT_A_GPU_RUN = """
+import os, sys, time
+from nbrunner import Runner
+home, gate, show = sys.argv[1:]
+with Runner(home) as runner:
+    runner.register("gpu", command=[sys.executable, "-c", show], env={"HOLD": "1"},
+                    resources={"gpus": 1})
+    print("ready", flush=True)
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    print(runner.submit("gpu").id, flush=True)
+"""
+
+
+def test_two_processes_never_hold_the_one_gpu_at_once(
+    home: Path, tmp_path: Path, monkeypatch
+) -> None:
+    gpus(monkeypatch, "32GB")
+    gate = tmp_path / "go"
+    submitters = [
+        subprocess.Popen(
+            [*python(SUBMIT_A_GPU_RUN), str(home), str(gate), SHOW_GPUS],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    assert [p.stdout.readline() for p in submitters] == ["ready\n"] * 2
+    gate.touch()  # both submit at once
+    ids = [int(p.communicate(timeout=60)[0]) for p in submitters]
+    store = Store(home)
+    records = [
+        wait_until(lambda i=i: store.get(i).is_done and store.get(i), what=f"run {i} to end")
+        for i in ids
+    ]
+    first, second = sorted(records, key=lambda r: r.started_at)
+    assert [r.status for r in (first, second)] == [RunStatus.SUCCEEDED] * 2
+    assert first.gpus == second.gpus == ["0"]
+    assert second.started_at >= first.ended_at  # never both on the GPU
 
 
 def test_cpu_only_runs_hide_gpus_only_when_the_module_asks(runner: Runner, monkeypatch) -> None:
@@ -175,25 +220,30 @@ def test_dependencies_start_after_success_and_cancel_after_failure(runner: Runne
     assert cancelled.reason == f"run {failing.id}, which it depends on, ended failed"
 
 
-def _last_count(run) -> int:
-    lines = run.logs().split()
-    return int(lines[-1]) if lines else -1
+def _service_acts(witness, times: int) -> None:
+    """Wait until the home's service has acted `times` times more: it alone pauses and
+    resumes a run, and claims in the same tick."""
+    for _ in range(times):
+        witness.pause()
+        wait_until(lambda: witness.status is RunStatus.PAUSED, what="the witness paused")
+        witness.resume()
+        wait_until(lambda: witness.status is RunStatus.RUNNING, what="the witness resumed")
 
 
 def test_pause_stops_the_counter_and_resume_continues_it(runner: Runner) -> None:
     runner.register("counter", command=python(COUNTER))
-    run = runner.submit("counter")
-    wait_until(lambda: _last_count(run) >= 3, what="counting")
+    run, witness = runner.submit("counter"), runner.submit("counter")
+    wait_until(lambda: last_count(run.logs()) >= 3, what="counting")
     assert run.pause().control == "pause"
     wait_until(lambda: run.status is RunStatus.PAUSED, what="paused")
-    frozen = _last_count(run)
-    time.sleep(0.6)
-    assert _last_count(run) <= frozen + 1  # at most one line was in flight
+    frozen = last_count(run.logs())
+    counts_on(witness.logs, 10)
+    assert last_count(run.logs()) <= frozen + 1  # at most one line was in flight
     with pytest.raises(InvalidTransition, match="only a running run can be asked to pause"):
         run.pause()
     run.resume()
     wait_until(lambda: run.status is RunStatus.RUNNING, what="running again")
-    wait_until(lambda: _last_count(run) > frozen + 3, what="counting again")
+    wait_until(lambda: last_count(run.logs()) > frozen + 3, what="counting again")
     run.cancel()  # a paused-then-running tree still stops
     assert run.wait(timeout=20).status is RunStatus.CANCELLED
 
@@ -211,12 +261,15 @@ def test_cancelling_a_paused_run_stops_it(runner: Runner) -> None:
 
 
 def test_drain_lets_running_runs_finish_and_starts_nothing(runner: Runner) -> None:
+    runner.register("counter", command=python(COUNTER))
+    witness = runner.submit("counter")
     running = runner.submit("count", {"n": 5, "delay": 0.1})
     wait_until(lambda: running.status is RunStatus.RUNNING, what="running")
     runner.config("paused", True)
     waiting = runner.submit("count", {"n": 1})
     assert running.wait(timeout=30).status is RunStatus.SUCCEEDED
-    time.sleep(0.5)
+    _service_acts(witness, 3)
+    counts_on(witness.logs, 40)  # 40 sleeps of 0.05 s: the service's idle ticks passed too
     assert waiting.status is RunStatus.QUEUED
     runner.config("paused", False)
     assert waiting.wait(timeout=30).status is RunStatus.SUCCEEDED
@@ -292,6 +345,23 @@ def test_on_done_hooks_python_and_module(runner: Runner, tmp_path: Path) -> None
     )
 
 
+def test_on_done_as_one_quoted_string_as_the_readme_shows(home: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "hook.txt"
+    write = f"import sys; open({str(marker)!r}, 'w').write(sys.argv[1])"
+    hook = f"{shlex.quote(sys.executable)} -c {shlex.quote(write)} "
+    hook += "'run {id} of {module}: {status} ({exit_code})'"
+    (home / "modules.toml").write_text(
+        "[modules.hooked]\n"
+        f"command = {json.dumps(python('raise SystemExit(2)'))}\n"
+        f"on_done = {json.dumps(hook)}\n"
+    )
+    run_id = cli(home, "run", "hooked", "--wait", check=False).stdout.strip()
+    hook_log = Path(cli_json(home, "show", run_id)["log_path"]).with_suffix(".on_done.log")
+    wait_until(lambda: hook_log.exists() and "on_done hook" in hook_log.read_text(), what="hook")
+    assert hook_log.read_text().endswith("on_done hook exited with code 0\n")
+    assert marker.read_text() == f"run {run_id} of hooked: failed (2)"
+
+
 def test_a_failing_hook_is_logged_not_raised(runner: Runner) -> None:
     runner.register("badhook", command=["true"], on_done="/nonexistent/notify {status}")
     run = runner.submit("badhook")
@@ -299,21 +369,6 @@ def test_a_failing_hook_is_logged_not_raised(runner: Runner) -> None:
     hook_log = Path(run.log_path).with_suffix(".on_done.log")
     wait_until(hook_log.exists, what="hook log")
     wait_until(lambda: "on_done hook failed" in hook_log.read_text(), what="failure logged")
-
-
-def test_without_a_driver_nvml_degrades_to_no_gpu() -> None:
-    source = NvmlGpus()
-    assert source.available is False
-    assert source.reason.startswith("no GPU detected")
-    assert source.devices() == [] and source.sample() == []
-
-
-def test_system_sample_says_no_gpu_plainly(monkeypatch) -> None:
-    monkeypatch.delenv("NBRUNNER_GPUS", raising=False)
-    sample = take_sample()
-    assert sample.gpus == () and sample.gpu_status.startswith("no GPU detected")
-    assert 0 <= sample.cpu_percent <= 100 and len(sample.per_core) == os.cpu_count()
-    assert 0 < sample.memory_used < sample.memory_total
 
 
 def test_sampler_keeps_a_rolling_window() -> None:
@@ -361,19 +416,3 @@ def test_ledger_memory_counts_runs_admitted_in_the_same_pass() -> None:
 )
 def test_sizes(text, size) -> None:
     assert parse_size(text) == size
-
-
-def test_the_gpu_probe_reports_what_nvml_sees() -> None:
-    probe = Path(__file__).parent.parent / "scripts" / "gpu_probe.py"
-    result = subprocess.run(
-        [sys.executable, str(probe), "--seconds", "1.2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert "system samples in" in result.stdout
-    if NvmlGpus().available:  # a machine with a driver: each device is listed
-        assert "GPU 0:" in result.stdout and "via NVML" in result.stdout
-    else:
-        assert "NVML: no GPU detected" in result.stdout and "0 GPU(s)" in result.stdout

@@ -13,34 +13,23 @@ import signal
 import sqlite3
 import stat
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers.cli import cli
 from helpers.procs import alive, python, wait_until
 
 from nbrunner import Runner, service
 from nbrunner.states import RunStatus
 from nbrunner.store import Store
 
-NBRUNNER = [sys.executable, "-m", "nbrunner"]
 HOLD_THE_LOCK = (
     "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
     "c.execute('BEGIN IMMEDIATE'); print('held', flush=True); "
 )
-
-
-def cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*NBRUNNER, "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
 
 
 def record_of(home: Path, run_id: int):
@@ -135,8 +124,8 @@ def test_a_store_locked_past_its_patience_loses_no_end(
 def test_a_client_facing_a_locked_store_says_so_in_one_line(
     home: Path, held_store_lock: threading.Event
 ) -> None:
-    env = {**os.environ, "NBRUNNER_STORE_PATIENCE": "1"}
-    result = cli(home, "run", "count", "-p", "n=1", env=env)
+    patience = {"NBRUNNER_STORE_PATIENCE": "1"}
+    result = cli(home, "run", "count", "-p", "n=1", env=patience, check=False)
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "stayed locked by another process for 1 s" in result.stderr
@@ -210,19 +199,19 @@ def test_a_run_whose_submitter_was_killed_at_once_still_ends(home: Path) -> None
 
 
 def test_settings_changed_from_the_cli_start_what_waits(home: Path) -> None:
-    assert cli(home, "config", "paused", "true").returncode == 0
-    assert cli(home, "config", "max_concurrent", "1").returncode == 0
+    cli(home, "config", "paused", "true")
+    cli(home, "config", "max_concurrent", "1")
     ids = [
         int(cli(home, "run", "count", "-p", "n=2000", "-p", "delay=0.1").stdout) for _ in range(2)
     ]
     assert service.stop(home)  # nobody is alive: only the next CLI call can move the queue
-    assert cli(home, "config", "paused", "false").returncode == 0
+    cli(home, "config", "paused", "false")
     wait_until(lambda: record_of(home, ids[0]).status is RunStatus.RUNNING, what="first running")
     assert record_of(home, ids[1]).status is RunStatus.QUEUED
     assert service.stop(home)
-    assert cli(home, "config", "max_concurrent", "2").returncode == 0
+    cli(home, "config", "max_concurrent", "2")
     wait_until(lambda: record_of(home, ids[1]).status is RunStatus.RUNNING, what="second running")
-    assert cli(home, "cancel", "--all").returncode == 0
+    cli(home, "cancel", "--all")
     assert {wait_for_end(home, i).status for i in ids} == {RunStatus.CANCELLED}
 
 
@@ -259,17 +248,20 @@ def test_a_killed_service_stops_no_run_and_loses_no_exit_code(home: Path, tmp_pa
 
 
 def test_a_cli_call_restarts_a_dead_service_that_left_queued_runs(home: Path) -> None:
-    assert cli(home, "config", "paused", "true").returncode == 0
+    cli(home, "config", "paused", "true")
     run_id = int(cli(home, "run", "count", "-p", "n=1", "-p", "delay=0").stdout)
     os.kill(service_pid(home), signal.SIGKILL)
     wait_until(lambda: not service.is_running(home), what="the service gone")
     with sqlite3.connect(home / "nbrunner.db") as db:  # the setting changes behind its back
         db.execute("UPDATE config SET value = 'false' WHERE key = 'paused'")
-    assert cli(home, "ps").returncode == 0  # any client that sees runs waiting starts one
+    cli(home, "ps")  # any client that sees runs waiting starts one
     assert wait_for_end(home, run_id).status is RunStatus.SUCCEEDED
 
 
-def test_one_service_per_home_however_many_clients_start_it(home: Path) -> None:
+def test_one_service_per_home_however_many_clients_start_it(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NBRUNNER_SERVICE_IDLE_S", "60")  # none leaves for being idle meanwhile
     Store(home)
     starters = [
         subprocess.Popen(
@@ -284,8 +276,9 @@ def test_one_service_per_home_however_many_clients_start_it(home: Path) -> None:
     ]
     for starter in starters:
         starter.wait(timeout=30)
-    wait_until(lambda: service.is_running(home), what="a service")
+    serving = service_pid(home)
     wait_until(lambda: len(services_of(home)) == 1, what="the extra services to leave")
+    assert [p.pid for p in services_of(home)] == [serving]
 
 
 def test_an_idle_service_exits_and_the_next_submission_starts_another(
@@ -375,13 +368,16 @@ def test_grandchildren_of_a_killed_child_end_with_the_run(runner: Runner) -> Non
 
 def test_a_module_may_keep_what_it_leaves_behind(runner: Runner) -> None:
     runner.register("daemon", command=["/bin/sh", "-c", LEAVES_A_SLEEPER], keep_leftovers=True)
-    run = runner.submit("daemon")
-    assert run.wait(timeout=30).status is RunStatus.SUCCEEDED
-    sleeper = int(run.logs().split()[0])
+    runner.register("daemonizer", command=["/bin/sh", "-c", LEAVES_A_SLEEPER])
+    kept, cleaned = runner.submit("daemon"), runner.submit("daemonizer")
+    assert [r.wait(timeout=30).status for r in (kept, cleaned)] == [RunStatus.SUCCEEDED] * 2
+    sleeper, stopped = (int(r.logs().split()[0]) for r in (kept, cleaned))
     try:
+        wait_until(lambda: not alive(stopped), what="the other run's leftover to be stopped")
         assert alive(sleeper)
     finally:
-        os.kill(sleeper, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(sleeper, signal.SIGKILL)
 
 
 # -- 6. logs are capped, and read in bounded windows ---------------------------------------
