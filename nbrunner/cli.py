@@ -191,9 +191,69 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
 @verb("history")
 def _history(args: argparse.Namespace, runner: Runner) -> int:
     query = HistoryFilter.build(
-        args.status, args.module, args.since, args.until, args.text, args.group
+        args.status, args.module, args.since, args.until, args.text, args.group, args.sweep
     )
     _print_records(runner.store.history(query, limit=args.limit, offset=args.offset), args)
+    return 0
+
+
+def _parse_sweep(pairs: Sequence[str]) -> dict[str, list[str]]:
+    """-p lr=1e-3,1e-4 -p batch=32 → {"lr": ["1e-3", "1e-4"], "batch": ["32"]}."""
+    return {key: value.split(",") for key, value in _parse_params(pairs).items()}
+
+
+@verb("sweep")
+def _sweep(args: argparse.Namespace, runner: Runner) -> int:
+    """Queue one run per point; prints the sweep id, then the run ids."""
+    values = _parse_sweep(args.param)
+    options: dict[str, Any] = {
+        "priority": args.priority,
+        "timeout": args.timeout,
+        "group": args.group,
+        "backend": args.backend,
+        "name": args.name,
+    }
+    if args.random is None:
+        sweep = runner.sweep(args.module, values, **options)
+    else:
+        sweep = runner.sweep(
+            args.module, space=values, count=args.random, seed=args.seed, **options
+        )
+    if args.json:
+        _print_json({"sweep": sweep.id, "runs": sweep.ids})
+    else:
+        print(sweep.id)
+        print(" ".join(str(i) for i in sweep.ids), flush=True)
+    return 0
+
+
+@verb("scalars")
+def _scalars(args: argparse.Namespace, runner: Runner) -> int:
+    """What runs reported: per run and metric a summary; --points or --json: every point."""
+    import pandas as pd
+
+    from .scalars import summary_rows
+
+    names = args.name or None
+    if args.json or args.points:
+        frame = runner.scalars(args.ids, names)
+        frame["time"] = [None if pd.isna(t) else t.isoformat() for t in frame["time"]]
+        if args.json:
+            _print_json(frame.to_dict(orient="records"))
+        else:
+            frame.to_csv(sys.stdout, sep="\t", index=False)
+        return 0
+    records = [runner.get(run_id).record for run_id in args.ids]
+    rows = [r for r in summary_rows(records) if names is None or r["name"] in names]
+    if not rows:
+        print("no scalars reported")
+        return 0
+    print(f"{'RUN':<6} {'NAME':<20} {'POINTS':>8} {'LAST':>12} {'MIN':>12} {'MAX':>12}")
+    for r in rows:
+        print(
+            f"{r['run']:<6} {r['name']:<20} {r['points']:>8} "
+            f"{r['last']:>12.6g} {r['min']:>12.6g} {r['max']:>12.6g}"
+        )
     return 0
 
 
@@ -626,8 +686,26 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--text", help="text found in params (as shown: lr=0.001), module, group or reason"
     )
+    history.add_argument("--sweep", help="only runs of this sweep (`nbrunner sweep` prints it)")
     history.add_argument("--limit", type=_count("limit"), default=50)
     history.add_argument("--offset", type=_count("offset"), default=0)
+    sweep = add("sweep", "queue one run per point of a grid (or a random sample)", listing)
+    sweep.add_argument("module", help="the module to run (`nbrunner modules` lists them)")
+    _add_param_option(sweep, "a parameter and its values, comma-separated (-p lr=1e-3,1e-4)")
+    sweep.add_argument(
+        "--random", type=_count("random"), metavar="N", help="N points drawn from the values"
+    )
+    sweep.add_argument("--seed", type=int, help="seed of --random: the same seed, the same points")
+    sweep.add_argument("--name", help="the sweep id (default: MODULE-xxxxxx)")
+    sweep.add_argument("--priority", type=_checked(checks.priority), default=0, metavar="N")
+    sweep.add_argument("--timeout", type=_checked(checks.timeout), metavar="SECONDS")
+    sweep.add_argument("--group", help="queue group (its own limit: config group.NAME N)")
+    sweep.add_argument("--backend", choices=BACKENDS, help="where the runs go")
+    scalars = add("scalars", "what runs reported (nbrunner.report): a summary, or every point")
+    scalars.add_argument("ids", nargs="+", metavar="ID")
+    scalars.add_argument("--name", action="append", default=[], help="only this metric")
+    scalars.add_argument("--points", action="store_true", help="every point, tab-separated")
+    scalars.add_argument("--json", action="store_true", help="every point, as JSON")
     for name, help_text in (
         ("show", "show one run's record"),
         ("pause", "suspend a running run's whole process tree (it keeps its slot)"),

@@ -63,6 +63,7 @@ class RunRecord:
     ending: dict[str, Any] | None = None  # how the service is stopping it: status, reason
     log_dropped: int | None = None  # bytes of output the log cap dropped
     keep_leftovers: bool = False
+    sweep: str | None = None  # the sweep that submitted it (Runner.sweep)
     version: int = 0
 
     @classmethod

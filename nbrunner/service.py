@@ -42,6 +42,7 @@ from . import platform
 from .errors import NbrunnerError
 from .models import RunRecord
 from .recorder import RecorderSpec, RunFiles, start_recorder, write_atomically
+from .reporting import METRICS_ENV, METRICS_MAX_ENV, metrics_path
 from .states import RunStatus
 from .supervisor import LocalWatch, Outcome, RayWatch, outcome_from_exit, run_hook
 
@@ -544,6 +545,8 @@ class Service:
         env.setdefault("PYTHONUNBUFFERED", "1")  # live logs, unless the module opted out ("")
         env.setdefault("PYTHONIOENCODING", "utf-8")
         env["NBRUNNER_RUN_ID"] = str(record.id)
+        env[METRICS_ENV] = metrics_path(record.log_path)  # where report() writes
+        env[METRICS_MAX_ENV] = str(self.store.config()["max_log_size"])
         if record.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(record.gpus)
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"

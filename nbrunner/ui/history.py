@@ -41,6 +41,8 @@ class HistoryQuery:
     text: str = ""
     since: date | None = None
     until: date | None = None
+    sweep: str = ALL
+    metric: str = ""  # adds its last and best values as columns (not a filter)
 
     def kwargs(self) -> dict[str, Any]:
         """Arguments for runner.history / runner.count; `until` includes its whole day."""
@@ -50,6 +52,7 @@ class HistoryQuery:
             "text": self.text.strip() or None,
             "since": self.since,
             "until": self.until + timedelta(days=1) if self.until else None,
+            "sweep": self.sweep.strip() or None,
         }
 
 
@@ -262,7 +265,9 @@ def export_csv(runner: Runner, query: HistoryQuery, path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     while True:
-        chunk = runner.history(**query.kwargs(), limit=EXPORT_CHUNK, offset=written)
+        chunk = runner.history(
+            **query.kwargs(), limit=EXPORT_CHUNK, offset=written, metric=query.metric or None
+        )
         chunk["params"] = chunk["params"].map(json.dumps)
         chunk["gpus"] = chunk["gpus"].map(json.dumps)
         chunk.to_csv(path, mode="a" if written else "w", header=not written, index=False)
