@@ -17,7 +17,7 @@ from . import __version__, checks
 from .backends import BACKENDS
 from .errors import BadInput, NbrunnerError, OperationFailed
 from .logs import CollapsedLines, LogFollower, tail_offset
-from .models import RunRecord, params_text, queue_positions
+from .models import RunRecord, differing_params, params_text, queue_positions
 from .modules import ModuleSpec, ParamSpec, lookup
 from .runner import Runner
 from .states import RunStatus
@@ -44,12 +44,6 @@ def _short_time(iso_time: str | None) -> str:
     return iso_time[5:19].replace("T", " ") if iso_time else "-"
 
 
-def _differing(records: Sequence[RunRecord]) -> set[str]:
-    """The param names whose values are not the same in every record."""
-    names = {name for r in records for name in r.params}
-    return {name for name in names if len({repr(r.params.get(name)) for r in records}) > 1}
-
-
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
@@ -64,7 +58,7 @@ def _print_table(
     if not records:
         print("no runs")
         return
-    shown = _differing(records) if only_differing and len(records) > 1 else None
+    shown = differing_params(records) if only_differing and len(records) > 1 else None
     places = queue_positions(records)
     with_group = any(r.group for r in records)
     head = ["ID", "MODULE", "STATUS", "EXIT", "DURATION", "SUBMITTED"]

@@ -113,6 +113,13 @@ def queue_positions(records: Iterable[RunRecord]) -> dict[int, int]:
     return {r.id: place for place, r in enumerate(queued, start=1)}
 
 
+def differing_params(records: Iterable[RunRecord]) -> set[str]:
+    """The param names whose values are not the same in every record."""
+    records = list(records)
+    names = {name for r in records for name in r.params}
+    return {name for name in names if len({repr(r.params.get(name)) for r in records}) > 1}
+
+
 def params_text(params: dict[str, Any]) -> str:
     """Params as listings show them, and as `history --text` finds them: lr=0.001 amp=True."""
     return " ".join(f"{key}={value}" for key, value in params.items())

@@ -53,12 +53,14 @@ class Series:
     values: array[float] = field(default_factory=lambda: array("d"))
     count: int = 0
     last: float = math.nan
+    last_step: float = math.nan
     low: float = math.inf
     high: float = -math.inf
 
     def add(self, step: float, moment: float, value: float) -> None:
         self.count += 1
         self.last = value
+        self.last_step = step
         if value < self.low:
             self.low = value
         if value > self.high:

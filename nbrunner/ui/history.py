@@ -20,6 +20,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from ..runner import Runner
+from ..scalars import better
 from ..states import RunStatus
 from . import text
 from .sync import Sync
@@ -67,6 +68,7 @@ def row_html(row: pd.Series) -> str:
     detail = text.params(row["params"] or {})
     if isinstance(row["reason"], str) and row["reason"]:
         detail = f"{detail} — {row['reason']}" if detail else row["reason"]
+    detail = " · ".join(filter(None, [metric_text(row), detail]))
     duration = None if pd.isna(row["duration_s"]) else float(row["duration_s"])
     cells = [
         f"#{int(row['id'])}",
@@ -78,6 +80,15 @@ def row_html(row: pd.Series) -> str:
         text.escape(detail),
     ]
     return '<div class="nbr-hcells">' + "".join(f"<span>{c}</span>" for c in cells) + "</div>"
+
+
+def metric_text(row: pd.Series) -> str:
+    """`loss 0.21 (best 0.19)` when the page has a metric's columns (and this run the metric)."""
+    for column, last in row.items():
+        name = str(column).removesuffix("_last")
+        if name != column and f"{name}_best" in row and not pd.isna(last):
+            return f"{name} {last:.4g} (best {row[f'{name}_best']:.4g})"
+    return ""
 
 
 class HistoryRow:
@@ -167,6 +178,20 @@ class HistoryView:
             layout=widgets.Layout(width="170px"),
         )
         self.search.add_class("nbr-hsearch")
+        self.sweep = widgets.Combobox(
+            placeholder="any sweep",
+            options=[s for s, _, _ in self.runner.sweeps()],
+            ensure_option=False,
+            continuous_update=False,
+            layout=widgets.Layout(width="140px"),
+        )
+        self.sweep.add_class("nbr-hsweep")
+        self.metric = widgets.Text(
+            placeholder="metric: last, best",
+            continuous_update=False,
+            layout=widgets.Layout(width="130px"),
+        )
+        self.metric.add_class("nbr-hmetric")
         self.since = widgets.DatePicker(description="from", layout=widgets.Layout(width="180px"))
         self.until = widgets.DatePicker(description="to", layout=widgets.Layout(width="180px"))
         for picker in (self.since, self.until):
@@ -184,9 +209,21 @@ class HistoryView:
             self.since,
             self.until,
             self.page_size,
+            self.sweep,
+            self.metric,
         ):
             control.observe(lambda _: self.filters_changed(), names="value")
-        self.filters = widgets.HBox([self.status, self.module, self.search, self.since, self.until])
+        self.filters = widgets.HBox(
+            [
+                self.status,
+                self.module,
+                self.search,
+                self.sweep,
+                self.since,
+                self.until,
+                self.metric,
+            ]
+        )
         self.filters.add_class("nbr-filters")
 
     # -- asked by the user (kernel thread): only flags and runner calls ----------------------
@@ -197,6 +234,8 @@ class HistoryView:
             self.search.value,
             self.since.value,
             self.until.value,
+            self.sweep.value or ALL,
+            self.metric.value.strip(),
         )
 
     def filters_changed(self) -> None:
@@ -242,7 +281,13 @@ class HistoryView:
         self.stale = False
         size = int(self.page_size.value)
         self.page = min(self.page, page_count(self.total, size) - 1)
-        self.frame = self.runner.history(**query.kwargs(), limit=size, offset=self.page * size)
+        self.frame = self.runner.history(
+            **query.kwargs(), limit=size, offset=self.page * size, metric=query.metric or None
+        )
+        if query.metric:  # the page's best runs first: a sweep's winner on top
+            self.frame = self.frame.sort_values(
+                f"{query.metric}_best", ascending=better(query.metric) == "min", kind="stable"
+            )
         self.render()
 
     def render(self) -> None:
