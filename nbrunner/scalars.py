@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 MARKER = b"nbrunner:metric"
 READ_BYTES = 4 * 1024 * 1024
+LOG_WINDOW = 8  # a log is read 8× faster: most of it is not metrics, and finding those is cheap
 SUMMARY_CACHE = 512
 MAXIMIZED = ("acc", "auc", "f1", "precision", "recall", "score", "reward", "iou", "bleu", "map")
 Point = tuple[float, float, dict[str, float]]  # step, time, values
@@ -103,14 +104,30 @@ class _Tail:
 
 
 def json_points(chunk: bytes) -> Iterator[Point]:
-    """Points of metrics-file lines; a line that is not a point is skipped."""
-    for line in chunk.splitlines():
+    """Points of metrics-file lines; a line that is not a point is skipped.
+
+    The chunk is parsed as one JSON array (one call for thousands of lines), line by line
+    only when that fails (a torn or foreign line).
+    """
+    lines = chunk.strip().replace(b"\n", b",")
+    try:
+        parsed = json.loads(b"[" + lines + b"]") if lines else []
+    except ValueError:
+        parsed = None
+    for data in parsed if parsed is not None else _each_line(chunk):
         try:
-            data = json.loads(line)
             step = float(data.pop("step"))
             moment = float(data.pop("time", math.nan))
             yield step, moment, {k: float(v) for k, v in data.items()}
         except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+
+
+def _each_line(chunk: bytes) -> Iterator[Any]:
+    for line in chunk.splitlines():
+        try:
+            yield json.loads(line)
+        except ValueError:
             continue
 
 
@@ -153,7 +170,7 @@ class ScalarFollower:
         chunk, more_file = self._file.lines(max_bytes)
         for step, moment, values in json_points(chunk):
             self._add(step, moment, values)
-        chunk, more_log = self._log.lines(max_bytes)
+        chunk, more_log = self._log.lines(max_bytes * LOG_WINDOW)
         for text_step, moment, values in text_points(chunk):
             step = self._text_step if text_step is None else text_step
             self._text_step = step + 1

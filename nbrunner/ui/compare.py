@@ -1,9 +1,10 @@
 """Compare: one metric of many runs in one chart, a line per run, live while they run.
 
-Each chosen run's scalars are followed by byte offset (`ScalarFollower`), at most
-`READ_BYTES` per run a tick. A line is redrawn at most once per `redraw_s`, at most
+Each chosen run's scalars are followed by byte offset (`ScalarFollower`), `READ_BUDGET`
+bytes a tick shared by the runs, so a run with a million points is read over some seconds
+without ever making a tick slow. A line is redrawn at most once per `redraw_s`, at most
 `LINES_PER_TICK` lines a tick, downsampled to `points` (each bucket's min and max, so spikes
-stay) as float32 arrays: the browser gets about 1.6 kB per line redrawn, never the whole
+stay) as float32 arrays: the browser gets about 1.5 kB per line redrawn, never the whole
 series, and bqplot draws SVG from them (no image rendered per tick). Smoothing (an
 exponential moving average, as TensorBoard's) is applied to the whole series first.
 
@@ -32,12 +33,13 @@ from ..store import HistoryFilter
 from . import text
 from .sync import Sync, close_tree
 
-POINTS = 200
-REDRAW_S = 1.5
+POINTS = 160
+REDRAW_S = 2.0
 LINES_PER_TICK = 5
-READ_BYTES = 512 * 1024
+READ_BUDGET = 128 * 1024  # bytes of scalars read per tick, shared by the lines
+MIN_READ = 8 * 1024
 RUN_CHOICES = 100
-LATEST_EVERY_S = 1.0
+LATEST_EVERY_S = 2.0
 INTERVAL_S = 0.25
 PALETTE = (
     "#1f77b4",
@@ -226,8 +228,9 @@ class CompareView:
         force, self._force = self._force, False
         if force:
             self._follow(self.runs.value)
+        share = max(READ_BUDGET // max(len(self.lines), 1), MIN_READ)
         for line in self.lines.values():
-            if line.follower.poll(READ_BYTES)[0]:
+            if line.follower.poll(share)[0]:
                 line.dirty = True
         self._choose_metric()
         due = [line for line in self.lines.values() if line.dirty or force]
@@ -327,7 +330,7 @@ class CompareView:
 
     # -- cards: the latest value of the chosen metric -------------------------------------------
     def latest_html(self, record: RunRecord, now: float | None = None) -> str:
-        """A card's line for the chosen metric's latest value (read at most once a second)."""
+        """A card's line for the chosen metric's latest value (read every LATEST_EVERY_S)."""
         metric = self.metric.value
         if not metric:
             return ""
