@@ -4,9 +4,8 @@ This runs inside users' runs, so it imports only the standard library's small mo
 does nothing at all outside nbrunner: without `NBRUNNER_METRICS` in the environment (the
 service names the file for each run) `report` returns at once.
 
-Inside a run, lines are buffered in memory and appended to the file at most about once a
-second (by the call that finds the buffer a second old, or by a daemon thread for a run that
-has gone quiet), and at exit (in a notebook run's kernel, which is killed: as each cell
+Inside a run, lines are buffered in memory and appended to the file about once a second
+(by a daemon thread), and at exit (in a notebook run's kernel, which is killed: as each cell
 ends). The file is capped at `NBRUNNER_METRICS_MAX` bytes (the home's `max_log_size`; 0: no
 cap): past it, points are counted, not written, except the last one, written at exit with a
 `{"dropped": N}` line, so a run's last value is always known.
@@ -49,7 +48,6 @@ class _Sink:
         self.steps = 0
         self.lines: list[str] = []
         self.size = 0
-        self.flushed_at = time.monotonic()
         self.lock = threading.Lock()
         self.names: dict[str, str] = {}
         self.thread: threading.Thread | None = None
@@ -58,13 +56,14 @@ class _Sink:
         if step is None:
             step = self.steps
         self.steps = step + 1
-        parts = [f'{{"step": {int(step)}, "time": {time.time():.3f}']
+        names = self.names
+        line = f'{{"step": {int(step)}, "time": {time.time():.3f}'
         for name, value in values.items():
-            key = self.names.get(name) or self.names.setdefault(name, json.dumps(name))
             number = repr(float(value))
-            parts.append(f", {key}: {_SPECIAL.get(number, number)}")
-        parts.append("}\n")
-        line = "".join(parts)
+            if number[-1] in "nf":  # nan, inf, -inf: spelled as Python's json reads them
+                number = _SPECIAL[number]
+            line += f", {names[name] if name in names else self._name(name)}: {number}"
+        line += "}\n"
         with self.lock:
             if self.cap and self.written + self.size + len(line) > self.cap:
                 self.dropped += 1
@@ -72,11 +71,12 @@ class _Sink:
             else:
                 self.lines.append(line)
                 self.size += len(line)
-            due = time.monotonic() - self.flushed_at >= FLUSH_S
-        if due:
-            self.flush()
-        elif self.thread is None:
+        if self.thread is None:
             self._start_thread()
+
+    def _name(self, name: str) -> str:
+        self.names[name] = json.dumps(name)
+        return self.names[name]
 
     def _start_thread(self) -> None:
         self.thread = threading.Thread(target=self._flush_forever, name="nbrunner-report")
@@ -91,7 +91,6 @@ class _Sink:
     def flush(self, final: bool = False) -> None:
         with self.lock:
             lines, self.lines, self.size = self.lines, [], 0
-            self.flushed_at = time.monotonic()
             if final and self.dropped:
                 lines += [self.last_dropped, f'{{"dropped": {self.dropped}}}\n']
                 self.dropped = 0
@@ -145,8 +144,8 @@ _sink = _sink_from_env()
 def report(step: int | None = None, **values: SupportsFloat) -> None:
     """Record scalars of this run at `step` (default: one more than the last report).
 
-    Values are numbers (a NumPy or PyTorch scalar too, anything `float()` takes). Outside
-    an nbrunner run this does nothing.
+    Values are numbers (a NumPy or PyTorch scalar too, anything `float()` takes; anything
+    else raises TypeError or ValueError at once). Outside an nbrunner run this does nothing.
     """
     if _sink is not None:
         _sink.add(step, values)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -231,21 +232,26 @@ def read(records: Iterable[RunRecord], names: Iterable[str] | None = None) -> pd
 
 
 class Summaries:
-    """Last and best values per run, kept up to date by followers that keep no points."""
+    """Last and best values per run, kept up to date by followers that keep no points.
+
+    Thread-safe: a kernel's cell and the dashboard's refresh thread may ask at once.
+    """
 
     def __init__(self, size: int = SUMMARY_CACHE) -> None:
         self.size = size
         self._followers: OrderedDict[str, ScalarFollower] = OrderedDict()
+        self._lock = threading.Lock()
 
     def of(self, record: RunRecord) -> dict[str, Series]:
-        follower = self._followers.pop(record.log_path, None) or ScalarFollower(
-            record.log_path, keep=False
-        )
-        self._followers[record.log_path] = follower
-        while len(self._followers) > self.size:
-            self._followers.popitem(last=False)
-        follower.poll_all()
-        return follower.series
+        with self._lock:
+            follower = self._followers.pop(record.log_path, None) or ScalarFollower(
+                record.log_path, keep=False
+            )
+            self._followers[record.log_path] = follower
+            while len(self._followers) > self.size:
+                self._followers.popitem(last=False)
+            follower.poll_all()
+            return follower.series
 
     def columns(
         self, records: Iterable[RunRecord], metric: str, best: str | None = None
