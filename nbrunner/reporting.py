@@ -4,11 +4,11 @@ This runs inside users' runs, so it imports only the standard library's small mo
 does nothing at all outside nbrunner: without `NBRUNNER_METRICS` in the environment (the
 service names the file for each run) `report` returns at once.
 
-Inside a run, lines are buffered in memory and appended to the file about once a second
-(by a daemon thread), and at exit (in a notebook run's kernel, which is killed: as each cell
-ends). The file is capped at `NBRUNNER_METRICS_MAX` bytes (the home's `max_log_size`; 0: no
-cap): past it, points are counted, not written, except the last one, written at exit with a
-`{"dropped": N}` line, so a run's last value is always known.
+Inside a run, points are buffered in memory, then formatted and appended to the file about
+once a second (by a daemon thread), and at exit (in a notebook run's kernel, which is
+killed: as each cell ends). The file is capped at `NBRUNNER_METRICS_MAX` bytes (the home's
+`max_log_size`; 0: no cap): past it, points are counted, not written, except the last one,
+written at exit with a `{"dropped": N}` line, so a run's last value is always known.
 
 A line: `{"step": 10, "time": 1767225600.123, "loss": 0.31, "acc": 0.88}`.
 """
@@ -26,6 +26,7 @@ from typing import SupportsFloat
 METRICS_ENV = "NBRUNNER_METRICS"
 METRICS_MAX_ENV = "NBRUNNER_METRICS_MAX"
 FLUSH_S = 1.0
+MAX_BUFFERED = 20_000  # points; a run reporting faster flushes in its own thread (bounded memory)
 METRICS_SUFFIX = ".metrics.jsonl"
 _SPECIAL = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
@@ -36,8 +37,16 @@ def metrics_path(log_path: str) -> str:
     return (stem if dot else log_path) + METRICS_SUFFIX
 
 
+Point = tuple[int, float, dict[str, float]]
+
+
 class _Sink:
-    """One process's buffer for one metrics file."""
+    """One process's buffer for one metrics file.
+
+    The caller only appends (step, time, values) to the buffer; the flusher thread formats
+    and writes them, so a training loop whose steps release the GIL (GPU work, I/O) does not
+    pay for the formatting at all.
+    """
 
     def __init__(self, path: str, cap: int) -> None:
         self.path = path
@@ -46,9 +55,9 @@ class _Sink:
         self.dropped = 0
         self.last_dropped = ""
         self.steps = 0
-        self.lines: list[str] = []
-        self.size = 0
-        self.lock = threading.Lock()
+        self.points: list[Point] = []
+        self.lock = threading.Lock()  # the buffer
+        self.writing = threading.Lock()  # the file: one flush at a time, in order
         self.names: dict[str, str] = {}
         self.thread: threading.Thread | None = None
 
@@ -56,27 +65,14 @@ class _Sink:
         if step is None:
             step = self.steps
         self.steps = step + 1
-        names = self.names
-        line = f'{{"step": {int(step)}, "time": {time.time():.3f}'
-        for name, value in values.items():
-            number = repr(float(value))
-            if number[-1] in "nf":  # nan, inf, -inf: spelled as Python's json reads them
-                number = _SPECIAL[number]
-            line += f", {names[name] if name in names else self._name(name)}: {number}"
-        line += "}\n"
+        point = (int(step), time.time(), {name: float(v) for name, v in values.items()})
         with self.lock:
-            if self.cap and self.written + self.size + len(line) > self.cap:
-                self.dropped += 1
-                self.last_dropped = line
-            else:
-                self.lines.append(line)
-                self.size += len(line)
-        if self.thread is None:
+            self.points.append(point)
+            full = len(self.points) >= MAX_BUFFERED
+        if full:
+            self.flush()
+        elif self.thread is None:
             self._start_thread()
-
-    def _name(self, name: str) -> str:
-        self.names[name] = json.dumps(name)
-        return self.names[name]
 
     def _start_thread(self) -> None:
         self.thread = threading.Thread(target=self._flush_forever, name="nbrunner-report")
@@ -89,12 +85,10 @@ class _Sink:
             self.flush()
 
     def flush(self, final: bool = False) -> None:
-        with self.lock:
-            lines, self.lines, self.size = self.lines, [], 0
-            if final and self.dropped:
-                lines += [self.last_dropped, f'{{"dropped": {self.dropped}}}\n']
-                self.dropped = 0
-            data = "".join(lines).encode()
+        with self.writing:
+            with self.lock:
+                points, self.points = self.points, []
+            data = self._encode(points, final).encode()
             if not data:
                 return
             try:
@@ -107,10 +101,38 @@ class _Sink:
                 return  # a full disk or a removed home: the run goes on without its points
             self.written += len(data)
 
+    def _encode(self, points: list[Point], final: bool) -> str:
+        """JSON lines within the cap; past it, points are counted and the last one kept."""
+        lines, size = [], self.written
+        for step, moment, values in points:
+            line = f'{{"step": {step}, "time": {moment:.3f}'
+            for name, value in values.items():
+                number = repr(value)
+                if number[-1] in "nf":  # nan, inf, -inf: spelled as Python's json reads them
+                    number = _SPECIAL[number]
+                line += f", {self._name(name)}: {number}"
+            line += "}\n"
+            if self.cap and size + len(line) > self.cap:
+                self.dropped += 1
+                self.last_dropped = line
+                continue
+            lines.append(line)
+            size += len(line)
+        if final and self.dropped:
+            lines += [self.last_dropped, f'{{"dropped": {self.dropped}}}\n']
+            self.dropped = 0
+        return "".join(lines)
+
+    def _name(self, name: str) -> str:
+        known = self.names.get(name)
+        if known is None:
+            known = self.names[name] = json.dumps(name)
+        return known
+
     def forget(self) -> None:
         """In a forked child: the parent writes what it buffered; the child starts empty."""
-        self.lines, self.size, self.dropped, self.thread = [], 0, 0, None
-        self.lock = threading.Lock()
+        self.points, self.dropped, self.thread = [], 0, None
+        self.lock, self.writing = threading.Lock(), threading.Lock()
 
 
 def _sink_from_env() -> _Sink | None:
