@@ -36,7 +36,7 @@ import hashlib, sys, time
 from nbrunner import report
 from nbrunner.reporting import flush
 steps, reporting, native = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "native"
-block = bytes(32 * 1024)
+block = bytes(256 * 1024)
 start, cpu = time.perf_counter(), time.process_time()
 x = 0.0
 for step in range(steps):
@@ -68,10 +68,11 @@ STEP_KINDS = {  # the figure each kind of step is judged on
 METHOD = """\
 *Reporting*: a real run (a command module running a Python script) doing 100,000 steps,
 with or without `report(step=..., loss=..., acc=...)` per step, interleaved. Two kinds of
-step: sha256 of 32 kB (C code that releases the GIL, as GPU, NumPy and I/O work does; the
-figure is the child's wall time), and a pure-Python loop of ~40 µs on an idle core that
-holds the GIL throughout (the worst case; the figure is the child's CPU time, all threads,
-which other load on a shared machine disturbs far less than wall time). Both are timed
+step: sha256 of 256 kB (~0.2 ms of C code that releases the GIL, as a GPU step waiting on
+its device, NumPy or I/O does; the figure is the child's wall time), and a pure-Python
+loop of ~40 µs on an idle core that holds the GIL throughout (the worst case; the figure is
+the child's CPU time, all threads, which other load on a shared machine disturbs far less
+than wall time). Both are timed
 from the first step to the end of the last write (`flush()`), as the child prints them.
 *Compare*: 20 runs (max_concurrent 20) each report 10,000 points at once and then one
 point every 0.1 s; a `Dashboard(start=False)` has all of them in its Compare view (metric
@@ -219,15 +220,16 @@ def run(ctx: Context) -> Section:
             "(steps releasing the GIL, as GPU or NumPy work does)",
             f"{released:.3f}× (wall time)",
             released <= 1.05,
-            "the caller only buffers each point (~1 µs); its formatting and writing run in "
-            "the flusher thread, beside the step while the step has released the GIL.",
+            "the caller only buffers each point (~1 µs); the flusher thread formats and "
+            "writes them while the step has released the GIL, given a free core: on a "
+            "loaded machine the two threads contend and the formatting shows.",
         ),
         Target(
             f"… and with pure-Python steps holding the GIL (~{steps // 1000}k × 40 µs)",
             f"{held:.3f}× (CPU time)",
             held <= 1.05,
             "with steps that never release the GIL nothing runs beside them: each point's "
-            "formatting (float reprs, a few µs on this machine) adds to the run; steps of "
+            "formatting (float reprs, 4–8 µs of CPU on this machine) adds to the run; steps "
             "2–3× as long as this loop's would meet it.",
         ),
         Target(
