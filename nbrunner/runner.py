@@ -731,6 +731,7 @@ def _frame(records: Sequence[RunRecord]) -> pd.DataFrame:
         "restart_of",
         "log_path",
         "group",
+        "sweep",
         "backend",
         "backend_ref",
         "cpu_time",

@@ -180,6 +180,7 @@ def test_a_sweep_queues_one_tagged_run_per_point(train: Runner, home: Path) -> N
         assert run.record.sweep == sweep.id and run.params["steps"] == 3
     history = train.history(sweep=sweep.id, metric="loss")
     assert sorted(history["id"]) == sweep.ids
+    assert set(history["sweep"]) == {sweep.id}
     best_run = history.sort_values("loss_best").iloc[0]
     assert best_run["params"]["lr"] == 0.9 and best_run["loss_last"] == 0.01
     acc = train.history(sweep=sweep.id, metric="acc")
