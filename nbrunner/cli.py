@@ -20,6 +20,7 @@ from .logs import CollapsedLines, LogFollower, tail_offset
 from .models import RunRecord, differing_params, params_text, queue_positions
 from .modules import ModuleSpec, ParamSpec, lookup
 from .runner import Runner
+from .scalars import Summaries
 from .states import RunStatus
 from .store import HistoryFilter
 
@@ -49,12 +50,18 @@ def _cut(text: str, width: int) -> str:
 
 
 def _print_table(
-    records: Sequence[RunRecord], *, queue: bool = False, only_differing: bool = False
+    records: Sequence[RunRecord],
+    *,
+    queue: bool = False,
+    only_differing: bool = False,
+    extra: dict[str, list[float]] | None = None,
 ) -> None:
     """One row per run; PARAMS takes what the terminal's width ($COLUMNS) leaves, cut with …
 
-    queue: add each run's priority and place in the queue (for `ps`).
+    queue: add each run's priority and place in the queue (for `ps`); extra: more columns
+    of numbers, one value per record (a metric's last and best, for `history --metric`).
     """
+    extra = extra or {}
     if not records:
         print("no runs")
         return
@@ -64,8 +71,9 @@ def _print_table(
     head = ["ID", "MODULE", "STATUS", "EXIT", "DURATION", "SUBMITTED"]
     head += ["PRI", "QUEUE"] if queue else []
     head += ["GROUP"] if with_group else []
+    head += [name.upper() for name in extra]
     rows = [head]
-    for r in records:
+    for index, r in enumerate(records):
         duration = f"{r.duration_s:.1f}s" if r.duration_s is not None else "-"
         row = [
             str(r.id),
@@ -76,6 +84,7 @@ def _print_table(
         row += [duration, _short_time(r.to_dict()["submitted_at"])]
         row += [str(r.priority), str(places.get(r.id, "-"))] if queue else []
         row += [r.group or "-"] if with_group else []
+        row += [f"{values[index]:.6g}" for values in extra.values()]
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     room = shutil.get_terminal_size().columns - sum(widths) - 2 * len(widths)
@@ -88,11 +97,17 @@ def _print_table(
         print(f"{cells}  {_cut(text, max(room, 12))}".rstrip())
 
 
-def _print_records(records: Sequence[RunRecord], args: argparse.Namespace, **table: Any) -> None:
+def _print_records(
+    records: Sequence[RunRecord],
+    args: argparse.Namespace,
+    extra: dict[str, list[float]] | None = None,
+    **table: Any,
+) -> None:
     if args.json:
-        _print_json([r.to_dict() for r in records])
+        columns = (extra or {}).items()
+        _print_json([r.to_dict() | {k: v[i] for k, v in columns} for i, r in enumerate(records)])
     else:
-        _print_table(records, only_differing=args.diff, **table)
+        _print_table(records, only_differing=args.diff, extra=extra, **table)
 
 
 # -- verbs -----------------------------------------------------------------------------------
@@ -187,7 +202,9 @@ def _history(args: argparse.Namespace, runner: Runner) -> int:
     query = HistoryFilter.build(
         args.status, args.module, args.since, args.until, args.text, args.group, args.sweep
     )
-    _print_records(runner.store.history(query, limit=args.limit, offset=args.offset), args)
+    records = runner.store.history(query, limit=args.limit, offset=args.offset)
+    extra = Summaries().columns(records, args.metric) if args.metric else None
+    _print_records(records, args, extra)
     return 0
 
 
@@ -681,6 +698,9 @@ def _parser() -> argparse.ArgumentParser:
         "--text", help="text found in params (as shown: lr=0.001), module, group or reason"
     )
     history.add_argument("--sweep", help="only runs of this sweep (`nbrunner sweep` prints it)")
+    history.add_argument(
+        "--metric", help="add the last and best value each run reported of this metric"
+    )
     history.add_argument("--limit", type=_count("limit"), default=50)
     history.add_argument("--offset", type=_count("offset"), default=0)
     sweep = add("sweep", "queue one run per point of a grid (or a random sample)", listing)

@@ -203,8 +203,13 @@ def test_a_bad_point_queues_nothing(train: Runner) -> None:
 def test_the_cli_sweeps_a_grid_and_a_seeded_sample(train: Runner, home: Path) -> None:
     made = cli_json(home, "sweep", "train", "-p", "lr=0.1,0.2", "-p", "batch=8,16,32")
     assert len(made["runs"]) == 6
-    listed = cli_json(home, "history", "--sweep", made["sweep"])
+    for run_id in made["runs"]:
+        train.wait(run_id, timeout=RUN_TIMEOUT_S)
+    listed = cli_json(home, "history", "--sweep", made["sweep"], "--metric", "loss")
     assert sorted(r["id"] for r in listed) == made["runs"]
+    assert all(r["loss_last"] == 0.01 and r["loss_best"] == 0.01 for r in listed)
+    table = cli(home, "history", "--sweep", made["sweep"], "--metric", "acc").stdout
+    assert "ACC_LAST" in table.splitlines()[0] and "ACC_BEST" in table.splitlines()[0]
     assert {(r["params"]["lr"], r["params"]["batch"]) for r in listed} == {
         (lr, b) for lr in (0.1, 0.2) for b in (8, 16, 32)
     }
