@@ -127,12 +127,15 @@ def test_the_launcher_sweeps_and_history_shows_the_metric(dash: Dashboard, live:
     dash.history.sweep.value = sweep_id
     dash.history.metric.value = "loss"
     wait_until(
-        lambda: dash.refresh() or (not dash.history.stale and len(dash.history.frame) == 2),
+        lambda: dash.refresh() or (not dash.history.stale and len(dash.history.runs) == 2),
         what="the sweep's page",
     )
-    assert list(dash.history.frame["id"]) == [ids[1], ids[0]]  # lr=0.9: the lower loss first
-    first_row = dash.history.rows[0].cells.value
-    assert "loss 0.2174 (best 0.2174)" in first_row  # 1 / (1 + 0.9 * 4)
+    assert [r.id for r in dash.history.runs] == [ids[1], ids[0]]  # lr=0.9: the lower loss first
+    dash.refresh()
+    table = dash.history.table.value
+    assert table.index(f"nbr-hrun-{ids[1]}") < table.index(f"nbr-hrun-{ids[0]}")
+    first_row = table[table.index(f"nbr-hrun-{ids[1]}") :]
+    assert first_row.index("loss 0.2174 (best 0.2174)") < first_row.index("</tr>")
 
 
 def test_runner_compare_is_a_live_widget_in_a_cell(live: Runner) -> None:
