@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from . import checks, service
 from .backends import BACKENDS
 from .config import check_key
-from .errors import BadInput, InvalidParameter, InvalidTransition
+from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileError
 from .logs import read_text
 from .models import RunRecord
 from .modules import ModuleSpec, build_module, load_modules_file, lookup
@@ -156,7 +156,13 @@ class Runner:
     # -- modules -------------------------------------------------------------------------------
     def _modules_path(self, given: str | Path | None) -> Path:
         if given or os.environ.get("NBRUNNER_MODULES"):
-            return Path(given or os.environ["NBRUNNER_MODULES"]).expanduser()
+            chosen = Path(given or os.environ["NBRUNNER_MODULES"]).expanduser()
+            if not chosen.is_file():  # asked for by name: a typo must not read as "no modules"
+                raise ModulesFileError(
+                    f"modules file {chosen} does not exist; give the path of a modules.toml "
+                    "(--modules FILE or NBRUNNER_MODULES)"
+                )
+            return chosen
         path = self.home / "modules.toml"
         if not path.exists():  # a new home starts with the demo modules, ready to edit
             for name in DEMO_FILES:  # the notebook first: the modules file names it
@@ -490,6 +496,10 @@ class Runner:
         return Run(self, new_id)
 
     def logs(self, run_id: int | str, tail: int | None = None, raw: bool = False) -> str:
+        """The run's log: its last `tail` lines, or all of it up to 8 MB (a longer one starts
+        with a note saying what is not shown); progress-bar redraws collapsed unless raw."""
+        if tail is not None:
+            tail = checks.whole_number(tail, "tail", 0, checks.SQLITE_INT_MAX)
         return read_text(self.store.get(_parse_id(run_id)).log_path, tail=tail, raw=raw)
 
     # -- waiting -------------------------------------------------------------------------------

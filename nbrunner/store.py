@@ -27,6 +27,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import checks
 from . import config as config_mod
 from .errors import BadInput, CorruptStore, InvalidHome, StoreUnavailable, UnknownRun
 from .models import JSON_FIELDS, RunRecord
@@ -392,8 +393,7 @@ class Store:
     def history(self, query: HistoryFilter, limit: int = 50, offset: int = 0) -> list[RunRecord]:
         """One page, newest first; LIMIT/OFFSET in SQL, so a page costs the same at any size."""
         for name, value in (("limit", limit), ("offset", offset)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise BadInput(f"{name} must be a whole number ≥ 0, got {value!r}")
+            checks.whole_number(value, name, 0, checks.SQLITE_INT_MAX)
         where, params = query.where()
         rows = self._conn().execute(
             f"SELECT * FROM runs WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
