@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -46,8 +45,8 @@ def test_a_sweep_of_four_runs_draws_four_growing_lines(tmp_path: Path) -> None:
     )
     sweep = runner.sweep("live", grid={"lr": [0.1, 0.2, 0.4, 0.8]})
     try:
-        with dashboard_server(home, tmp_path / "voila.log") as url, chromium_page() as page:
-            page.goto(url)
+        with dashboard_server(home, tmp_path / "voila") as server, chromium_page() as page:
+            page.goto(server.url)
             page.wait_for_selector(".nbr-app.nbr-ready", timeout=90_000)
             page.locator(".nbr-tabs .lm-TabBar-tab", has_text="Compare").click()
             label = f"{sweep.id} · live · 4 runs"
@@ -62,12 +61,13 @@ def test_a_sweep_of_four_runs_draws_four_growing_lines(tmp_path: Path) -> None:
                 timeout=30_000,
             )
             before = path_lengths(page)
-            time.sleep(5)
-            after = path_lengths(page)
-            assert len(after) == 4 and all(a > b for a, b in zip(after, before, strict=True)), (
-                before,
-                after,
+            page.wait_for_function(  # every line grows while its run reports
+                "before => [...document.querySelectorAll('.nbr-cfigure .curve path.line')]"
+                ".every((p, i) => (p.getAttribute('d') || '').length > before[i])",
+                arg=before,
+                timeout=60_000,
             )
+            assert len(path_lengths(page)) == 4
             legend = page.eval_on_selector(".nbr-cfigure", "figure => figure.textContent")
             for run_id, lr in zip(sweep.ids, (0.1, 0.2, 0.4, 0.8), strict=True):
                 assert f"#{run_id} live lr={lr}" in legend
