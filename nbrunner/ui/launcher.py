@@ -110,7 +110,7 @@ class Launcher:
         self._modules_mtime = _mtime(runner.modules_file)
         self._reloading = False
         self.module = widgets.Dropdown(
-            options=sorted(self.modules), layout=widgets.Layout(width=FIELD_WIDTH)
+            options=sorted(self.modules), layout=widgets.Layout(width="256px")
         )
         self.module.add_class("nbr-module-picker")
         self.reload_button = widgets.Button(
