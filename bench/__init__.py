@@ -15,4 +15,5 @@ BENCHMARKS = (
     "dashboard",
     "cancel",
     "notebook",
+    "metrics",
 )

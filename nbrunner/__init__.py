@@ -30,6 +30,7 @@ __all__ = [
     "UnknownModule",
     "UnknownRun",
     "__version__",
+    "report",
 ]
 
 _HOMES = {
@@ -40,6 +41,7 @@ _HOMES = {
     "ModuleSpec": "modules",
     "ParamSpec": "modules",
     "Resources": "resources",
+    "report": "reporting",
 }
 
 if TYPE_CHECKING:
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     )
     from .models import RunRecord
     from .modules import ModuleSpec, ParamSpec
+    from .reporting import report
     from .resources import Resources
     from .run import Run
     from .runner import Runner

@@ -17,9 +17,10 @@ from . import __version__, checks
 from .backends import BACKENDS
 from .errors import BadInput, NbrunnerError, OperationFailed
 from .logs import CollapsedLines, LogFollower, tail_offset
-from .models import RunRecord, params_text, queue_positions
+from .models import RunRecord, differing_params, params_text, queue_positions
 from .modules import ModuleSpec, ParamSpec, lookup
 from .runner import Runner
+from .scalars import Summaries
 from .states import RunStatus
 from .store import HistoryFilter
 
@@ -44,34 +45,35 @@ def _short_time(iso_time: str | None) -> str:
     return iso_time[5:19].replace("T", " ") if iso_time else "-"
 
 
-def _differing(records: Sequence[RunRecord]) -> set[str]:
-    """The param names whose values are not the same in every record."""
-    names = {name for r in records for name in r.params}
-    return {name for name in names if len({repr(r.params.get(name)) for r in records}) > 1}
-
-
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
 def _print_table(
-    records: Sequence[RunRecord], *, queue: bool = False, only_differing: bool = False
+    records: Sequence[RunRecord],
+    *,
+    queue: bool = False,
+    only_differing: bool = False,
+    extra: dict[str, list[float]] | None = None,
 ) -> None:
     """One row per run; PARAMS takes what the terminal's width ($COLUMNS) leaves, cut with …
 
-    queue: add each run's priority and place in the queue (for `ps`).
+    queue: add each run's priority and place in the queue (for `ps`); extra: more columns
+    of numbers, one value per record (a metric's last and best, for `history --metric`).
     """
+    extra = extra or {}
     if not records:
         print("no runs")
         return
-    shown = _differing(records) if only_differing and len(records) > 1 else None
+    shown = differing_params(records) if only_differing and len(records) > 1 else None
     places = queue_positions(records)
     with_group = any(r.group for r in records)
     head = ["ID", "MODULE", "STATUS", "EXIT", "DURATION", "SUBMITTED"]
     head += ["PRI", "QUEUE"] if queue else []
     head += ["GROUP"] if with_group else []
+    head += [name.upper() for name in extra]
     rows = [head]
-    for r in records:
+    for index, r in enumerate(records):
         duration = f"{r.duration_s:.1f}s" if r.duration_s is not None else "-"
         row = [
             str(r.id),
@@ -82,6 +84,7 @@ def _print_table(
         row += [duration, _short_time(r.to_dict()["submitted_at"])]
         row += [str(r.priority), str(places.get(r.id, "-"))] if queue else []
         row += [r.group or "-"] if with_group else []
+        row += [f"{values[index]:.6g}" for values in extra.values()]
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     room = shutil.get_terminal_size().columns - sum(widths) - 2 * len(widths)
@@ -94,11 +97,17 @@ def _print_table(
         print(f"{cells}  {_cut(text, max(room, 12))}".rstrip())
 
 
-def _print_records(records: Sequence[RunRecord], args: argparse.Namespace, **table: Any) -> None:
+def _print_records(
+    records: Sequence[RunRecord],
+    args: argparse.Namespace,
+    extra: dict[str, list[float]] | None = None,
+    **table: Any,
+) -> None:
     if args.json:
-        _print_json([r.to_dict() for r in records])
+        columns = (extra or {}).items()
+        _print_json([r.to_dict() | {k: v[i] for k, v in columns} for i, r in enumerate(records)])
     else:
-        _print_table(records, only_differing=args.diff, **table)
+        _print_table(records, only_differing=args.diff, extra=extra, **table)
 
 
 # -- verbs -----------------------------------------------------------------------------------
@@ -191,9 +200,71 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
 @verb("history")
 def _history(args: argparse.Namespace, runner: Runner) -> int:
     query = HistoryFilter.build(
-        args.status, args.module, args.since, args.until, args.text, args.group
+        args.status, args.module, args.since, args.until, args.text, args.group, args.sweep
     )
-    _print_records(runner.store.history(query, limit=args.limit, offset=args.offset), args)
+    records = runner.store.history(query, limit=args.limit, offset=args.offset)
+    extra = Summaries().columns(records, args.metric) if args.metric else None
+    _print_records(records, args, extra)
+    return 0
+
+
+def _parse_sweep(pairs: Sequence[str]) -> dict[str, list[str]]:
+    """-p lr=1e-3,1e-4 -p batch=32 → {"lr": ["1e-3", "1e-4"], "batch": ["32"]}."""
+    return {key: value.split(",") for key, value in _parse_params(pairs).items()}
+
+
+@verb("sweep")
+def _sweep(args: argparse.Namespace, runner: Runner) -> int:
+    """Queue one run per point; prints the sweep id, then the run ids."""
+    values = _parse_sweep(args.param)
+    options: dict[str, Any] = {
+        "priority": args.priority,
+        "timeout": args.timeout,
+        "group": args.group,
+        "backend": args.backend,
+        "name": args.name,
+    }
+    if args.random is None:
+        sweep = runner.sweep(args.module, values, **options)
+    else:
+        sweep = runner.sweep(
+            args.module, space=values, count=args.random, seed=args.seed, **options
+        )
+    if args.json:
+        _print_json({"sweep": sweep.id, "runs": sweep.ids})
+    else:
+        print(sweep.id)
+        print(" ".join(str(i) for i in sweep.ids), flush=True)
+    return 0
+
+
+@verb("scalars")
+def _scalars(args: argparse.Namespace, runner: Runner) -> int:
+    """What runs reported: per run and metric a summary; --points or --json: every point."""
+    import pandas as pd
+
+    from .scalars import summary_rows
+
+    names = args.name or None
+    if args.json or args.points:
+        frame = runner.scalars(args.ids, names)
+        frame["time"] = [None if pd.isna(t) else t.isoformat() for t in frame["time"]]
+        if args.json:
+            _print_json(frame.to_dict(orient="records"))
+        else:
+            frame.to_csv(sys.stdout, sep="\t", index=False)
+        return 0
+    records = [runner.get(run_id).record for run_id in args.ids]
+    rows = [r for r in summary_rows(records) if names is None or r["name"] in names]
+    if not rows:
+        print("no scalars reported")
+        return 0
+    print(f"{'RUN':<6} {'NAME':<20} {'POINTS':>8} {'LAST':>12} {'MIN':>12} {'MAX':>12}")
+    for r in rows:
+        print(
+            f"{r['run']:<6} {r['name']:<20} {r['points']:>8} "
+            f"{r['last']:>12.6g} {r['min']:>12.6g} {r['max']:>12.6g}"
+        )
     return 0
 
 
@@ -625,8 +696,29 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--text", help="text found in params (as shown: lr=0.001), module, group or reason"
     )
+    history.add_argument("--sweep", help="only runs of this sweep (`nbrunner sweep` prints it)")
+    history.add_argument(
+        "--metric", help="add the last and best value each run reported of this metric"
+    )
     history.add_argument("--limit", type=_count("limit"), default=50)
     history.add_argument("--offset", type=_count("offset"), default=0)
+    sweep = add("sweep", "queue one run per point of a grid (or a random sample)", listing)
+    sweep.add_argument("module", help="the module to run (`nbrunner modules` lists them)")
+    _add_param_option(sweep, "a parameter and its values, comma-separated (-p lr=1e-3,1e-4)")
+    sweep.add_argument(
+        "--random", type=_count("random"), metavar="N", help="N points drawn from the values"
+    )
+    sweep.add_argument("--seed", type=int, help="seed of --random: the same seed, the same points")
+    sweep.add_argument("--name", help="the sweep id (default: MODULE-xxxxxx)")
+    sweep.add_argument("--priority", type=_checked(checks.priority), default=0, metavar="N")
+    sweep.add_argument("--timeout", type=_checked(checks.timeout), metavar="SECONDS")
+    sweep.add_argument("--group", help="queue group (its own limit: config group.NAME N)")
+    sweep.add_argument("--backend", choices=BACKENDS, help="where the runs go")
+    scalars = add("scalars", "what runs reported (nbrunner.report): a summary, or every point")
+    scalars.add_argument("ids", nargs="+", metavar="ID")
+    scalars.add_argument("--name", action="append", default=[], help="only this metric")
+    scalars.add_argument("--points", action="store_true", help="every point, tab-separated")
+    scalars.add_argument("--json", action="store_true", help="every point, as JSON")
     for name, help_text in (
         ("show", "show one run's record"),
         ("pause", "suspend a running run's whole process tree (it keeps its slot)"),

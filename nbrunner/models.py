@@ -63,6 +63,7 @@ class RunRecord:
     ending: dict[str, Any] | None = None  # how the service is stopping it: status, reason
     log_dropped: int | None = None  # bytes of output the log cap dropped
     keep_leftovers: bool = False
+    sweep: str | None = None  # the sweep that submitted it (Runner.sweep)
     version: int = 0
 
     @classmethod
@@ -110,6 +111,13 @@ def queue_positions(records: Iterable[RunRecord]) -> dict[int, int]:
         (r for r in records if r.status is RunStatus.QUEUED), key=lambda r: (-r.priority, r.id)
     )
     return {r.id: place for place, r in enumerate(queued, start=1)}
+
+
+def differing_params(records: Iterable[RunRecord]) -> set[str]:
+    """The param names whose values are not the same in every record."""
+    records = list(records)
+    names = {name for r in records for name in r.params}
+    return {name for name in names if len({repr(r.params.get(name)) for r in records}) > 1}
 
 
 def params_text(params: dict[str, Any]) -> str:

@@ -29,14 +29,17 @@ from typing import TYPE_CHECKING, Any
 from . import checks, service
 from .backends import BACKENDS
 from .config import check_key
-from .errors import BadInput, InvalidParameter, InvalidTransition
+from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileError
 from .logs import read_text
 from .models import RunRecord
 from .modules import ModuleSpec, build_module, load_modules_file, lookup
 from .resources import Resources, machine_capacity
 from .run import Run
+from .scalars import Summaries
+from .scalars import read as read_scalars
 from .states import RunStatus
 from .store import HistoryFilter, Store
+from .sweep import Sweep, grid_points, new_id, random_points
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,6 +113,7 @@ class Runner:
         self._task: concurrent.futures.Future[None] | None = None
         self._last_service_check = 0.0
         self._closed = False
+        self._summaries = Summaries()
         if keep_service:
             self._keep_service_alive()
         if start:
@@ -152,7 +156,13 @@ class Runner:
     # -- modules -------------------------------------------------------------------------------
     def _modules_path(self, given: str | Path | None) -> Path:
         if given or os.environ.get("NBRUNNER_MODULES"):
-            return Path(given or os.environ["NBRUNNER_MODULES"]).expanduser()
+            chosen = Path(given or os.environ["NBRUNNER_MODULES"]).expanduser()
+            if not chosen.is_file():  # asked for by name: a typo must not read as "no modules"
+                raise ModulesFileError(
+                    f"modules file {chosen} does not exist; give the path of a modules.toml "
+                    "(--modules FILE or NBRUNNER_MODULES)"
+                )
+            return chosen
         path = self.home / "modules.toml"
         if not path.exists():  # a new home starts with the demo modules, ready to edit
             for name in DEMO_FILES:  # the notebook first: the modules file names it
@@ -226,10 +236,11 @@ class Runner:
         group: str | None = None,
         after: Sequence[int | Run] = (),
         backend: str | None = None,
+        sweep: str | None = None,
     ) -> list[Run]:
         """Queue one run per parameter set, all validated before any is queued."""
         spec = lookup(self.modules(), module)
-        placement = self._placement(backend)
+        placement = self._placement(backend) | {"sweep": sweep}
         rows = [
             self._run_row(spec, params, priority, timeout, resources, group, after) | placement
             for params in params_list
@@ -244,6 +255,44 @@ class Runner:
         ids = self.store.insert_runs(rows, service.submitter_environment())
         self._notify()
         return [Run(self, run_id) for run_id in ids]
+
+    def sweep(
+        self,
+        module: str,
+        grid: Mapping[str, Sequence[Any]] | None = None,
+        *,
+        space: Mapping[str, Any] | None = None,
+        count: int | None = None,
+        seed: int | None = None,
+        params: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> Sweep:
+        """One run per point of a `grid` (every combination), or `count` points drawn from a
+        `space` with `seed` (lists are choices, `(low, high)` and `(low, high, "log")` ranges),
+        over the fixed `params`; tagged with one sweep id. `options` are submit_many's
+        (priority, timeout, resources, group, after, backend): queue, limits and GPUs apply
+        as to any run. All points are validated before any is queued.
+        """
+        if (grid is None) == (space is None):
+            raise BadInput("give a sweep either grid={...} or space={...} with count=N")
+        if grid is not None:
+            points = grid_points(grid)
+        else:
+            points = random_points(space or {}, count if count is not None else 0, seed)
+        sweep_id = (
+            checks.text(name, "name", 'a sweep name like "lr-search"', InvalidParameter)
+            if name
+            else new_id(module)
+        )
+        runs = self.submit_many(
+            module, [{**(params or {}), **p} for p in points], sweep=sweep_id, **options
+        )
+        return Sweep(sweep_id, runs)
+
+    def sweeps(self, limit: int = 50) -> list[tuple[str, str, int]]:
+        """The newest sweeps: (sweep id, module, number of runs), newest first."""
+        return self.store.sweeps(limit)
 
     def _run_row(
         self,
@@ -432,6 +481,7 @@ class Runner:
             "on_done",
             "env_id",
             "keep_leftovers",
+            "sweep",
         )
         row = {key: getattr(old, key) for key in copied} | {"restart_of": old.id}
         if params:
@@ -446,6 +496,10 @@ class Runner:
         return Run(self, new_id)
 
     def logs(self, run_id: int | str, tail: int | None = None, raw: bool = False) -> str:
+        """The run's log: its last `tail` lines, or all of it up to 8 MB (a longer one starts
+        with a note saying what is not shown); progress-bar redraws collapsed unless raw."""
+        if tail is not None:
+            tail = checks.whole_number(tail, "tail", 0, checks.SQLITE_INT_MAX)
         return read_text(self.store.get(_parse_id(run_id)).log_path, tail=tail, raw=raw)
 
     # -- waiting -------------------------------------------------------------------------------
@@ -526,10 +580,45 @@ class Runner:
         limit: int = 50,
         offset: int = 0,
         group: str | Sequence[str] | None = None,
+        sweep: str | Sequence[str] | None = None,
+        metric: str | None = None,
+        best: str | None = None,
     ) -> pd.DataFrame:
-        """One page of runs, newest first, filtered and paged in SQL."""
-        query = HistoryFilter.build(status, module, since, until, text, group)
-        return _frame(self.store.history(query, limit=limit, offset=offset))
+        """One page of runs, newest first, filtered and paged in SQL.
+
+        `metric` adds its last and best reported values (`loss_last`, `loss_best`; `best`:
+        "min" or "max", else guessed from the name: acc, auc, f1, score... are maximized).
+        """
+        query = HistoryFilter.build(status, module, since, until, text, group, sweep)
+        records = self.store.history(query, limit=limit, offset=offset)
+        frame = _frame(records)
+        if metric:
+            for column, values in self._summaries.columns(records, metric, best).items():
+                frame[column] = values
+        return frame
+
+    def scalars(
+        self, run_ids: int | str | Iterable[int | str], names: Iterable[str] | None = None
+    ) -> pd.DataFrame:
+        """What the runs reported (`nbrunner.report`, or `nbrunner:metric` log lines): one
+        row per point and metric, columns run, step, time, name, value."""
+        ids = [run_ids] if isinstance(run_ids, int | str) else list(run_ids)
+        return read_scalars([self.store.get(_parse_id(i)) for i in ids], names)
+
+    def compare(
+        self,
+        run_ids: Iterable[int | str] = (),
+        metric: str | None = None,
+        *,
+        sweep: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """A live chart of one metric, a line per run (these runs, or a sweep's), in a cell."""
+        from .ui.compare import CompareView
+
+        return CompareView.standalone(
+            self, [_parse_id(i) for i in run_ids], metric, sweep=sweep, **options
+        )
 
     def count(self, **filters: Any) -> int:
         """How many runs match; takes the same filters as `history`."""
@@ -656,6 +745,7 @@ def _frame(records: Sequence[RunRecord]) -> pd.DataFrame:
         "restart_of",
         "log_path",
         "group",
+        "sweep",
         "backend",
         "backend_ref",
         "cpu_time",

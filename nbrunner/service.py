@@ -47,6 +47,7 @@ from .recorder import (
     sweep_run_files,
     write_atomically,
 )
+from .reporting import METRICS_ENV, METRICS_MAX_ENV, metrics_path
 from .states import RunStatus
 from .supervisor import LocalWatch, Outcome, RayWatch, outcome_from_exit, run_hook
 
@@ -589,6 +590,8 @@ class Service:
         env.setdefault("PYTHONUNBUFFERED", "1")  # live logs, unless the module opted out ("")
         env.setdefault("PYTHONIOENCODING", "utf-8")
         env["NBRUNNER_RUN_ID"] = str(record.id)
+        env[METRICS_ENV] = metrics_path(record.log_path)  # where report() writes
+        env[METRICS_MAX_ENV] = str(self.store.config()["max_log_size"])
         if record.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(record.gpus)
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"

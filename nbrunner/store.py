@@ -27,6 +27,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import checks
 from . import config as config_mod
 from .errors import BadInput, CorruptStore, InvalidHome, StoreUnavailable, UnknownRun
 from .models import JSON_FIELDS, RunRecord
@@ -103,6 +104,12 @@ MIGRATIONS: Sequence[str] = (
     ALTER TABLE runs ADD COLUMN ending TEXT;
     ALTER TABLE runs ADD COLUMN log_dropped INTEGER;
     ALTER TABLE runs ADD COLUMN keep_leftovers INTEGER NOT NULL DEFAULT 0
+    """,
+    # the sweep a run belongs to: a tag of its own, so a sweep's runs can still share a
+    # queue group (and its limit) with other runs
+    """
+    ALTER TABLE runs ADD COLUMN sweep TEXT;
+    CREATE INDEX runs_sweep ON runs(sweep, id)
     """,
 )
 
@@ -386,8 +393,7 @@ class Store:
     def history(self, query: HistoryFilter, limit: int = 50, offset: int = 0) -> list[RunRecord]:
         """One page, newest first; LIMIT/OFFSET in SQL, so a page costs the same at any size."""
         for name, value in (("limit", limit), ("offset", offset)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise BadInput(f"{name} must be a whole number ≥ 0, got {value!r}")
+            checks.whole_number(value, name, 0, checks.SQLITE_INT_MAX)
         where, params = query.where()
         rows = self._conn().execute(
             f"SELECT * FROM runs WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
@@ -466,6 +472,15 @@ class Store:
         with self.write() as tx:
             return tx.conn.execute("DELETE FROM modules WHERE name = ?", (name,)).rowcount > 0
 
+    def sweeps(self, limit: int = 50) -> list[tuple[str, str, int]]:
+        """The newest sweeps: (id, module, runs), newest first."""
+        rows = self._conn().execute(
+            "SELECT sweep, min(module), count(*) FROM runs WHERE sweep IS NOT NULL "
+            "GROUP BY sweep ORDER BY max(id) DESC LIMIT ?",
+            (limit,),
+        )
+        return [(sweep, module, int(n)) for sweep, module, n in rows]
+
     def registered_modules(self) -> dict[str, dict[str, Any]]:
         rows = self._conn().execute("SELECT name, spec FROM modules ORDER BY name")
         return {name: json.loads(spec) for name, spec in rows}
@@ -481,6 +496,7 @@ class HistoryFilter:
     until: float | None = None
     text: str | None = None
     groups: tuple[str, ...] = ()
+    sweeps: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -491,6 +507,7 @@ class HistoryFilter:
         until: Any = None,
         text: str | None = None,
         group: str | Sequence[str] | None = None,
+        sweep: str | Sequence[str] | None = None,
     ) -> HistoryFilter:
         statuses = _as_tuple(status)
         for name in statuses:
@@ -506,6 +523,7 @@ class HistoryFilter:
             _timestamp(until, "until"),
             text or None,
             _as_tuple(group),
+            _as_tuple(sweep),
         )
 
     def keep_groups(self, records: Iterable[RunRecord]) -> list[RunRecord]:
@@ -530,6 +548,9 @@ class HistoryFilter:
         if self.groups:
             clauses.append(f"grp IN ({', '.join('?' * len(self.groups))})")
             params += self.groups
+        if self.sweeps:
+            clauses.append(f"sweep IN ({', '.join('?' * len(self.sweeps))})")
+            params += self.sweeps
         if self.text:
             clauses.append(
                 "(instr(params, ?) > 0 OR instr(module, ?) > 0 OR instr(reason, ?) > 0"

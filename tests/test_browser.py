@@ -9,6 +9,7 @@ Screenshots go to the test's temporary folder; `python -m tests.helpers.browser
 
 from __future__ import annotations
 
+import csv
 import re
 import signal
 import sys
@@ -36,8 +37,10 @@ from helpers.browser import (
     seed_history,
     select_tab,
 )
+from helpers.procs import wait_until
 
 from nbrunner import Runner
+from nbrunner.ui.gauges import SPARK_HEIGHT
 
 pytestmark = pytest.mark.browser
 
@@ -221,6 +224,47 @@ def test_a_history_row_follows_a_run_started_elsewhere(page: Any, runner: Runner
     expect(row.locator(".nbr-c-exit")).to_have_text("0")
 
 
+def test_a_cards_restart_button_starts_the_same_run_again(page: Any, runner: Runner) -> None:
+    from playwright.sync_api import expect
+
+    (first,) = launch(page, "count", n=300, delay=0.2, label="again")
+    before = {r.id for r in runner.store.active()}
+    page.click(f".nbr-run-{first} .nbr-restart")
+    again = wait_until(
+        lambda: [r for r in runner.store.active() if r.id not in before and r.restart_of == first],
+        what="the restarted run",
+    )[0]
+    assert again.params == runner.get(first).record.params
+    expect(page.locator(f".nbr-run-{again.id}")).to_be_visible()
+    for run_id in (first, again.id):
+        runner.cancel(run_id)
+
+
+def test_the_gauges_sparklines_move(page: Any) -> None:
+    spark = page.locator(".nbr-gauges polyline").first
+    spark.wait_for()
+    first = spark.get_attribute("points")
+    page.wait_for_function(
+        "p => document.querySelector('.nbr-gauges polyline').getAttribute('points') !== p",
+        arg=first,
+    )
+    points = [tuple(map(float, xy.split(","))) for xy in spark.get_attribute("points").split()]
+    assert len(points) >= 2 and all(0 <= y <= SPARK_HEIGHT for _, y in points)
+
+
+def test_history_exports_what_it_shows_as_csv(page: Any, home: Path) -> None:
+    from playwright.sync_api import expect
+
+    filter_history(page, "seeded")
+    page.click("button.nbr-export")
+    message = page.locator(".nbr-export-message")
+    expect(message).to_contain_text("runs → ")
+    count, path = message.inner_text().split(" runs → ")
+    with open(path.strip(), newline="") as exported:
+        rows = list(csv.DictReader(exported))
+    assert len(rows) == int(count) >= SEEDED and {r["module"] for r in rows} == {"seeded"}
+
+
 def test_untrusted_output_is_shown_as_text_and_runs_nothing(page: Any) -> None:
     from playwright.sync_api import expect
 
@@ -232,7 +276,11 @@ def test_untrusted_output_is_shown_as_text_and_runs_nothing(page: Any) -> None:
     expect(page.locator(f".nbr-run-{run_id} .nbr-lastline")).to_have_text(
         "<script>window.__pwned=2</script>"
     )
-    time.sleep(0.5)  # give an injected handler the time it would need to fire
+    # An image of our own that fails to load, as the injected one would: once its onerror
+    # has fired, an injected handler would have fired too.
+    page.evaluate("() => { const i = new Image(); i.onerror = () => { window.__control = 1 }; "
+                  "i.src = 'x-' + Date.now(); }")  # fmt: skip
+    page.wait_for_function("window.__control === 1")
     assert page.evaluate("window.__pwned") is None
     assert page.locator(".nbr-app img, .nbr-app script").count() == 0
 

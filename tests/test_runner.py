@@ -33,6 +33,7 @@ PUBLIC_API = {
     "UnknownModule",
     "UnknownRun",
     "__version__",
+    "report",
 }
 
 

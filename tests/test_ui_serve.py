@@ -30,7 +30,6 @@ from nbrunner.ui.serve import (
     NOTEBOOK,
     local_hostnames,
     private_config,
-    untracked_messages,
     url_for,
     voila_config,
 )
@@ -89,11 +88,6 @@ def test_host_header_check(host: str, allowed: bool) -> None:
     )
     assert check_host(handler) is allowed
     assert host_name("[::1]:80") == "::1"
-
-
-def test_widget_traffic_does_not_keep_an_orphaned_kernel_alive() -> None:
-    untracked = untracked_messages()
-    assert {"comm_msg", "comm_open", "comm_close", "status"} <= set(untracked)
 
 
 def test_the_packaged_notebook_builds_the_dashboard_from_the_environment() -> None:

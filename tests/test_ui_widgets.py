@@ -281,8 +281,8 @@ def test_each_log_tab_tails_only_its_own_run(dash: Dashboard, runner: Runner) ->
     dash.view_logs(first)
     dash.view_logs(second)
     settle(dash)
-    assert dash.tabs.widget.titles == ("History", f"#{first} count", f"#{second} count")
-    assert dash.tabs.widget.selected_index == 2
+    assert dash.tabs.widget.titles == ("History", "Compare", f"#{first} count", f"#{second} count")
+    assert dash.tabs.widget.selected_index == 3
     bodies = {run_id: dash.tabs.tabs[run_id].body for run_id in (first, second)}
     refresh_until(
         dash, lambda: all("5/200" in b.value for b in bodies.values()), "five lines in each tab"
@@ -305,7 +305,7 @@ def test_each_log_tab_tails_only_its_own_run(dash: Dashboard, runner: Runner) ->
     tab.widget.children[0].children[3].click()  # Close tab
     settle(dash)
     assert list(dash.tabs.tabs) == [second]
-    assert dash.tabs.widget.titles == ("History", f"#{second} count")
+    assert dash.tabs.widget.titles == ("History", "Compare", f"#{second} count")
     runner.cancel(first)
     runner.cancel(second)
 

@@ -341,6 +341,21 @@ CASES = [
         cli=("history", "--limit", "99999999999999999999"),
     ),
     Case(
+        "api-logs-negative-tail",
+        "tail must be a whole number ≥ 0, got -5",
+        api=lambda r: r.logs(1, tail=-5),
+    ),
+    Case(
+        "api-history-limit-past-int64",
+        "limit must be a whole number ≤ 9223372036854775807, got 100000000000000000000",
+        api=lambda r: r.history(limit=10**20),
+    ),
+    Case(
+        "modules-file-missing",
+        "modules file /nonexistent/absent.toml does not exist; give the path of a modules.toml",
+        cli=("modules", "--modules", "/nonexistent/absent.toml"),
+    ),
+    Case(
         "dashboard-port-out-of-range",
         "argument --port: port must be a whole number ≤ 65535, got 70000",
         cli=("dashboard", "--port", "70000", "--no-browser"),

@@ -31,6 +31,7 @@ from ..models import RunRecord
 from ..monitor import SystemSampler
 from . import text
 from .cards import CardsView
+from .compare import CompareView
 from .gauges import SPARK_SECONDS, GaugesView
 from .history import HistoryView
 from .launcher import Launcher
@@ -115,7 +116,10 @@ class Dashboard:
             on_change=self._wake.set,
             page_size=page_size,
         )
-        self.tabs = LogTabs(sync, [("History", self.history.widget)], self._request)
+        self.compare = CompareView(self.runner, sync, on_change=self._wake.set)
+        self.cards.extra = self.compare.latest_html
+        pages = [("History", self.history.widget), ("Compare", self.compare.widget)]
+        self.tabs = LogTabs(sync, pages, self._request)
         self.toasts = ToastsView(sync, self._request)
         self.summary = SummaryView(self.runner, sync)
         self.notice = widgets.HTML()
@@ -195,6 +199,7 @@ class Dashboard:
         lingering = self._linger(now, active)
         self.cards.update(active, lingering, now)
         self.tabs.refresh()
+        self.compare.refresh(now)
         self.gauges.update(self.sampler.history(SPARK_SECONDS))
         if self.launcher.modules_file_changed():  # modules.toml edited: the choice stays
             self.launcher.reload_modules()

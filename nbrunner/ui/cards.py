@@ -136,6 +136,7 @@ class CardsView:
         self._actions = (view, cancel, restart)
         self.cards: dict[int, RunCard] = {}
         self.last_lines = LastLines()
+        self.extra: Callable[[RunRecord], str] = lambda _: ""  # more HTML for a card
         self.heading = widgets.HTML()
         self.heading.add_class("nbr-active-heading")
         self.grid = widgets.Box()
@@ -155,7 +156,8 @@ class CardsView:
         for record in shown:
             card = self.cards.get(record.id) or self._new_card(record.id)
             line = self.last_lines.get(record.log_path)
-            card.update(self.sync, record, card_html(record, now, positions.get(record.id), line))
+            html = card_html(record, now, positions.get(record.id), line) + self.extra(record)
+            card.update(self.sync, record, html)
         ids = {r.id for r in shown}
         for run_id in [i for i in self.cards if i not in ids]:
             close_tree(self.cards.pop(run_id).widget)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from ..models import RunRecord
+from ..scalars import Summaries, better
 from ..states import RunStatus
 from ..store import HistoryFilter
 from . import text
@@ -61,6 +62,8 @@ class HistoryQuery:
     text: str = ""
     since: date | None = None
     until: date | None = None
+    sweep: str = ALL
+    metric: str = ""  # adds its last and best values to each row (not a filter)
 
     def kwargs(self) -> dict[str, Any]:
         """Arguments for runner.history / runner.count; `until` includes its whole day."""
@@ -70,6 +73,7 @@ class HistoryQuery:
             "text": self.text.strip() or None,
             "since": self.since,
             "until": self.until + timedelta(days=1) if self.until else None,
+            "sweep": self.sweep.strip() or None,
         }
 
 
@@ -98,12 +102,14 @@ def _cell(css: str, html: str, title: str = "") -> str:
     return f'<td class="{css}"{hover}>{html}</td>'
 
 
-def row_html(record: RunRecord, now: float, line: str) -> str:
+def row_html(record: RunRecord, now: float, line: str, metric: str = "") -> str:
     """One table row; `record` is the live one while the run is followed, so its state,
-    elapsed time, exit code and progress move as its card's do."""
+    elapsed time, exit code and progress move as its card's do. `metric`: what it reported
+    of the chosen metric, shown first."""
     detail = text.params(record.params, limit=1000)
     if record.reason:
         detail = f"{detail} — {record.reason}" if detail else record.reason
+    detail = " · ".join(filter(None, [metric, detail]))
     exit_code = "" if record.exit_code is None else str(record.exit_code)
     local = datetime.fromtimestamp(record.submitted_at).strftime("%Y-%m-%d %H:%M:%S")
     cells = [
@@ -117,6 +123,11 @@ def row_html(record: RunRecord, now: float, line: str) -> str:
         _cell("nbr-c-detail", text.escape(detail), detail),
     ]
     return f'<tr class="nbr-hrow nbr-hrun-{record.id}">{"".join(cells)}</tr>'
+
+
+def metric_text(name: str, last: float, best: float) -> str:
+    """`loss 0.21 (best 0.19)`; nothing for a run that has not reported it."""
+    return "" if math.isnan(last) else f"{name} {last:.4g} (best {best:.4g})"
 
 
 def table_html(rows: Iterable[str]) -> str:
@@ -160,6 +171,8 @@ class HistoryView:
         self.page = 0
         self.total = 0
         self.runs: list[RunRecord] = []
+        self.metric_texts: dict[int, str] = {}
+        self.summaries = Summaries()
         self.stale = True
         self.known_modules: set[str] = set(runner.modules())
         self._count_for: HistoryQuery | None = None
@@ -175,8 +188,10 @@ class HistoryView:
         self.page_label = widgets.HTML()
         self.page_label.add_class("nbr-page-label")
         self.export_button = widgets.Button(description="Export CSV")
+        self.export_button.add_class("nbr-export")
         self.export_button.on_click(lambda _: self.export())
         self.export_message = widgets.HTML()
+        self.export_message.add_class("nbr-export-message")
         self.table = widgets.HTML(table_html([]))
         self.table.add_class("nbr-htable-box")
         self.action_column = widgets.VBox()
@@ -219,6 +234,20 @@ class HistoryView:
             layout=widgets.Layout(width="170px"),
         )
         self.search.add_class("nbr-hsearch")
+        self.sweep = widgets.Combobox(
+            placeholder="any sweep",
+            options=[sweep for sweep, _, _ in self.runner.sweeps()],
+            ensure_option=False,
+            continuous_update=False,
+            layout=widgets.Layout(width="140px"),
+        )
+        self.sweep.add_class("nbr-hsweep")
+        self.metric = widgets.Text(
+            placeholder="metric: last, best",
+            continuous_update=False,
+            layout=widgets.Layout(width="130px"),
+        )
+        self.metric.add_class("nbr-hmetric")
         self.since = widgets.DatePicker(description="from", layout=widgets.Layout(width="180px"))
         self.until = widgets.DatePicker(description="to", layout=widgets.Layout(width="180px"))
         for picker in (self.since, self.until):
@@ -236,9 +265,21 @@ class HistoryView:
             self.since,
             self.until,
             self.page_size,
+            self.sweep,
+            self.metric,
         ):
             control.observe(lambda _: self.filters_changed(), names="value")
-        self.filters = widgets.HBox([self.status, self.module, self.search, self.since, self.until])
+        self.filters = widgets.HBox(
+            [
+                self.status,
+                self.module,
+                self.search,
+                self.sweep,
+                self.since,
+                self.until,
+                self.metric,
+            ]
+        )
         self.filters.add_class("nbr-filters")
 
     # -- asked by the user (kernel thread): only flags and runner calls ----------------------
@@ -249,6 +290,8 @@ class HistoryView:
             self.search.value,
             self.since.value,
             self.until.value,
+            self.sweep.value or ALL,
+            self.metric.value.strip(),
         )
 
     def filters_changed(self) -> None:
@@ -301,8 +344,23 @@ class HistoryView:
         self.page = min(self.page, page_count(self.total, size) - 1)
         query_filter = HistoryFilter.build(**query.kwargs())
         self.runs = self.runner.store.history(query_filter, limit=size, offset=self.page * size)
+        self._add_metric(query.metric)
         self.learn_modules(r.module for r in self.runs)
         self._show_page()
+
+    def _add_metric(self, metric: str) -> None:
+        """The page's runs with the metric's last and best values, the best run first: the
+        table a sweep's user reads to pick the winner."""
+        self.metric_texts = {}
+        if not metric:
+            return
+        columns = self.summaries.columns(self.runs, metric)
+        lasts, bests = columns[f"{metric}_last"], columns[f"{metric}_best"]
+        for record, last, best in zip(self.runs, lasts, bests, strict=True):
+            self.metric_texts[record.id] = metric_text(metric, last, best)
+        sign = 1 if better(metric) == "min" else -1
+        order = {r.id: (math.isnan(b), sign * b) for r, b in zip(self.runs, bests, strict=True)}
+        self.runs = sorted(self.runs, key=lambda r: order[r.id])
 
     def _show_page(self) -> None:
         size = int(self.page_size.value)
@@ -324,7 +382,8 @@ class HistoryView:
         rows = []
         for record in self.runs:
             shown = live.get(record.id, record)
-            rows.append(row_html(shown, now, "" if shown.is_done else last_line(shown.log_path)))
+            line = "" if shown.is_done else last_line(shown.log_path)
+            rows.append(row_html(shown, now, line, self.metric_texts.get(record.id, "")))
         self.sync.set(self.table, value=table_html(rows))
 
 
@@ -333,7 +392,9 @@ def export_csv(runner: Runner, query: HistoryQuery, path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     while True:
-        chunk = runner.history(**query.kwargs(), limit=EXPORT_CHUNK, offset=written)
+        chunk = runner.history(
+            **query.kwargs(), limit=EXPORT_CHUNK, offset=written, metric=query.metric or None
+        )
         chunk["params"] = chunk["params"].map(json.dumps)
         chunk["gpus"] = chunk["gpus"].map(json.dumps)
         chunk.to_csv(path, mode="a" if written else "w", header=not written, index=False)

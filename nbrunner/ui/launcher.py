@@ -47,6 +47,7 @@ class ParamField:
     def __init__(self, spec: ParamSpec, module: str) -> None:
         self.spec = spec
         self.module = module
+        self.many = False  # a sweep: the field holds comma-separated values
         self.input = self._make_input()
         self.error = widgets.HTML()
         self.error.add_class("nbr-error")
@@ -80,13 +81,20 @@ class ParamField:
         value = self.input.value
         return None if value == "" and self.spec.type != "str" else value
 
+    def values(self) -> list[Any]:
+        """The field's values: one, or in a sweep each comma-separated one."""
+        if self.many and isinstance(self.raw, str):
+            return [part.strip() for part in self.raw.split(",")]
+        return [self.raw]
+
     def check(self) -> bool:
         """Show the parameter's own error message next to it; True when the value is valid."""
         try:
             if self.raw is None and self.spec.required:
                 raise InvalidParameter(f"{self.spec.name} is required ({self.spec.type})")
             if self.raw is not None:
-                self.spec.coerce(self.raw, self.module)
+                for value in self.values():
+                    self.spec.coerce(value, self.module)
         except NbrunnerError as exc:
             self._show_error(text.escape(exc))
             return False
@@ -133,6 +141,9 @@ class Launcher:
             layout=widgets.Layout(width="auto"),
         )
         self.vary_seed.add_class("nbr-vary-seed")
+        self.sweep = widgets.Checkbox(description="sweep: a,b,c tries each", indent=False)
+        self.sweep.add_class("nbr-sweep")
+        self.sweep.observe(lambda _: self._set_many(), names="value")
         self.run_button = widgets.Button(
             description="Run", button_style="primary", layout=widgets.Layout(width="104px")
         )
@@ -151,6 +162,7 @@ class Launcher:
                 self.description,
                 self.form,
                 field_row("Priority", self.priority),
+                self.sweep,
                 run_row,
                 self.run_button,
                 self.message,
@@ -162,6 +174,8 @@ class Launcher:
     def _build_form(self) -> None:
         spec = self.modules.get(self.module.value) if self.module.value else None
         self.fields = {p.name: ParamField(p, spec.name) for p in spec.params} if spec else {}
+        for field in self.fields.values():
+            field.many = self.sweep.value
         self.form.children = tuple(f.widget for f in self.fields.values())
         self.form._dom_classes = ("nbr-form", f"nbr-form-{spec.name}") if spec else ("nbr-form",)
         about = spec.description if spec else "no modules: add some to modules.toml"
@@ -200,6 +214,18 @@ class Launcher:
     def values(self) -> dict[str, Any]:
         return {name: f.raw for name, f in self.fields.items() if f.raw is not None}
 
+    def _set_many(self) -> None:
+        for field in self.fields.values():
+            field.many = self.sweep.value
+            field.check()
+
+    def submit_sweep(self, spec: ModuleSpec) -> list[int]:
+        """One run per combination of the fields' values, tagged with one sweep id."""
+        grid = {name: f.values() for name, f in self.fields.items() if f.raw is not None}
+        sweep = self.runner.sweep(spec.name, grid, priority=self.priority.value)
+        self._say("ok", f"Queued sweep {sweep.id}: {len(sweep)} runs of {spec.name}")
+        return sweep.ids
+
     def submit(self) -> list[int]:
         """Validate every field, then queue the copies; returns the new run ids (none on error)."""
         if not all([f.check() for f in self.fields.values()]):  # a list: check every field
@@ -207,6 +233,10 @@ class Launcher:
             return []
         spec = self.modules[self.module.value]
         try:
+            if self.sweep.value:
+                ids = self.submit_sweep(spec)
+                self.on_submitted(ids)
+                return ids
             params = spec.validate_params(self.values())
             runs = self.runner.submit_many(
                 spec.name, self.params_list(params), priority=self.priority.value

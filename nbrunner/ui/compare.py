@@ -1,0 +1,389 @@
+"""Compare: one metric of many runs in one chart, a line per run, live while they run.
+
+Each chosen run's scalars are followed by byte offset (`ScalarFollower`), `READ_BUDGET`
+bytes a tick shared by the runs, so a run with a million points is read over some seconds
+without ever making a tick slow. A line is redrawn at most once per `redraw_s`, at most
+`LINES_PER_TICK` lines a tick, downsampled to `points` (each bucket's min and max, so spikes
+stay) as float32 arrays: the browser gets about 1.5 kB per line redrawn, never the whole
+series, and bqplot draws SVG from them (no image rendered per tick). Smoothing (an
+exponential moving average, as TensorBoard's) is applied to the whole series first.
+
+Threads: controls (kernel thread) only set flags; `refresh()` (the dashboard's refresh
+thread, or this view's own thread under `runner.compare()`) applies them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import bqplot as bq
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+
+from ..models import RunRecord, differing_params, params_text
+from ..runner import Runner
+from ..scalars import ScalarFollower, Series, Summaries
+from ..store import HistoryFilter
+from . import text
+from .sync import Sync, close_tree
+
+POINTS = 160
+REDRAW_S = 2.0
+LINES_PER_TICK = 5
+READ_BUDGET = 128 * 1024  # bytes of scalars read per tick, shared by the lines
+MIN_READ = 8 * 1024
+RUN_CHOICES = 100
+LATEST_EVERY_S = 2.0
+INTERVAL_S = 0.25
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+PREFERRED = ("loss", "val_loss", "acc")
+
+
+def downsample(x: np.ndarray, y: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most about `points` points: each bucket's lowest and highest, and the last point."""
+    n = len(y)
+    if n <= points:
+        return x, y
+    buckets = max(points // 2, 1)
+    width = n // buckets
+    cut = width * buckets
+    grid = y[:cut].reshape(buckets, width)
+    starts = np.arange(buckets) * width
+    with np.errstate(invalid="ignore"):
+        lows = np.nanargmin(np.where(np.isnan(grid), np.inf, grid), axis=1) + starts
+        highs = np.nanargmax(np.where(np.isnan(grid), -np.inf, grid), axis=1) + starts
+    keep = np.unique(np.concatenate([lows, highs, [n - 1]]))
+    return x[keep], y[keep]
+
+
+def smooth(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's smoothing: an exponential moving average with this weight (0: none)."""
+    if weight <= 0 or len(values) == 0:
+        return values
+    return pd.Series(values).ewm(alpha=1 - weight, adjust=False).mean().to_numpy()
+
+
+def line_xy(
+    series: Series, x_axis: str, weight: float, log_y: bool, points: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """What one run's line shows: x (step, or seconds since its first point), y; float32."""
+    y = smooth(np.frombuffer(series.values, dtype=np.float64), weight)
+    if x_axis == "time":
+        x = np.frombuffer(series.times, dtype=np.float64)
+        known = ~np.isnan(x)
+        x, y = x[known], y[known]
+        x = x - x[0] if len(x) else x
+    else:
+        x = np.frombuffer(series.steps, dtype=np.float64)
+    if log_y:
+        positive = y > 0
+        x, y = x[positive], y[positive]
+    x, y = downsample(x, y, points)
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def line_label(record: RunRecord, shown: set[str]) -> str:
+    """The legend: id, module and the params that differ between the compared runs."""
+    params = params_text({k: v for k, v in record.params.items() if k in shown})
+    return f"#{record.id} {record.module} {params}".rstrip()
+
+
+def choice_label(record: RunRecord) -> str:
+    return f"#{record.id} {record.module} {record.status.value} {params_text(record.params)}"
+
+
+@dataclass
+class Line:
+    """One run on the chart."""
+
+    record: RunRecord
+    follower: ScalarFollower
+    mark: bq.Lines
+    drawn_at: float = -math.inf
+    dirty: bool = True
+    points: int = 0
+
+
+class CompareView:
+    """Run picker (filtered like history, or a whole sweep), metric, x, log scale, smoothing."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        sync: Sync,
+        *,
+        points: int = POINTS,
+        redraw_s: float = REDRAW_S,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.runner = runner
+        self.sync = sync
+        self.points = points
+        self.redraw_s = redraw_s
+        self.on_change = on_change
+        self.lines: dict[int, Line] = {}
+        self.names: set[str] = set()
+        self._force = True
+        self._choices_stale = True
+        self._newest_seen = 0
+        self.want_metric: str | None = None
+        self._latest = Summaries()
+        self._latest_at: dict[int, float] = {}
+        self._latest_series: dict[int, dict[str, Series]] = {}
+        self._build()
+
+    # -- widgets -----------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.sweep = widgets.Dropdown(options=[("a sweep…", "")], value="")
+        self.sweep.add_class("nbr-csweep")
+        self.filter = widgets.Text(
+            placeholder="filter runs (params, module)", continuous_update=False
+        )
+        self.filter.add_class("nbr-cfilter")
+        self.runs = widgets.SelectMultiple(options=[], rows=6, layout={"width": "100%"})
+        self.runs.add_class("nbr-cruns")
+        self.metric = widgets.Dropdown(options=[], description="metric")
+        self.metric.add_class("nbr-cmetric")
+        self.x_axis = widgets.ToggleButtons(options=["step", "time"], value="step")
+        self.log_y = widgets.Checkbox(description="log scale", indent=False)
+        self.smoothing = widgets.FloatSlider(
+            value=0.0, min=0.0, max=0.99, step=0.01, description="smoothing"
+        )
+        self.smoothing.continuous_update = False
+        self.x_scale = bq.LinearScale()
+        self.y_scales = {False: bq.LinearScale(), True: bq.LogScale()}
+        self.x_axis_mark = bq.Axis(scale=self.x_scale, label="step", grid_lines="dashed")
+        self.y_axis_mark = bq.Axis(scale=self.y_scales[False], side="left", grid_lines="dashed")
+        self.figure = bq.Figure(
+            marks=[],
+            axes=[self.x_axis_mark, self.y_axis_mark],
+            legend_location="top-right",
+            animation_duration=0,
+            fig_margin={"top": 20, "bottom": 40, "left": 60, "right": 20},
+            layout={"width": "100%", "height": "380px"},
+        )
+        self.figure.add_class("nbr-cfigure")
+        self.message = widgets.HTML()
+        self.message.add_class("nbr-cmessage")
+        self.sweep.observe(lambda change: self.open_sweep(change["new"]), names="value")
+        self.filter.observe(lambda _: self._stale_choices(), names="value")
+        for control in (self.runs, self.metric, self.x_axis, self.log_y, self.smoothing):
+            control.observe(lambda _: self._redraw_all(), names="value")
+        pickers = widgets.HBox([self.sweep, self.filter])
+        pickers.add_class("nbr-filters")
+        options = widgets.HBox([self.metric, self.x_axis, self.log_y, self.smoothing])
+        options.add_class("nbr-filters")
+        self.widget = widgets.VBox([pickers, self.runs, options, self.figure, self.message])
+        self.widget.add_class("nbr-compare")
+
+    # -- asked by the user (kernel thread): flags and selections -------------------------------
+    def select(self, run_ids: Sequence[int], metric: str | None = None) -> None:
+        """Compare these runs (and this metric); they are added to the choices if needed."""
+        records = [self.runner.store.get(i) for i in run_ids]
+        known = dict(self.runs.options)
+        extra = [(choice_label(r), r.id) for r in records if r.id not in known.values()]
+        self.runs.options = [*self.runs.options, *extra]
+        self.runs.value = tuple(r.id for r in records)
+        if metric:
+            self.want_metric = metric
+        self._redraw_all()
+
+    def open_sweep(self, sweep_id: str) -> None:
+        """One click: every run of the sweep, compared."""
+        if not sweep_id:
+            return
+        records = self.runner.store.history(HistoryFilter.build(sweep=sweep_id), limit=RUN_CHOICES)
+        self.select(sorted(r.id for r in records))
+
+    def _stale_choices(self) -> None:
+        self._choices_stale = True
+        self.on_change()
+
+    def _redraw_all(self) -> None:
+        self._force = True
+        self.on_change()
+
+    # -- the refresh thread ----------------------------------------------------------------------
+    def refresh(self, now: float | None = None) -> None:
+        """Read what the compared runs reported since the last tick; redraw what is due."""
+        now = time.time() if now is None else now
+        self._reload_choices()
+        force, self._force = self._force, False
+        if force:
+            self._follow(self.runs.value)
+        share = max(READ_BUDGET // max(len(self.lines), 1), MIN_READ)
+        for line in self.lines.values():
+            if line.follower.poll(share)[0]:
+                line.dirty = True
+        self._choose_metric()
+        due = [line for line in self.lines.values() if line.dirty or force]
+        due = sorted(due, key=lambda line: line.drawn_at)
+        if not force:
+            due = [line for line in due if now - line.drawn_at >= self.redraw_s]
+            due = due[:LINES_PER_TICK]
+        for line in due:
+            self._draw(line, now)
+        if force:
+            self._restyle()
+
+    def _reload_choices(self) -> None:
+        newest = max((r.id for r in self.runner.snapshot()), default=0)
+        if not self._choices_stale and newest <= self._newest_seen:
+            return
+        self._choices_stale = False
+        self._newest_seen = max(newest, self._newest_seen)
+        query = HistoryFilter.build(text=self.filter.value.strip() or None)
+        records = self.runner.store.history(query, limit=RUN_CHOICES)
+        chosen = [(label, i) for label, i in self.runs.options if i in self.runs.value]
+        ids = {i for _, i in chosen}
+        options = chosen + [(choice_label(r), r.id) for r in records if r.id not in ids]
+        selected = self.runs.value
+        self.sync.set(self.runs, options=tuple(options))
+        self.sync.set(self.runs, value=selected)  # new options would drop the selection
+        sweeps = [(f"{s} · {m} · {n} runs", s) for s, m, n in self.runner.sweeps()]
+        self.sync.set(self.sweep, options=(("a sweep…", ""), *sweeps))
+
+    def _follow(self, run_ids: Iterable[int]) -> None:
+        wanted = list(run_ids)
+        for run_id in [i for i in self.lines if i not in wanted]:
+            close_tree(self.lines.pop(run_id).mark)
+        for run_id in wanted:
+            if run_id not in self.lines:
+                record = self.runner.store.get(run_id)
+                mark = bq.Lines(
+                    x=np.zeros(0, np.float32),
+                    y=np.zeros(0, np.float32),
+                    scales={"x": self.x_scale, "y": self.y_scales[self.log_y.value]},
+                    display_legend=True,
+                )
+                self.lines[run_id] = Line(record, ScalarFollower(record.log_path), mark)
+
+    def _choose_metric(self) -> None:
+        names = {name for line in self.lines.values() for name in line.follower.series}
+        if names <= self.names and self.metric.value and not self.want_metric:
+            return
+        self.names |= names
+        ordered = sorted(self.names, key=_preferred_first)
+        value = self.want_metric if self.want_metric in self.names else self.metric.value
+        value = value or (ordered[0] if ordered else None)
+        self.sync.set(self.metric, options=tuple(ordered))
+        self.sync.set(self.metric, value=value)
+        if value == self.want_metric:
+            self.want_metric = None
+
+    def _draw(self, line: Line, now: float) -> None:
+        series = line.follower.series.get(self.metric.value or "")
+        if series is None:
+            x = y = np.zeros(0, np.float32)
+        else:
+            x, y = line_xy(
+                series, self.x_axis.value, self.smoothing.value, self.log_y.value, self.points
+            )
+        with line.mark.hold_sync():
+            line.mark.x, line.mark.y = x, y
+        self.sync.stats.updates += 1
+        self.sync.stats.bytes += x.nbytes + y.nbytes
+        line.points = len(x)
+        line.dirty = False
+        line.drawn_at = now
+
+    def _restyle(self) -> None:
+        """Labels, colours, scales and marks after the choice of runs or options changed."""
+        records = [line.record for line in self.lines.values()]
+        shown = differing_params(records)
+        scale = self.y_scales[bool(self.log_y.value)]
+        for index, line in enumerate(self.lines.values()):
+            self.sync.set(
+                line.mark,
+                labels=[line_label(line.record, shown)],
+                colors=[PALETTE[index % len(PALETTE)]],
+                scales={"x": self.x_scale, "y": scale},
+            )
+        self.sync.set(self.y_axis_mark, scale=scale, label=self.metric.value or "")
+        self.sync.set(self.x_axis_mark, label="seconds" if self.x_axis.value == "time" else "step")
+        self.sync.set(self.figure, marks=[line.mark for line in self.lines.values()])
+        empty = self.lines and not self.names
+        self.sync.set(
+            self.message,
+            value='<span class="nbr-muted">No scalars reported yet: call nbrunner.report() '
+            "or print nbrunner:metric lines.</span>"
+            if empty
+            else "",
+        )
+
+    # -- cards: the latest value of the chosen metric -------------------------------------------
+    def latest_html(self, record: RunRecord, now: float | None = None) -> str:
+        """A card's line for the chosen metric's latest value (read every LATEST_EVERY_S)."""
+        metric = self.metric.value
+        if not metric:
+            return ""
+        now = time.time() if now is None else now
+        if now - self._latest_at.get(record.id, -math.inf) >= LATEST_EVERY_S:
+            if len(self._latest_at) > self._latest.size:
+                self._latest_at.clear()
+                self._latest_series.clear()
+            self._latest_at[record.id] = now
+            self._latest_series[record.id] = self._latest.of(record)
+        series = self._latest_series.get(record.id, {}).get(metric)
+        if series is None or not series.count:
+            return ""
+        return (
+            f'<div class="nbr-metric">{text.escape(metric)} '
+            f"<b>{series.last:.4g}</b> at step {series.last_step:g}</div>"
+        )
+
+    # -- in a notebook cell ------------------------------------------------------------------------
+    @classmethod
+    def standalone(
+        cls,
+        runner: Runner,
+        run_ids: Sequence[int],
+        metric: str | None = None,
+        *,
+        sweep: str | None = None,
+        interval: float = INTERVAL_S,
+        **options: Any,
+    ) -> widgets.VBox:
+        """The view with its own refresh thread, which ends when the widget is closed."""
+        view = cls(runner, Sync(), **options)
+        if sweep:
+            view.open_sweep(sweep)
+        if run_ids:
+            view.select(run_ids, metric)
+        elif metric:
+            view.want_metric = metric
+        if not runner.running:
+            runner.start()
+        threading.Thread(
+            target=_refresh_until_closed, args=(view, interval), daemon=True, name="nbr-compare"
+        ).start()
+        view.widget.compare = view  # type: ignore[attr-defined]
+        return view.widget
+
+
+def _preferred_first(name: str) -> tuple[int, str]:
+    return (PREFERRED.index(name) if name in PREFERRED else len(PREFERRED), name)
+
+
+def _refresh_until_closed(view: CompareView, interval: float) -> None:
+    view.refresh()
+    while view.widget.comm is not None:
+        time.sleep(interval)
+        view.refresh()
