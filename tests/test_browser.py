@@ -13,6 +13,7 @@ import csv
 import re
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,12 @@ from nbrunner.ui.gauges import SPARK_HEIGHT
 pytestmark = pytest.mark.browser
 
 XSS = "print('<img src=x onerror=window.__pwned=1>'); print('<script>window.__pwned=2</script>')"
+LINES = "import time\nfor i in range(3000):\n    print('line', i, flush=True)\n    time.sleep(0.05)"
+LABELLED = {
+    "learning-rate": {"type": "float", "default": 0.01},
+    "epochs": {"type": "int", "default": 1},
+    "seed": {"type": "int", "default": 0},
+}
 SEEDED = 60
 TEXT_CONTRAST = 4.5  # WCAG AA for body text
 MUTED_CONTRAST = 3.0  # secondary text, as JupyterLab's own font-color2
@@ -56,6 +63,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     runner = Runner(path, start=False)
     seed_history(runner.store, SEEDED)
     runner.register("xss", command=[sys.executable, "-c", XSS])
+    runner.register("lines", command=[sys.executable, "-c", LINES])
+    runner.register("labelled", command=[sys.executable, "-c", "pass"], params=LABELLED)
     yield path
     for record in runner.store.active():  # leave no run behind
         runner.cancel(record.id)
@@ -274,6 +283,106 @@ def test_untrusted_output_is_shown_as_text_and_runs_nothing(page: Any) -> None:
     page.wait_for_function("window.__control === 1")
     assert page.evaluate("window.__pwned") is None
     assert page.locator(".nbr-app img, .nbr-app script").count() == 0
+
+
+# Where the log's text is in its scroller: how far the view is from the end (a column-reverse
+# scroller counts scrollTop from its end: 0 there, negative above), how much is out of view,
+# and where the text's last line is against the box's bottom and its first against its top.
+_LOG_VIEW_JS = """
+(selector) => {
+  const box = document.querySelector(selector + ' .widget-html-content');
+  const pre = box.querySelector('pre');
+  const reversed = getComputedStyle(box).flexDirection === 'column-reverse';
+  const hidden = box.scrollHeight - box.clientHeight;
+  const b = box.getBoundingClientRect(), p = pre.getBoundingClientRect();
+  return {
+    fromEnd: reversed ? -box.scrollTop : hidden - box.scrollTop,
+    hidden,
+    bottomGap: b.bottom - p.bottom,
+    topGap: p.top - b.top,
+  };
+}
+"""
+
+
+def log_view(page: Any, run_id: int) -> dict[str, float]:
+    return dict(page.evaluate(_LOG_VIEW_JS, f".nbr-log-{run_id}"))
+
+
+def test_follow_keeps_the_newest_line_in_view(page: Any, runner: Runner) -> None:
+    run = runner.submit("lines")
+    try:
+        page.click(f".nbr-run-{run.id} .nbr-view")
+        page.wait_for_selector(f".nbr-log-{run.id} pre")
+        wait_for_view(page, run.id, lambda v: v["hidden"] > 100, "lines out of view")
+        start = log_view(page, run.id)["hidden"]
+        grown = wait_for_view(
+            page, run.id, lambda v: v["hidden"] >= start + 200, "200 px of new lines"
+        )
+        assert grown["fromEnd"] <= 1, grown  # the scroller is at its end
+        assert 0 <= grown["bottomGap"] <= 12, grown  # the last line sits at the box's bottom
+        assert grown["topGap"] < -200, grown  # and the oldest lines went out of view
+
+        page.click(".nbr-follow >> visible=true")  # off: the view holds still where it is
+        page.wait_for_selector(f".nbr-log-{run.id}.nbr-nofollow")
+        held = log_view(page, run.id)
+        grown = wait_for_view(
+            page, run.id, lambda v: v["hidden"] >= held["hidden"] + 200, "200 px more"
+        )
+        assert abs(grown["topGap"] - held["topGap"]) <= 1, (held, grown)
+    finally:
+        run.cancel()
+
+
+def wait_for_view(
+    page: Any, run_id: int, ready: Any, what: str, timeout: float = 60
+) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = log_view(page, run_id)
+        if ready(view):
+            return view
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} in {timeout} s: {view}")
+
+
+def test_launcher_labels_are_whole_and_tied_to_their_inputs(page: Any, runner: Runner) -> None:
+    from playwright.sync_api import expect
+
+    launcher = page.locator(".nbr-launcher")
+    launcher.get_by_label("Module").select_option("labelled")
+    page.wait_for_selector(".nbr-form-labelled", state="attached")
+    for name in LABELLED:
+        field = page.locator(f".nbr-field-{name}")
+        label, box = field.locator(".widget-label"), field.locator("input")
+        expect(label).to_have_text(name)
+        assert label.evaluate("l => l.scrollWidth <= l.clientWidth"), f"{name!r} is cut"
+        assert label.bounding_box()["x"] + label.bounding_box()["width"] <= box.bounding_box()["x"]
+        by_label = launcher.get_by_label(name, exact=True)
+        expect(by_label).to_have_count(1)
+        assert by_label.evaluate(f"e => !!e.closest('.nbr-field-{name}')"), name
+    for label, value in (("epochs", "4"), ("seed", "10"), ("Copies", "2")):
+        launcher.get_by_label(label, exact=True).fill(value)
+        launcher.get_by_label(label, exact=True).press("Tab")
+    launcher.get_by_label("vary seed").check()
+    runner.config("paused", True)
+    try:
+        page.click("button.nbr-run-button")
+        message = page.locator(".nbr-launch-message")
+        expect(message).to_contain_text("Queued 2 runs of labelled")
+        first, last = map(int, re.findall(r"#(\d+)", message.inner_text()))
+        for run_id, seed in ((first, 10), (last, 11)):  # queued cards show their params
+            expect(page.locator(f".nbr-run-{run_id} .nbr-params")).to_contain_text(
+                f"epochs=4 seed={seed}"
+            )
+    finally:
+        for record in runner.store.active():
+            if record.module == "labelled":
+                runner.cancel(record.id)
+        runner.config("paused", False)
+    launcher.get_by_label("Copies").fill("1")
+    launcher.get_by_label("Copies").press("Tab")
+    launcher.get_by_label("vary seed").uncheck()
 
 
 def test_without_the_token_the_login_page_and_no_kernel(browser: Any, server: Server) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import ipywidgets as widgets
@@ -121,6 +124,81 @@ def test_run_button_queues_copies_with_priority(dash: Dashboard, runner: Runner)
     assert "Queued 3 runs of count" in launcher.message.value
 
 
+def test_each_input_is_labelled_by_its_own_label(dash: Dashboard) -> None:
+    """The label is the input's description (ipywidgets 8 renders it as <label for>), not a
+    separate Label widget beside it; the browser test finds inputs by it."""
+    launcher = dash.launcher
+    launcher.module.value = "train"
+    for name, field in launcher.fields.items():
+        assert field.input.description == name
+        assert not any(isinstance(c, widgets.Label) for c in field.row.children)
+    assert launcher.module.description == "Module"
+    assert launcher.priority.description == "Priority"
+    assert launcher.copies.description == "Copies"
+
+
+def register_seeded(runner: Runner) -> None:
+    runner.register(
+        "seeded",
+        command=[sys.executable, "-c", "pass"],
+        params={"seed": {"type": "int", "default": 7}, "lr": {"type": "float", "default": 0.1}},
+    )
+
+
+def test_vary_seed_gives_copies_seed_seed_plus_one_and_so_on(
+    dash: Dashboard, runner: Runner
+) -> None:
+    runner.config("paused", True)
+    register_seeded(runner)
+    launcher = dash.launcher
+    launcher.reload_button.click()
+    launcher.module.value = "count"  # no seed parameter: nothing to vary
+    assert launcher.vary_seed.layout.display == "none"
+    launcher.module.value = "seeded"
+    assert launcher.vary_seed.layout.display is None
+    launcher.copies.value = 3
+    launcher.vary_seed.value = True
+    launcher.fields["seed"].input.value = "40"
+    launcher.run_button.click()
+    assert "Queued 3 runs of seeded" in launcher.message.value
+    stored = sorted(runner.store.active(), key=lambda r: r.id)
+    assert [r.params["seed"] for r in stored] == [40, 41, 42]
+    assert all(r.params["lr"] == 0.1 for r in stored)
+
+    launcher.vary_seed.value = False  # off: identical copies, as before
+    launcher.copies.value = 2
+    launcher.run_button.click()
+    newest = sorted(runner.store.active(), key=lambda r: r.id)[-2:]
+    assert [r.params["seed"] for r in newest] == [40, 40]
+
+
+def test_the_module_choice_survives_a_reload_of_the_module_list(
+    dash: Dashboard, runner: Runner
+) -> None:
+    launcher = dash.launcher
+    launcher.module.value = "train"
+    launcher.fields["epochs"].input.value = "7"
+    path = Path(runner.modules_file)
+    path.write_text(path.read_text() + '\n[modules.added]\npython_module = "nbrunner.demo.count"\n')
+    later = path.stat().st_mtime + 10
+    os.utime(path, (later, later))
+    dash.refresh()  # the tick sees modules.toml changed and reloads the list
+    assert "added" in launcher.module.options
+    assert launcher.module.value == "train"
+    assert launcher.fields["epochs"].input.value == "7"  # same parameters: typing kept
+
+    register_seeded(runner)
+    launcher.reload_button.click()
+    assert "seeded" in launcher.module.options
+    assert launcher.module.value == "train"
+
+    launcher.module.value = "seeded"
+    runner.unregister("seeded")
+    launcher.reload_button.click()  # the chosen module is gone: the first one, its form
+    assert launcher.module.value == sorted(runner.modules())[0]
+    assert set(launcher.fields) == {p.name for p in runner.modules()[launcher.module.value].params}
+
+
 # -- cards ---------------------------------------------------------------------------------------
 def test_cards_show_queue_positions_then_the_end_of_a_cancelled_run(
     dash: Dashboard, runner: Runner, clock: FakeClock
@@ -133,6 +211,7 @@ def test_cards_show_queue_positions_then_the_end_of_a_cancelled_run(
     assert "queue #1" in dash.cards.cards[high].body.value
     assert "queue #2" in dash.cards.cards[low].body.value
     assert "CPU -" in dash.cards.cards[low].body.value  # no metrics while queued
+    assert "n=60" in dash.cards.cards[low].body.value  # a queued card shows its params
 
     dash.cards.cards[low].cancel_button.click()
     refresh_until(dash, lambda: "cancelled" in dash.cards.cards[low].body.value, "cancelled")
@@ -157,6 +236,16 @@ def test_card_text_is_escaped_and_missing_metrics_show_a_dash(runner: Runner) ->
     assert "<img" not in html
     assert "CPU -" in html and "Mem -" in html and "GPU -" in html
     assert "waiting 5s" in html
+    assert 'class="nbr-params"' in html and "n=10" in html  # with its defaults
+
+
+def test_a_queued_card_shows_its_params_escaped(runner: Runner) -> None:
+    runner.config("paused", True)
+    record = runner.submit("count", {"n": 3, "label": "<b>sweep</b>"}).record
+    assert record.status is RunStatus.QUEUED
+    html = card_html(record, record.submitted_at, 1, "")
+    assert "n=3" in html and "label=&lt;b&gt;sweep&lt;/b&gt;" in html
+    assert "<b>sweep" not in html
 
 
 def test_toasts_are_dismissible(dash: Dashboard, runner: Runner) -> None:

@@ -201,6 +201,8 @@ class Dashboard:
         self.tabs.refresh()
         self.compare.refresh(now)
         self.gauges.update(self.sampler.history(SPARK_SECONDS))
+        if self.launcher.modules_file_changed():  # modules.toml edited: the choice stays
+            self.launcher.reload_modules()
         self._reload_one(now)
         live = {r.id: r for r in [*lingering, *active]}
         self.history.update(live, now, self.cards.last_lines.get)

@@ -65,10 +65,19 @@ def card_html(record: RunRecord, now: float, position: int | None, line: str) ->
     )
     return (
         f'<div><b>{text.escape(record.module)}</b> <span class="nbr-muted">#{record.id}</span> '
-        f"{badge(status)}</div>{meta}{bar_html(progress_of(record, line, now))}"
+        f"{badge(status)}</div>{meta}{params_html(record)}"
+        f"{bar_html(progress_of(record, line, now))}"
         f'<div class="nbr-lastline" title="{text.escape(line)}">{text.escape(line) or "&nbsp;"}'
         "</div>"
     )
+
+
+def params_html(record: RunRecord) -> str:
+    """The run's parameters as key=value, whatever its status (a queued run's too)."""
+    if not record.params:
+        return ""
+    shown = text.escape(text.params(record.params, limit=1000))
+    return f'<div class="nbr-params" title="{shown}">{shown}</div>'
 
 
 class LastLines:

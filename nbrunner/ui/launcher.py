@@ -3,10 +3,14 @@
 Numbers are typed into text boxes rather than number widgets, because number widgets
 silently revert bad input; here the user sees exactly why a value is refused, next to the
 field, and nothing is submitted until every field is valid.
+
+Each input carries its label as its ipywidgets `description`, which ipywidgets 8 renders as a
+`<label for>` tied to the input: screen readers read it, and a click on it focuses the input.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,15 +21,20 @@ from ..modules import ModuleSpec, ParamSpec
 from . import text
 
 if TYPE_CHECKING:  # the runner imports the dashboard, not the other way round
-    from ..runner import Run, Runner
+    from ..runner import Runner
 
 MAX_COPIES = 100
-INPUT_WIDTH = "200px"
+FIELD_WIDTH = "290px"  # the input's own label (80 px or more) included
+SEED = "seed"
 
 
-def field_row(label: str, *controls: widgets.Widget, css: str = "") -> widgets.HBox:
-    """A label and its input, the same for parameters and for Module/Priority/Copies."""
-    row = widgets.HBox([widgets.Label(label), *controls])
+def field_row(
+    label: str, control: widgets.DOMWidget, *extras: widgets.Widget, css: str = ""
+) -> widgets.HBox:
+    """An input labelled by its own <label for> (its description), and what goes beside it;
+    the same for parameters and for Module/Priority/Copies."""
+    control.description = label
+    row = widgets.HBox([control, *extras])
     row.add_class("nbr-field")
     if css:
         row.add_class(css)
@@ -49,9 +58,9 @@ class ParamField:
 
     def _make_input(self) -> widgets.ValueWidget:
         spec = self.spec
-        layout = widgets.Layout(width=INPUT_WIDTH)
-        if spec.type == "bool":
-            return widgets.Checkbox(value=bool(spec.default), indent=False, layout=layout)
+        layout = widgets.Layout(width=FIELD_WIDTH)
+        if spec.type == "bool":  # its label is beside the box, not in the label column
+            return widgets.Checkbox(value=bool(spec.default), layout=layout)
         if spec.type == "choice":
             options = [(str(c), c) for c in spec.choices]
             return widgets.Dropdown(options=options, value=spec.default, layout=layout)
@@ -106,17 +115,32 @@ class Launcher:
         self.runner = runner
         self.on_submitted = on_submitted
         self.modules: dict[str, ModuleSpec] = runner.modules()
+        self._modules_mtime = _mtime(runner.modules_file)
+        self._reloading = False
         self.module = widgets.Dropdown(
-            options=sorted(self.modules), layout=widgets.Layout(width=INPUT_WIDTH)
+            options=sorted(self.modules), layout=widgets.Layout(width="256px")
         )
         self.module.add_class("nbr-module-picker")
+        self.reload_button = widgets.Button(
+            icon="refresh", tooltip="Reload the module list", layout=widgets.Layout(width="28px")
+        )
+        self.reload_button.add_class("nbr-reload-modules")
+        self.reload_button.on_click(lambda _: self.reload_modules())
         self.description = widgets.HTML()
         self.form = widgets.VBox()
-        self.priority = widgets.IntText(value=0, layout=widgets.Layout(width="90px"))
+        self.priority = widgets.IntText(value=0, layout=widgets.Layout(width="170px"))
         self.copies = widgets.BoundedIntText(
-            value=1, min=1, max=MAX_COPIES, layout=widgets.Layout(width="90px")
+            value=1, min=1, max=MAX_COPIES, layout=widgets.Layout(width="170px")
         )
         self.copies.add_class("nbr-copies")
+        self.vary_seed = widgets.Checkbox(
+            value=False,
+            description="vary seed",
+            indent=False,
+            tooltip="copies get seed, seed+1, seed+2, …",
+            layout=widgets.Layout(width="auto"),
+        )
+        self.vary_seed.add_class("nbr-vary-seed")
         self.sweep = widgets.Checkbox(description="sweep: a,b,c tries each", indent=False)
         self.sweep.add_class("nbr-sweep")
         self.sweep.observe(lambda _: self._set_many(), names="value")
@@ -127,19 +151,20 @@ class Launcher:
         self.message = widgets.HTML()
         self.message.add_class("nbr-launch-message")
         self.fields: dict[str, ParamField] = {}
-        self.module.observe(lambda _: self._build_form(), names="value")
+        self.module.observe(lambda _: self._reloading or self._build_form(), names="value")
         self.run_button.on_click(lambda _: self.submit())
         self._build_form()
-        run_row = field_row("Copies", self.copies, self.run_button)
+        run_row = field_row("Copies", self.copies, self.vary_seed, css="nbr-copies-row")
         self.widget = widgets.VBox(
             [
                 widgets.HTML("<h3>Launch</h3>"),
-                field_row("Module", self.module),
+                field_row("Module", self.module, self.reload_button),
                 self.description,
                 self.form,
                 field_row("Priority", self.priority),
                 self.sweep,
                 run_row,
+                self.run_button,
                 self.message,
             ]
         )
@@ -156,6 +181,35 @@ class Launcher:
         about = spec.description if spec else "no modules: add some to modules.toml"
         self.description.value = f'<div class="nbr-muted">{text.escape(about)}</div>'
         self.message.value = ""
+        self.vary_seed.layout.display = None if self.seed_field() else "none"
+
+    def seed_field(self) -> ParamField | None:
+        """The module's integer `seed` parameter, which "vary seed" counts up from."""
+        field = self.fields.get(SEED)
+        return field if field is not None and field.spec.type == "int" else None
+
+    def modules_file_changed(self) -> bool:
+        """Whether modules.toml was written since the list was read (a stat, no query)."""
+        return _mtime(self.runner.modules_file) != self._modules_mtime
+
+    def reload_modules(self) -> None:
+        """Read the module list again. The chosen module stays chosen while it exists, and
+        its form keeps what was typed unless the module's parameters changed."""
+        self._modules_mtime = _mtime(self.runner.modules_file)
+        modules = self.runner.modules()
+        chosen = self.module.value
+        before = self.modules.get(chosen) if chosen else None
+        self.modules = modules
+        self._reloading = True  # setting options selects the first one: not a user's choice
+        try:
+            if tuple(self.module.options) != tuple(sorted(modules)):
+                self.module.options = sorted(modules)
+            if chosen in modules:
+                self.module.value = chosen
+        finally:
+            self._reloading = False
+        if self.module.value != chosen or modules.get(chosen) != before:
+            self._build_form()
 
     def values(self) -> dict[str, Any]:
         return {name: f.raw for name, f in self.fields.items() if f.raw is not None}
@@ -184,13 +238,13 @@ class Launcher:
                 self.on_submitted(ids)
                 return ids
             params = spec.validate_params(self.values())
-            first = self.runner.submit(
-                spec.name, params, priority=self.priority.value, copies=self.copies.value
+            runs = self.runner.submit_many(
+                spec.name, self.params_list(params), priority=self.priority.value
             )
         except NbrunnerError as exc:
             self._say("error", str(exc))
             return []
-        ids = _ids_from(first, self.copies.value)
+        ids = [run.id for run in runs]
         label = f"#{ids[0]}" if len(ids) == 1 else f"#{ids[0]}–#{ids[-1]}"
         self._say(
             "ok", f"Queued {len(ids)} run{'s' if len(ids) > 1 else ''} of {spec.name}: {label}"
@@ -198,10 +252,20 @@ class Launcher:
         self.on_submitted(ids)
         return ids
 
+    def params_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """One parameter set per copy: the same for all, or seed, seed+1, … with vary seed."""
+        copies = self.copies.value
+        if not (self.vary_seed.value and self.seed_field()):
+            return [params] * copies
+        first = int(params.get(SEED) or 0)
+        return [{**params, SEED: first + i} for i in range(copies)]
+
     def _say(self, kind: str, message: str) -> None:
         self.message.value = f'<div class="nbr-{kind}">{text.escape(message)}</div>'
 
 
-def _ids_from(first: Run, copies: int) -> list[int]:
-    """Copies are inserted in one transaction, so their ids follow the first one."""
-    return list(range(first.id, first.id + copies))
+def _mtime(path: os.PathLike[str] | str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -1.0

@@ -68,13 +68,15 @@ CSS = f"""
 .nbr-body {{ gap: 10px; align-items: flex-start; }}
 .nbr-side {{ width: 320px; flex: 0 0 320px; gap: 10px; }}
 .nbr-main {{ flex: 1 1 auto; min-width: 0; gap: 10px; }}
-.nbr-field {{ align-items: center; gap: 6px; margin: 0; }}
-.nbr-field > .widget-label {{ width: 80px; min-width: 80px; text-align: left; margin: 0; }}
+.nbr-field {{ align-items: center; gap: 6px; margin: 0; flex-wrap: wrap; }}
+.nbr-field .widget-label {{ flex: 0 0 auto; width: auto; min-width: 80px; max-width: 45%;
+  margin: 0 6px 0 0; text-align: left; white-space: normal; overflow: visible;
+  text-overflow: clip; overflow-wrap: anywhere; line-height: 1.2; }}
 .nbr-field > .widget-inline-hbox, .nbr-field > .widget-text, .nbr-field > .widget-dropdown,
 .nbr-field > .widget-checkbox {{ margin: 0; }}
 .nbr-invalid input, .nbr-invalid select {{ border-color: {ERROR} !important;
   box-shadow: 0 0 0 1px {ERROR}; }}
-.nbr-invalid > .widget-label {{ color: {ERROR}; font-weight: 600; }}
+.nbr-invalid .widget-label {{ color: {ERROR}; font-weight: 600; }}
 .nbr-error {{ color: {ERROR}; font-size: 12px; }}
 .nbr-ok {{ color: {OK}; font-size: 12px; }}
 .nbr-help {{ color: {MUTED}; font-size: 11px; margin-left: 86px; margin-top: -4px; }}
@@ -87,6 +89,8 @@ CSS = f"""
 .nbr-card .nbr-lastline {{ font-family: {MONO}; font-size: 11px; color: {TEXT};
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
   background: {SUNKEN}; border-radius: 4px; padding: 1px 4px; }}
+.nbr-card .nbr-params {{ font-size: 11px; color: {MUTED}; white-space: nowrap;
+  overflow: hidden; text-overflow: ellipsis; }}
 .nbr-progress {{ display: flex; align-items: center; gap: 6px; font-size: 11px;
   color: {MUTED}; white-space: nowrap; min-width: 0; }}
 .nbr-progress-track {{ flex: 1 1 40px; min-width: 24px; }}
@@ -105,12 +109,16 @@ CSS = f"""
 .nbr-toast .widget-button.nbr-dismiss {{ background: transparent; color: #fff; width: 24px;
   min-width: 24px; height: 24px; padding: 0; font-size: 16px; line-height: 24px;
   overflow: visible; text-overflow: clip; box-shadow: none; }}
+/* Follow: a column-reverse scroller starts at its end and keeps the end in view as lines
+   arrive (Chromium's scrollTop is then 0 at the bottom); the text must not shrink to the
+   box (nor scroll itself, as JupyterLab's pre does), or it is the text that scrolls. */
 .nbr-logbody .widget-html-content {{ height: 320px; overflow: auto; display: flex;
   flex-direction: column-reverse; background: #0f172a; border-radius: 6px;
   padding: 8px 10px; box-sizing: border-box; }}
 .nbr-logbody.nbr-nofollow .widget-html-content {{ flex-direction: column; }}
-.nbr-logtext {{ margin: 0; padding: 0; color: #e5e7eb; font-size: 12px;
-  font-family: {MONO}; white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.35; }}
+.nbr-logtext {{ flex: none; overflow: visible; margin: 0; padding: 0; color: #e5e7eb;
+  font-size: 12px; font-family: {MONO}; white-space: pre-wrap; overflow-wrap: anywhere;
+  line-height: 1.35; }}
 .nbr-toolbar {{ align-items: center; gap: 8px; flex-wrap: wrap; }}
 .nbr-filters {{ gap: 6px; flex-wrap: wrap; align-items: center; }}
 .nbr-filters .widget-label {{ width: auto; }}

@@ -236,7 +236,11 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 
 def run_cell(page: Any, index: int) -> None:
-    """Run a JupyterLab notebook cell in place (Ctrl+Enter in its editor)."""
+    """Run a JupyterLab notebook cell in place (Ctrl+Enter in its editor), once the
+    notebook's kernel is up: a run asked for before that can be dropped."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text(re.compile(r"\| Idle$"))).to_have_count(1, timeout=120_000)
     page.locator(".jp-Notebook .jp-Cell .cm-content").nth(index).click()
     page.keyboard.press("Control+Enter")
 
