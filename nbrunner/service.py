@@ -163,6 +163,7 @@ class Service:
         self._hooks_lock = threading.Lock()
         self._gpu_source: Any = None
         self._last_error: tuple[tuple[str, str], float] | None = None
+        self._environments: dict[int | None, dict[str, str] | None] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     def serve(self) -> bool:
@@ -312,7 +313,7 @@ class Service:
 
     def _adopt_one(self, record: RunRecord) -> None:
         if record.backend == "ray":
-            self._watch_ray(record)
+            self._watch_ray(record, self.store.config())
             return
         watch = LocalWatch(record, str(self.home))
         files = watch.files
@@ -503,9 +504,10 @@ class Service:
         self._hooks.submit(run_hook, self.store.logs_dir, record).add_done_callback(done)
 
     # -- Ray runs -----------------------------------------------------------------------------
-    def _watch_ray(self, record: RunRecord) -> None:
-        grace = float(self.store.config()["grace_period"])
-        self.watches[record.id] = RayWatch(self.store, record, self._child_env(record), grace)
+    def _watch_ray(self, record: RunRecord, settings: dict[str, Any]) -> None:
+        grace = float(settings["grace_period"])
+        env = self._child_env(record, settings)
+        self.watches[record.id] = RayWatch(self.store, record, env, grace)
 
     def _advance_ray(self, watch: Any) -> None:
         if watch.outcome is not None:
@@ -530,9 +532,10 @@ class Service:
             r.status is RunStatus.QUEUED and Resources.from_mapping(r.resources).shares_a_gpu
             for r in local
         )
+        settings = self.store.config()  # one read serves the claim and every launch
         capacity = machine_capacity(  # facts first, then the claim
             with_gpus=wants_gpus,
-            gpu_mask=str(self.store.config()["gpus"]),
+            gpu_mask=str(settings["gpus"]),
             ours=self._run_pids() if shares else None,
         )
         with self.store.write() as tx:
@@ -540,7 +543,7 @@ class Service:
         for record in claimed:
             self.active[record.id] = record
             try:
-                self._launch(record)
+                self._launch(record, settings)
             except Exception:  # not even its failure could be written: _adopt requeues it
                 self.watches.pop(record.id, None)
                 log.exception("nbrunner service: run %s: launch failed", record.id)
@@ -554,44 +557,50 @@ class Service:
             for pid in watch.usage.pids
         }
 
-    def _launch(self, record: RunRecord) -> None:
+    def _launch(self, record: RunRecord, settings: dict[str, Any]) -> None:
         if record.backend == "ray":
-            self._watch_ray(record)
+            self._watch_ray(record, settings)
             return
         watch = LocalWatch(record, str(self.home))
         self.watches[record.id] = watch
         try:
             gc.freeze()  # the recorder shares these pages untouched
-            watch.recorder_pid = start_recorder(self._recorder_spec(record))
+            watch.recorder_pid = start_recorder(self._recorder_spec(record, settings))
         except Exception as exc:  # one failed launch must not stop the rest
             self._finish(
                 watch,
                 Outcome(None, RunStatus.FAILED, f"could not start the run's recorder: {exc}"),
             )
 
-    def _recorder_spec(self, record: RunRecord) -> RecorderSpec:
+    def _recorder_spec(self, record: RunRecord, settings: dict[str, Any]) -> RecorderSpec:
         return RecorderSpec(
             home=str(self.home),
             run_id=record.id,
             argv=record.argv,
             cwd=record.cwd,
-            env=self._child_env(record),
+            env=self._child_env(record, settings),
             log_path=record.log_path,
-            max_log_size=int(self.store.config()["max_log_size"]),
+            max_log_size=int(settings["max_log_size"]),
             keep_leftovers=record.keep_leftovers,
             cores=record.cores,
             memory_limit=int(record.resources.get("memory") or 0),
         )
 
-    def _child_env(self, record: RunRecord) -> dict[str, str]:
+    def _environment(self, env_id: int | None) -> dict[str, str] | None:
+        """A stored submitter's environment; rows never change, so each is read once."""
+        if env_id not in self._environments:
+            self._environments[env_id] = self.store.environment(env_id)
+        return self._environments[env_id]
+
+    def _child_env(self, record: RunRecord, settings: dict[str, Any]) -> dict[str, str]:
         """The submitter's environment, the module's env, and what nbrunner adds."""
-        base = self.store.environment(record.env_id)
+        base = self._environment(record.env_id)
         env = {**(base if base is not None else os.environ), **record.env}
         env.setdefault("PYTHONUNBUFFERED", "1")  # live logs, unless the module opted out ("")
         env.setdefault("PYTHONIOENCODING", "utf-8")
         env["NBRUNNER_RUN_ID"] = str(record.id)
         env[METRICS_ENV] = metrics_path(record.log_path)  # where report() writes
-        env[METRICS_MAX_ENV] = str(self.store.config()["max_log_size"])
+        env[METRICS_MAX_ENV] = str(settings["max_log_size"])
         if record.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(record.gpus)
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"

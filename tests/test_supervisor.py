@@ -193,7 +193,7 @@ def watched_ray_run(home: Path, monkeypatch: pytest.MonkeyPatch, job: Any) -> tu
         run = client.submit("count", {"n": 1})
     record = Store(home).transition(run.id, RunStatus.STARTING, backend="ray")
     owner = Service(home)
-    owner._watch_ray(record)
+    owner._watch_ray(record, owner.store.config())
     return owner, owner.watches[run.id]
 
 
