@@ -33,6 +33,7 @@ from .errors import InvalidParameter
 from .models import RunRecord
 from .scalars import ScalarFollower
 from .states import RunStatus
+from .store import HistoryFilter
 
 DEFAULT_GRACE = 5  # steps
 DEFAULT_MIN_PEERS = 3
@@ -144,54 +145,53 @@ def judge(rule: PruneRule, curve: Curve, peers: Iterable[Curve]) -> Verdict | No
 class Pruner:
     """Finds, on each pass of the service, the running runs their sweep's rule stops.
 
-    Curves are read by byte offset (only what is new) and a run is judged again only when it
-    has reported a new step, so a pass over a quiet sweep costs a file stat per run.
+    Curves are read by byte offset (only what is new), and a sweep's runs are judged again
+    only when one of its runs reported something (or another started), so a pass over a
+    quiet sweep costs an empty read per run.
     """
 
     def __init__(self, store: Any) -> None:
         self.store = store
         self._followers: dict[int, ScalarFollower] = {}
-        self._judged: dict[int, float] = {}  # run id → the step it was last judged at
+        # sweep → its runs' points and running runs when last judged
+        self._judged: dict[str, tuple[int, frozenset[int]]] = {}
 
     def behind(self, records: Iterable[RunRecord]) -> list[tuple[int, str]]:
         """(run id, reason) for each of these running runs that its sweep's rule stops."""
         running = [r for r in records if r.prune and r.sweep and r.status is RunStatus.RUNNING]
-        from .store import HistoryFilter
-
         stops: list[tuple[int, str]] = []
         seen: set[int] = set()
         for sweep in {r.sweep for r in running}:
             members = self.store.history(HistoryFilter.build(sweep=sweep), limit=MAX_PEERS)
             seen.update(m.id for m in members)
-            stops += self._judge_sweep([r for r in running if r.sweep == sweep], members)
+            stops += self._judge_sweep(sweep, [r for r in running if r.sweep == sweep], members)
         for run_id in set(self._followers) - seen:  # sweeps no longer judged: forget them
             del self._followers[run_id]
-            self._judged.pop(run_id, None)
+        for sweep in set(self._judged) - {r.sweep for r in running}:
+            del self._judged[sweep]
         return stops
 
     def _judge_sweep(
-        self, running: list[RunRecord], members: list[RunRecord]
+        self, sweep: str, running: list[RunRecord], members: list[RunRecord]
     ) -> list[tuple[int, str]]:
+        """Verdicts on the sweep's running runs, if any of its runs reported since the last."""
         rule = PruneRule.from_dict(running[0].prune or {})  # one rule per sweep
-        due = [r for r in running if self._new_step(r, rule.metric)]
-        if not due:
+        series = [self._follower(m).series.get(rule.metric) for m in members]
+        state = (sum(s.count for s in series if s is not None), frozenset(r.id for r in running))
+        if self._judged.get(sweep) == state:
             return []
-        curves = {m.id: self._curve(m, rule.metric) for m in members}
+        self._judged[sweep] = state
+        curves = {
+            m.id: list(zip(s.steps, s.values, strict=True)) if s is not None else []
+            for m, s in zip(members, series, strict=True)
+        }
         stops = []
-        for record in due:
+        for record in running:
             peers = [curve for run_id, curve in curves.items() if run_id != record.id]
             verdict = judge(rule, curves.get(record.id, []), peers)
             if verdict is not None:
                 stops.append((record.id, verdict.reason))
         return stops
-
-    def _new_step(self, record: RunRecord, metric: str) -> bool:
-        """Whether the run reported a step it was not judged at yet (and remember it)."""
-        series = self._follower(record).series.get(metric)
-        if series is None or self._judged.get(record.id) == series.last_step:
-            return False
-        self._judged[record.id] = series.last_step
-        return True
 
     def _follower(self, record: RunRecord) -> ScalarFollower:
         follower = self._followers.get(record.id)
@@ -199,9 +199,3 @@ class Pruner:
             follower = self._followers[record.id] = ScalarFollower(record.log_path)
         follower.poll_all()
         return follower
-
-    def _curve(self, record: RunRecord, metric: str) -> list[tuple[float, float]]:
-        series = self._follower(record).series.get(metric)
-        if series is None:
-            return []
-        return list(zip(series.steps, series.values, strict=True))
