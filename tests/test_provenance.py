@@ -155,3 +155,21 @@ def test_a_queued_run_records_the_code_of_its_start_and_restart_says_it_changed(
     new_id = int(restarted.stdout)
     runner.wait(new_id, timeout=RUN_TIMEOUT_S)
     assert wait_for_provenance(runner, new_id)["code_changed"].startswith("commit ")
+
+
+def test_the_log_tab_shows_the_provenance_once_it_is_captured(runner: Runner, repo: Path) -> None:
+    from dataclasses import replace
+
+    from nbrunner.ui.logview import LogTab
+    from nbrunner.ui.sync import Sync
+
+    runner.register("train", python_module="pkg.train", cwd=str(repo))
+    run = runner.submit("train")
+    assert run.wait(timeout=RUN_TIMEOUT_S).status is RunStatus.SUCCEEDED
+    found = wait_for_provenance(runner, run.id)
+    before = replace(runner.store.get(run.id), provenance=None)  # as a tab opened early saw it
+    tab = LogTab(before, Sync(), lambda action: action(), lambda _: None, runner.store.get)
+    assert "code: not recorded yet" in tab.provenance.value
+    tab.refresh()
+    assert f"git {found['git_commit'][:12]} (clean)" in tab.provenance.value
+    assert f"python {sys.executable}" in tab.provenance.value

@@ -161,3 +161,34 @@ def test_a_bad_prune_rule_queues_nothing(learn: Runner, home: Path) -> None:
     result = cli(home, "sweep", "learn", "-p", "quality=0.1", "--prune-grace", "3", check=False)
     assert result.returncode == 2 and "need --prune" in result.stderr
     assert learn.count() == 0
+
+
+# -- the dashboard ---------------------------------------------------------------------------------
+def test_the_sweep_launcher_has_a_prune_box_and_pruned_runs_their_own_colour(
+    learn: Runner,
+) -> None:
+    from nbrunner.monitor import SystemSampler
+    from nbrunner.ui import Dashboard
+    from nbrunner.ui.theme import badge, status_colour
+
+    learn.config("paused", True)
+    dash = Dashboard(learn, start=False, sampler=SystemSampler(interval=3600))
+    try:
+        launcher = dash.launcher
+        launcher.module.value = "learn"
+        assert launcher.prune_row.layout.display == "none"  # only a sweep prunes
+        launcher.sweep.value = True
+        assert launcher.prune_row.layout.display is None
+        launcher.fields["quality"].input.value = "0.1,0.9"
+        launcher.prune.value = "acc"
+        assert launcher.submit() == []
+        assert "prune must be METRIC:max or METRIC:min" in launcher.message.value
+        launcher.prune.value = "acc:max"
+        ids = launcher.submit()
+        assert [(learn.store.get(i).prune or {}).get("metric") for i in ids] == ["acc", "acc"]
+        assert "pruned" in [value for _, value in dash.history.status.options]
+    finally:
+        dash.close()
+    colours = [status_colour(s.value) for s in RunStatus]
+    assert len(set(colours)) == len(colours)  # pruned looks like no other state
+    assert status_colour("pruned") in badge("pruned")
