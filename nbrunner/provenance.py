@@ -2,8 +2,9 @@
 
 A run's `provenance` (in its record, `nbrunner show ID`, the dashboard's log tab):
 
-- where its code lives (`code_path`: the script, the notebook, the module's package, else
-  the run's directory) and, when that is inside a git work tree: `git_root`, `git_commit`,
+- where its code lives (`code_path`: the script, the notebook, the module's package, a
+  command's program or first argument when that is a file; none for a system command such
+  as `make all`) and, when that is inside a git work tree: `git_root`, `git_commit`,
   `git_dirty` (uncommitted changes or untracked files), `git_untracked` (how many files
   git does not track), and for a dirty tree the digest of `git diff HEAD`
   (`git_diff_sha256`), the diff itself kept beside the log (`logs/ID.diff`);
@@ -14,8 +15,9 @@ A run's `provenance` (in its record, `nbrunner show ID`, the dashboard's log tab
 - for a restarted run, `code_changed`: how its code differs from the run it restarts.
 
 The service captures it in a thread of its own after the run's recorder has started, so
-launching is not slowed; git never takes the index lock (`GIT_OPTIONAL_LOCKS=0`), so a
-user's own git commands are never in its way.
+launching is not slowed; the runs it finds started together share one look at git per
+directory (a sweep launched at once asks git once); git never takes the index lock
+(`GIT_OPTIONAL_LOCKS=0`), so a user's own git commands are never in its way.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.machinery import PathFinder
 from pathlib import Path
@@ -57,8 +60,10 @@ def is_python(argv: Sequence[str]) -> bool:
     return (len(argv) >= 3 and argv[1] == "-m") or (len(argv) >= 2 and argv[1].endswith(".py"))
 
 
-def code_path(argv: Sequence[str], cwd: str | None, env: Mapping[str, str]) -> Path:
-    """The file or directory holding a run's code; its directory when nothing better is known."""
+def code_path(argv: Sequence[str], cwd: str | None, env: Mapping[str, str]) -> Path | None:
+    """The file or directory holding a run's code: the notebook, the module's package, the
+    script (for a command, its program or first argument, when that is a file); None for
+    a command of the system (`make all`), whose code is not the project's."""
     base = Path(cwd or os.getcwd())
     if len(argv) >= 4 and argv[1:3] == ["-m", EXECUTOR]:
         return base / argv[3]  # the notebook
@@ -66,9 +71,7 @@ def code_path(argv: Sequence[str], cwd: str | None, env: Mapping[str, str]) -> P
         return _module_path(argv[2], base, env) or base
     if len(argv) >= 2 and argv[1].endswith(".py"):
         return base / argv[1]
-    if argv and (base / argv[0]).is_file():  # a command that is a file of the project
-        return base / argv[0]
-    return base
+    return next((base / a for a in argv[:2] if (base / a).is_file()), None)
 
 
 def _module_path(module: str, base: Path, env: Mapping[str, str]) -> Path | None:
@@ -109,12 +112,23 @@ def _git(directory: Path, *args: str) -> bytes | None:
 def git_state(path: Path, diff_file: Path | None = None) -> dict[str, Any]:
     """Commit and dirtiness of the work tree holding path ({} outside one); the diff of a
     dirty tree goes to diff_file (when given), its digest into the result."""
-    directory = path if path.is_dir() else path.parent
+    state, diff = look(_directory(path))
+    if diff and diff_file is not None:
+        diff_file.write_bytes(diff)
+    return state
+
+
+def _directory(path: Path) -> Path:
+    return path if path.is_dir() else path.parent
+
+
+def look(directory: Path) -> tuple[dict[str, Any], bytes | None]:
+    """The git state of the work tree holding directory, and its diff when it has one."""
     if not directory.is_dir():
-        return {}
+        return {}, None
     root = _git(directory, "rev-parse", "--show-toplevel")
     if root is None:
-        return {}
+        return {}, None
     commit = _git(directory, "rev-parse", "--verify", "-q", "HEAD") or b""  # "": no commit yet
     status = _git(directory, "status", "--porcelain", "--untracked-files=all") or b""
     lines = status.splitlines()
@@ -128,9 +142,24 @@ def git_state(path: Path, diff_file: Path | None = None) -> dict[str, Any]:
     diff = _git(directory, "diff", "HEAD", "--binary") if commit else None
     if diff:
         state["git_diff_sha256"] = hashlib.sha256(diff).hexdigest()
-        if diff_file is not None:
+    return state, diff or None
+
+
+class SharedLooks:
+    """One look at git per directory for runs that started together (one batch): a sweep
+    of 50 runs launched at once asks git once, not 50 times."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[dict[str, Any], bytes | None]] = {}
+
+    def state(self, path: Path, diff_file: Path | None = None) -> dict[str, Any]:
+        directory = _directory(path)
+        if directory not in self._seen:
+            self._seen[directory] = look(directory)
+        state, diff = self._seen[directory]
+        if diff and diff_file is not None:
             diff_file.write_bytes(diff)
-    return state
+        return dict(state)
 
 
 def code_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> str | None:
@@ -147,7 +176,7 @@ def code_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -
 
 def code_now(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
     """The git state now of the code a run ran (its recorded code_path); {} if unknown."""
-    if not provenance or "code_path" not in provenance:
+    if not provenance or not provenance.get("code_path"):
         return {}
     return git_state(Path(provenance["code_path"]))
 
@@ -156,7 +185,7 @@ def provenance_lines(provenance: Mapping[str, Any] | None) -> list[str]:
     """A run's provenance as `nbrunner show` and the log tab print it."""
     if not provenance:
         return []
-    lines = [f"code {provenance.get('code_path', '?')}"]
+    lines = [f"code {provenance.get('code_path') or '(a command)'}"]
     if "git_commit" in provenance:
         state = "dirty" if provenance.get("git_dirty") else "clean"
         if provenance.get("git_untracked"):
@@ -248,12 +277,16 @@ def diff_path(log_path: str) -> Path:
 
 
 def capture(
-    record: RunRecord, env: Mapping[str, str], interpreters: Interpreters
+    record: RunRecord,
+    env: Mapping[str, str],
+    interpreters: Interpreters,
+    git: Callable[[Path, Path], dict[str, Any]] = git_state,
 ) -> dict[str, Any]:
     """The provenance of a run starting now, with the environment it starts with."""
     where = code_path(record.argv, record.cwd, env)
-    found: dict[str, Any] = {"code_path": str(where), "captured_at": time.time()}
-    found |= git_state(where, diff_path(record.log_path))
+    found: dict[str, Any] = {"code_path": where and str(where), "captured_at": time.time()}
+    if where is not None:
+        found |= git(where, diff_path(record.log_path))
     if is_python(record.argv):
         found |= interpreters.describe(record.argv[0], env)
     return found
@@ -265,16 +298,24 @@ class Capturer:
     def __init__(self, store: Any) -> None:
         self.store = store
         self.interpreters = Interpreters(Path(store.home))
+        self._started: deque[tuple[RunRecord, dict[str, str]]] = deque()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provenance")
 
     def started(self, record: RunRecord, env: Mapping[str, str]) -> None:
         """The run's recorder has started: capture what it runs, beside the launch path."""
         if record.backend == "local":  # a Ray run's code is the cluster's copy
-            self._pool.submit(self._capture, record, dict(env))
+            self._started.append((record, dict(env)))
+            self._pool.submit(self._capture_started)
 
-    def _capture(self, record: RunRecord, env: dict[str, str]) -> None:
+    def _capture_started(self) -> None:
+        """Every run started since the thread last looked: one batch, one look at git."""
+        looks = SharedLooks()
+        while self._started:
+            self._capture(*self._started.popleft(), looks)
+
+    def _capture(self, record: RunRecord, env: dict[str, str], looks: SharedLooks) -> None:
         try:
-            found = capture(record, env, self.interpreters)
+            found = capture(record, env, self.interpreters, looks.state)
         except Exception:  # a run is never held up by what it is about
             log.exception("nbrunner service: run %s: provenance not captured", record.id)
             return
