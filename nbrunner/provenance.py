@@ -71,7 +71,9 @@ def code_path(argv: Sequence[str], cwd: str | None, env: Mapping[str, str]) -> P
         return _module_path(argv[2], base, env) or base
     if len(argv) >= 2 and argv[1].endswith(".py"):
         return base / argv[1]
-    return next((base / a for a in argv[:2] if (base / a).is_file()), None)
+    program = argv[:1] if argv and not os.path.isabs(argv[0]) else []  # ./train.sh, not /bin/sh
+    first = [a for a in argv[1:2] if not a.startswith("-")]  # sh train.sh, not python -c
+    return next((base / a for a in [*program, *first] if (base / a).is_file()), None)
 
 
 def _module_path(module: str, base: Path, env: Mapping[str, str]) -> Path | None:
@@ -308,28 +310,39 @@ class Capturer:
             self._pool.submit(self._capture_started)
 
     def _capture_started(self) -> None:
-        """Every run started since the thread last looked: one batch, one look at git."""
+        """Every run started since the thread last looked: one batch, one look at git per
+        directory, one write."""
         looks = SharedLooks()
+        captured: dict[int, dict[str, Any]] = {}
         while self._started:
-            self._capture(*self._started.popleft(), looks)
+            record, env = self._started.popleft()
+            found = self._capture(record, env, looks)
+            if found is not None:
+                captured[record.id] = found
+        if captured:
+            self._write(captured)
 
-    def _capture(self, record: RunRecord, env: dict[str, str], looks: SharedLooks) -> None:
+    def _capture(
+        self, record: RunRecord, env: dict[str, str], looks: SharedLooks
+    ) -> dict[str, Any] | None:
         try:
             found = capture(record, env, self.interpreters, looks.state)
         except Exception:  # a run is never held up by what it is about
             log.exception("nbrunner service: run %s: provenance not captured", record.id)
-            return
+            return None
         if record.restart_of is not None:
             with contextlib.suppress(NbrunnerError):  # the old run may have been removed
                 old = self.store.get(record.restart_of).provenance
                 found["code_changed"] = code_changes(old, found)
-        self._write(record.id, found)
+        return found
 
-    def _write(self, run_id: int, found: dict[str, Any]) -> None:
+    def _write(self, captured: dict[int, dict[str, Any]]) -> None:
         for attempt in range(WRITE_TRIES):
             try:
-                self.store.update(run_id, provenance=found)
+                with self.store.write() as tx:
+                    for run_id, found in captured.items():
+                        tx.update(run_id, provenance=found)
                 return
             except NbrunnerError:  # the store stayed locked: the next try may get it
                 time.sleep(2**attempt)
-        log.error("nbrunner service: run %s: provenance could not be stored", run_id)
+        log.error("nbrunner service: runs %s: provenance could not be stored", sorted(captured))

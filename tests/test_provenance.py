@@ -86,6 +86,7 @@ def test_where_the_code_of_each_kind_of_module_is(repo: Path) -> None:
     assert code_path(notebook, cwd, {}) == repo / "nb.ipynb"
     assert code_path(["make", "all"], cwd, {}) is None  # the system's code, not the project's
     assert code_path(["sh", "script.py"], cwd, {}) == repo / "script.py"
+    assert code_path([python, "-c", "print(1)"], cwd, {}) is None  # python's own directory
     elsewhere = {"PYTHONPATH": str(repo)}
     assert code_path([python, "-m", "pkg.train"], "/", elsewhere) == repo / "pkg"
 
