@@ -239,13 +239,13 @@ class Runner:
         after: Sequence[int | Run] = (),
         backend: str | None = None,
         sweep: str | None = None,
-        prune: Mapping[str, Any] | None = None,
+        prune: str | PruneRule | None = None,
     ) -> list[Run]:
         """Queue one run per parameter set, all validated before any is queued."""
         spec = lookup(self.modules(), module)
         placement = self._placement(backend) | {"sweep": sweep}
-        if prune:
-            placement["prune"] = dict(prune)  # the sweep's rule, kept on each of its runs
+        if prune is not None:  # the sweep's rule, kept on each of its runs
+            placement["prune"] = PruneRule.parse(prune).to_dict()
         rows = [
             self._run_row(spec, params, priority, timeout, resources, group, after) | placement
             for params in params_list
@@ -295,10 +295,12 @@ class Runner:
             if name
             else new_id(module)
         )
-        if prune is not None:
-            options["prune"] = PruneRule.parse(prune).to_dict()
         runs = self.submit_many(
-            module, [{**(params or {}), **p} for p in points], sweep=sweep_id, **options
+            module,
+            [{**(params or {}), **p} for p in points],
+            sweep=sweep_id,
+            prune=prune,
+            **options,
         )
         return Sweep(sweep_id, runs)
 
@@ -493,8 +495,7 @@ class Runner:
             "on_done",
             "env_id",
             "keep_leftovers",
-            "sweep",
-            "prune",
+            "sweep",  # a peer of its sweep again; not pruned itself: it was asked for
         )
         row = {key: getattr(old, key) for key in copied} | {"restart_of": old.id}
         if params:

@@ -150,6 +150,9 @@ def test_the_api_sweep_prunes_with_the_default_rule(learn: Runner, tmp_path: Pat
     sweep = learn.sweep("learn", {"quality": [0.9, 0.8, 0.2, 0.95]}, prune="acc:max")
     check_pruned_sweep(learn, sweep.ids, tmp_path / "release")
     assert list(learn.history(status="pruned")["id"]) == [sweep.ids[2]]
+    again = learn.restart(sweep.ids[2])  # asked for by name: it runs to its end
+    assert again.record.sweep == sweep.id and again.record.prune is None
+    assert again.wait(timeout=RUN_TIMEOUT_S).status is RunStatus.SUCCEEDED
 
 
 def test_a_bad_prune_rule_queues_nothing(learn: Runner, home: Path) -> None:
