@@ -153,6 +153,7 @@ class Pruner:
     def __init__(self, store: Any) -> None:
         self.store = store
         self._followers: dict[int, ScalarFollower] = {}
+        self._whole: set[int] = set()  # ended runs whose curves have been read to the end
         # sweep → its runs' points and running runs when last judged
         self._judged: dict[str, tuple[int, frozenset[int]]] = {}
 
@@ -167,6 +168,7 @@ class Pruner:
             stops += self._judge_sweep(sweep, [r for r in running if r.sweep == sweep], members)
         for run_id in set(self._followers) - seen:  # sweeps no longer judged: forget them
             del self._followers[run_id]
+            self._whole.discard(run_id)
         for sweep in set(self._judged) - {r.sweep for r in running}:
             del self._judged[sweep]
         return stops
@@ -197,5 +199,8 @@ class Pruner:
         follower = self._followers.get(record.id)
         if follower is None:
             follower = self._followers[record.id] = ScalarFollower(record.log_path)
-        follower.poll_all()
+        if record.id not in self._whole:
+            follower.poll_all()
+            if record.is_done:  # its files are complete: read once more, never again
+                self._whole.add(record.id)
         return follower

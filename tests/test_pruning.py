@@ -76,6 +76,37 @@ def test_rules_are_parsed_and_bad_ones_refused() -> None:
         PruneRule.parse("loss:min", min_peers=0)
 
 
+# -- the service's side: real stores and metrics files ---------------------------------------------
+def test_a_run_is_judged_again_when_its_peers_catch_up(tmp_path: Path) -> None:
+    """A run that reported all its steps before its peers had any is judged once they have."""
+    import json
+
+    from nbrunner.pruning import Pruner
+    from nbrunner.reporting import metrics_path
+    from nbrunner.store import Store
+
+    store = Store(tmp_path / "home")
+    row = {"module": "m", "params": {}, "argv": ["true"], "env": {}, "sweep": "s"}
+    ids = store.insert_runs([row | {"prune": RULE.to_dict()}] * 3)
+    for run_id in ids:
+        store.transition(run_id, RunStatus.STARTING)
+        store.transition(run_id, RunStatus.RUNNING)
+
+    def report(run_id: int, quality: float) -> None:
+        lines = [json.dumps({"step": s, "acc": v}) for s, v in rising(quality)]
+        Path(metrics_path(store.get(run_id).log_path)).write_text("\n".join(lines) + "\n")
+
+    pruner = Pruner(store)
+    poor, *peers = ids
+    report(poor, 0.2)
+    assert pruner.behind(store.active()) == []  # no peer has been as far yet
+    assert pruner.behind(store.active()) == []  # nothing new: nothing judged
+    for run_id, quality in zip(peers, (0.9, 0.8), strict=True):
+        report(run_id, quality)
+    ((stopped, reason),) = pruner.behind(store.active())
+    assert stopped == poor and reason.startswith("pruned at step 9: acc best 0.2")
+
+
 # -- real sweeps -----------------------------------------------------------------------------------
 LEARN = """\
 import argparse, os, time
