@@ -1,9 +1,11 @@
 """Pruning a sweep: stop its runs that are clearly behind their peers at the same step.
 
 The rule is the median stopping rule of Google Vizier (Golovin et al., "Google Vizier: a
-service for black-box optimization", KDD 2017, section 3.2.2), as Optuna's `MedianPruner`
-applies it: a run is stopped at step s when its best value up to s is strictly worse than
-the median, over its peers, of each peer's running mean of the values it reported up to s.
+service for black-box optimization", KDD 2017, section 3.2.2): a run is stopped at step s
+when its best value up to s is strictly worse than the median, over its peers, of each
+peer's running mean of the values it reported up to s. (Optuna's `MedianPruner` takes the
+peers' values at step s itself; the running mean is the paper's, and it smooths a noisy
+peer.)
 It needs no schedule of rungs and no budget, so it fits sweeps of any size whose runs
 report at any steps; and it is one comparison per run, so a run that is ahead (at or above
 the median) is never stopped.
@@ -12,8 +14,8 @@ Two things differ from the paper, both for sweeps on one machine:
 - peers are every other run of the sweep that has reported at or beyond step s, running or
   ended (Vizier counts only completed trials: with every run of a sweep running at once,
   none would ever be judged);
-- a run is judged only after a grace period (`grace` steps, as Optuna's `n_warmup_steps`)
-  and only against at least `min_peers` peers (as its `n_min_trials`).
+- a run is judged only after a grace period (`grace` steps, as `MedianPruner`'s
+  `n_warmup_steps`) and only against at least `min_peers` peers (as its `n_min_trials`).
 
 Runs queued behind the machine's limit are judged, once they run, against the curves the
 sweep's earlier runs left at the same steps. Everything above the `Pruner` class is pure:
