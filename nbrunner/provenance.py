@@ -99,6 +99,7 @@ def _tool(argv: Sequence[str], where: Path | None = None, env: Any = None) -> by
             stdin=subprocess.DEVNULL,
             timeout=TOOL_TIMEOUT_S,
             check=False,
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # Windows: no console
         )
     except (OSError, subprocess.SubprocessError):
         return None
