@@ -19,6 +19,8 @@ from .errors import BadInput, NbrunnerError, OperationFailed
 from .logs import CollapsedLines, LogFollower, tail_offset
 from .models import RunRecord, differing_params, params_text, queue_positions
 from .modules import ModuleSpec, ParamSpec, lookup
+from .provenance import provenance_lines
+from .pruning import DEFAULT_GRACE, DEFAULT_MIN_PEERS, PruneRule
 from .runner import Runner
 from .scalars import Summaries
 from .states import RunStatus
@@ -224,6 +226,10 @@ def _sweep(args: argparse.Namespace, runner: Runner) -> int:
         "backend": args.backend,
         "name": args.name,
     }
+    if not args.prune and (args.prune_grace, args.prune_min_peers) != (None, None):
+        raise BadInput("--prune-grace and --prune-min-peers need --prune METRIC:max|min")
+    if args.prune:  # checked here, so a bad rule queues nothing
+        options["prune"] = PruneRule.parse(args.prune, args.prune_grace, args.prune_min_peers)
     if args.random is None:
         sweep = runner.sweep(args.module, values, **options)
     else:
@@ -275,8 +281,10 @@ def _show(args: argparse.Namespace, runner: Runner) -> int:
         _print_json(record.to_dict())
     else:
         for key, value in record.to_dict().items():
-            if value not in (None, [], {}):
+            if value not in (None, [], {}) and key != "provenance":
                 print(f"{key:<15} {value}")
+        for line in provenance_lines(record.provenance):
+            print(f"{'provenance':<15} {line}")
     return 0
 
 
@@ -339,6 +347,9 @@ def _cancel(args: argparse.Namespace, runner: Runner) -> int:
 def _restart(args: argparse.Namespace, runner: Runner) -> int:
     run = runner.restart(args.id, _parse_params(args.param), priority=args.priority)
     print(run.id)
+    changed = runner.code_changed_since(args.id)
+    if changed:
+        print(f"nbrunner: note: the code changed since run {args.id}: {changed}", file=sys.stderr)
     return 0
 
 
@@ -714,6 +725,23 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--timeout", type=_checked(checks.timeout), metavar="SECONDS")
     sweep.add_argument("--group", help="queue group (its own limit: config group.NAME N)")
     sweep.add_argument("--backend", choices=BACKENDS, help="where the runs go")
+    sweep.add_argument(
+        "--prune",
+        metavar="METRIC:max|min",
+        help="stop runs behind the sweep's median at the same step (median stopping rule)",
+    )
+    sweep.add_argument(
+        "--prune-grace",
+        type=_count("prune grace"),
+        metavar="STEPS",
+        help=f"judge no run before this step (default {DEFAULT_GRACE})",
+    )
+    sweep.add_argument(
+        "--prune-min-peers",
+        type=_count("prune min peers"),
+        metavar="N",
+        help=f"judge a run only against N peers or more (default {DEFAULT_MIN_PEERS})",
+    )
     scalars = add("scalars", "what runs reported (nbrunner.report): a summary, or every point")
     scalars.add_argument("ids", nargs="+", metavar="ID")
     scalars.add_argument("--name", action="append", default=[], help="only this metric")

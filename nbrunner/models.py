@@ -14,6 +14,7 @@ from .states import RunStatus
 
 TIME_FIELDS = ("submitted_at", "claimed_at", "started_at", "ended_at")
 JSON_FIELDS = ("params", "argv", "env", "gpus", "cores", "resources", "after", "on_done", "ending")
+JSON_FIELDS += ("prune", "provenance")
 
 
 def iso(ts: float | None) -> str | None:
@@ -64,6 +65,8 @@ class RunRecord:
     log_dropped: int | None = None  # bytes of output the log cap dropped
     keep_leftovers: bool = False
     sweep: str | None = None  # the sweep that submitted it (Runner.sweep)
+    prune: dict[str, Any] | None = None  # its sweep's pruning rule (nbrunner.pruning)
+    provenance: dict[str, Any] | None = None  # the code it ran (nbrunner.provenance)
     version: int = 0
 
     @classmethod
@@ -126,6 +129,6 @@ def params_text(params: dict[str, Any]) -> str:
 
 
 def _empty(key: str) -> Any:
-    if key == "ending":
+    if key in ("ending", "prune", "provenance"):
         return None
     return [] if key in ("argv", "gpus", "cores", "after", "on_done") else {}

@@ -33,6 +33,8 @@ from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileEr
 from .logs import read_text
 from .models import RunRecord
 from .modules import ModuleSpec, build_module, load_modules_file, lookup
+from .provenance import code_changes, code_now
+from .pruning import PruneRule
 from .resources import Resources, machine_capacity
 from .run import Run
 from .scalars import Summaries
@@ -237,10 +239,13 @@ class Runner:
         after: Sequence[int | Run] = (),
         backend: str | None = None,
         sweep: str | None = None,
+        prune: str | PruneRule | None = None,
     ) -> list[Run]:
         """Queue one run per parameter set, all validated before any is queued."""
         spec = lookup(self.modules(), module)
         placement = self._placement(backend) | {"sweep": sweep}
+        if prune is not None:  # the sweep's rule, kept on each of its runs
+            placement["prune"] = PruneRule.parse(prune).to_dict()
         rows = [
             self._run_row(spec, params, priority, timeout, resources, group, after) | placement
             for params in params_list
@@ -266,6 +271,7 @@ class Runner:
         seed: int | None = None,
         params: Mapping[str, Any] | None = None,
         name: str | None = None,
+        prune: str | PruneRule | None = None,
         **options: Any,
     ) -> Sweep:
         """One run per point of a `grid` (every combination), or `count` points drawn from a
@@ -273,6 +279,10 @@ class Runner:
         over the fixed `params`; tagged with one sweep id. `options` are submit_many's
         (priority, timeout, resources, group, after, backend): queue, limits and GPUs apply
         as to any run. All points are validated before any is queued.
+
+        `prune="val_acc:max"` (or "loss:min", or a PruneRule with its grace steps and fewest
+        peers) stops runs that are behind the sweep's other runs at the same step; they end
+        `pruned` (see nbrunner.pruning).
         """
         if (grid is None) == (space is None):
             raise BadInput("give a sweep either grid={...} or space={...} with count=N")
@@ -286,7 +296,11 @@ class Runner:
             else new_id(module)
         )
         runs = self.submit_many(
-            module, [{**(params or {}), **p} for p in points], sweep=sweep_id, **options
+            module,
+            [{**(params or {}), **p} for p in points],
+            sweep=sweep_id,
+            prune=prune,
+            **options,
         )
         return Sweep(sweep_id, runs)
 
@@ -481,7 +495,7 @@ class Runner:
             "on_done",
             "env_id",
             "keep_leftovers",
-            "sweep",
+            "sweep",  # a peer of its sweep again; not pruned itself: it was asked for
         )
         row = {key: getattr(old, key) for key in copied} | {"restart_of": old.id}
         if params:
@@ -494,6 +508,12 @@ class Runner:
         (new_id,) = self.store.insert_runs([row])
         self._notify()
         return Run(self, new_id)
+
+    def code_changed_since(self, run_id: int | str) -> str | None:
+        """How the code a run ran (its provenance) differs from that code now: another
+        commit, or other uncommitted changes; None if the same, or not known."""
+        ran = self.get(run_id).record.provenance
+        return code_changes(ran, code_now(ran))
 
     def logs(self, run_id: int | str, tail: int | None = None, raw: bool = False) -> str:
         """The run's log: its last `tail` lines, or all of it up to 8 MB (a longer one starts

@@ -40,6 +40,8 @@ from typing import Any
 from . import platform
 from .errors import NbrunnerError
 from .models import RunRecord
+from .provenance import Capturer
+from .pruning import Pruner
 from .recorder import (
     RecorderSpec,
     RunFiles,
@@ -164,6 +166,8 @@ class Service:
         self._gpu_source: Any = None
         self._last_error: tuple[tuple[str, str], float] | None = None
         self._environments: dict[int | None, dict[str, str] | None] = {}
+        self._pruner = Pruner(self.store)
+        self._provenance = Capturer(self.store)
 
     # -- lifecycle ------------------------------------------------------------------------
     def serve(self) -> bool:
@@ -246,7 +250,14 @@ class Service:
 
     # -- the tick -------------------------------------------------------------------------
     def _tick(self) -> None:
-        for step in (self._reap, self._read_changes, self._adopt, self._advance_all, self._claim):
+        for step in (
+            self._reap,
+            self._read_changes,
+            self._adopt,
+            self._advance_all,
+            self._prune,
+            self._claim,
+        ):
             try:
                 step()
             except Exception as exc:  # a locked store or a bug: logged, tried again next tick
@@ -456,6 +467,16 @@ class Service:
         figures[watch.record.id]["warning"] = message
         return None
 
+    # -- pruning sweeps ---------------------------------------------------------------------
+    def _prune(self) -> None:
+        """Stop, the normal way, the runs their sweep's rule finds behind their peers."""
+        for run_id, reason in self._pruner.behind([w.record for w in self.watches.values()]):
+            watch = self.watches[run_id]
+            if not hasattr(watch, "files"):  # a Ray run
+                watch.stop_requested = watch.stop_requested or (RunStatus.PRUNED, reason)
+            elif not watch.stopping:
+                self._begin_stop(watch, RunStatus.PRUNED, reason)
+
     # -- ending runs ------------------------------------------------------------------------
     def _finish(self, watch: Any, outcome: Any, ended: dict[str, Any] | None = None) -> None:
         """Write the run's end; on failure the watch stays and the next tick tries again."""
@@ -565,12 +586,15 @@ class Service:
         self.watches[record.id] = watch
         try:
             gc.freeze()  # the recorder shares these pages untouched
-            watch.recorder_pid = start_recorder(self._recorder_spec(record, settings))
+            spec = self._recorder_spec(record, settings)
+            watch.recorder_pid = start_recorder(spec)
         except Exception as exc:  # one failed launch must not stop the rest
             self._finish(
                 watch,
                 Outcome(None, RunStatus.FAILED, f"could not start the run's recorder: {exc}"),
             )
+            return
+        self._provenance.started(record, spec.env)  # in its own thread: the run has started
 
     def _recorder_spec(self, record: RunRecord, settings: dict[str, Any]) -> RecorderSpec:
         return RecorderSpec(

@@ -17,6 +17,7 @@ class RunStatus(str, Enum):
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
     LOST = "lost"
+    PRUNED = "pruned"  # a sweep stopped it early: it was behind its peers (nbrunner.pruning)
 
     def __str__(self) -> str:
         return self.value
@@ -32,7 +33,7 @@ class RunStatus(str, Enum):
 
 
 S = RunStatus
-DONE = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.LOST})
+DONE = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.LOST, S.PRUNED})
 HOLDS_SLOT = frozenset({S.STARTING, S.RUNNING, S.PAUSED})
 ACTIVE = frozenset({S.QUEUED}) | HOLDS_SLOT
 

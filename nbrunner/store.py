@@ -111,6 +111,12 @@ MIGRATIONS: Sequence[str] = (
     ALTER TABLE runs ADD COLUMN sweep TEXT;
     CREATE INDEX runs_sweep ON runs(sweep, id)
     """,
+    # how a run's sweep prunes it (nbrunner.pruning); the code it ran, captured as it
+    # started (nbrunner.provenance)
+    """
+    ALTER TABLE runs ADD COLUMN prune TEXT;
+    ALTER TABLE runs ADD COLUMN provenance TEXT
+    """,
 )
 
 

@@ -119,7 +119,7 @@ class Dashboard:
         self.compare = CompareView(self.runner, sync, on_change=self._wake.set)
         self.cards.extra = self.compare.latest_html
         pages = [("History", self.history.widget), ("Compare", self.compare.widget)]
-        self.tabs = LogTabs(sync, pages, self._request)
+        self.tabs = LogTabs(sync, pages, self._request, self.runner.store.get)
         self.toasts = ToastsView(sync, self._request)
         self.summary = SummaryView(self.runner, sync)
         self.notice = widgets.HTML()

@@ -144,6 +144,14 @@ class Launcher:
         self.sweep = widgets.Checkbox(description="sweep: a,b,c tries each", indent=False)
         self.sweep.add_class("nbr-sweep")
         self.sweep.observe(lambda _: self._set_many(), names="value")
+        self.prune = widgets.Text(
+            placeholder="metric:max or metric:min",
+            tooltip="stop runs behind the sweep's median at the same step",
+            layout=widgets.Layout(width="170px"),
+        )
+        self.prune.add_class("nbr-prune")
+        self.prune_row = field_row("Prune", self.prune, css="nbr-prune-row")
+        self.prune_row.layout.display = "none"  # shown for sweeps
         self.run_button = widgets.Button(
             description="Run", button_style="primary", layout=widgets.Layout(width="104px")
         )
@@ -163,6 +171,7 @@ class Launcher:
                 self.form,
                 field_row("Priority", self.priority),
                 self.sweep,
+                self.prune_row,
                 run_row,
                 self.run_button,
                 self.message,
@@ -215,6 +224,7 @@ class Launcher:
         return {name: f.raw for name, f in self.fields.items() if f.raw is not None}
 
     def _set_many(self) -> None:
+        self.prune_row.layout.display = None if self.sweep.value else "none"
         for field in self.fields.values():
             field.many = self.sweep.value
             field.check()
@@ -222,7 +232,8 @@ class Launcher:
     def submit_sweep(self, spec: ModuleSpec) -> list[int]:
         """One run per combination of the fields' values, tagged with one sweep id."""
         grid = {name: f.values() for name, f in self.fields.items() if f.raw is not None}
-        sweep = self.runner.sweep(spec.name, grid, priority=self.priority.value)
+        prune = self.prune.value.strip() or None  # a bad rule: one line, nothing queued
+        sweep = self.runner.sweep(spec.name, grid, priority=self.priority.value, prune=prune)
         self._say("ok", f"Queued sweep {sweep.id}: {len(sweep)} runs of {spec.name}")
         return sweep.ids
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from ansi2html import Ansi2HTMLConverter
 
 from ..logs import LogFollower, collapse_carriage_returns, strip_ansi
 from ..models import RunRecord
+from ..provenance import provenance_lines
 from . import text
 from .notebooklink import notebook_widgets
 from .sync import Sync, close_tree
@@ -29,6 +31,8 @@ START_BYTES = 256 * 1024
 READ_BYTES_PER_TICK = 1024 * 1024
 MAX_LINE_CHARS = 4000
 DOWNLOAD_MAX_BYTES = 20 * 1024 * 1024
+PROVENANCE_ASK_S = 2.0  # a started run's provenance comes just after it starts
+PROVENANCE_WAIT_S = 30.0  # after the run ended, none will come
 
 _converter = Ansi2HTMLConverter(inline=True, line_wrap=False)
 
@@ -107,8 +111,10 @@ class LogTab:
         sync: Sync,
         request: Callable[[Callable[[], None]], None],
         on_close: Callable[[int], None],
+        record_of: Callable[[int], RunRecord] | None = None,
     ) -> None:
         self.sync = sync
+        self.record_of = record_of
         self.run_id = record.id
         self.path = record.log_path
         self.title = f"#{record.id} {record.module}"
@@ -130,12 +136,30 @@ class LogTab:
         notebook = notebook_widgets(record, sync, request)  # a notebook run's executed notebook
         toolbar = widgets.HBox([self.follow, self.filter, save, *notebook, close, self.link])
         toolbar.add_class("nbr-toolbar")
-        self.widget = widgets.VBox([toolbar, self.body])
+        self.provenance = widgets.HTML()
+        self.provenance.add_class("nbr-provenance")
+        self._provenance_asked = 0.0
+        self._show_provenance(record)
+        self.widget = widgets.VBox([toolbar, self.provenance, self.body])
         self._rendered_for: tuple[str, bool] | None = None
+
+    def _show_provenance(self, record: RunRecord) -> None:
+        """Which code the run ran (nbrunner.provenance); asked again until it is known."""
+        lines = provenance_lines(record.provenance)
+        waiting = not record.is_done or time.time() - (record.ended_at or 0) < PROVENANCE_WAIT_S
+        self._provenance_pending = not lines and waiting and record.backend == "local"
+        shown = " · ".join(text.escape(line) for line in lines) or "code: not recorded" + (
+            " yet" if self._provenance_pending else ""
+        )
+        self.sync.set(self.provenance, value=f'<div class="nbr-muted">{shown}</div>')
 
     def refresh(self) -> None:
         """Read what is new and redraw if the text, the filter or follow changed."""
         sync = self.sync
+        now = time.monotonic()
+        if self._provenance_pending and self.record_of and now > self._provenance_asked:
+            self._provenance_asked = now + PROVENANCE_ASK_S
+            self._show_provenance(self.record_of(self.run_id))
         grew = self.buffer.feed(self.follower.read(READ_BYTES_PER_TICK))
         view = (self.filter.value, bool(self.follow.value))
         if grew or view != self._rendered_for:
@@ -159,9 +183,11 @@ class LogTabs:
         sync: Sync,
         fixed: list[tuple[str, widgets.Widget]],
         request: Callable[[Callable[[], None]], None],
+        record_of: Callable[[int], RunRecord] | None = None,
     ) -> None:
         self.sync = sync
         self.request = request
+        self.record_of = record_of  # a run's record now: its provenance, once captured
         self.fixed = fixed
         self.tabs: dict[int, LogTab] = {}
         self.widget = widgets.Tab(children=[w for _, w in fixed], titles=[t for t, _ in fixed])
@@ -169,7 +195,9 @@ class LogTabs:
 
     def open(self, record: RunRecord) -> None:
         if record.id not in self.tabs:
-            self.tabs[record.id] = LogTab(record, self.sync, self.request, self._request_close)
+            self.tabs[record.id] = LogTab(
+                record, self.sync, self.request, self._request_close, self.record_of
+            )
             self._layout()
         self.tabs[record.id].refresh()
         self.sync.set(

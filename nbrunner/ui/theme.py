@@ -25,6 +25,7 @@ STATUS_COLOURS: dict[str, str] = {
     "cancelled": "#9333ea",
     "timed_out": "#ea580c",
     "lost": "#4b5563",
+    "pruned": "#0d9488",  # a sweep stopped it early: neither a failure nor your cancel
 }
 ACCENT = "#2563eb"
 GONE_MESSAGE = "This dashboard's kernel is gone: re-run the cell (or reload the page)."
