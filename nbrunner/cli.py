@@ -20,7 +20,6 @@ from .logs import CollapsedLines, LogFollower, tail_offset
 from .models import RunRecord, differing_params, params_text, queue_positions
 from .modules import ModuleSpec, ParamSpec, lookup
 from .runner import Runner
-from .scalars import Summaries
 from .states import RunStatus
 from .store import HistoryFilter
 
@@ -187,13 +186,15 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
     return 0 if record.status is RunStatus.SUCCEEDED else 1
 
 
-def _active(runner: Runner, group: str | None) -> list[RunRecord]:
-    return HistoryFilter.build(group=group).keep_groups(runner.store.active())
+def _active(runner: Runner, group: str | None, sweep: str | None = None) -> list[RunRecord]:
+    runner.check_sweeps([sweep] if sweep else [])
+    active = HistoryFilter.build(group=group).keep_groups(runner.store.active())
+    return [r for r in active if sweep is None or r.sweep == sweep]
 
 
 @verb("ps")
 def _ps(args: argparse.Namespace, runner: Runner) -> int:
-    _print_records(_active(runner, args.group), args, queue=True)
+    _print_records(_active(runner, args.group, args.sweep), args, queue=True)
     return 0
 
 
@@ -202,9 +203,36 @@ def _history(args: argparse.Namespace, runner: Runner) -> int:
     query = HistoryFilter.build(
         args.status, args.module, args.since, args.until, args.text, args.group, args.sweep
     )
-    records = runner.store.history(query, limit=args.limit, offset=args.offset)
-    extra = Summaries().columns(records, args.metric) if args.metric else None
+    records, extra = runner.history_page(
+        query, args.limit, args.offset, args.metric, sort=args.sort, strict=True
+    )
     _print_records(records, args, extra)
+    return 0
+
+
+def _metric_goal(text: str) -> tuple[str, str | None]:
+    """`val_acc:max` → ("val_acc", "max"); a bare name's goal is guessed from it."""
+    name, _, goal = text.partition(":")
+    if goal not in ("", "max", "min") or not name:
+        raise BadInput(f"--metric takes NAME, NAME:max or NAME:min, got {text!r}")
+    return name, goal or None
+
+
+@verb("best")
+def _best(args: argparse.Namespace, runner: Runner) -> int:
+    """The run whose last value of the metric is best, with its params."""
+    metric, goal = _metric_goal(args.metric)
+    found = runner.best(
+        metric, goal, status=args.status, module=args.module, group=args.group, sweep=args.sweep
+    )
+    if found is None:
+        raise OperationFailed(f"no run reported {metric!r} yet")
+    record, value = found
+    if args.json:
+        _print_json(record.to_dict() | {f"{metric}_last": value})
+        return 0
+    print(f"run {record.id} {record.status.value}  {metric}={value:.6g}")
+    print(f"  {params_text(record.params) or 'no params'}")
     return 0
 
 
@@ -246,15 +274,18 @@ def _scalars(args: argparse.Namespace, runner: Runner) -> int:
     from .scalars import summary_rows
 
     names = args.name or None
+    ids = list(args.ids) + _selected_ids(args, runner)
+    if not ids:
+        raise BadInput("name the runs (nbrunner scalars ID [ID ...]) or use --group / --sweep")
     if args.json or args.points:
-        frame = runner.scalars(args.ids, names)
+        frame = runner.scalars(ids, names)
         frame["time"] = [None if pd.isna(t) else t.isoformat() for t in frame["time"]]
         if args.json:
             _print_json(frame.to_dict(orient="records"))
         else:
             frame.to_csv(sys.stdout, sep="\t", index=False)
         return 0
-    records = [runner.get(run_id).record for run_id in args.ids]
+    records = [runner.get(run_id).record for run_id in dict.fromkeys(ids)]
     rows = [r for r in summary_rows(records) if names is None or r["name"] in names]
     if not rows:
         print("no scalars reported")
@@ -310,11 +341,13 @@ def _logs(args: argparse.Namespace, runner: Runner) -> int:
 def _cancel(args: argparse.Namespace, runner: Runner) -> int:
     """Cancel each id given; says which were cancelled and why the others were not."""
     ids = list(args.ids)
-    if args.all or args.group:
-        ids += [r.id for r in _active(runner, args.group)]
+    if args.all or args.group or args.sweep:
+        ids += [r.id for r in _active(runner, args.group, args.sweep)]
     if not ids:
         if args.group:
             raise BadInput(f"group {args.group!r} has no active runs; nothing to cancel")
+        if args.sweep:
+            raise BadInput(f"sweep {args.sweep!r} has no active runs; nothing to cancel")
         raise BadInput(
             "name the runs to cancel (nbrunner cancel ID [ID ...]), or use --group NAME or --all"
         )
@@ -424,17 +457,26 @@ def _metrics(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _ids_to_wait_for(args: argparse.Namespace, runner: Runner) -> list[int]:
-    """The runs named, then every run of the group, each once; all known before any wait."""
-    ids = [runner.get(run_id).id for run_id in args.ids]
-    if args.group:
-        query = HistoryFilter.build(group=args.group)
-        grouped = runner.store.history(query, limit=checks.SQLITE_INT_MAX)
-        if not grouped:
-            raise BadInput(f"group {args.group!r} has no runs; `nbrunner history` lists them")
-        ids += sorted(r.id for r in grouped)
+    """The runs named, then every run of the group or sweep, each once; all known before any
+    wait."""
+    ids = [runner.get(run_id).id for run_id in args.ids] + _selected_ids(args, runner)
     if not ids:
-        raise BadInput("name the runs to wait for (nbrunner wait ID [ID ...]) or use --group NAME")
+        raise BadInput(
+            "name the runs to wait for (nbrunner wait ID [ID ...]) or use --group / --sweep"
+        )
     return list(dict.fromkeys(ids))
+
+
+def _selected_ids(args: argparse.Namespace, runner: Runner) -> list[int]:
+    """Every run of --group and of --sweep, oldest first."""
+    if not (args.group or args.sweep):
+        return []
+    runner.check_sweeps([args.sweep] if args.sweep else [])
+    query = HistoryFilter.build(group=args.group, sweep=args.sweep)
+    selected = runner.store.history(query, limit=checks.SQLITE_INT_MAX)
+    if not selected:
+        raise BadInput(f"group {args.group!r} has no runs; `nbrunner history` lists them")
+    return sorted(r.id for r in selected)
 
 
 @verb("wait")
@@ -456,7 +498,7 @@ def _wait(args: argparse.Namespace, runner: Runner) -> int:
     if args.json:  # one run named: its record, as before; more: a list
         _print_json(
             records[0].to_dict()
-            if len(args.ids) == 1 and not args.group
+            if len(args.ids) == 1 and not (args.group or args.sweep)
             else [r.to_dict() for r in records]
         )
     return 0 if all(r.status is RunStatus.SUCCEEDED for r in records) else 1
@@ -684,6 +726,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     table = _Parser(add_help=False)
     table.add_argument("--group", help="only runs of this group")
+    table.add_argument("--sweep", help="only runs of this sweep (`nbrunner sweep` prints it)")
     table.add_argument(
         "--diff", action="store_true", help="show only the params that differ between the runs"
     )
@@ -696,12 +739,27 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--text", help="text found in params (as shown: lr=0.001), module, group or reason"
     )
-    history.add_argument("--sweep", help="only runs of this sweep (`nbrunner sweep` prints it)")
     history.add_argument(
         "--metric", help="add the last and best value each run reported of this metric"
     )
+    history.add_argument(
+        "--sort",
+        metavar="KEY",
+        help="order by a column, a param or a metric (its last value); --sort=-KEY descends",
+    )
     history.add_argument("--limit", type=_count("limit"), default=50)
     history.add_argument("--offset", type=_count("offset"), default=0)
+    best = add("best", "the run of a sweep or group whose metric is best, with its params", listing)
+    best.add_argument(
+        "--metric",
+        required=True,
+        metavar="NAME[:max|min]",
+        help="the metric's last value decides; max or min (default: guessed from the name)",
+    )
+    best.add_argument("--sweep", help="among the runs of this sweep")
+    best.add_argument("--group", help="among the runs of this group")
+    best.add_argument("--module", help="among the runs of this module")
+    best.add_argument("--status", help="among the runs in this state (e.g. succeeded)")
     sweep = add("sweep", "queue one run per point of a grid (or a random sample)", listing)
     sweep.add_argument("module", help="the module to run (`nbrunner modules` lists them)")
     _add_param_option(sweep, "a parameter and its values, comma-separated (-p lr=1e-3,1e-4)")
@@ -715,7 +773,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--group", help="queue group (its own limit: config group.NAME N)")
     sweep.add_argument("--backend", choices=BACKENDS, help="where the runs go")
     scalars = add("scalars", "what runs reported (nbrunner.report): a summary, or every point")
-    scalars.add_argument("ids", nargs="+", metavar="ID")
+    scalars.add_argument("ids", nargs="*", metavar="ID")
+    scalars.add_argument("--group", help="every run of this group")
+    scalars.add_argument("--sweep", help="every run of this sweep")
     scalars.add_argument("--name", action="append", default=[], help="only this metric")
     scalars.add_argument("--points", action="store_true", help="every point, tab-separated")
     scalars.add_argument("--json", action="store_true", help="every point, as JSON")
@@ -730,6 +790,7 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("ids", nargs="*", metavar="ID")
     cancel.add_argument("--all", action="store_true", help="every queued and running run")
     cancel.add_argument("--group", help="every queued and running run of this group")
+    cancel.add_argument("--sweep", help="every queued and running run of this sweep")
     restart = add("restart", "run again with the same module and params, or some changed")
     restart.add_argument("id")
     _add_param_option(restart, "a changed parameter, once per -p")
@@ -751,6 +812,7 @@ def _parser() -> argparse.ArgumentParser:
     wait = add("wait", "wait for runs to end; exit status 0 if all succeeded", listing)
     wait.add_argument("ids", nargs="*", metavar="ID")
     wait.add_argument("--group", help="every run of this group")
+    wait.add_argument("--sweep", help="every run of this sweep")
     wait.add_argument(
         "--timeout",
         type=_checked(checks.timeout),

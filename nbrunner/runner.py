@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import shutil
 import threading
@@ -33,9 +34,10 @@ from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileEr
 from .logs import read_text
 from .models import RunRecord
 from .modules import ModuleSpec, build_module, load_modules_file, lookup
+from .ordering import order, parse_sort, sort_values
 from .resources import Resources, machine_capacity
 from .run import Run
-from .scalars import Summaries
+from .scalars import Summaries, better
 from .scalars import read as read_scalars
 from .states import RunStatus
 from .store import HistoryFilter, Store
@@ -583,19 +585,82 @@ class Runner:
         sweep: str | Sequence[str] | None = None,
         metric: str | None = None,
         best: str | None = None,
+        sort: str | None = None,
     ) -> pd.DataFrame:
         """One page of runs, newest first, filtered and paged in SQL.
 
         `metric` adds its last and best reported values (`loss_last`, `loss_best`; `best`:
         "min" or "max", else guessed from the name: acc, auc, f1, score... are maximized).
+        `sort` orders the runs before paging: a column, a param or a metric's name (its last
+        value), `-NAME` descending (`sort="-val_acc"`); runs without a value come last.
         """
         query = HistoryFilter.build(status, module, since, until, text, group, sweep)
-        records = self.store.history(query, limit=limit, offset=offset)
+        records, columns = self.history_page(query, limit, offset, metric, best, sort)
         frame = _frame(records)
-        if metric:
-            for column, values in self._summaries.columns(records, metric, best).items():
-                frame[column] = values
+        for column, values in columns.items():
+            frame[column] = values
         return frame
+
+    def history_page(
+        self,
+        query: HistoryFilter,
+        limit: int = 50,
+        offset: int = 0,
+        metric: str | None = None,
+        best: str | None = None,
+        sort: str | None = None,
+        strict: bool = False,
+    ) -> tuple[list[RunRecord], dict[str, list[float]]]:
+        """The runs of one history page and the metric columns shown beside them; sorting
+        reads every matching run (a sweep's, a group's), then pages. `strict`: a metric no
+        run reported is an error that names those reported (a typo, not a column of NaN)."""
+        self.check_sweeps(query.sweeps)
+        if sort is None:
+            records = self.store.history(query, limit=limit, offset=offset)
+        else:
+            records = self.store.history(query, limit=checks.SQLITE_INT_MAX)
+        if metric and strict:
+            self._summaries.require(records, metric)
+        columns = self._summaries.columns(records, metric, best) if metric else {}
+        if sort is None:
+            return records, columns
+        name, descending = parse_sort(sort)
+
+        def metric_columns(metric_name: str) -> dict[str, list[float]]:
+            self._summaries.require(records, metric_name)
+            return self._summaries.columns(records, metric_name, best)
+
+        values, added = sort_values(records, name, columns, metric_columns)
+        columns |= added
+        kept = order(values, descending)[offset : offset + limit]
+        return [records[i] for i in kept], {k: [v[i] for i in kept] for k, v in columns.items()}
+
+    def best(
+        self, metric: str, best: str | None = None, **filters: Any
+    ) -> tuple[RunRecord, float] | None:
+        """The run whose last reported `metric` is best ("max" or "min", else guessed from
+        the name), among the runs `filters` select (history's: sweep=, group=, status=...),
+        with that value; None if none of them reported it yet."""
+        if best not in (None, "max", "min"):
+            raise BadInput(f"best is 'max' or 'min', got {best!r}")
+        query = HistoryFilter.build(**filters)
+        self.check_sweeps(query.sweeps)
+        records = self.store.history(query, limit=checks.SQLITE_INT_MAX)
+        if not records:
+            raise BadInput("no run matches; `nbrunner history` lists them")
+        self._summaries.require(records, metric)
+        lasts = self._summaries.columns(records, metric, best)[f"{metric}_last"]
+        ranked = order(lasts, (best or better(metric)) == "max")
+        if not ranked or math.isnan(lasts[ranked[0]]):
+            return None
+        return records[ranked[0]], lasts[ranked[0]]
+
+    def check_sweeps(self, sweeps: Sequence[str]) -> None:
+        """An unknown sweep id is a typo, not an empty sweep."""
+        for sweep_id in sweeps:
+            if not self.store.count_history(HistoryFilter.build(sweep=sweep_id)):
+                known = ", ".join(s for s, _, _ in self.sweeps(5)) or "none yet"
+                raise BadInput(f"no sweep {sweep_id!r}; the newest are: {known}")
 
     def scalars(
         self, run_ids: int | str | Iterable[int | str], names: Iterable[str] | None = None
