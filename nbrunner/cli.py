@@ -145,6 +145,8 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
 def _param_line(spec: ParamSpec) -> tuple[str, str, str]:
     """How `run MODULE --help` shows one parameter: name, what it takes, its help."""
     default = "required" if spec.required else f"default {spec.default}"
+    if spec.optional:  # None is a value too
+        default = "optional" if spec.default is None else f"{default}, or none"
     passed_as = f" (passed as {spec.option})" if spec.option != f"--{spec.name}" else ""
     return f"-p {spec.name}=", f"{spec.describe()}, {default}", spec.help + passed_as
 
@@ -168,7 +170,7 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
         return 0
     run = runner.submit(
         args.module,
-        _parse_params(args.param),
+        _typed_params(runner, args.module, args.param),
         priority=args.priority,
         timeout=args.timeout,
         group=args.group,
@@ -176,9 +178,12 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
         backend=args.backend,
     )
     print(run.id, flush=True)
-    if not args.wait:
-        return 0
-    record = runner.wait(run.id)
+    return _waited(runner, run.id) if args.wait else 0
+
+
+def _waited(runner: Runner, run_id: int) -> int:
+    """`--wait`: the outcome on stderr (stdout holds the id); 0 if the run succeeded."""
+    record = runner.wait(run_id)
     print(
         f"run {record.id} {record.status.value}" + (f": {record.reason}" if record.reason else ""),
         file=sys.stderr,
@@ -236,15 +241,25 @@ def _best(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
-def _parse_sweep(pairs: Sequence[str]) -> dict[str, list[str]]:
-    """-p lr=1e-3,1e-4 -p batch=32 → {"lr": ["1e-3", "1e-4"], "batch": ["32"]}."""
-    return {key: value.split(",") for key, value in _parse_params(pairs).items()}
+def _parse_sweep(runner: Runner, module: str, pairs: Sequence[str]) -> dict[str, list[Any]]:
+    """-p lr=1e-3,1e-4 -p depth=3,none → {"lr": ["1e-3", "1e-4"], "depth": ["3", None]}."""
+    spec = lookup(runner.modules(), module)
+    return {
+        key: [spec.from_text(key, part) for part in value.split(",")]
+        for key, value in _parse_params(pairs).items()
+    }
+
+
+def _typed_params(runner: Runner, module: str, pairs: Sequence[str]) -> dict[str, Any]:
+    """-p pairs as the module takes them: `none` is None for an optional parameter."""
+    spec = lookup(runner.modules(), module)
+    return {key: spec.from_text(key, value) for key, value in _parse_params(pairs).items()}
 
 
 @verb("sweep")
 def _sweep(args: argparse.Namespace, runner: Runner) -> int:
     """Queue one run per point; prints the sweep id, then the run ids."""
-    values = _parse_sweep(args.param)
+    values = _parse_sweep(runner, args.module, args.param)
     options: dict[str, Any] = {
         "priority": args.priority,
         "timeout": args.timeout,
@@ -370,9 +385,11 @@ def _cancel(args: argparse.Namespace, runner: Runner) -> int:
 
 @verb("restart")
 def _restart(args: argparse.Namespace, runner: Runner) -> int:
-    run = runner.restart(args.id, _parse_params(args.param), priority=args.priority)
-    print(run.id)
-    return 0
+    module = runner.get(args.id).module
+    params = _typed_params(runner, module, args.param) if args.param else None
+    run = runner.restart(args.id, params, priority=args.priority)
+    print(run.id, flush=True)
+    return _waited(runner, run.id) if args.wait else 0
 
 
 @verb("priority")
@@ -797,6 +814,7 @@ def _parser() -> argparse.ArgumentParser:
     restart.add_argument(
         "--priority", type=_checked(checks.priority), metavar="N", help="the new run's priority"
     )
+    restart.add_argument("--wait", action="store_true", help="wait for the new run to end")
     priority = add("priority", "give a queued run another priority (higher starts first)", listing)
     priority.add_argument("id")
     priority.add_argument("priority", type=_checked(checks.priority), metavar="N")
@@ -832,7 +850,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _spaced_param(argv: Sequence[str]) -> str | None:
+    """`-p n_estimators 10` (argparse would only say "unrecognized arguments: 10"): the
+    one-line hint to write it `-p n_estimators=10`."""
+    for flag, key, value in zip(argv, argv[1:], argv[2:], strict=False):
+        if flag in ("-p", "--param") and "=" not in key and not value.startswith("-"):
+            return f"parameters are given as -p KEY=VALUE: write -p {key}={value}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    hint = _spaced_param(sys.argv[1:] if argv is None else argv)
+    if hint:
+        print(f"nbrunner: error: {hint}", file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
     home = getattr(args, "home", None)
     args.modules = getattr(args, "modules", None)

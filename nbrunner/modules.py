@@ -22,7 +22,8 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 PARAM_TYPES = ("int", "float", "str", "bool", "choice")
-_PARAM_KEYS = {"type", "default", "min", "max", "choices", "help", "flag"}
+_PARAM_KEYS = {"type", "default", "min", "max", "choices", "help", "flag", "optional"}
+NONE_TEXT = "none"  # how the command line says None: -p max_depth=none
 _MODULE_KEYS = {
     "description",
     "python_module",
@@ -71,6 +72,7 @@ class ParamSpec:
     choices: tuple[Any, ...] = ()
     help: str = ""
     flag: str = ""  # the child's option for it; "" is --NAME
+    optional: bool = False  # None (`-p NAME=none`) is a value: the flag is left out
 
     @property
     def option(self) -> str:
@@ -78,7 +80,7 @@ class ParamSpec:
 
     @property
     def required(self) -> bool:
-        return self.default is None
+        return self.default is None and not self.optional
 
     def coerce(self, value: Any, module: str) -> Any:
         """The value as this parameter's type, or InvalidParameter saying what is allowed."""
@@ -158,6 +160,8 @@ class ParamSpec:
             data["choices"] = list(self.choices)
         if self.option != f"--{self.name}":
             data["flag"] = self.option
+        if self.optional:
+            data["optional"] = True
         return data
 
 
@@ -188,6 +192,9 @@ def parse_param(
     help_text = data.get("help", "")
     if not isinstance(help_text, str):
         raise InvalidParameter(f"{where}: help must be text, got {help_text!r}")
+    optional = data.get("optional", False)
+    if not isinstance(optional, bool):
+        raise InvalidParameter(f"{where}: optional must be true or false, got {optional!r}")
     spec = ParamSpec(
         name=name,
         type=kind,
@@ -196,6 +203,7 @@ def parse_param(
         choices=_choices(where, kind, data.get("choices")),
         help=help_text,
         flag=_param_flag(where, name, data.get("flag"), flags),
+        optional=optional,
     )
     if spec.min is not None and spec.max is not None and spec.min > spec.max:
         raise InvalidParameter(f"{where}: min {spec.min} is above max {spec.max}")
@@ -290,6 +298,19 @@ class ModuleSpec:
         for name, spec in specs.items():
             if name in given and given[name] is not None:
                 values[name] = spec.coerce(given[name], self.name)
+            elif name in given and not spec.optional:
+                # None must not quietly mean "the default": that would run another config
+                instead = (
+                    f"give {spec.describe()}"
+                    if spec.required
+                    else f"leave it out for its default {spec.default!r}"
+                )
+                raise InvalidParameter(
+                    f"parameter {name!r} of module {self.name!r} cannot be None: {instead}, "
+                    "or declare it { optional = true } in the modules file"
+                )
+            elif name in given:
+                values[name] = None
             elif spec.required:
                 raise InvalidParameter(
                     f"parameter {name!r} of module {self.name!r} is required "
@@ -298,6 +319,13 @@ class ModuleSpec:
             else:
                 values[name] = spec.default
         return values
+
+    def from_text(self, name: str, text: str) -> str | None:
+        """A command-line value: `none` is None for an optional parameter (its flag is then
+        left out of argv); any other text is checked by validate_params."""
+        spec = self.param_map.get(name)
+        optional = spec is not None and spec.optional
+        return None if optional and text.strip().lower() == NONE_TEXT else text
 
     def argv(self, params: Mapping[str, Any], python: str = sys.executable) -> list[str]:
         """The run's command line: parameters become flags, never a shell string."""

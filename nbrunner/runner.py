@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources as package_files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from . import checks, service
 from .backends import BACKENDS
@@ -514,9 +514,27 @@ class Runner:
             self._resolve(record)
         return future
 
-    def wait(self, run_id: int | str, timeout: float | None = None) -> RunRecord:
-        """Block until the run ends; TimeoutError if it has not after `timeout` seconds."""
-        run_id = _parse_id(run_id)
+    @overload
+    def wait(self, run_id: int | str | Run, timeout: float | None = None) -> RunRecord: ...
+
+    @overload
+    def wait(
+        self, run_id: Iterable[int | str | Run], timeout: float | None = None
+    ) -> list[RunRecord]: ...
+
+    def wait(
+        self, run_id: int | str | Run | Iterable[int | str | Run], timeout: float | None = None
+    ) -> RunRecord | list[RunRecord]:
+        """Block until the run ends, or each of several (a list of ids or runs, a Sweep):
+        their records, in the order given. TimeoutError if not all have ended after `timeout`
+        seconds in all."""
+        if not isinstance(run_id, int | str | Run):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            return [
+                self.wait(one, None if deadline is None else max(deadline - time.monotonic(), 0))
+                for one in list(run_id)
+            ]
+        run_id = run_id.id if isinstance(run_id, Run) else _parse_id(run_id)
         if not self.running:
             return self._poll_until_done(run_id, timeout)
         future = self._done_future(run_id)

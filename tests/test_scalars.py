@@ -259,6 +259,8 @@ def test_best_prints_the_winner_with_its_params(train: Runner, home: Path) -> No
     assert worst["id"] == by_lr[0.1] and worst["params"]["lr"] == 0.1
     record, value = train.best("acc", sweep=sweep)
     assert record.id == by_lr[0.9] and value == pytest.approx(0.9 * 3 / (1 + 0.9 * 3))
+    again = cli(home, "restart", str(by_lr[0.9]), "-p", "steps=5").stdout.strip()
+    assert cli_json(home, "show", again)["sweep"] == sweep  # a restart stays in its sweep
 
 
 def test_a_metric_typo_or_unknown_sweep_is_one_clear_error(train: Runner, home: Path) -> None:

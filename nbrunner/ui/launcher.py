@@ -212,7 +212,8 @@ class Launcher:
             self._build_form()
 
     def values(self) -> dict[str, Any]:
-        return {name: f.raw for name, f in self.fields.items() if f.raw is not None}
+        # an optional field left empty is None: its flag is left out, its default not used
+        return {n: f.raw for n, f in self.fields.items() if f.raw is not None or f.spec.optional}
 
     def _set_many(self) -> None:
         for field in self.fields.values():
