@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-PARAM_TYPES = ("int", "float", "str", "bool", "choice")
+PARAM_TYPES = ("int", "float", "str", "bool", "choice", "json")  # json: lists, tables
 _PARAM_KEYS = {"type", "default", "min", "max", "choices", "help", "flag", "optional"}
 NONE_TEXT = "none"  # how the command line says None: -p max_depth=none
 _MODULE_KEYS = {
@@ -99,6 +100,8 @@ class ParamSpec:
         """What a value must be, in words: "an int ≥ 1", "one of 'a', 'b'"."""
         if self.type == "choice":
             return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.type == "json":
+            return 'a JSON value like [1, 2] or {"k": 1}'
         bounds = [
             f"≥ {self.min}" if self.min is not None else "",
             f"≤ {self.max}" if self.max is not None else "",
@@ -114,6 +117,11 @@ class ParamSpec:
                 return float(text)
         except ValueError:
             raise self._fail(module, text, self.describe()) from None
+        if self.type == "json":
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise self._fail(module, text, self.describe()) from None
         if self.type == "bool":
             lowered = text.strip().lower()
             if lowered in _TRUE | _FALSE:
@@ -141,7 +149,16 @@ class ParamSpec:
             raise self._fail(module, value, "a string without NUL bytes (\\0)")
         if kind == "choice" and value not in self.choices:
             raise self._fail(module, value, self.describe())
+        if kind == "json":
+            try:  # what reaches the run is this text: it must round-trip
+                return json.loads(json.dumps(value, allow_nan=False))
+            except (TypeError, ValueError):
+                raise self._fail(module, value, self.describe()) from None
         return value
+
+    def text(self, value: Any) -> str:
+        """The value as a command line (or a form field) spells it."""
+        return json.dumps(value) if self.type == "json" else str(value)
 
     def _check_range(self, value: Any, module: str) -> None:
         if self.type not in ("int", "float"):
@@ -376,11 +393,11 @@ def params_to_args(specs: Iterable[ParamSpec], values: Mapping[str, Any]) -> lis
                 args.append(spec.option)
             elif spec.default:
                 args.append("--no-" + spec.option.lstrip("-"))
-        elif str(value).startswith("-"):
+        elif spec.text(value).startswith("-"):
             # One word, so argparse reads "--n=7" or "-1e-3" as the value, not as an option.
-            args.append(f"{spec.option}={value}")
+            args.append(f"{spec.option}={spec.text(value)}")
         else:
-            args += [spec.option, str(value)]
+            args += [spec.option, spec.text(value)]
     return args
 
 

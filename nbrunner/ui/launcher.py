@@ -64,7 +64,7 @@ class ParamField:
         if spec.type == "choice":
             options = [(str(c), c) for c in spec.choices]
             return widgets.Dropdown(options=options, value=spec.default, layout=layout)
-        default = "" if spec.default is None else str(spec.default)
+        default = "" if spec.default is None else spec.text(spec.default)
         return widgets.Text(value=default, placeholder=spec.type, layout=layout)
 
     def _hint(self) -> str:
