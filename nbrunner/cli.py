@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Any, NoReturn
 from . import __version__, checks
 from .backends import BACKENDS
 from .errors import BadInput, NbrunnerError, OperationFailed
-from .logs import CollapsedLines, LogFollower, tail_offset
+from .logs import CollapsedLines, LogFollower, strip_ansi, tail_offset
 from .models import RunRecord, differing_params, params_text, queue_positions
 from .modules import ModuleSpec, ParamSpec, lookup
 from .runner import Runner
@@ -335,6 +336,7 @@ def _logs(args: argparse.Namespace, runner: Runner) -> int:
     follower = LogFollower(record.log_path, offset=start)
     out = sys.stdout.buffer
     lines = CollapsedLines()
+    shown = (lambda text: text) if _colour(args.color) else strip_ansi
     while True:
         # Asked before draining: whatever the run wrote before it ended is then read below.
         ended = args.follow and runner.store.get(record.id).is_done
@@ -343,13 +345,20 @@ def _logs(args: argparse.Namespace, runner: Runner) -> int:
                 out.write(chunk)
         else:
             while text := follower.read():
-                out.write(lines.feed(text).encode())
+                out.write(shown(lines.feed(text)).encode())
         if not args.follow or ended:
-            out.write(b"" if args.raw else lines.flush().encode())
+            out.write(b"" if args.raw else shown(lines.flush()).encode())
             out.flush()
             return 0
         out.flush()
         time.sleep(0.2)
+
+
+def _colour(when: str) -> bool:
+    """--color: auto means only on a terminal, and not when NO_COLOR is set (no-color.org)."""
+    if when == "auto":
+        return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return when == "always"
 
 
 @verb("cancel")
@@ -555,6 +564,7 @@ def _service(args: argparse.Namespace, runner: Runner) -> int:
 
     if args.action == "start":
         service.ensure_running(runner.home)
+        _started(runner.home)
     elif args.action == "stop":
         if not service.stop(runner.home):
             raise OperationFailed(f"the service of {runner.home} did not stop within 30 s")
@@ -569,6 +579,22 @@ def _service(args: argparse.Namespace, runner: Runner) -> int:
         uptime = time.time() - found["started_at"]
         print(f"service pid {found['pid']} on {runner.home}, up {uptime:.0f} s")
     return 0
+
+
+def _started(home: str | os.PathLike[str], timeout: float = 30.0) -> None:
+    """Wait until the service says who it is, so what is printed next is true."""
+    from . import platform, service
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = service.info(home)
+        if found and platform.is_same_process(found.get("pid"), found.get("marker")):
+            return
+        time.sleep(0.05)
+    raise OperationFailed(
+        f"the service of {home} did not start within {timeout:.0f} s; "
+        f"see {os.path.join(home, service.ERR_NAME)}"
+    )
 
 
 @verb("dashboard")
@@ -826,6 +852,12 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--tail", type=_count("lines"), metavar="N", help="only the last N lines")
     logs.add_argument(
         "--raw", action="store_true", help="the bytes as written (progress bars not collapsed)"
+    )
+    logs.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="the run's colours (ANSI codes): auto keeps them only on a terminal",
     )
     wait = add("wait", "wait for runs to end; exit status 0 if all succeeded", listing)
     wait.add_argument("ids", nargs="*", metavar="ID")

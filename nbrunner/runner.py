@@ -104,6 +104,7 @@ class Runner:
         self.store = Store(self.home)
         self.modules_file = self._modules_path(modules_file)
         self._modules_cache: tuple[float, dict[str, ModuleSpec]] | None = None
+        self._session_modules: dict[str, ModuleSpec] = {}  # register(persist=False)
         self._tick_s = tick
         self._active: dict[int, RunRecord] = {}
         self._version = 0
@@ -176,7 +177,8 @@ class Runner:
         return path
 
     def modules(self) -> dict[str, ModuleSpec]:
-        """Modules from modules.toml, then those registered in code (which win on a clash)."""
+        """Modules from modules.toml, then those registered in code (which win on a clash),
+        then this runner's session-only ones."""
         try:
             mtime = self.modules_file.stat().st_mtime
         except OSError:
@@ -187,19 +189,30 @@ class Runner:
         for name, spec in self.store.registered_modules().items():
             # Its files were checked when registered; one gone since fails its run, not all.
             merged[name] = build_module(name, spec, check_files=False)
-        return merged
+        return merged | self._session_modules
 
-    def register(self, name: str, **spec: Any) -> ModuleSpec:
-        """Register a module for every process using this home (see modules.toml keys)."""
+    def register(self, name: str, *, persist: bool = True, **spec: Any) -> ModuleSpec:
+        """Add a module (the keys of a modules.toml table; cwd defaults to this process's).
+
+        persist=True (the default) keeps it in the home's store: every process using this
+        home (the CLI, the dashboard, other kernels) sees it until `unregister`, and it wins
+        over a modules.toml table of the same name. persist=False keeps it in this runner
+        only, for this session; its runs are queued and kept like any other.
+        """
         spec.setdefault("cwd", os.getcwd())
         module = build_module(name, spec)
+        if not persist:
+            self._session_modules[name] = module
+            return module
         stored = module.to_dict()
         del stored["name"]
         self.store.save_module(name, stored)
         return module
 
     def unregister(self, name: str) -> bool:
-        return self.store.delete_module(name)
+        """Remove a registered module (session-only or kept); True if there was one."""
+        in_session = self._session_modules.pop(name, None) is not None
+        return self.store.delete_module(name) or in_session
 
     # -- submitting ----------------------------------------------------------------------------
     def submit(

@@ -307,3 +307,20 @@ def test_restart_waits_and_a_spaced_param_gets_a_hint(home: Path) -> None:
     assert spaced.stderr == (
         "nbrunner: error: parameters are given as -p KEY=VALUE: write -p n=10\n"
     )
+
+
+def test_logs_keep_colours_only_when_asked_or_on_a_terminal(home: Path) -> None:
+    run_id = submit(home, "train", "-p", "epochs=1", "-p", "steps=2", "-p", "step_time=0")
+    cli(home, "wait", run_id)
+    piped = cli(home, "logs", run_id).stdout
+    assert "\x1b[" not in piped and "epoch 1 done: loss=" in piped
+    assert "\x1b[32mepoch 1 done" in cli(home, "logs", run_id, "--color", "always").stdout
+    assert "\x1b[" not in cli(home, "logs", run_id, "--color", "never", "--tail", "1").stdout
+    assert "\x1b[32m" in cli(home, "logs", run_id, "--raw").stdout  # the bytes as written
+
+
+def test_service_start_says_the_service_that_runs(home: Path) -> None:
+    started = cli(home, "service", "start").stdout
+    status = cli_json(home, "service")
+    assert status["running"] and started.startswith(f"service pid {status['pid']} on ")
+    assert cli(home, "service", "stop").stdout == "stopped\n"

@@ -211,3 +211,14 @@ def test_wait_takes_many_runs_and_a_sweep_waits_for_all(runner: Runner) -> None:
     with pytest.raises(TimeoutError):
         runner.wait([quick, held], timeout=0.5)
     held.cancel()
+
+
+def test_a_session_only_module_stays_in_its_runner(runner: Runner, home: Path) -> None:
+    runner.register("scratch", command=["echo", "scratch"], persist=False)
+    assert "scratch" not in runner.store.registered_modules()
+    with Runner(home, start=False) as other:
+        assert "scratch" not in other.modules()
+    record = runner.submit("scratch").wait(timeout=30)
+    assert record.status is RunStatus.SUCCEEDED
+    assert Path(record.log_path).read_text() == "scratch\n"
+    assert runner.unregister("scratch") and "scratch" not in runner.modules()
