@@ -643,9 +643,11 @@ class Runner:
         strict: bool = False,
     ) -> tuple[list[RunRecord], dict[str, list[float]]]:
         """The runs of one history page and the metric columns shown beside them; sorting
-        reads every matching run (a sweep's, a group's), then pages. `strict`: a metric no
-        run reported is an error that names those reported (a typo, not a column of NaN)."""
-        self.check_sweeps(query.sweeps)
+        reads every matching run (a sweep's, a group's), then pages. `strict`: an unknown
+        sweep, or a metric no run reported, is an error naming those that exist (a typo, not
+        an empty page or a column of NaN)."""
+        if strict:
+            self.check_sweeps(query.sweeps)
         if sort is None:
             records = self.store.history(query, limit=limit, offset=offset)
         else:
