@@ -263,7 +263,11 @@ class Summaries:
         typo would otherwise fill a column with NaN); fine while nothing was reported yet and
         some run is still going."""
         reported = self.reported(records)
-        if not records or metric in reported or (not reported and not all(r.is_done for r in records)):
+        if (
+            not records
+            or metric in reported
+            or (not reported and not all(r.is_done for r in records))
+        ):
             return
         listed = ", ".join(reported) if reported else "no metrics"
         raise BadInput(f"no run here reported {metric!r}; they reported: {listed}")
