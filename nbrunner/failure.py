@@ -14,7 +14,6 @@ whether the kernel said it killed the run for memory. In order:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -167,13 +166,29 @@ def _kernel_log_names(pid: int) -> bool:
 
 
 def _cgroup_oom_kills(root: Path) -> int:
-    """The oom_kill count of this process's cgroup (v2 `memory.events`), 0 if unknown."""
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        own = Path("/proc/self/cgroup").read_text().splitlines()
-        # cgroup v2 has one line "0::/path"
-        path = next(line.split(":", 2)[2] for line in own if line.startswith("0::"))
-        return parse_oom_kills((root / path.lstrip("/") / "memory.events").read_text())
+    """The oom_kill count of this process's memory cgroup, 0 if unknown: cgroup v2's
+    `memory.events` or v1's `memory.oom_control`, at the cgroup's path or, in a container
+    whose own cgroup is mounted as the root, at the root."""
+    for line in _read("/proc/self/cgroup").splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2
+            folder, name = root, "memory.events"
+        elif "memory" in controllers.split(","):
+            folder, name = root / "memory", "memory.oom_control"
+        else:
+            continue
+        for candidate in (folder / path.lstrip("/") / name, folder / name):
+            text = _read(candidate)
+            if text:
+                return parse_oom_kills(text)
     return 0
+
+
+def _read(path: str | Path) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
 
 
 def parse_oom_kills(memory_events: str) -> int:
@@ -181,5 +196,5 @@ def parse_oom_kills(memory_events: str) -> int:
     for line in memory_events.splitlines():
         key, _, value = line.partition(" ")
         if key == "oom_kill":
-            return int(value)
+            return int(value) if value.strip().isdigit() else 0
     return 0

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 from helpers.cli import cli, cli_json
 
-from nbrunner.failure import MAX_REASON, failure_reason, parse_oom_kills, windows_crash
+from nbrunner.failure import (
+    MAX_REASON,
+    failure_reason,
+    oom_kill_seen,
+    parse_oom_kills,
+    windows_crash,
+)
 
 TRACEBACK = """\
 epoch 1 done
@@ -71,9 +77,14 @@ def test_cuda_out_of_memory_is_named() -> None:
     assert failure_reason(1, tail) == torch  # named already: not twice
 
 
-def test_oom_kills_read_from_memory_events() -> None:
+def test_oom_kills_read_from_memory_events(tmp_path: Path) -> None:
     assert parse_oom_kills("low 0\nhigh 0\nmax 4\noom 2\noom_kill 1\n") == 1
     assert parse_oom_kills("low 0\n") == 0
+    assert not oom_kill_seen(None, cgroup_root=tmp_path)  # nothing readable: no claim
+    (tmp_path / "memory").mkdir()  # a container's own cgroup, mounted as the root (v1, v2)
+    (tmp_path / "memory" / "memory.oom_control").write_text("oom_kill_disable 0\noom_kill 2\n")
+    (tmp_path / "memory.events").write_text("oom 2\noom_kill 2\n")
+    assert oom_kill_seen(None, cgroup_root=tmp_path)
 
 
 def _modules(tmp_path: Path) -> Path:
