@@ -494,7 +494,7 @@ def _ids_to_wait_for(args: argparse.Namespace, runner: Runner) -> list[int]:
 
 
 def _selected_ids(args: argparse.Namespace, runner: Runner) -> list[int]:
-    """Every run of --group and of --sweep, oldest first."""
+    """Every run of --group, of --sweep, or of both when both are given; oldest first."""
     if not (args.group or args.sweep):
         return []
     runner.check_sweeps([args.sweep] if args.sweep else [])

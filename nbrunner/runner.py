@@ -648,6 +648,8 @@ class Runner:
         an empty page or a column of NaN)."""
         if strict:
             self.check_sweeps(query.sweeps)
+        for name, value in (("limit", limit), ("offset", offset)):
+            checks.whole_number(value, name, 0, checks.SQLITE_INT_MAX)
         if sort is None:
             records = self.store.history(query, limit=limit, offset=offset)
         else:

@@ -83,3 +83,22 @@ def serve(home: Path, args: list[str], tmp_path: Path) -> None:
             time.sleep(0.1)
     finally:
         stop_server(process)
+
+
+def python_block(text: str, holding: str) -> str:
+    """The README's first Python code block holding this text."""
+    blocks = text.split("```python\n")[1:]
+    return next(block.split("```", 1)[0] for block in blocks if holding in block)
+
+
+def test_the_readme_sweep_example_runs_on_the_demo_modules(runner: Runner) -> None:
+    import ipywidgets
+
+    code = python_block(README.read_text(encoding="utf-8"), "runner.sweep(")
+    names: dict[str, object] = {"runner": runner}
+    try:
+        exec(compile(code, "README.md", "exec"), names)
+    finally:
+        ipywidgets.Widget.close_all()  # the Compare charts' refresh threads end with them
+    record, value = names["record"], names["value"]
+    assert record.module == "train" and 0 < value < 1  # type: ignore[attr-defined, operator]
