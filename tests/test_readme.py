@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from conftest import stop_everything
 from helpers.browser import free_port, stop_server
 from helpers.cli import cli
@@ -91,14 +93,24 @@ def python_block(text: str, holding: str) -> str:
     return next(block.split("```", 1)[0] for block in blocks if holding in block)
 
 
-def test_the_readme_sweep_example_runs_on_the_demo_modules(runner: Runner) -> None:
-    import ipywidgets
+def test_the_readme_sweep_example_runs_on_the_demo_modules(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    charts: list[Any] = []
+    compare = runner.compare
 
+    def kept(*args: Any, **options: Any) -> Any:
+        charts.append(compare(*args, **options))
+        return charts[-1]
+
+    monkeypatch.setattr(runner, "compare", kept)
     code = python_block(README.read_text(encoding="utf-8"), "runner.sweep(")
-    names: dict[str, object] = {"runner": runner}
+    names: dict[str, Any] = {"runner": runner}
     try:
         exec(compile(code, "README.md", "exec"), names)
     finally:
-        ipywidgets.Widget.close_all()  # the Compare charts' refresh threads end with them
+        for chart in charts:
+            chart.close()  # its refresh thread ends with it
+    assert len(charts) == 2
     record, value = names["record"], names["value"]
-    assert record.module == "train" and 0 < value < 1  # type: ignore[attr-defined, operator]
+    assert record.module == "train" and 0 < value < 1
