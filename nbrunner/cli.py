@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -16,13 +17,12 @@ from typing import Any, NoReturn
 from . import __version__, checks
 from .backends import BACKENDS
 from .errors import BadInput, NbrunnerError, OperationFailed
-from .logs import CollapsedLines, LogFollower, tail_offset
+from .logs import CollapsedLines, LogFollower, strip_ansi, tail_offset
 from .models import RunRecord, differing_params, params_text, queue_positions
 from .modules import ModuleSpec, ParamSpec, lookup
 from .provenance import provenance_lines
 from .pruning import DEFAULT_GRACE, DEFAULT_MIN_PEERS, PruneRule
 from .runner import Runner
-from .scalars import Summaries
 from .states import RunStatus
 from .store import HistoryFilter
 
@@ -148,6 +148,8 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
 def _param_line(spec: ParamSpec) -> tuple[str, str, str]:
     """How `run MODULE --help` shows one parameter: name, what it takes, its help."""
     default = "required" if spec.required else f"default {spec.default}"
+    if spec.optional:  # None is a value too
+        default = "optional" if spec.default is None else f"{default}, or none"
     passed_as = f" (passed as {spec.option})" if spec.option != f"--{spec.name}" else ""
     return f"-p {spec.name}=", f"{spec.describe()}, {default}", spec.help + passed_as
 
@@ -171,7 +173,7 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
         return 0
     run = runner.submit(
         args.module,
-        _parse_params(args.param),
+        _typed_params(runner, args.module, args.param),
         priority=args.priority,
         timeout=args.timeout,
         group=args.group,
@@ -179,9 +181,12 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
         backend=args.backend,
     )
     print(run.id, flush=True)
-    if not args.wait:
-        return 0
-    record = runner.wait(run.id)
+    return _waited(runner, run.id) if args.wait else 0
+
+
+def _waited(runner: Runner, run_id: int) -> int:
+    """`--wait`: the outcome on stderr (stdout holds the id); 0 if the run succeeded."""
+    record = runner.wait(run_id)
     print(
         f"run {record.id} {record.status.value}" + (f": {record.reason}" if record.reason else ""),
         file=sys.stderr,
@@ -189,13 +194,15 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
     return 0 if record.status is RunStatus.SUCCEEDED else 1
 
 
-def _active(runner: Runner, group: str | None) -> list[RunRecord]:
-    return HistoryFilter.build(group=group).keep_groups(runner.store.active())
+def _active(runner: Runner, group: str | None, sweep: str | None = None) -> list[RunRecord]:
+    runner.check_sweeps([sweep] if sweep else [])
+    active = HistoryFilter.build(group=group).keep_groups(runner.store.active())
+    return [r for r in active if sweep is None or r.sweep == sweep]
 
 
 @verb("ps")
 def _ps(args: argparse.Namespace, runner: Runner) -> int:
-    _print_records(_active(runner, args.group), args, queue=True)
+    _print_records(_active(runner, args.group, args.sweep), args, queue=True)
     return 0
 
 
@@ -204,21 +211,58 @@ def _history(args: argparse.Namespace, runner: Runner) -> int:
     query = HistoryFilter.build(
         args.status, args.module, args.since, args.until, args.text, args.group, args.sweep
     )
-    records = runner.store.history(query, limit=args.limit, offset=args.offset)
-    extra = Summaries().columns(records, args.metric) if args.metric else None
+    records, extra = runner.history_page(
+        query, args.limit, args.offset, args.metric, sort=args.sort, strict=True
+    )
     _print_records(records, args, extra)
     return 0
 
 
-def _parse_sweep(pairs: Sequence[str]) -> dict[str, list[str]]:
-    """-p lr=1e-3,1e-4 -p batch=32 → {"lr": ["1e-3", "1e-4"], "batch": ["32"]}."""
-    return {key: value.split(",") for key, value in _parse_params(pairs).items()}
+def _metric_goal(text: str) -> tuple[str, str | None]:
+    """`val_acc:max` → ("val_acc", "max"); a bare name's goal is guessed from it."""
+    name, _, goal = text.partition(":")
+    if goal not in ("", "max", "min") or not name:
+        raise BadInput(f"--metric takes NAME, NAME:max or NAME:min, got {text!r}")
+    return name, goal or None
+
+
+@verb("best")
+def _best(args: argparse.Namespace, runner: Runner) -> int:
+    """The run whose last value of the metric is best, with its params."""
+    metric, goal = _metric_goal(args.metric)
+    found = runner.best(
+        metric, goal, status=args.status, module=args.module, group=args.group, sweep=args.sweep
+    )
+    if found is None:
+        raise OperationFailed(f"no run reported {metric!r} yet")
+    record, value = found
+    if args.json:
+        _print_json(record.to_dict() | {f"{metric}_last": value})
+        return 0
+    print(f"run {record.id} {record.status.value}  {metric}={value:.6g}")
+    print(f"  {params_text(record.params) or 'no params'}")
+    return 0
+
+
+def _parse_sweep(runner: Runner, module: str, pairs: Sequence[str]) -> dict[str, list[Any]]:
+    """-p lr=1e-3,1e-4 -p depth=3,none → {"lr": ["1e-3", "1e-4"], "depth": ["3", None]}."""
+    spec = lookup(runner.modules(), module)
+    return {
+        key: [spec.from_text(key, part) for part in value.split(",")]
+        for key, value in _parse_params(pairs).items()
+    }
+
+
+def _typed_params(runner: Runner, module: str, pairs: Sequence[str]) -> dict[str, Any]:
+    """-p pairs as the module takes them: `none` is None for an optional parameter."""
+    spec = lookup(runner.modules(), module)
+    return {key: spec.from_text(key, value) for key, value in _parse_params(pairs).items()}
 
 
 @verb("sweep")
 def _sweep(args: argparse.Namespace, runner: Runner) -> int:
     """Queue one run per point; prints the sweep id, then the run ids."""
-    values = _parse_sweep(args.param)
+    values = _parse_sweep(runner, args.module, args.param)
     options: dict[str, Any] = {
         "priority": args.priority,
         "timeout": args.timeout,
@@ -252,15 +296,18 @@ def _scalars(args: argparse.Namespace, runner: Runner) -> int:
     from .scalars import summary_rows
 
     names = args.name or None
+    ids = list(args.ids) + _selected_ids(args, runner)
+    if not ids:
+        raise BadInput("name the runs (nbrunner scalars ID [ID ...]) or use --group / --sweep")
     if args.json or args.points:
-        frame = runner.scalars(args.ids, names)
+        frame = runner.scalars(ids, names)
         frame["time"] = [None if pd.isna(t) else t.isoformat() for t in frame["time"]]
         if args.json:
             _print_json(frame.to_dict(orient="records"))
         else:
             frame.to_csv(sys.stdout, sep="\t", index=False)
         return 0
-    records = [runner.get(run_id).record for run_id in args.ids]
+    records = [runner.get(run_id).record for run_id in dict.fromkeys(ids)]
     rows = [r for r in summary_rows(records) if names is None or r["name"] in names]
     if not rows:
         print("no scalars reported")
@@ -297,6 +344,7 @@ def _logs(args: argparse.Namespace, runner: Runner) -> int:
     follower = LogFollower(record.log_path, offset=start)
     out = sys.stdout.buffer
     lines = CollapsedLines()
+    shown = (lambda text: text) if _colour(args.color) else strip_ansi
     while True:
         # Asked before draining: whatever the run wrote before it ended is then read below.
         ended = args.follow and runner.store.get(record.id).is_done
@@ -305,24 +353,33 @@ def _logs(args: argparse.Namespace, runner: Runner) -> int:
                 out.write(chunk)
         else:
             while text := follower.read():
-                out.write(lines.feed(text).encode())
+                out.write(shown(lines.feed(text)).encode())
         if not args.follow or ended:
-            out.write(b"" if args.raw else lines.flush().encode())
+            out.write(b"" if args.raw else shown(lines.flush()).encode())
             out.flush()
             return 0
         out.flush()
         time.sleep(0.2)
 
 
+def _colour(when: str) -> bool:
+    """--color: auto means only on a terminal, and not when NO_COLOR is set (no-color.org)."""
+    if when == "auto":
+        return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return when == "always"
+
+
 @verb("cancel")
 def _cancel(args: argparse.Namespace, runner: Runner) -> int:
     """Cancel each id given; says which were cancelled and why the others were not."""
     ids = list(args.ids)
-    if args.all or args.group:
-        ids += [r.id for r in _active(runner, args.group)]
+    if args.all or args.group or args.sweep:
+        ids += [r.id for r in _active(runner, args.group, args.sweep)]
     if not ids:
         if args.group:
             raise BadInput(f"group {args.group!r} has no active runs; nothing to cancel")
+        if args.sweep:
+            raise BadInput(f"sweep {args.sweep!r} has no active runs; nothing to cancel")
         raise BadInput(
             "name the runs to cancel (nbrunner cancel ID [ID ...]), or use --group NAME or --all"
         )
@@ -345,12 +402,14 @@ def _cancel(args: argparse.Namespace, runner: Runner) -> int:
 
 @verb("restart")
 def _restart(args: argparse.Namespace, runner: Runner) -> int:
-    run = runner.restart(args.id, _parse_params(args.param), priority=args.priority)
-    print(run.id)
+    module = runner.get(args.id).module
+    params = _typed_params(runner, module, args.param) if args.param else None
+    run = runner.restart(args.id, params, priority=args.priority)
+    print(run.id, flush=True)
     changed = runner.code_changed_since(args.id)
     if changed:
         print(f"nbrunner: note: the code changed since run {args.id}: {changed}", file=sys.stderr)
-    return 0
+    return _waited(runner, run.id) if args.wait else 0
 
 
 @verb("priority")
@@ -435,17 +494,26 @@ def _metrics(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _ids_to_wait_for(args: argparse.Namespace, runner: Runner) -> list[int]:
-    """The runs named, then every run of the group, each once; all known before any wait."""
-    ids = [runner.get(run_id).id for run_id in args.ids]
-    if args.group:
-        query = HistoryFilter.build(group=args.group)
-        grouped = runner.store.history(query, limit=checks.SQLITE_INT_MAX)
-        if not grouped:
-            raise BadInput(f"group {args.group!r} has no runs; `nbrunner history` lists them")
-        ids += sorted(r.id for r in grouped)
+    """The runs named, then every run of the group or sweep, each once; all known before any
+    wait."""
+    ids = [runner.get(run_id).id for run_id in args.ids] + _selected_ids(args, runner)
     if not ids:
-        raise BadInput("name the runs to wait for (nbrunner wait ID [ID ...]) or use --group NAME")
+        raise BadInput(
+            "name the runs to wait for (nbrunner wait ID [ID ...]) or use --group / --sweep"
+        )
     return list(dict.fromkeys(ids))
+
+
+def _selected_ids(args: argparse.Namespace, runner: Runner) -> list[int]:
+    """Every run of --group, of --sweep, or of both when both are given; oldest first."""
+    if not (args.group or args.sweep):
+        return []
+    runner.check_sweeps([args.sweep] if args.sweep else [])
+    query = HistoryFilter.build(group=args.group, sweep=args.sweep)
+    selected = runner.store.history(query, limit=checks.SQLITE_INT_MAX)
+    if not selected:
+        raise BadInput(f"group {args.group!r} has no runs; `nbrunner history` lists them")
+    return sorted(r.id for r in selected)
 
 
 @verb("wait")
@@ -467,7 +535,7 @@ def _wait(args: argparse.Namespace, runner: Runner) -> int:
     if args.json:  # one run named: its record, as before; more: a list
         _print_json(
             records[0].to_dict()
-            if len(args.ids) == 1 and not args.group
+            if len(args.ids) == 1 and not (args.group or args.sweep)
             else [r.to_dict() for r in records]
         )
     return 0 if all(r.status is RunStatus.SUCCEEDED for r in records) else 1
@@ -507,6 +575,7 @@ def _service(args: argparse.Namespace, runner: Runner) -> int:
 
     if args.action == "start":
         service.ensure_running(runner.home)
+        _started(runner.home)
     elif args.action == "stop":
         if not service.stop(runner.home):
             raise OperationFailed(f"the service of {runner.home} did not stop within 30 s")
@@ -521,6 +590,22 @@ def _service(args: argparse.Namespace, runner: Runner) -> int:
         uptime = time.time() - found["started_at"]
         print(f"service pid {found['pid']} on {runner.home}, up {uptime:.0f} s")
     return 0
+
+
+def _started(home: str | os.PathLike[str], timeout: float = 30.0) -> None:
+    """Wait until the service says who it is, so what is printed next is true."""
+    from . import platform, service
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = service.info(home)
+        if found and platform.is_same_process(found.get("pid"), found.get("marker")):
+            return
+        time.sleep(0.05)
+    raise OperationFailed(
+        f"the service of {home} did not start within {timeout:.0f} s; "
+        f"see {os.path.join(home, service.ERR_NAME)}"
+    )
 
 
 @verb("dashboard")
@@ -695,6 +780,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     table = _Parser(add_help=False)
     table.add_argument("--group", help="only runs of this group")
+    table.add_argument("--sweep", help="only runs of this sweep (`nbrunner sweep` prints it)")
     table.add_argument(
         "--diff", action="store_true", help="show only the params that differ between the runs"
     )
@@ -707,12 +793,27 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--text", help="text found in params (as shown: lr=0.001), module, group or reason"
     )
-    history.add_argument("--sweep", help="only runs of this sweep (`nbrunner sweep` prints it)")
     history.add_argument(
         "--metric", help="add the last and best value each run reported of this metric"
     )
+    history.add_argument(
+        "--sort",
+        metavar="KEY",
+        help="order by a column, a param or a metric (its last value); --sort=-KEY descends",
+    )
     history.add_argument("--limit", type=_count("limit"), default=50)
     history.add_argument("--offset", type=_count("offset"), default=0)
+    best = add("best", "the run of a sweep or group whose metric is best, with its params", listing)
+    best.add_argument(
+        "--metric",
+        required=True,
+        metavar="NAME[:max|min]",
+        help="the metric's last value decides; max or min (default: guessed from the name)",
+    )
+    best.add_argument("--sweep", help="among the runs of this sweep")
+    best.add_argument("--group", help="among the runs of this group")
+    best.add_argument("--module", help="among the runs of this module")
+    best.add_argument("--status", help="among the runs in this state (e.g. succeeded)")
     sweep = add("sweep", "queue one run per point of a grid (or a random sample)", listing)
     sweep.add_argument("module", help="the module to run (`nbrunner modules` lists them)")
     _add_param_option(sweep, "a parameter and its values, comma-separated (-p lr=1e-3,1e-4)")
@@ -743,7 +844,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"judge a run only against N peers or more (default {DEFAULT_MIN_PEERS})",
     )
     scalars = add("scalars", "what runs reported (nbrunner.report): a summary, or every point")
-    scalars.add_argument("ids", nargs="+", metavar="ID")
+    scalars.add_argument("ids", nargs="*", metavar="ID")
+    scalars.add_argument("--group", help="every run of this group")
+    scalars.add_argument("--sweep", help="every run of this sweep")
     scalars.add_argument("--name", action="append", default=[], help="only this metric")
     scalars.add_argument("--points", action="store_true", help="every point, tab-separated")
     scalars.add_argument("--json", action="store_true", help="every point, as JSON")
@@ -758,12 +861,14 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("ids", nargs="*", metavar="ID")
     cancel.add_argument("--all", action="store_true", help="every queued and running run")
     cancel.add_argument("--group", help="every queued and running run of this group")
+    cancel.add_argument("--sweep", help="every queued and running run of this sweep")
     restart = add("restart", "run again with the same module and params, or some changed")
     restart.add_argument("id")
     _add_param_option(restart, "a changed parameter, once per -p")
     restart.add_argument(
         "--priority", type=_checked(checks.priority), metavar="N", help="the new run's priority"
     )
+    restart.add_argument("--wait", action="store_true", help="wait for the new run to end")
     priority = add("priority", "give a queued run another priority (higher starts first)", listing)
     priority.add_argument("id")
     priority.add_argument("priority", type=_checked(checks.priority), metavar="N")
@@ -776,9 +881,16 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "--raw", action="store_true", help="the bytes as written (progress bars not collapsed)"
     )
+    logs.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="the run's colours (ANSI codes): auto keeps them only on a terminal",
+    )
     wait = add("wait", "wait for runs to end; exit status 0 if all succeeded", listing)
     wait.add_argument("ids", nargs="*", metavar="ID")
     wait.add_argument("--group", help="every run of this group")
+    wait.add_argument("--sweep", help="every run of this sweep")
     wait.add_argument(
         "--timeout",
         type=_checked(checks.timeout),
@@ -798,7 +910,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _spaced_param(argv: Sequence[str]) -> str | None:
+    """`-p n_estimators 10` (argparse would only say "unrecognized arguments: 10"): the
+    one-line hint to write it `-p n_estimators=10`."""
+    for flag, key, value in zip(argv, argv[1:], argv[2:], strict=False):
+        if flag in ("-p", "--param") and "=" not in key and not value.startswith("-"):
+            return f"parameters are given as -p KEY=VALUE: write -p {key}={value}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    hint = _spaced_param(sys.argv[1:] if argv is None else argv)
+    if hint:
+        print(f"nbrunner: error: {hint}", file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
     home = getattr(args, "home", None)
     args.modules = getattr(args, "modules", None)

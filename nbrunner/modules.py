@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,8 +22,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-PARAM_TYPES = ("int", "float", "str", "bool", "choice")
-_PARAM_KEYS = {"type", "default", "min", "max", "choices", "help", "flag"}
+PARAM_TYPES = ("int", "float", "str", "bool", "choice", "json")  # json: lists, tables
+_PARAM_KEYS = {"type", "default", "min", "max", "choices", "help", "flag", "optional"}
+NONE_TEXT = "none"  # how the command line says None: -p max_depth=none
 _MODULE_KEYS = {
     "description",
     "python_module",
@@ -71,6 +73,7 @@ class ParamSpec:
     choices: tuple[Any, ...] = ()
     help: str = ""
     flag: str = ""  # the child's option for it; "" is --NAME
+    optional: bool = False  # None (`-p NAME=none`) is a value: the flag is left out
 
     @property
     def option(self) -> str:
@@ -78,7 +81,7 @@ class ParamSpec:
 
     @property
     def required(self) -> bool:
-        return self.default is None
+        return self.default is None and not self.optional
 
     def coerce(self, value: Any, module: str) -> Any:
         """The value as this parameter's type, or InvalidParameter saying what is allowed."""
@@ -97,6 +100,8 @@ class ParamSpec:
         """What a value must be, in words: "an int ≥ 1", "one of 'a', 'b'"."""
         if self.type == "choice":
             return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.type == "json":
+            return 'a JSON value like [1, 2] or {"k": 1}'
         bounds = [
             f"≥ {self.min}" if self.min is not None else "",
             f"≤ {self.max}" if self.max is not None else "",
@@ -112,6 +117,11 @@ class ParamSpec:
                 return float(text)
         except ValueError:
             raise self._fail(module, text, self.describe()) from None
+        if self.type == "json":
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise self._fail(module, text, self.describe()) from None
         if self.type == "bool":
             lowered = text.strip().lower()
             if lowered in _TRUE | _FALSE:
@@ -139,7 +149,16 @@ class ParamSpec:
             raise self._fail(module, value, "a string without NUL bytes (\\0)")
         if kind == "choice" and value not in self.choices:
             raise self._fail(module, value, self.describe())
+        if kind == "json":
+            try:  # what reaches the run is this text: it must round-trip
+                return json.loads(json.dumps(value, allow_nan=False))
+            except (TypeError, ValueError):
+                raise self._fail(module, value, self.describe()) from None
         return value
+
+    def text(self, value: Any) -> str:
+        """The value as a command line (or a form field) spells it."""
+        return json.dumps(value) if self.type == "json" else str(value)
 
     def _check_range(self, value: Any, module: str) -> None:
         if self.type not in ("int", "float"):
@@ -158,6 +177,8 @@ class ParamSpec:
             data["choices"] = list(self.choices)
         if self.option != f"--{self.name}":
             data["flag"] = self.option
+        if self.optional:
+            data["optional"] = True
         return data
 
 
@@ -188,6 +209,9 @@ def parse_param(
     help_text = data.get("help", "")
     if not isinstance(help_text, str):
         raise InvalidParameter(f"{where}: help must be text, got {help_text!r}")
+    optional = data.get("optional", False)
+    if not isinstance(optional, bool):
+        raise InvalidParameter(f"{where}: optional must be true or false, got {optional!r}")
     spec = ParamSpec(
         name=name,
         type=kind,
@@ -196,6 +220,7 @@ def parse_param(
         choices=_choices(where, kind, data.get("choices")),
         help=help_text,
         flag=_param_flag(where, name, data.get("flag"), flags),
+        optional=optional,
     )
     if spec.min is not None and spec.max is not None and spec.min > spec.max:
         raise InvalidParameter(f"{where}: min {spec.min} is above max {spec.max}")
@@ -290,6 +315,19 @@ class ModuleSpec:
         for name, spec in specs.items():
             if name in given and given[name] is not None:
                 values[name] = spec.coerce(given[name], self.name)
+            elif name in given and not spec.optional:
+                # None must not quietly mean "the default": that would run another config
+                instead = (
+                    f"give {spec.describe()}"
+                    if spec.required
+                    else f"leave it out for its default {spec.default!r}"
+                )
+                raise InvalidParameter(
+                    f"parameter {name!r} of module {self.name!r} cannot be None: {instead}, "
+                    "or declare it { optional = true } in the modules file"
+                )
+            elif name in given:
+                values[name] = None
             elif spec.required:
                 raise InvalidParameter(
                     f"parameter {name!r} of module {self.name!r} is required "
@@ -298,6 +336,13 @@ class ModuleSpec:
             else:
                 values[name] = spec.default
         return values
+
+    def from_text(self, name: str, text: str) -> str | None:
+        """A command-line value: `none` is None for an optional parameter (its flag is then
+        left out of argv); any other text is checked by validate_params."""
+        spec = self.param_map.get(name)
+        optional = spec is not None and spec.optional
+        return None if optional and text.strip().lower() == NONE_TEXT else text
 
     def argv(self, params: Mapping[str, Any], python: str = sys.executable) -> list[str]:
         """The run's command line: parameters become flags, never a shell string."""
@@ -348,11 +393,11 @@ def params_to_args(specs: Iterable[ParamSpec], values: Mapping[str, Any]) -> lis
                 args.append(spec.option)
             elif spec.default:
                 args.append("--no-" + spec.option.lstrip("-"))
-        elif str(value).startswith("-"):
+        elif spec.text(value).startswith("-"):
             # One word, so argparse reads "--n=7" or "-1e-3" as the value, not as an option.
-            args.append(f"{spec.option}={value}")
+            args.append(f"{spec.option}={spec.text(value)}")
         else:
-            args += [spec.option, str(value)]
+            args += [spec.option, spec.text(value)]
     return args
 
 

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import shutil
 import threading
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources as package_files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from . import checks, service
 from .backends import BACKENDS
@@ -33,11 +34,12 @@ from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileEr
 from .logs import read_text
 from .models import RunRecord
 from .modules import ModuleSpec, build_module, load_modules_file, lookup
+from .ordering import order, parse_sort, sort_values
 from .provenance import code_changes, code_now
 from .pruning import PruneRule
 from .resources import Resources, machine_capacity
 from .run import Run
-from .scalars import Summaries
+from .scalars import Summaries, better
 from .scalars import read as read_scalars
 from .states import RunStatus
 from .store import HistoryFilter, Store
@@ -104,6 +106,7 @@ class Runner:
         self.store = Store(self.home)
         self.modules_file = self._modules_path(modules_file)
         self._modules_cache: tuple[float, dict[str, ModuleSpec]] | None = None
+        self._session_modules: dict[str, ModuleSpec] = {}  # register(persist=False)
         self._tick_s = tick
         self._active: dict[int, RunRecord] = {}
         self._version = 0
@@ -176,7 +179,8 @@ class Runner:
         return path
 
     def modules(self) -> dict[str, ModuleSpec]:
-        """Modules from modules.toml, then those registered in code (which win on a clash)."""
+        """Modules from modules.toml, then those registered in code (which win on a clash),
+        then this runner's session-only ones."""
         try:
             mtime = self.modules_file.stat().st_mtime
         except OSError:
@@ -187,19 +191,30 @@ class Runner:
         for name, spec in self.store.registered_modules().items():
             # Its files were checked when registered; one gone since fails its run, not all.
             merged[name] = build_module(name, spec, check_files=False)
-        return merged
+        return merged | self._session_modules
 
-    def register(self, name: str, **spec: Any) -> ModuleSpec:
-        """Register a module for every process using this home (see modules.toml keys)."""
+    def register(self, name: str, *, persist: bool = True, **spec: Any) -> ModuleSpec:
+        """Add a module (the keys of a modules.toml table; cwd defaults to this process's).
+
+        persist=True (the default) keeps it in the home's store: every process using this
+        home (the CLI, the dashboard, other kernels) sees it until `unregister`, and it wins
+        over a modules.toml table of the same name. persist=False keeps it in this runner
+        only, for this session; its runs are queued and kept like any other.
+        """
         spec.setdefault("cwd", os.getcwd())
         module = build_module(name, spec)
+        if not persist:
+            self._session_modules[name] = module
+            return module
         stored = module.to_dict()
         del stored["name"]
         self.store.save_module(name, stored)
         return module
 
     def unregister(self, name: str) -> bool:
-        return self.store.delete_module(name)
+        """Remove a registered module (session-only or kept); True if there was one."""
+        in_session = self._session_modules.pop(name, None) is not None
+        return self.store.delete_module(name) or in_session
 
     # -- submitting ----------------------------------------------------------------------------
     def submit(
@@ -532,9 +547,27 @@ class Runner:
             self._resolve(record)
         return future
 
-    def wait(self, run_id: int | str, timeout: float | None = None) -> RunRecord:
-        """Block until the run ends; TimeoutError if it has not after `timeout` seconds."""
-        run_id = _parse_id(run_id)
+    @overload
+    def wait(self, run_id: int | str | Run, timeout: float | None = None) -> RunRecord: ...
+
+    @overload
+    def wait(
+        self, run_id: Iterable[int | str | Run], timeout: float | None = None
+    ) -> list[RunRecord]: ...
+
+    def wait(
+        self, run_id: int | str | Run | Iterable[int | str | Run], timeout: float | None = None
+    ) -> RunRecord | list[RunRecord]:
+        """Block until the run ends, or each of several (a list of ids or runs, a Sweep):
+        their records, in the order given. TimeoutError if not all have ended after `timeout`
+        seconds in all."""
+        if not isinstance(run_id, int | str | Run):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            return [
+                self.wait(one, None if deadline is None else max(deadline - time.monotonic(), 0))
+                for one in list(run_id)
+            ]
+        run_id = run_id.id if isinstance(run_id, Run) else _parse_id(run_id)
         if not self.running:
             return self._poll_until_done(run_id, timeout)
         future = self._done_future(run_id)
@@ -603,19 +636,86 @@ class Runner:
         sweep: str | Sequence[str] | None = None,
         metric: str | None = None,
         best: str | None = None,
+        sort: str | None = None,
     ) -> pd.DataFrame:
         """One page of runs, newest first, filtered and paged in SQL.
 
         `metric` adds its last and best reported values (`loss_last`, `loss_best`; `best`:
         "min" or "max", else guessed from the name: acc, auc, f1, score... are maximized).
+        `sort` orders the runs before paging: a column, a param or a metric's name (its last
+        value), `-NAME` descending (`sort="-val_acc"`); runs without a value come last.
         """
         query = HistoryFilter.build(status, module, since, until, text, group, sweep)
-        records = self.store.history(query, limit=limit, offset=offset)
+        records, columns = self.history_page(query, limit, offset, metric, best, sort)
         frame = _frame(records)
-        if metric:
-            for column, values in self._summaries.columns(records, metric, best).items():
-                frame[column] = values
+        for column, values in columns.items():
+            frame[column] = values
         return frame
+
+    def history_page(
+        self,
+        query: HistoryFilter,
+        limit: int = 50,
+        offset: int = 0,
+        metric: str | None = None,
+        best: str | None = None,
+        sort: str | None = None,
+        strict: bool = False,
+    ) -> tuple[list[RunRecord], dict[str, list[float]]]:
+        """The runs of one history page and the metric columns shown beside them; sorting
+        reads every matching run (a sweep's, a group's), then pages. `strict`: an unknown
+        sweep, or a metric no run reported, is an error naming those that exist (a typo, not
+        an empty page or a column of NaN)."""
+        if strict:
+            self.check_sweeps(query.sweeps)
+        for name, value in (("limit", limit), ("offset", offset)):
+            checks.whole_number(value, name, 0, checks.SQLITE_INT_MAX)
+        if sort is None:
+            records = self.store.history(query, limit=limit, offset=offset)
+        else:
+            records = self.store.history(query, limit=checks.SQLITE_INT_MAX)
+        if metric and strict:
+            self._summaries.require(records, metric)
+        columns = self._summaries.columns(records, metric, best) if metric else {}
+        if sort is None:
+            return records, columns
+        name, descending = parse_sort(sort)
+
+        def metric_columns(metric_name: str) -> dict[str, list[float]]:
+            self._summaries.require(records, metric_name)
+            return self._summaries.columns(records, metric_name, best)
+
+        values, added = sort_values(records, name, columns, metric_columns)
+        columns |= added
+        kept = order(values, descending)[offset : offset + limit]
+        return [records[i] for i in kept], {k: [v[i] for i in kept] for k, v in columns.items()}
+
+    def best(
+        self, metric: str, best: str | None = None, **filters: Any
+    ) -> tuple[RunRecord, float] | None:
+        """The run whose last reported `metric` is best ("max" or "min", else guessed from
+        the name), among the runs `filters` select (history's: sweep=, group=, status=...),
+        with that value; None if none of them reported it yet."""
+        if best not in (None, "max", "min"):
+            raise BadInput(f"best is 'max' or 'min', got {best!r}")
+        query = HistoryFilter.build(**filters)
+        self.check_sweeps(query.sweeps)
+        records = self.store.history(query, limit=checks.SQLITE_INT_MAX)
+        if not records:
+            raise BadInput("no run matches; `nbrunner history` lists them")
+        self._summaries.require(records, metric)
+        lasts = self._summaries.columns(records, metric, best)[f"{metric}_last"]
+        ranked = order(lasts, (best or better(metric)) == "max")
+        if not ranked or math.isnan(lasts[ranked[0]]):
+            return None
+        return records[ranked[0]], lasts[ranked[0]]
+
+    def check_sweeps(self, sweeps: Sequence[str]) -> None:
+        """An unknown sweep id is a typo, not an empty sweep."""
+        for sweep_id in sweeps:
+            if not self.store.count_history(HistoryFilter.build(sweep=sweep_id)):
+                known = ", ".join(s for s, _, _ in self.sweeps(5)) or "none yet"
+                raise BadInput(f"no sweep {sweep_id!r}; the newest are: {known}")
 
     def scalars(
         self, run_ids: int | str | Iterable[int | str], names: Iterable[str] | None = None

@@ -21,10 +21,11 @@ import os
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import BadInput
 from .models import RunRecord
 from .reporting import metrics_path
 
@@ -252,6 +253,24 @@ class Summaries:
                 self._followers.popitem(last=False)
             follower.poll_all()
             return follower.series
+
+    def reported(self, records: Iterable[RunRecord]) -> list[str]:
+        """The names of the metrics any of the records reported, sorted."""
+        return sorted({name for record in records for name in self.of(record)})
+
+    def require(self, records: Sequence[RunRecord], metric: str) -> None:
+        """BadInput naming what was reported when none of the records reported `metric` (a
+        typo would otherwise fill a column with NaN); fine while nothing was reported yet and
+        some run is still going."""
+        reported = self.reported(records)
+        if (
+            not records
+            or metric in reported
+            or (not reported and not all(r.is_done for r in records))
+        ):
+            return
+        listed = ", ".join(reported) if reported else "no metrics"
+        raise BadInput(f"no run here reported {metric!r}; they reported: {listed}")
 
     def columns(
         self, records: Iterable[RunRecord], metric: str, best: str | None = None

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from . import platform
 from .backends import ChildEnded, Usage
 from .errors import NbrunnerError
+from .failure import run_failure
 from .models import RunRecord
 from .recorder import RunFiles
 from .states import RunStatus
@@ -101,6 +102,8 @@ def outcome_from_exit(record: RunRecord, ended: dict[str, Any]) -> Outcome:
         return Outcome(code, RunStatus.CANCELLED, "cancelled by request")
     if code and record.notebook_path:
         return Outcome(code, RunStatus.FAILED, _notebook_failure(record) or describe_exit(code))
+    if code:  # says why: the exception, the signal, the crash code or the last words
+        return Outcome(code, RunStatus.FAILED, run_failure(code, record.log_path, record.pid))
     return Outcome(code)
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidParameter
 
 if TYPE_CHECKING:
+    from .models import RunRecord
     from .run import Run
 
 MAX_POINTS = 10_000
@@ -64,6 +65,10 @@ class Sweep:
     @property
     def ids(self) -> list[int]:
         return [run.id for run in self.runs]
+
+    def wait(self, timeout: float | None = None) -> list[RunRecord]:
+        """Block until every run of the sweep has ended; their records, in point order."""
+        return self.runs[0].runner.wait(self.runs, timeout) if self.runs else []
 
 
 def _candidates(name: str, values: Any) -> list[Any]:

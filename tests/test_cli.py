@@ -14,6 +14,8 @@ from helpers.cli import cli, cli_json
 from helpers.counting import counts_on, last_count
 from helpers.procs import wait_until
 
+from nbrunner import Runner, RunStatus
+from nbrunner.errors import InvalidParameter
 from nbrunner.store import HistoryFilter, Store
 
 
@@ -255,3 +257,70 @@ def test_a_group_keeps_its_limit_and_after_waits_for_success(home: Path) -> None
         "cancelled",
         f"run {timed_out}, which it depends on, ended timed_out",
     )
+
+
+ARGV_MODULES = """
+[modules.fit]
+command = [{python}, "-c", "import sys; print(sys.argv[1:])"]
+[modules.fit.params]
+depth = {{ type = "int", optional = true, help = "none: unlimited" }}
+trees = {{ type = "int", default = 100, optional = true }}
+lr = {{ type = "float", default = 0.1 }}
+"""
+
+
+def test_optional_params_take_none_on_the_cli_and_in_python(home: Path, tmp_path: Path) -> None:
+    modules = tmp_path / "modules.toml"
+    modules.write_text(ARGV_MODULES.format(python=json.dumps(sys.executable)))
+    given = ("--modules", str(modules))
+    run_id = submit(home, "fit", "-p", "depth=none", "-p", "trees=None", *given)
+    assert cli(home, "wait", run_id, *given).returncode == 0
+    assert cli(home, "logs", run_id).stdout == "['--lr', '0.1']\n"
+    assert cli_json(home, "show", run_id)["params"] == {"depth": None, "trees": None, "lr": 0.1}
+    swept = cli_json(home, "sweep", "fit", "-p", "depth=3,none", *given)
+    cli(home, "wait", "--sweep", swept["sweep"])
+    assert [cli(home, "logs", str(i)).stdout for i in swept["runs"]] == [
+        "['--depth', '3', '--trees', '100', '--lr', '0.1']\n",
+        "['--trees', '100', '--lr', '0.1']\n",
+    ]
+    assert "optional" in cli(home, "run", "fit", "--help", *given).stdout
+    refused = cli(home, "run", "fit", "-p", "lr=none", *given, check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    with Runner(home, modules) as runner:
+        run = runner.submit("fit", {"depth": None, "trees": 7})
+        assert run.wait(60).status is RunStatus.SUCCEEDED
+        assert run.logs() == "['--trees', '7', '--lr', '0.1']\n"
+        with pytest.raises(InvalidParameter, match="'lr' of module 'fit' cannot be None"):
+            runner.submit("fit", {"lr": None})
+
+
+def test_restart_waits_and_a_spaced_param_gets_a_hint(home: Path) -> None:
+    first = submit(home, "count", "-p", "n=1", "-p", "delay=0")
+    restarted = cli(home, "restart", first, "-p", "n=2", "--wait")
+    new_id = restarted.stdout.strip()
+    assert restarted.stderr == f"run {new_id} succeeded\n"
+    assert cli(home, "logs", new_id).stdout == "count 1/2\ncount 2/2\n"  # ended: all there
+    failing = cli(home, "restart", first, "-p", "n=-1", check=False)
+    assert failing.returncode == 2
+    spaced = cli(home, "run", "count", "-p", "n", "10", check=False)
+    assert (spaced.returncode, spaced.stdout) == (2, "")
+    assert spaced.stderr == (
+        "nbrunner: error: parameters are given as -p KEY=VALUE: write -p n=10\n"
+    )
+
+
+def test_logs_keep_colours_only_when_asked_or_on_a_terminal(home: Path) -> None:
+    run_id = submit(home, "train", "-p", "epochs=1", "-p", "steps=2", "-p", "step_time=0")
+    cli(home, "wait", run_id)
+    piped = cli(home, "logs", run_id).stdout
+    assert "\x1b[" not in piped and "epoch 1 done: loss=" in piped
+    assert "\x1b[32mepoch 1 done" in cli(home, "logs", run_id, "--color", "always").stdout
+    assert "\x1b[" not in cli(home, "logs", run_id, "--color", "never", "--tail", "1").stdout
+    assert "\x1b[32m" in cli(home, "logs", run_id, "--raw").stdout  # the bytes as written
+
+
+def test_service_start_says_the_service_that_runs(home: Path) -> None:
+    started = cli(home, "service", "start").stdout
+    status = cli_json(home, "service")
+    assert status["running"] and started.startswith(f"service pid {status['pid']} on ")
+    assert cli(home, "service", "stop").stdout == "stopped\n"

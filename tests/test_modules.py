@@ -139,3 +139,32 @@ def test_unknown_module_lists_the_known_ones(train) -> None:
 
 def test_a_missing_modules_file_is_empty(tmp_path: Path) -> None:
     assert load_modules_file(tmp_path / "absent.toml") == {}
+
+
+def test_an_optional_param_takes_none_and_leaves_its_flag_out() -> None:
+    spec = build_module(
+        "fit",
+        {
+            "command": ["fit"],
+            "params": {
+                "depth": {"type": "int", "optional": True},
+                "trees": {"type": "int", "default": 100, "optional": True},
+                "lr": {"type": "float", "default": 0.1},
+            },
+        },
+    )
+    assert spec.validate_params({}) == {"depth": None, "trees": 100, "lr": 0.1}
+    none = spec.validate_params({"depth": None, "trees": None})
+    assert spec.argv(none) == ["fit", "--lr", "0.1"]
+    assert spec.argv(spec.validate_params({"depth": "4"})) == [
+        *("fit", "--depth", "4", "--trees", "100", "--lr", "0.1")
+    ]
+    assert spec.from_text("depth", "none") is None and spec.from_text("lr", "none") == "none"
+    with pytest.raises(InvalidParameter) as refused:
+        spec.validate_params({"lr": None})
+    assert str(refused.value) == (
+        "parameter 'lr' of module 'fit' cannot be None: leave it out for its default 0.1, "
+        "or declare it { optional = true } in the modules file"
+    )
+    with pytest.raises(InvalidParameter, match="optional must be true or false"):
+        build_module("bad", {"command": ["x"], "params": {"n": {"optional": "yes"}}})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,9 +65,10 @@ def test_the_form_is_inferred_from_the_parameters_cell(tmp_path: Path) -> None:
             "lr: float = 0.5",
             'name = "run"',
             "amp = False",
-            "data = None",  # not a literal of a form type: the notebook's own
+            "data = None",  # None: optional
             "size = 2 ** 10",  # an expression: the notebook's own
             "a, b = 1, 2",
+            "sizes = [1, 2]",
         ]
     )
     write_notebook(tmp_path / "train.ipynb", "print(epochs)", parameters=parameters)
@@ -76,13 +79,32 @@ def test_the_form_is_inferred_from_the_parameters_cell(tmp_path: Path) -> None:
         "lr": ("float", 0.5),
         "name": ("str", "run"),
         "amp": ("bool", False),
+        "data": ("str", None),
+        "sizes": ("json", [1, 2]),
     }
+    assert spec.param_map["data"].optional and spec.param_map["epochs"].help == "passes"
     assert spec.notebook == str(tmp_path / "train.ipynb")
     assert spec.validate_params({"epochs": "5"}) == {
         "epochs": 5,
         "lr": 0.5,
         "name": "run",
         "amp": False,
+        "data": None,
+        "sizes": [1, 2],
+    }
+
+
+def test_inference_skips_what_does_not_parse_as_papermill_does() -> None:
+    """papermill's own complex_parameters.ipynb: a broken `= 2` line, an expression, a list
+    over lines with comments, annotations as names and as strings."""
+    import papermill
+
+    path = Path(papermill.__file__).parent / "tests" / "notebooks" / "complex_parameters.ipynb"
+    assert infer_params(path) == {
+        "msg": {"type": "str", "optional": True},
+        "a": {"type": "float", "default": 2.25, "help": "Variable a"},
+        "b": {"type": "json", "default": ["Hello", "World"], "help": "Nice list"},
+        "c": {"type": "str", "optional": True},
     }
 
 
@@ -323,3 +345,38 @@ def test_each_run_and_each_restart_gets_its_own_executed_notebook(tmp_path: Path
     plain = store.insert_runs([{"module": "c", "params": {}, "argv": ["true"], "env": {}}])[0]
     assert store.get(plain).notebook_path is None
     store.close()
+
+
+@pytest.mark.parametrize(("code", "status"), [(0, RunStatus.SUCCEEDED), (1, RunStatus.FAILED)])
+def test_sys_exit_ends_a_notebook_as_papermill_judges_it(
+    nb_runner: Runner, tmp_path: Path, code: int, status: RunStatus
+) -> None:
+    source = write_notebook(
+        tmp_path / "exits.ipynb",
+        "print('before')",
+        f"import sys; sys.exit({code})",
+        "print('after')",
+    )
+    nb_runner.register("exits", notebook=str(source))
+    record = nb_runner.submit("exits").wait(timeout=RUN_TIMEOUT_S)
+    log = Path(record.log_path).read_text()
+    assert record.status is status, log
+    assert "before" in log and "after" not in log
+    if code == 0:
+        assert re.search(r"cell 2 \(id \w+\) ended the notebook early with sys.exit\(0\)", log)
+    else:
+        assert re.fullmatch(r"cell 2 \(id \w+\) failed: SystemExit: 1", record.reason or "")
+
+
+def test_the_kernel_is_private_and_so_is_the_executed_notebook(
+    nb_runner: Runner, tmp_path: Path
+) -> None:
+    source = write_notebook(tmp_path / "quiet.ipynb", "print('hello')")
+    (tmp_path / "work").mkdir()
+    nb_runner.register("quiet", notebook=str(source), cwd=str(tmp_path / "work"))
+    record = nb_runner.submit("quiet").wait(timeout=RUN_TIMEOUT_S)
+    log = Path(record.log_path).read_text()
+    assert record.status is RunStatus.SUCCEEDED, log
+    assert "without encryption" not in log and "hello" in log
+    assert stat.S_IMODE(os.stat(record.notebook_path).st_mode) == 0o600
+    assert list((tmp_path / "work").iterdir()) == []  # no socket files left in its cwd

@@ -196,3 +196,29 @@ def test_run_repr_says_the_state_in_words(runner: Runner) -> None:
     assert repr(run) == f"<Run {run.id} count queued, priority 2>"
     run.cancel()
     assert "cancelled" in repr(run)
+
+
+def test_wait_takes_many_runs_and_a_sweep_waits_for_all(runner: Runner) -> None:
+    quick = runner.submit("count", {"n": 1, "delay": 0})
+    slower = runner.submit("count", {"n": 3, "delay": 0.05})
+    records = runner.wait([slower, quick.id, str(quick.id)], timeout=60)
+    assert [r.id for r in records] == [slower.id, quick.id, quick.id]
+    assert all(r.status is RunStatus.SUCCEEDED for r in records)
+    sweep = runner.sweep("count", grid={"n": [1, 2]}, params={"delay": 0})
+    ended = sweep.wait(timeout=60)
+    assert [r.id for r in ended] == sweep.ids and all(r.is_done for r in ended)
+    held = runner.submit("count", {"n": 1000, "delay": 0.05})
+    with pytest.raises(TimeoutError):
+        runner.wait([quick, held], timeout=0.5)
+    held.cancel()
+
+
+def test_a_session_only_module_stays_in_its_runner(runner: Runner, home: Path) -> None:
+    runner.register("scratch", command=["echo", "scratch"], persist=False)
+    assert "scratch" not in runner.store.registered_modules()
+    with Runner(home, start=False) as other:
+        assert "scratch" not in other.modules()
+    record = runner.submit("scratch").wait(timeout=30)
+    assert record.status is RunStatus.SUCCEEDED
+    assert Path(record.log_path).read_text() == "scratch\n"
+    assert runner.unregister("scratch") and "scratch" not in runner.modules()

@@ -222,3 +222,77 @@ def test_the_cli_sweeps_a_grid_and_a_seeded_sample(train: Runner, home: Path) ->
         for s in (first, second)
     ]
     assert params[0] == params[1]
+
+
+# -- the best run of a sweep --------------------------------------------------------------------
+def _finished_sweep(train: Runner, home: Path) -> tuple[str, dict[float, int]]:
+    """A CLI sweep over lr; returns its id and each lr's run id (acc's last grows with lr)."""
+    made = cli_json(home, "sweep", "train", "-p", "lr=0.5,0.1,0.9", "-p", "steps=4")
+    cli(home, "wait", "--sweep", made["sweep"])
+    by_lr = {train.get(i).params["lr"]: i for i in made["runs"]}
+    return made["sweep"], by_lr
+
+
+def test_history_sorts_by_a_metric_column_or_param_and_json_keeps_the_order(
+    train: Runner, home: Path
+) -> None:
+    sweep, by_lr = _finished_sweep(train, home)
+    ranked = cli_json(home, "history", "--sweep", sweep, "--sort=-acc")
+    assert [r["id"] for r in ranked] == [by_lr[0.9], by_lr[0.5], by_lr[0.1]]
+    assert ranked[0]["acc_last"] == pytest.approx(0.9 * 3 / (1 + 0.9 * 3))  # shown beside
+    ascending = cli_json(home, "history", "--sweep", sweep, "--sort", "lr", "--limit", "2")
+    assert [r["id"] for r in ascending] == [by_lr[0.1], by_lr[0.5]]
+    table = cli(home, "history", "--sweep", sweep, "--metric", "acc", "--sort=-acc_last").stdout
+    assert [line.split()[0] for line in table.splitlines()[1:]] == [
+        str(by_lr[lr]) for lr in (0.9, 0.5, 0.1)
+    ]
+    frame = train.history(sweep=sweep, sort="-acc", limit=1)
+    assert frame["id"].tolist() == [by_lr[0.9]] and "acc_last" in frame
+    assert train.history(sweep=sweep, sort="id")["id"].tolist() == sorted(by_lr.values())
+
+
+def test_best_prints_the_winner_with_its_params(train: Runner, home: Path) -> None:
+    sweep, by_lr = _finished_sweep(train, home)
+    best = cli(home, "best", "--sweep", sweep, "--metric", "acc").stdout
+    assert best.startswith(f"run {by_lr[0.9]} succeeded  acc=0.") and "lr=0.9" in best
+    worst = cli_json(home, "best", "--sweep", sweep, "--metric", "acc:min")
+    assert worst["id"] == by_lr[0.1] and worst["params"]["lr"] == 0.1
+    record, value = train.best("acc", sweep=sweep)
+    assert record.id == by_lr[0.9] and value == pytest.approx(0.9 * 3 / (1 + 0.9 * 3))
+    again = cli(home, "restart", str(by_lr[0.9]), "-p", "steps=5").stdout.strip()
+    assert cli_json(home, "show", again)["sweep"] == sweep  # a restart stays in its sweep
+
+
+def test_a_metric_typo_or_unknown_sweep_is_one_clear_error(train: Runner, home: Path) -> None:
+    sweep, _ = _finished_sweep(train, home)
+    for args in (
+        ("history", "--sweep", sweep, "--metric", "accuracy"),
+        ("history", "--sweep", sweep, "--sort=-accuracy"),
+        ("best", "--sweep", sweep, "--metric", "accuracy"),
+    ):
+        typo = cli(home, *args, check=False)
+        assert (typo.returncode, typo.stdout) == (2, "")
+        assert typo.stderr == (
+            "nbrunner: error: no run here reported 'accuracy'; they reported: acc, loss, speed\n"
+        )
+    for verb in ("history", "ps", "wait", "cancel", "scalars"):
+        unknown = cli(home, verb, "--sweep", "nope", check=False)
+        assert unknown.returncode == 2
+        assert unknown.stderr == f"nbrunner: error: no sweep 'nope'; the newest are: {sweep}\n"
+
+
+def test_sweep_selects_runs_for_ps_wait_cancel_and_scalars(train: Runner, home: Path) -> None:
+    done, _ = _finished_sweep(train, home)
+    points = cli_json(home, "scalars", "--sweep", done, "--name", "acc")
+    assert len({p["run"] for p in points}) == 3 and {p["name"] for p in points} == {"acc"}
+    slow = cli_json(home, "sweep", "count", "-p", "n=1000", "-p", "delay=0.05,0.06")
+    other = cli(home, "run", "count", "-p", "n=1000", "-p", "delay=0.05").stdout.strip()
+    listed = cli_json(home, "ps", "--sweep", slow["sweep"])
+    assert sorted(r["id"] for r in listed) == slow["runs"]
+    cancelled = cli(home, "cancel", "--sweep", slow["sweep"]).stdout
+    assert cancelled.count("run ") == 2 and f"run {other} " not in cancelled
+    waited = cli(home, "wait", "--sweep", slow["sweep"], "--json", check=False)
+    assert waited.returncode == 1  # none succeeded
+    assert [r["status"] for r in json.loads(waited.stdout)] == ["cancelled", "cancelled"]
+    assert [r["id"] for r in cli_json(home, "ps")] == [int(other)]
+    cli(home, "cancel", other)

@@ -92,7 +92,7 @@ def test_true_exit_codes_and_reasons_are_recorded(runner: Runner) -> None:
     assert ok.wait(30).status is RunStatus.SUCCEEDED and ok.exit_code == 0
     three_record = three.wait(30)
     assert (three_record.status, three_record.exit_code) == (RunStatus.FAILED, 3)
-    assert three_record.reason == "exited with code 3"
+    assert three_record.reason == "exited with code 3: bye"  # its last words
     assert killed.wait(30).reason == "killed by signal SIGKILL"
 
 

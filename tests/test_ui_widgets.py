@@ -569,3 +569,21 @@ def test_a_dead_kernel_hides_the_dashboard_and_says_what_to_do() -> None:
     css = stylesheet().value
     assert ".nbr-app.jupyter-widgets-disconnected > *" in css
     assert "re-run the cell" in css
+
+
+def test_an_empty_optional_field_is_none_and_leaves_its_flag_out(
+    dash: Dashboard, runner: Runner
+) -> None:
+    runner.config("paused", True)
+    optional = {"type": "int", "default": 5, "optional": True}
+    runner.register("fit", command=["echo"], params={"depth": optional, "lr": "float"})
+    launcher = dash.launcher
+    launcher.reload_modules()
+    launcher.module.value = "fit"
+    assert launcher.fields["depth"].input.value == "5"
+    launcher.fields["depth"].input.value = ""
+    launcher.fields["lr"].input.value = "0.1"
+    launcher.run_button.click()
+    (record,) = runner.store.active()
+    assert record.params == {"depth": None, "lr": 0.1}
+    assert record.argv == ["echo", "--lr", "0.1"]

@@ -9,9 +9,14 @@ cells with nbclient and writes to its stdout, which is the run's log, as it happ
 The executed notebook, with its outputs, is saved to OUT as cells end (at most once a second)
 and at the end.
 
-Exit status: 0 when every cell ran; 1 when a cell failed (later cells do not run) or the
+Exit status: 0 when every cell ran, or a cell ended the notebook with `sys.exit(0)` (as
+papermill judges it: an early, successful end); 1 when a cell failed (later cells do not run) or the
 kernel died; 2 when the notebook or its kernel cannot be found; 143 after SIGTERM (a cancel
 or a timeout), which kills the kernel, its process group and every process it started.
+
+On POSIX the kernel talks over Unix sockets in a private directory (ipc transport), not
+over unencrypted loopback TCP, which any local user could read. The executed notebook is
+written readable by its owner only (0600): its outputs may hold secrets.
 
 Cells are counted as nbformat does: from 0, markdown cells and the injected parameters cell
 included, in the executed notebook.
@@ -23,8 +28,10 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import suppress
@@ -39,6 +46,7 @@ from nbclient.exceptions import CellExecutionError, DeadKernelError
 from nbformat import NotebookNode
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
+from traitlets.config import Config
 
 from . import EXECUTOR, LOG_PREFIX, OUTPUT_FLAG
 
@@ -48,6 +56,7 @@ EXIT_BAD_INPUT = 2
 EXIT_TERMINATED = 128 + signal.SIGTERM
 KILL_WAIT_S = 3.0
 SAVE_EVERY_S = 1.0  # a notebook of many quick cells is not rewritten after each of them
+CLEAN_EXITS = ("", "0", "None", "False")  # SystemExit's text when its code means success
 
 
 class Log:
@@ -117,8 +126,10 @@ class Execution:
         self.kernel_tree: list[psutil.Process] = []
         self.terminated = False
         self.saved_at = float("-inf")
+        self.sockets = None if os.name == "nt" else tempfile.mkdtemp(prefix="nbrunner-kernel-")
         self.client = EchoingClient(
             nb,
+            config=kernel_config(self.sockets),
             kernel_name=kernel,
             timeout=None,
             shutdown_kernel="immediate",
@@ -133,9 +144,13 @@ class Execution:
         try:
             asyncio.run(self._execute())
         except (CellExecutionError, DeadKernelError, asyncio.CancelledError) as exc:
-            return self._failed(exc)
+            if not ended_early(exc):
+                return self._failed(exc)
+            say(f"{self.current} ended the notebook early with sys.exit({exc.evalue})")
         finally:
             self.save()
+            if self.sockets:
+                shutil.rmtree(self.sockets, ignore_errors=True)
         say(f"notebook finished in {time.monotonic() - started:.1f} s: {self.output}")
         return 0
 
@@ -184,8 +199,30 @@ class Execution:
             return
         self.saved_at = time.monotonic()
         partial = self.output.with_name(self.output.name + ".part")
-        nbformat.write(self.nb, partial)
+        with suppress(FileNotFoundError):
+            partial.unlink()  # one left by a killed executor may have another mode
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "w", encoding="utf-8") as out:
+            nbformat.write(self.nb, out)
         os.replace(partial, self.output)
+
+
+def kernel_config(sockets: str | None) -> Config:
+    """Where the kernel listens: Unix sockets in `sockets` (POSIX), else loopback TCP."""
+    config = Config()
+    if sockets:
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = os.path.join(sockets, "kernel")
+    return config
+
+
+def ended_early(exc: BaseException) -> bool:
+    """papermill's rule: `sys.exit(0)` (or `sys.exit()`) in a cell ends the notebook well."""
+    return (
+        isinstance(exc, CellExecutionError)
+        and exc.ename == "SystemExit"
+        and exc.evalue.strip() in CLEAN_EXITS
+    )
 
 
 def _processes(pid: int | None) -> list[psutil.Process]:

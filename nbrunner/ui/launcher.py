@@ -64,7 +64,7 @@ class ParamField:
         if spec.type == "choice":
             options = [(str(c), c) for c in spec.choices]
             return widgets.Dropdown(options=options, value=spec.default, layout=layout)
-        default = "" if spec.default is None else str(spec.default)
+        default = "" if spec.default is None else spec.text(spec.default)
         return widgets.Text(value=default, placeholder=spec.type, layout=layout)
 
     def _hint(self) -> str:
@@ -221,7 +221,8 @@ class Launcher:
             self._build_form()
 
     def values(self) -> dict[str, Any]:
-        return {name: f.raw for name, f in self.fields.items() if f.raw is not None}
+        # an optional field left empty is None: its flag is left out, its default not used
+        return {n: f.raw for n, f in self.fields.items() if f.raw is not None or f.spec.optional}
 
     def _set_many(self) -> None:
         self.prune_row.layout.display = None if self.sweep.value else "none"
