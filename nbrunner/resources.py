@@ -205,17 +205,39 @@ def machine_capacity(
     GPU discovery is skipped when nobody involved asks for a GPU, so CPU-only claims never
     pay for loading NVML.
     """
-    import psutil
 
     from . import platform
 
     cores = platform.usable_cpus()
     quota = platform.cgroup_cpu_limit()
     cpus = min(len(cores), max(quota, 1.0)) if quota is not None else len(cores)
-    memory = psutil.virtual_memory()
+    memory_total, memory_available = memory_capacity()
     devices: tuple[Device, ...] = ()
     if with_gpus:
         from .gpu import devices_for_runs
 
         devices = devices_for_runs(gpu_mask, ours)
-    return Capacity(cpus, int(memory.total), int(memory.available), devices, cores)
+    return Capacity(cpus, memory_total, memory_available, devices, cores)
+
+
+def memory_capacity() -> tuple[int, int]:
+    """(total, available) memory for runs now: the machine's, or its container's where the
+    cgroup limit is smaller (psutil sees the whole host from inside a container)."""
+    import psutil
+
+    from . import platform
+
+    memory = psutil.virtual_memory()
+    return capped_memory(int(memory.total), int(memory.available), platform.cgroup_memory_limit())
+
+
+def capped_memory(
+    total: int, available: int, cgroup: tuple[int, int | None] | None
+) -> tuple[int, int]:
+    """The machine's (total, available) within a cgroup's (limit, usage): what the cgroup
+    has left is its limit minus its usage (reclaimable page cache already left out)."""
+    if cgroup is None or cgroup[0] >= total:
+        return total, available
+    limit, usage = cgroup
+    left = limit - usage if usage is not None else limit
+    return limit, max(0, min(available, left))
