@@ -635,6 +635,21 @@ class Runner:
         """Counters: runs by status, queued and running now, mean wait and run time per module."""
         return self.store.metrics()
 
+    def prune(self, older_than: str, *, keep_failed: bool = False, dry_run: bool = False) -> Any:
+        """Remove runs that ended longer ago than `older_than` (an age like "30d") with
+        their logs; never an active run. A PruneReport (see nbrunner.prune)."""
+        from .prune import parse_age, prune
+
+        age = parse_age(older_than, "older_than")
+        return prune(self.store, age, keep_failed=keep_failed, dry_run=dry_run)
+
+    def disk_usage(self) -> int:
+        """Bytes this home takes on disk, with logs kept elsewhere (`logs_dir`)."""
+        from .prune import home_usage
+
+        elsewhere = self.store.config().get("logs_dir")
+        return home_usage(self.home, [Path(elsewhere)] if elsewhere else [])
+
     def dashboard(self, **options: Any) -> Any:
         """The dashboard widget for this runner, to show in a notebook cell."""
         from .ui import Dashboard

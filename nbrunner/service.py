@@ -40,6 +40,7 @@ from typing import Any
 from . import platform
 from .errors import NbrunnerError
 from .models import RunRecord
+from .prune import Retention
 from .recorder import (
     RecorderSpec,
     RunFiles,
@@ -164,6 +165,7 @@ class Service:
         self._gpu_source: Any = None
         self._last_error: tuple[tuple[str, str], float] | None = None
         self._environments: dict[int | None, dict[str, str] | None] = {}
+        self._retention = Retention()
 
     # -- lifecycle ------------------------------------------------------------------------
     def serve(self) -> bool:
@@ -246,11 +248,16 @@ class Service:
 
     # -- the tick -------------------------------------------------------------------------
     def _tick(self) -> None:
-        for step in (self._reap, self._read_changes, self._adopt, self._advance_all, self._claim):
+        steps = (self._reap, self._read_changes, self._adopt, self._advance_all, self._claim)
+        for step in (*steps, self._long_runs):
             try:
                 step()
             except Exception as exc:  # a locked store or a bug: logged, tried again next tick
                 self._report(step.__name__, exc)
+
+    def _long_runs(self) -> None:
+        """What runs lasting days need (see nbrunner.prune): old runs removed now and then."""
+        self._retention.apply(self.store)
 
     def _report(self, step: str, exc: Exception) -> None:
         """Log a failure once, then once a minute while it repeats, so a store locked for

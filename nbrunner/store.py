@@ -318,6 +318,7 @@ class Store:
         now = time.time()
         with self.write() as tx:
             env_id = _environment_id(tx, environment) if environment is not None else None
+            logs_dir = self.run_logs_dir(tx.config())
             for values in runs:
                 values = {"env_id": env_id, **values}
                 row = {"status": RunStatus.QUEUED, "submitted_at": now, "log_path": "", **values}
@@ -333,9 +334,9 @@ class Store:
                 run_id = int(cursor.lastrowid or 0)
                 tx.conn.execute(
                     "UPDATE runs SET log_path = ? WHERE id = ?",
-                    (str(self.logs_dir / f"{run_id}.log"), run_id),
+                    (str(logs_dir / f"{run_id}.log"), run_id),
                 )
-                notebook_argv = argv_for_run(row.get("argv", []), self.logs_dir / f"{run_id}.log")
+                notebook_argv = argv_for_run(row.get("argv", []), logs_dir / f"{run_id}.log")
                 if notebook_argv is not None:  # its executed notebook beside its log
                     tx.update(run_id, argv=notebook_argv)
                 ids.append(run_id)
@@ -343,6 +344,21 @@ class Store:
 
     def get(self, run_id: int) -> RunRecord:
         return Transaction(self._conn()).get(run_id)
+
+    def run_logs_dir(self, settings: dict[str, Any]) -> Path:
+        """Where new runs' logs go: the `logs_dir` setting (another disk), else HOME/logs.
+        Runs keep the log_path they were given, so changing it moves no old log."""
+        if not settings.get("logs_dir"):
+            return self.logs_dir
+        directory = Path(settings["logs_dir"])
+        try:
+            _private_dir(directory)
+        except OSError as exc:  # unplugged, or no permission
+            raise InvalidHome(
+                f"logs_dir {directory} cannot be used ({exc.strerror}); plug its disk in, or "
+                "set another with `nbrunner config logs_dir DIR` (an empty value: HOME/logs)"
+            ) from None
+        return directory
 
     def environment(self, env_id: int | None) -> dict[str, str] | None:
         """A stored submitter's environment (None for runs from before they were kept)."""
@@ -443,6 +459,52 @@ class Store:
             "total": sum(by_status.values()),
             "modules": modules,
         }
+
+    # -- removing old runs (see nbrunner.prune) ---------------------------------------------
+    def ended_before(self, cutoff: float, statuses: Sequence[str]) -> list[RunRecord]:
+        """Runs in `statuses` that ended before `cutoff`, except those an active run still
+        waits on (its `after`)."""
+        marks = ", ".join("?" * len(statuses))
+        rows = self._conn().execute(
+            f"SELECT * FROM runs WHERE status IN ({marks}) "
+            "AND coalesce(ended_at, submitted_at) < ? AND id NOT IN (SELECT w.value FROM runs "
+            f"AS a, json_each(a.after) AS w WHERE a.{_status_in(ACTIVE)}) ORDER BY id",
+            (*statuses, cutoff),
+        )
+        return [RunRecord.from_row(r) for r in rows]
+
+    def delete_runs(self, run_ids: Sequence[int]) -> None:
+        """Delete ended runs, and the stored environments no run uses any more. A run that
+        is active again (restarted in between) is kept."""
+        with self.write() as tx:
+            for start in range(0, len(run_ids), 500):  # SQLite bounds a statement's variables
+                chunk = run_ids[start : start + 500]
+                tx.conn.execute(
+                    f"DELETE FROM runs WHERE id IN ({', '.join('?' * len(chunk))}) "
+                    f"AND NOT {_status_in(ACTIVE)}",
+                    chunk,
+                )
+            tx.conn.execute(
+                "DELETE FROM environments WHERE id NOT IN "
+                "(SELECT env_id FROM runs WHERE env_id IS NOT NULL)"
+            )
+            tx.stamp()  # readers of the change feed look again
+
+    def free_bytes(self) -> int:
+        """Bytes of free pages in the store, which VACUUM would give back to the disk."""
+        conn = self._conn()
+        pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages) * int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+    def vacuum(self) -> bool:
+        """Rewrite the store without its free pages; False if another process was using
+        it (it is tried again at the next prune)."""
+        try:
+            self._conn().execute("VACUUM")
+            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            return False
+        return True
 
     # -- config ------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

@@ -90,12 +90,15 @@ class SummaryView:
         self.counts.add_class("nbr-counts")
         self.chart = widgets.HTML()
         self.chart.add_class("nbr-durations")
+        self.disk = widgets.HTML()  # how much disk the home takes (logs over months)
+        self.disk.add_class("nbr-disk")
         self.widget = widgets.VBox(
             [
                 widgets.HTML("<h3>Summary</h3>"),
                 self.counts,
                 widgets.HTML('<div class="nbr-muted">Recent durations per module</div>'),
                 self.chart,
+                self.disk,
             ]
         )
         self.widget.add_class("nbr-panel")
@@ -107,6 +110,10 @@ class SummaryView:
         self.ended_counts = {status: counts.get(status, 0) for status in ENDED}
         self.modules = {module for _, module, _, _ in recent}
         self.sync.set(self.chart, value=durations_html(recent))
+        usage = text.size(self.runner.disk_usage())
+        self.sync.set(
+            self.disk, value=f'<div class="nbr-muted">Disk used by this home: {usage}</div>'
+        )
 
     def update(self, active: Iterable[RunRecord]) -> None:
         counts = dict(self.ended_counts)
