@@ -26,7 +26,7 @@ from importlib import resources as package_files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import checks, service
+from . import checks, service, version
 from .backends import BACKENDS
 from .config import check_key
 from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileError
@@ -100,6 +100,7 @@ class Runner:
         self.backend = _check_backend(backend) if backend else None
         self.address = address
         self.store = Store(self.home)
+        version.warn_once(self.home, service.info(self.home))  # an upgrade's old service
         self.modules_file = self._modules_path(modules_file)
         self._modules_cache: tuple[float, dict[str, ModuleSpec]] | None = None
         self._tick_s = tick

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import platform
+from . import platform, version
 from .errors import NbrunnerError
 from .models import RunRecord
 from .prune import Retention
@@ -166,6 +166,7 @@ class Service:
         self._last_error: tuple[tuple[str, str], float] | None = None
         self._environments: dict[int | None, dict[str, str] | None] = {}
         self._retention = Retention()
+        self._successor: list[str] | None = None  # a newer service to hand over to
 
     # -- lifecycle ------------------------------------------------------------------------
     def serve(self) -> bool:
@@ -196,6 +197,7 @@ class Service:
                 "marker": platform.start_marker(pid),
                 "port": self._socket.getsockname()[1],
                 "started_at": time.time(),
+                "version": version.current(),
             },
         )
         self._refresh_all()
@@ -214,6 +216,8 @@ class Service:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._successor is not None:
+            version.start_successor(self.home, self._successor, str(self.home / ERR_NAME))
 
     def _idle_for(self) -> float:
         with self._hooks_lock:
@@ -256,8 +260,13 @@ class Service:
                 self._report(step.__name__, exc)
 
     def _long_runs(self) -> None:
-        """What runs lasting days need (see nbrunner.prune): old runs removed now and then."""
+        """What runs lasting days need: old runs removed now and then (nbrunner.prune); a
+        newer nbrunner's service handed over to once no run is being started (version)."""
         self._retention.apply(self.store)
+        starting = any(r.status is RunStatus.STARTING for r in self.active.values())
+        if not starting and not self._hooks_pending:
+            self._successor = version.successor(self.home)
+            self._exiting = self._exiting or self._successor is not None
 
     def _report(self, step: str, exc: Exception) -> None:
         """Log a failure once, then once a minute while it repeats, so a store locked for

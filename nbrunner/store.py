@@ -29,7 +29,14 @@ from typing import Any
 
 from . import checks
 from . import config as config_mod
-from .errors import BadInput, CorruptStore, InvalidHome, StoreUnavailable, UnknownRun
+from .errors import (
+    BadInput,
+    CorruptStore,
+    InvalidHome,
+    OperationFailed,
+    StoreUnavailable,
+    UnknownRun,
+)
 from .models import JSON_FIELDS, RunRecord
 from .notebook import argv_for_run
 from .states import ACTIVE, HOLDS_SLOT, RunStatus, check_transition
@@ -114,6 +121,10 @@ MIGRATIONS: Sequence[str] = (
 )
 
 
+class NewerStore(OperationFailed):
+    """The store's schema is newer than this nbrunner knows: refused, never written."""
+
+
 def encode_column(column: str, value: Any) -> Any:
     """A field's value as the store keeps it (JSON text for lists and mappings)."""
     if column in JSON_FIELDS and value is not None:
@@ -180,6 +191,29 @@ class Transaction:
         return values
 
 
+def _header_schema(path: Path) -> int:
+    """The schema version in a store file's header (SQLite keeps user_version at byte 60),
+    read without opening it for writing; 0 for a missing or short file."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(64)
+    except OSError:
+        return 0
+    return int.from_bytes(header[60:64], "big") if len(header) == 64 else 0
+
+
+def _refuse_newer(path: Path, schema: int) -> None:
+    """A store written by a newer nbrunner is left alone: this code would misread it."""
+    if schema > len(MIGRATIONS):
+        from . import __version__
+
+        raise NewerStore(
+            f"the store {path} was written by a newer nbrunner (schema {schema}; nbrunner "
+            f"{__version__} knows up to {len(MIGRATIONS)}); upgrade nbrunner "
+            "(pip install -U nbrunner) or use another home; nothing was changed"
+        )
+
+
 def _status_in(statuses: Iterable[RunStatus]) -> str:
     names = ", ".join(f"'{s.value}'" for s in sorted(statuses))
     return f"status IN ({names})"
@@ -213,6 +247,8 @@ class Store:
         self.home = Path(home)
         self.logs_dir = self.home / "logs"
         self.runs_dir = self.home / "runs"
+        self.path = self.home / DB_NAME
+        _refuse_newer(self.path, _header_schema(self.path))  # before anything is written
         try:
             for directory in (self.logs_dir, self.runs_dir, self.home):
                 _private_dir(directory)
@@ -221,7 +257,6 @@ class Store:
                 f"home {self.home} cannot be used ({exc.strerror}); give a directory "
                 f"(a missing one is created) with --home or NBRUNNER_HOME"
             ) from None
-        self.path = self.home / DB_NAME
         _private_file(self.path)  # SQLite gives its -wal and -shm files the same mode
         self.patience = default_patience() if patience is None else patience
         self._local = threading.local()
@@ -296,6 +331,7 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             current = conn.execute("PRAGMA user_version").fetchone()[0]
+            _refuse_newer(self.path, current)
             for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
                 for statement in filter(str.strip, script.split(";")):
                     conn.execute(statement)

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import stop_everything
 from helpers.cli import cli, cli_json
 from helpers.procs import python, wait_until
 
@@ -117,10 +118,11 @@ def test_the_service_applies_the_retention_setting(
         runner.config("retention", "0s")
         runner.register("hold", command=python(HOLD))
         held = runner.submit("hold")  # keeps the service busy, and is never removed
-        wait_until(lambda: runner.count() == 1, what="the service to remove the ended runs")
-        assert runner.get(held.id).status in (RunStatus.STARTING, RunStatus.RUNNING)
-        held.cancel()
-        held.wait(timeout=30)
+        try:
+            wait_until(lambda: runner.count() == 1, what="the service to remove the ended runs")
+            assert runner.get(held.id).status in (RunStatus.STARTING, RunStatus.RUNNING)
+        finally:
+            stop_everything(runner)
 
 
 def test_logs_can_go_to_another_disk_and_old_runs_keep_theirs(
