@@ -131,6 +131,7 @@ DEFAULTS: dict[str, Any] = {
     "gpus": "",
     "retention": "",  # an age like 30d: the service removes runs ended longer ago
     "logs_dir": "",  # where new runs' logs go; "" is HOME/logs
+    "keep_awake": True,  # keep the machine from sleeping while runs are active
 }
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_concurrent": _int_at_least(1),
@@ -142,6 +143,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "gpus": _gpu_mask,
     "retention": _age,
     "logs_dir": _directory,
+    "keep_awake": _bool,
 }
 GROUP_PREFIX = "group."
 

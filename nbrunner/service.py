@@ -39,6 +39,7 @@ from typing import Any
 
 from . import platform, version
 from .errors import NbrunnerError
+from .keepawake import KeepAwake
 from .models import RunRecord
 from .prune import Retention
 from .recorder import (
@@ -167,6 +168,7 @@ class Service:
         self._environments: dict[int | None, dict[str, str] | None] = {}
         self._retention = Retention()
         self._successor: list[str] | None = None  # a newer service to hand over to
+        self._keep_awake = KeepAwake(f"runs are active in {self.home}")
 
     # -- lifecycle ------------------------------------------------------------------------
     def serve(self) -> bool:
@@ -260,8 +262,11 @@ class Service:
                 self._report(step.__name__, exc)
 
     def _long_runs(self) -> None:
-        """What runs lasting days need: old runs removed now and then (nbrunner.prune); a
-        newer nbrunner's service handed over to once no run is being started (version)."""
+        """What runs lasting days need: the machine kept awake while runs hold slots
+        (keepawake); old runs removed now and then (prune); a newer nbrunner's service
+        handed over to once no run is being started (version)."""
+        holding = any(r.status.holds_slot for r in self.active.values())
+        self._keep_awake.update(holding, self.store.config)
         self._retention.apply(self.store)
         starting = any(r.status is RunStatus.STARTING for r in self.active.values())
         if not starting and not self._hooks_pending:
