@@ -528,6 +528,12 @@ def _service(args: argparse.Namespace, runner: Runner) -> int:
     """Show, start or stop the home's service (runs go on when it stops)."""
     from . import service
 
+    if args.action in ("install", "uninstall"):
+        from . import autostart
+
+        outcome = getattr(autostart, args.action)(runner.home)
+        print(json.dumps(outcome.__dict__) if args.json else outcome.message)
+        return 0
     if args.action == "start":
         service.ensure_running(runner.home)
     elif args.action == "stop":
@@ -802,7 +808,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("worker", "run the home's service in the foreground, printing each change")
     service = add("service", "show, start or stop the home's service", listing)
-    service.add_argument("action", nargs="?", choices=("status", "start", "stop"), default="status")
+    service.add_argument(
+        "action",
+        nargs="?",
+        choices=("status", "start", "stop", "install", "uninstall"),
+        default="status",
+        help="install / uninstall: start the service at login (queued runs survive a reboot)",
+    )
     dashboard = add("dashboard", "serve the dashboard as a web app (Voila)")
     dashboard.add_argument("--port", type=_count("port", 65535), default=8866)
     dashboard.add_argument("--ip", default="127.0.0.1")

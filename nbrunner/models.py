@@ -64,6 +64,7 @@ class RunRecord:
     log_dropped: int | None = None  # bytes of output the log cap dropped
     keep_leftovers: bool = False
     sweep: str | None = None  # the sweep that submitted it (Runner.sweep)
+    retry_lost: int = 0  # times it is queued again if lost (nbrunner.retry)
     version: int = 0
 
     @classmethod

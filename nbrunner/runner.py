@@ -329,6 +329,7 @@ class Runner:
             "group": group or spec.group,
             "after": [self._run_id(a) for a in after],
             "keep_leftovers": spec.keep_leftovers,
+            "retry_lost": spec.retry_lost,
         }
 
     def _placement(self, backend: str | None, address: str | None = None) -> dict[str, Any]:

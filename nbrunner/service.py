@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import platform, version
+from . import platform, retry, version
 from .errors import NbrunnerError
 from .keepawake import KeepAwake
 from .models import RunRecord
@@ -263,11 +263,13 @@ class Service:
 
     def _long_runs(self) -> None:
         """What runs lasting days need: the machine kept awake while runs hold slots
-        (keepawake); old runs removed now and then (prune); a newer nbrunner's service
-        handed over to once no run is being started (version)."""
+        (keepawake); old runs removed now and then (prune); lost runs queued again where
+        their module asks (retry); a newer nbrunner's service handed over to once no run
+        is being started (version)."""
         holding = any(r.status.holds_slot for r in self.active.values())
         self._keep_awake.update(holding, self.store.config)
         self._retention.apply(self.store)
+        retry.requeue_lost(self.store)
         starting = any(r.status is RunStatus.STARTING for r in self.active.values())
         if not starting and not self._hooks_pending:
             self._successor = version.successor(self.home)

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -118,6 +118,8 @@ MIGRATIONS: Sequence[str] = (
     ALTER TABLE runs ADD COLUMN sweep TEXT;
     CREATE INDEX runs_sweep ON runs(sweep, id)
     """,
+    # how many more times a run lost to a reboot (or a lost recorder) is queued again
+    "ALTER TABLE runs ADD COLUMN retry_lost INTEGER NOT NULL DEFAULT 0",
 )
 
 
@@ -347,9 +349,14 @@ class Store:
 
     # -- runs --------------------------------------------------------------------------------
     def insert_runs(
-        self, runs: Sequence[dict[str, Any]], environment: dict[str, str] | None = None
+        self,
+        runs: Sequence[dict[str, Any]],
+        environment: dict[str, str] | None = None,
+        *,
+        also: Callable[[Transaction], None] | None = None,
     ) -> list[int]:
-        """Queue runs in one transaction, with the submitter's environment; their ids."""
+        """Queue runs in one transaction, with the submitter's environment; their ids.
+        `also` writes more in the same transaction (what the new runs replace)."""
         ids: list[int] = []
         now = time.time()
         with self.write() as tx:
@@ -376,10 +383,16 @@ class Store:
                 if notebook_argv is not None:  # its executed notebook beside its log
                     tx.update(run_id, argv=notebook_argv)
                 ids.append(run_id)
+            if also is not None:
+                also(tx)
         return ids
 
     def get(self, run_id: int) -> RunRecord:
         return Transaction(self._conn()).get(run_id)
+
+    def select(self, where: str, params: Iterable[Any] = ()) -> list[RunRecord]:
+        """Runs matching a WHERE clause, read without taking the write lock."""
+        return Transaction(self._conn()).select(where, params)
 
     def run_logs_dir(self, settings: dict[str, Any]) -> Path:
         """Where new runs' logs go: the `logs_dir` setting (another disk), else HOME/logs.
