@@ -193,7 +193,11 @@ def _active(runner: Runner, group: str | None) -> list[RunRecord]:
 
 @verb("ps")
 def _ps(args: argparse.Namespace, runner: Runner) -> int:
-    _print_records(_active(runner, args.group), args, queue=True)
+    records = _active(runner, args.group)
+    _print_records(records, args, queue=True)
+    for record in records if not args.json else ():  # why a queued run waits, if it says
+        if record.status is RunStatus.QUEUED and record.reason:
+            print(f"run {record.id} {record.reason}")
     return 0
 
 

@@ -121,6 +121,23 @@ def _directory(key: str, value: Any) -> str:
     return str(path)
 
 
+def _share_or_size(key: str, value: Any) -> str:
+    """A share of a GPU's memory like 90% (0% takes any GPU), or a size like 8GB."""
+    from .units import parse_size
+
+    text = str(value).strip().replace(" ", "")
+    try:
+        ok = 0 <= float(text[:-1]) <= 100 if text.endswith("%") else parse_size(text, key) >= 0
+    except (ValueError, BadInput):
+        ok = False
+    if not ok:
+        raise InvalidConfig(
+            f"{key} must be a share of a GPU's memory like 90% (0% for any GPU) or a size "
+            f"like 8GB; got {value!r}"
+        )
+    return text
+
+
 DEFAULTS: dict[str, Any] = {
     "max_concurrent": 10,
     "paused": False,
@@ -132,6 +149,7 @@ DEFAULTS: dict[str, Any] = {
     "retention": "",  # an age like 30d: the service removes runs ended longer ago
     "logs_dir": "",  # where new runs' logs go; "" is HOME/logs
     "keep_awake": True,  # keep the machine from sleeping while runs are active
+    "gpu_min_free": "90%",  # what others must leave free of a GPU a whole-GPU run gets
 }
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_concurrent": _int_at_least(1),
@@ -144,6 +162,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "retention": _age,
     "logs_dir": _directory,
     "keep_awake": _bool,
+    "gpu_min_free": _share_or_size,
 }
 GROUP_PREFIX = "group."
 

@@ -547,12 +547,14 @@ class Service:
         if not self._queued():
             return
         from . import scheduler
-        from .resources import Resources, machine_capacity
+        from .resources import machine_capacity
 
         local = [r for r in self.active.values() if r.backend != "ray"]
         wants_gpus = any(r.resources.get("gpus") or r.resources.get("gpu_memory") for r in local)
+        # whole GPUs and shares alike go only where others' memory leaves room
         shares = any(
-            r.status is RunStatus.QUEUED and Resources.from_mapping(r.resources).shares_a_gpu
+            r.status is RunStatus.QUEUED
+            and (r.resources.get("gpus") or r.resources.get("gpu_memory"))
             for r in local
         )
         settings = self.store.config()  # one read serves the claim and every launch
