@@ -410,6 +410,11 @@ def build_module(
         ),
         snapshot=_bool_key(name, data, "snapshot", default=False),
     )
+    if spec.snapshot and not (spec.script or spec.python_module):
+        raise ModulesFileError(
+            f"module {name!r}: snapshot copies a script or a python_module's package; "
+            "a command or notebook module cannot have it"
+        )
     if check_files:
         _check_files(spec)
     return spec

@@ -1,8 +1,8 @@
 """Removing old runs, so a home used for months does not fill its disk.
 
 `prune` deletes ended runs older than an age: their records, logs, executed notebooks,
-reported metrics and hook logs, and the stored environments no run uses any more; it
-vacuums the store when that freed much of it. Active runs, and ended runs a queued run
+reported metrics and hook logs, and the stored environments and code snapshots no run uses
+any more; it vacuums the store when that freed much of it. Active runs, and ended runs a queued run
 still waits on (`after`), are never removed. The `retention` setting makes the service do
 the same now and then (`Retention`), and `home_usage` says how much disk a home takes.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ FAILURES = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.LOST})
 VACUUM_SHARE = 0.25
 VACUUM_MIN_BYTES = 1_000_000
 RETENTION_EVERY_S = 3600.0
+SNAPSHOT_GRACE_S = 3600.0
 
 
 def parse_age(text: object, name: str = "--older-than") -> float:
@@ -96,17 +98,33 @@ def prune(
     files = [p for r in doomed for p in run_files(r, store.logs_dir) if p.exists()]
     report.files = len(files)
     report.bytes_freed = sum(_size(p) for p in files)
-    if dry_run or not doomed:
+    if dry_run:
         return report
-    store.delete_runs(report.runs)  # records first: no record ever points at a missing log
+    if doomed:
+        store.delete_runs(report.runs)  # records first: no record points at a missing log
     for path in files:
         with contextlib.suppress(OSError):  # gone already, or held open on Windows
             path.unlink()
+    report.files += _remove_unused_snapshots(store)
+    if not doomed:
+        return report
     freed = store.free_bytes()
     if freed >= VACUUM_MIN_BYTES and freed >= VACUUM_SHARE * _size(store.path):
         report.vacuumed = store.vacuum()
         report.bytes_freed += freed if report.vacuumed else 0
     return report
+
+
+def _remove_unused_snapshots(store: Store) -> int:
+    """Remove the code snapshots no remaining run uses; how many. A fresh one may belong to
+    a submission being written right now, so only those older than an hour go."""
+    from . import snapshot
+
+    old = time.time() - SNAPSHOT_GRACE_S
+    unused = [p for p in snapshot.unused(store.home, store.mentions) if p.stat().st_mtime < old]
+    for path in unused:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(unused)
 
 
 class Retention:

@@ -26,7 +26,7 @@ from importlib import resources as package_files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import checks, service, version
+from . import checks, service, snapshot, version
 from .backends import BACKENDS
 from .config import check_key
 from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileError
@@ -253,6 +253,7 @@ class Runner:
                 gpu_mask=str(self.store.config()["gpus"]),
             )
             capacity.check_possible(needs)
+            rows = snapshot.freeze(self.home, spec, rows)  # `snapshot = true`: code as of now
         ids = self.store.insert_runs(rows, service.submitter_environment())
         self._notify()
         return [Run(self, run_id) for run_id in ids]

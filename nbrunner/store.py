@@ -539,6 +539,14 @@ class Store:
             )
             tx.stamp()  # readers of the change feed look again
 
+    def mentions(self, text: str) -> bool:
+        """Whether any run's argv or env contains `text` (a snapshot's unique name)."""
+        found = self._conn().execute(
+            "SELECT 1 FROM runs WHERE instr(argv, ?) > 0 OR instr(env, ?) > 0 LIMIT 1",
+            (text, text),
+        )
+        return found.fetchone() is not None
+
     def free_bytes(self) -> int:
         """Bytes of free pages in the store, which VACUUM would give back to the disk."""
         conn = self._conn()
