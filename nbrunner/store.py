@@ -194,14 +194,20 @@ class Transaction:
 
 
 def _header_schema(path: Path) -> int:
-    """The schema version in a store file's header (SQLite keeps user_version at byte 60),
-    read without opening it for writing; 0 for a missing or short file."""
-    try:
-        with open(path, "rb") as file:
-            header = file.read(64)
-    except OSError:
+    """The schema version a store file says it has, read without writing anything (no
+    -wal or -shm file is made); 0 for a missing or unreadable file. Read through SQLite:
+    closing a plain descriptor of the file would drop every POSIX lock this process's
+    SQLite connections hold on it."""
+    if not path.is_file():
         return 0
-    return int.from_bytes(header[60:64], "big") if len(header) == 64 else 0
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0  # the real open says what is wrong with it
 
 
 def _refuse_newer(path: Path, schema: int) -> None:
