@@ -646,11 +646,12 @@ class Runner:
         age = parse_age(older_than, "older_than")
         return prune(self.store, age, keep_failed=keep_failed, dry_run=dry_run)
 
-    def disk_usage(self) -> int:
-        """Bytes this home takes on disk, with logs kept elsewhere (`logs_dir`)."""
+    def disk_usage(self, logs_dir: str | None = None) -> int:
+        """Bytes this home takes on disk, with logs kept elsewhere (the `logs_dir` setting,
+        read from the store unless given)."""
         from .prune import home_usage
 
-        elsewhere = self.store.config().get("logs_dir")
+        elsewhere = self.store.config().get("logs_dir") if logs_dir is None else logs_dir
         return home_usage(self.home, [Path(elsewhere)] if elsewhere else [])
 
     def dashboard(self, **options: Any) -> Any:

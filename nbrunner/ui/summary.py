@@ -91,6 +91,8 @@ class SummaryView:
         self.chart = widgets.HTML()
         self.chart.add_class("nbr-durations")
         self.disk = widgets.HTML()  # how much disk the home takes (logs over months)
+        # read once here: a refresh tick makes at most one store query (the overview)
+        self.logs_dir = str(runner.config("logs_dir") or "")
         self.disk.add_class("nbr-disk")
         self.widget = widgets.VBox(
             [
@@ -110,7 +112,7 @@ class SummaryView:
         self.ended_counts = {status: counts.get(status, 0) for status in ENDED}
         self.modules = {module for _, module, _, _ in recent}
         self.sync.set(self.chart, value=durations_html(recent))
-        usage = text.size(self.runner.disk_usage())
+        usage = text.size(self.runner.disk_usage(self.logs_dir))
         self.sync.set(
             self.disk, value=f'<div class="nbr-muted">Disk used by this home: {usage}</div>'
         )
