@@ -255,21 +255,31 @@ class Service:
     # -- the tick -------------------------------------------------------------------------
     def _tick(self) -> None:
         steps = (self._reap, self._read_changes, self._adopt, self._advance_all, self._claim)
-        for step in (*steps, self._long_runs):
+        for step in (*steps, *self._long_run_steps()):
             try:
                 step()
             except Exception as exc:  # a locked store or a bug: logged, tried again next tick
                 self._report(step.__name__, exc)
 
-    def _long_runs(self) -> None:
-        """What runs lasting days need: the machine kept awake while runs hold slots
-        (keepawake); old runs removed now and then (prune); lost runs queued again where
-        their module asks (retry); a newer nbrunner's service handed over to once no run
-        is being started (version)."""
+    # -- what runs lasting days need ------------------------------------------------------
+    def _long_run_steps(self) -> tuple[Any, ...]:
+        return (self._stay_awake, self._retire_old_runs, self._requeue_lost, self._hand_over)
+
+    def _stay_awake(self) -> None:
+        """Keep the machine from sleeping while runs hold slots (nbrunner.keepawake)."""
         holding = any(r.status.holds_slot for r in self.active.values())
         self._keep_awake.update(holding, self.store.config)
+
+    def _retire_old_runs(self) -> None:
+        """Now and then, remove what the `retention` setting says (nbrunner.prune)."""
         self._retention.apply(self.store)
+
+    def _requeue_lost(self) -> None:
+        """Queue again runs lost to a reboot whose module asks for it (nbrunner.retry)."""
         retry.requeue_lost(self.store)
+
+    def _hand_over(self) -> None:
+        """Exit for a newer nbrunner's service once no run is being started (version)."""
         starting = any(r.status is RunStatus.STARTING for r in self.active.values())
         if not starting and not self._hooks_pending:
             self._successor = version.successor(self.home)
