@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -150,10 +150,17 @@ class Retention:
         return prune(store, parse_age(age, "retention")) if age else None
 
 
-def _walk(directory: Path) -> Iterator[Path]:
-    for root, _, names in os.walk(directory):
-        for name in names:
-            yield Path(root, name)
+def _tree_size(directory: str) -> int:
+    """Bytes of the files under directory (scandir: no Path per file; links not followed)."""
+    total = 0
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    total += _tree_size(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def home_usage(home: Path, logs_dirs: Iterable[Path] = ()) -> int:
@@ -163,4 +170,4 @@ def home_usage(home: Path, logs_dirs: Iterable[Path] = ()) -> int:
         resolved = directory.resolve()
         if not any(resolved.is_relative_to(r) for r in roots):
             roots.add(resolved)
-    return sum(_size(p) for root in roots for p in _walk(root))
+    return sum(_tree_size(str(root)) for root in roots)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from statistics import median
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # the runner imports the dashboard, not the other way round
     from ..runner import Runner
 
 RECENT_RUNS = 200
+DISK_EVERY_S = 60.0  # disk usage changes slowly; measuring it walks every file
 BARS_PER_MODULE = 24
 BAR_WIDTH, BAR_GAP, CHART_HEIGHT = 5, 1, 24
 MIN_BAR = 2.0
@@ -93,6 +95,7 @@ class SummaryView:
         self.disk = widgets.HTML()  # how much disk the home takes (logs over months)
         # read once here: a refresh tick makes at most one store query (the overview)
         self.logs_dir = str(runner.config("logs_dir") or "")
+        self.disk_at = float("-inf")
         self.disk.add_class("nbr-disk")
         self.widget = widgets.VBox(
             [
@@ -112,10 +115,12 @@ class SummaryView:
         self.ended_counts = {status: counts.get(status, 0) for status in ENDED}
         self.modules = {module for _, module, _, _ in recent}
         self.sync.set(self.chart, value=durations_html(recent))
-        usage = text.size(self.runner.disk_usage(self.logs_dir))
-        self.sync.set(
-            self.disk, value=f'<div class="nbr-muted">Disk used by this home: {usage}</div>'
-        )
+        if time.monotonic() - self.disk_at >= DISK_EVERY_S:  # a walk over every log file
+            self.disk_at = time.monotonic()
+            usage = text.size(self.runner.disk_usage(self.logs_dir))
+            self.sync.set(
+                self.disk, value=f'<div class="nbr-muted">Disk used by this home: {usage}</div>'
+            )
 
     def update(self, active: Iterable[RunRecord]) -> None:
         counts = dict(self.ended_counts)
