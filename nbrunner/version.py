@@ -41,7 +41,9 @@ def mismatch_line(service_version: str | None, client_version: str) -> str | Non
     if service_version == client_version:
         return None
     running = f"nbrunner {service_version}" if service_version else "an nbrunner without a version"
-    if as_tuple(client_version) > as_tuple(service_version or "0"):
+    if service_version is None:  # from before handing over existed
+        then = "it serves until it is idle; the next service started is this version's"
+    elif as_tuple(client_version) > as_tuple(service_version):
         then = "it hands over to this version as soon as no run is being started"
     else:
         then = "this older client leaves it running; upgrade this environment's nbrunner"

@@ -33,6 +33,7 @@ def test_versions_order_by_their_numbers() -> None:
     assert mismatch_line("0.1.0", "0.1.0") is None
     assert "hands over to this version" in (mismatch_line("0.1.0", "0.2.0") or "")
     assert "leaves it running" in (mismatch_line("0.2.0", "0.1.0") or "")
+    assert "serves until it is idle" in (mismatch_line(None, "0.1.0") or "")
 
 
 def test_the_service_records_its_version(runner: Runner, home: Path) -> None:
