@@ -202,7 +202,11 @@ def _active(runner: Runner, group: str | None, sweep: str | None = None) -> list
 
 @verb("ps")
 def _ps(args: argparse.Namespace, runner: Runner) -> int:
-    _print_records(_active(runner, args.group, args.sweep), args, queue=True)
+    records = _active(runner, args.group, args.sweep)
+    _print_records(records, args, queue=True)
+    for record in records if not args.json else ():  # why a queued run waits, if it says
+        if record.status is RunStatus.QUEUED and record.reason:
+            print(f"run {record.id} {record.reason}")
     return 0
 
 
@@ -323,6 +327,8 @@ def _scalars(args: argparse.Namespace, runner: Runner) -> int:
 
 @verb("show")
 def _show(args: argparse.Namespace, runner: Runner) -> int:
+    if args.id is None:
+        return _show_home(args, runner)
     record = runner.get(args.id).record
     if args.json:
         _print_json(record.to_dict())
@@ -332,6 +338,38 @@ def _show(args: argparse.Namespace, runner: Runner) -> int:
                 print(f"{key:<15} {value}")
         for line in provenance_lines(record.provenance):
             print(f"{'provenance':<15} {line}")
+    return 0
+
+
+def _show_home(args: argparse.Namespace, runner: Runner) -> int:
+    """`nbrunner show` without a run: the home, what it holds and the disk it takes."""
+    from .units import format_size
+
+    usage = runner.disk_usage()
+    home = {"home": str(runner.home), "runs": runner.count(), "disk_usage": usage}
+    if args.json:
+        _print_json(home)
+    else:
+        print(f"home            {home['home']}")
+        print(f"runs            {home['runs']}")
+        print(f"disk usage      {format_size(usage)} (`nbrunner prune --older-than 30d` frees)")
+    return 0
+
+
+@verb("prune")
+def _prune(args: argparse.Namespace, runner: Runner) -> int:
+    """Remove ended runs older than an age, with their logs; never an active run."""
+    from .units import format_size
+
+    report = runner.prune(args.older_than, keep_failed=args.keep_failed, dry_run=args.dry_run)
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    verb_text = "would remove" if report.dry_run else "removed"
+    print(
+        f"{verb_text} {len(report.runs)} run(s) and {report.files} file(s), "
+        f"{format_size(report.bytes_freed)}" + (" (store vacuumed)" if report.vacuumed else "")
+    )
     return 0
 
 
@@ -573,6 +611,12 @@ def _service(args: argparse.Namespace, runner: Runner) -> int:
     """Show, start or stop the home's service (runs go on when it stops)."""
     from . import service
 
+    if args.action in ("install", "uninstall"):
+        from . import autostart
+
+        outcome = getattr(autostart, args.action)(runner.home)
+        print(json.dumps(outcome.__dict__) if args.json else outcome.message)
+        return 0
     if args.action == "start":
         service.ensure_running(runner.home)
         _started(runner.home)
@@ -850,8 +894,17 @@ def _parser() -> argparse.ArgumentParser:
     scalars.add_argument("--name", action="append", default=[], help="only this metric")
     scalars.add_argument("--points", action="store_true", help="every point, tab-separated")
     scalars.add_argument("--json", action="store_true", help="every point, as JSON")
+    show = add("show", "show one run's record; without ID, the home and its disk usage", listing)
+    show.add_argument("id", nargs="?")
+    prune = add("prune", "remove ended runs older than an age, with their logs", listing)
+    prune.add_argument(
+        "--older-than", required=True, metavar="AGE", help="an age like 30d, 12h, 2w"
+    )
+    prune.add_argument(
+        "--keep-failed", action="store_true", help="keep failed, timed-out and lost runs"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
     for name, help_text in (
-        ("show", "show one run's record"),
         ("pause", "suspend a running run's whole process tree (it keeps its slot)"),
         ("resume", "continue a paused run"),
         ("front", "move a queued run to the front of the queue"),
@@ -899,7 +952,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("worker", "run the home's service in the foreground, printing each change")
     service = add("service", "show, start or stop the home's service", listing)
-    service.add_argument("action", nargs="?", choices=("status", "start", "stop"), default="status")
+    service.add_argument(
+        "action",
+        nargs="?",
+        choices=("status", "start", "stop", "install", "uninstall"),
+        default="status",
+        help="install / uninstall: start the service at login (queued runs survive a reboot)",
+    )
     dashboard = add("dashboard", "serve the dashboard as a web app (Voila)")
     dashboard.add_argument("--port", type=_count("port", 65535), default=8866)
     dashboard.add_argument("--ip", default="127.0.0.1")

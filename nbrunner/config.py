@@ -6,10 +6,11 @@ import json
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import checks
-from .errors import InvalidConfig
+from .errors import BadInput, InvalidConfig
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -94,6 +95,49 @@ def _gpu_mask(key: str, value: Any) -> str:
     return ",".join(str(i) for i in sorted({int(i) for i in indices}))
 
 
+def _age(key: str, value: Any) -> str:
+    """An age like 30d (see nbrunner.prune), or "" for none."""
+    from .prune import parse_age
+
+    if value in ("", None):
+        return ""
+    try:
+        parse_age(value, key)
+    except BadInput as exc:
+        raise InvalidConfig(f"{exc}, or an empty value for none") from None
+    return str(value).strip()
+
+
+def _directory(key: str, value: Any) -> str:
+    """An absolute directory (created if missing), or "" for the default."""
+    if value in ("", None):
+        return ""
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute() or (path.exists() and not path.is_dir()):
+        raise InvalidConfig(
+            f"{key} must be an absolute path to a directory (created if missing), or an "
+            f"empty value for the default; got {value!r}"
+        )
+    return str(path)
+
+
+def _share_or_size(key: str, value: Any) -> str:
+    """A share of a GPU's memory like 90% (0% takes any GPU), or a size like 8GB."""
+    from .units import parse_size
+
+    text = str(value).strip().replace(" ", "")
+    try:
+        ok = 0 <= float(text[:-1]) <= 100 if text.endswith("%") else parse_size(text, key) >= 0
+    except (ValueError, BadInput):
+        ok = False
+    if not ok:
+        raise InvalidConfig(
+            f"{key} must be a share of a GPU's memory like 90% (0% for any GPU) or a size "
+            f"like 8GB; got {value!r}"
+        )
+    return text
+
+
 DEFAULTS: dict[str, Any] = {
     "max_concurrent": 10,
     "paused": False,
@@ -102,6 +146,10 @@ DEFAULTS: dict[str, Any] = {
     "ray.address": "",
     "max_log_size": 256_000_000,
     "gpus": "",
+    "retention": "",  # an age like 30d: the service removes runs ended longer ago
+    "logs_dir": "",  # where new runs' logs go; "" is HOME/logs
+    "keep_awake": True,  # keep the machine from sleeping while runs are active
+    "gpu_min_free": "90%",  # what others must leave free of a GPU a whole-GPU run gets
 }
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_concurrent": _int_at_least(1),
@@ -111,6 +159,10 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "ray.address": _text,
     "max_log_size": _log_size,
     "gpus": _gpu_mask,
+    "retention": _age,
+    "logs_dir": _directory,
+    "keep_awake": _bool,
+    "gpu_min_free": _share_or_size,
 }
 GROUP_PREFIX = "group."
 

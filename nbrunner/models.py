@@ -67,6 +67,7 @@ class RunRecord:
     sweep: str | None = None  # the sweep that submitted it (Runner.sweep)
     prune: dict[str, Any] | None = None  # its sweep's pruning rule (nbrunner.pruning)
     provenance: dict[str, Any] | None = None  # the code it ran (nbrunner.provenance)
+    retry_lost: int = 0  # times it is queued again if lost (nbrunner.retry)
     version: int = 0
 
     @classmethod

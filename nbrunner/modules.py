@@ -43,6 +43,8 @@ _MODULE_KEYS = {
     "flags",
     "notebook",
     "kernel",
+    "retry_lost",
+    "snapshot",
 }
 _TARGETS = ("python_module", "script", "command", "notebook")
 _TRUE = {"true", "1", "yes", "on"}
@@ -290,6 +292,8 @@ class ModuleSpec:
     flags: str = "as-is"  # one of FLAG_STYLES
     notebook: str | None = None  # run by nbrunner.notebook's executor
     kernel: str | None = None  # the notebook's kernel; None: its own kernelspec
+    retry_lost: int = 0  # queue a run lost to a reboot again, this many times
+    snapshot: bool = False  # run a copy of the code taken at submit (nbrunner.snapshot)
 
     @property
     def param_map(self) -> dict[str, ParamSpec]:
@@ -376,6 +380,8 @@ class ModuleSpec:
             "hide_gpus": self.hide_gpus,
             "unbuffered": self.unbuffered,
             "keep_leftovers": self.keep_leftovers,
+            "retry_lost": self.retry_lost,
+            "snapshot": self.snapshot,
             "flags": self.flags,
             "params": {p.name: p.to_dict() for p in self.params},
             "resources": self.resources.to_dict(),
@@ -444,7 +450,16 @@ def build_module(
         flags=flags,
         notebook=notebook,
         kernel=data.get("kernel"),
+        retry_lost=checks.whole_number(
+            data.get("retry_lost", 0), f"module {name!r}: retry_lost", 0, 10, ModulesFileError
+        ),
+        snapshot=_bool_key(name, data, "snapshot", default=False),
     )
+    if spec.snapshot and not (spec.script or spec.python_module):
+        raise ModulesFileError(
+            f"module {name!r}: snapshot copies a script or a python_module's package; "
+            "a command or notebook module cannot have it"
+        )
     if check_files:
         _check_files(spec)
     return spec

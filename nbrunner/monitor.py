@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import psutil
 
 from .gpu import GpuSample, gpu_source
+from .resources import memory_capacity
 
 INTERVAL_S = 1.0
 WINDOW_S = 600
@@ -37,15 +38,15 @@ class SystemSample:
 
 def take_sample() -> SystemSample:
     per_core = tuple(psutil.cpu_percent(percpu=True))
-    memory = psutil.virtual_memory()
+    memory_total, memory_available = memory_capacity()  # a container's, inside one
     source = gpu_source()
     return SystemSample(
         time=time.time(),
         cpu_percent=sum(per_core) / len(per_core) if per_core else 0.0,
         per_core=per_core,
-        memory_used=int(memory.total - memory.available),
-        memory_available=int(memory.available),
-        memory_total=int(memory.total),
+        memory_used=memory_total - memory_available,
+        memory_available=memory_available,
+        memory_total=memory_total,
         gpus=tuple(source.sample()),
         gpu_status=source.reason,
     )

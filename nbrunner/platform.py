@@ -389,14 +389,41 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT, membership: str | None = None) ->
             membership = Path("/proc/self/cgroup").read_text()
         except OSError:
             return None
-    quotas = []
+    return min(_cgroup_limits(root, membership, "cpu", _v2_quota, _v1_quota), default=None)
+
+
+def cgroup_memory_limit(
+    root: Path = CGROUP_ROOT, membership: str | None = None
+) -> tuple[int, int | None] | None:
+    """The memory limit of this process's cgroup or the tightest of its ancestors (a
+    container's), with what that cgroup uses now: (limit, usage) in bytes, v2 (`memory.max`,
+    `memory.current`) or v1 (`memory.limit_in_bytes`, `memory.usage_in_bytes`); None where
+    no limit is set ("max", or v1's huge "unlimited") or there are no cgroups."""
+    if membership is None:
+        try:
+            membership = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    return min(_cgroup_limits(root, membership, "memory", _v2_memory, _v1_memory), default=None)
+
+
+def _cgroup_limits(
+    root: Path,
+    membership: str,
+    controller: str,
+    v2: Callable[[Path], Any],
+    v1: Callable[[Path], Any],
+) -> list[Any]:
+    """The limits set on this process's cgroups and their ancestors, read by `v2` in the
+    unified hierarchy and by `v1` in the one mounted for `controller`."""
+    limits = []
     for line in membership.splitlines():
         hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
         if hierarchy == "0" and not controllers:
-            quotas += _quotas_up(root, path, _v2_quota)
-        elif "cpu" in controllers.split(","):
-            quotas += _quotas_up(root / controllers, path, _v1_quota)
-    return min(quotas, default=None)
+            limits += _quotas_up(root, path, v2)
+        elif controller in controllers.split(","):
+            limits += _quotas_up(root / controllers, path, v1)
+    return limits
 
 
 def _quotas_up(mount: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
@@ -422,6 +449,44 @@ def _v1_quota(directory: Path) -> float | None:
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
+
+
+# v1 reports "no limit" as the largest page-aligned signed 64-bit number; anything from
+# 2**62 up is no limit on any machine that exists.
+_NO_MEMORY_LIMIT = 2**62
+
+
+def _v2_memory(directory: Path) -> tuple[int, int | None] | None:
+    return _memory_pair(directory, "memory.max", "memory.current", "inactive_file")
+
+
+def _v1_memory(directory: Path) -> tuple[int, int | None] | None:
+    return _memory_pair(
+        directory, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"
+    )
+
+
+def _memory_pair(
+    directory: Path, limit_name: str, usage_name: str, cache_key: str
+) -> tuple[int, int | None] | None:
+    """(limit, usage) of one cgroup. Usage leaves out the inactive page cache, as `docker
+    stats` does: the kernel reclaims it before it would refuse a run its memory."""
+    try:
+        limit = int((directory / limit_name).read_text())
+    except (OSError, ValueError):  # absent, or "max"
+        return None
+    if limit >= _NO_MEMORY_LIMIT:
+        return None
+    try:
+        usage = int((directory / usage_name).read_text())
+    except (OSError, ValueError):
+        return limit, None
+    try:
+        stat = dict(line.split() for line in (directory / "memory.stat").read_text().splitlines())
+        usage -= int(stat.get(cache_key, 0))
+    except (OSError, ValueError):
+        pass
+    return limit, max(0, usage)
 
 
 def become_subreaper() -> bool:

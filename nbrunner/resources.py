@@ -15,6 +15,8 @@ from . import checks
 from .errors import ResourceRequestError
 from .units import format_size, parse_size
 
+# How a queued run's reason starts while others' memory keeps it from a GPU.
+GPU_WAIT = "waits for a GPU: "
 _KEYS = ("cpus", "memory", "gpus", "gpu_memory", "pin", "gpu_memory_strict")
 
 
@@ -137,6 +139,11 @@ class Ledger:
     # Memory booked by runs admitted in this pass: not yet allocated, so not yet missing
     # from what the OS reports as available.
     admitted_memory: int = 0
+    # How much of a GPU others (processes not ours) must leave free for a whole-GPU run
+    # that declares no gpu_memory: a share like "90%" or a size (the gpu_min_free setting).
+    gpu_min_free: str = "90%"
+    # Why the last `fit` found no GPU, when memory others hold is the cause (else None).
+    refusal: str | None = None
 
     def take(self, need: Resources, assignment: Assignment, admitted: bool = False) -> None:
         self.cpus += need.cpus
@@ -167,17 +174,20 @@ class Ledger:
         return Assignment(gpus, cores)
 
     def _fit_gpus(self, need: Resources) -> tuple[int, ...] | None:
+        self.refusal = None
         untouched = [
             d
             for d in self.capacity.devices
             if d.index not in self.whole_gpus and d.index not in self.shared_gpu_memory
         ]
         if need.gpus:
-            return (
-                tuple(d.index for d in untouched[: need.gpus])
-                if len(untouched) >= need.gpus
-                else None
-            )
+            fits = [d for d in untouched if free_enough(d, need, self.gpu_min_free) is None]
+            if len(fits) >= need.gpus:
+                return tuple(d.index for d in fits[: need.gpus])
+            if len(untouched) >= need.gpus:  # free of our runs, but others hold memory
+                busy = (free_enough(d, need, self.gpu_min_free) for d in untouched)
+                self.refusal = GPU_WAIT + "; ".join(filter(None, busy))
+            return None
         if need.shares_a_gpu:
             for device in self.capacity.devices:
                 used = self.shared_gpu_memory.get(device.index, 0)
@@ -196,6 +206,29 @@ class Ledger:
         return tuple(free[:wanted]) if len(free) >= wanted else None
 
 
+def free_enough(device: Device, need: Resources, min_free: str) -> str | None:
+    """None if what others leave free on `device` covers a whole-GPU run (its gpu_memory,
+    else `min_free` of the device), else what is missing, in words."""
+    free = device.memory_total - device.memory_others
+    if need.gpu_memory:
+        wanted, what = need.gpu_memory, "the run's gpu_memory"
+    elif min_free.endswith("%"):
+        wanted = int(device.memory_total * float(min_free[:-1]) / 100)
+        what = f"gpu_min_free {min_free}"
+    else:
+        wanted, what = (
+            min(parse_size(min_free, "gpu_min_free"), device.memory_total),
+            (f"gpu_min_free {min_free}"),
+        )
+    if free >= wanted:
+        return None
+    return (
+        f"GPU {device.index} has {format_size(free)} free (other processes hold "
+        f"{format_size(device.memory_others)} of {format_size(device.memory_total)}), "
+        f"{what} is {format_size(wanted)}"
+    )
+
+
 def machine_capacity(
     with_gpus: bool = True, gpu_mask: str = "", ours: Collection[int] | None = None
 ) -> Capacity:
@@ -205,17 +238,39 @@ def machine_capacity(
     GPU discovery is skipped when nobody involved asks for a GPU, so CPU-only claims never
     pay for loading NVML.
     """
-    import psutil
 
     from . import platform
 
     cores = platform.usable_cpus()
     quota = platform.cgroup_cpu_limit()
     cpus = min(len(cores), max(quota, 1.0)) if quota is not None else len(cores)
-    memory = psutil.virtual_memory()
+    memory_total, memory_available = memory_capacity()
     devices: tuple[Device, ...] = ()
     if with_gpus:
         from .gpu import devices_for_runs
 
         devices = devices_for_runs(gpu_mask, ours)
-    return Capacity(cpus, int(memory.total), int(memory.available), devices, cores)
+    return Capacity(cpus, memory_total, memory_available, devices, cores)
+
+
+def memory_capacity() -> tuple[int, int]:
+    """(total, available) memory for runs now: the machine's, or its container's where the
+    cgroup limit is smaller (psutil sees the whole host from inside a container)."""
+    import psutil
+
+    from . import platform
+
+    memory = psutil.virtual_memory()
+    return capped_memory(int(memory.total), int(memory.available), platform.cgroup_memory_limit())
+
+
+def capped_memory(
+    total: int, available: int, cgroup: tuple[int, int | None] | None
+) -> tuple[int, int]:
+    """The machine's (total, available) within a cgroup's (limit, usage): what the cgroup
+    has left is its limit minus its usage (reclaimable page cache already left out)."""
+    if cgroup is None or cgroup[0] >= total:
+        return total, available
+    limit, usage = cgroup
+    left = limit - usage if usage is not None else limit
+    return limit, max(0, min(available, left))

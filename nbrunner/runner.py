@@ -27,7 +27,7 @@ from importlib import resources as package_files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from . import checks, service
+from . import checks, service, snapshot, version
 from .backends import BACKENDS
 from .config import check_key
 from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileError
@@ -104,6 +104,7 @@ class Runner:
         self.backend = _check_backend(backend) if backend else None
         self.address = address
         self.store = Store(self.home)
+        version.warn_once(self.home, service.info(self.home))  # an upgrade's old service
         self.modules_file = self._modules_path(modules_file)
         self._modules_cache: tuple[float, dict[str, ModuleSpec]] | None = None
         self._session_modules: dict[str, ModuleSpec] = {}  # register(persist=False)
@@ -272,6 +273,7 @@ class Runner:
                 gpu_mask=str(self.store.config()["gpus"]),
             )
             capacity.check_possible(needs)
+            rows = snapshot.freeze(self.home, spec, rows)  # `snapshot = true`: code as of now
         ids = self.store.insert_runs(rows, service.submitter_environment())
         self._notify()
         return [Run(self, run_id) for run_id in ids]
@@ -357,6 +359,7 @@ class Runner:
             "group": group or spec.group,
             "after": [self._run_id(a) for a in after],
             "keep_leftovers": spec.keep_leftovers,
+            "retry_lost": spec.retry_lost,
         }
 
     def _placement(self, backend: str | None, address: str | None = None) -> dict[str, Any]:
@@ -754,6 +757,22 @@ class Runner:
     def metrics(self) -> dict[str, Any]:
         """Counters: runs by status, queued and running now, mean wait and run time per module."""
         return self.store.metrics()
+
+    def prune(self, older_than: str, *, keep_failed: bool = False, dry_run: bool = False) -> Any:
+        """Remove runs that ended longer ago than `older_than` (an age like "30d") with
+        their logs; never an active run. A PruneReport (see nbrunner.prune)."""
+        from .prune import parse_age, prune
+
+        age = parse_age(older_than, "older_than")
+        return prune(self.store, age, keep_failed=keep_failed, dry_run=dry_run)
+
+    def disk_usage(self, logs_dir: str | None = None) -> int:
+        """Bytes this home takes on disk, with logs kept elsewhere (the `logs_dir` setting,
+        read from the store unless given)."""
+        from .prune import home_usage
+
+        elsewhere = self.store.config().get("logs_dir") if logs_dir is None else logs_dir
+        return home_usage(self.home, [Path(elsewhere)] if elsewhere else [])
 
     def dashboard(self, **options: Any) -> Any:
         """The dashboard widget for this runner, to show in a notebook cell."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import GROUP_PREFIX
 from .models import RunRecord
-from .resources import Assignment, Capacity, Ledger, Resources
+from .resources import GPU_WAIT, Assignment, Capacity, Ledger, Resources
 from .states import RunStatus
 from .store import Transaction, encode_column
 
@@ -38,6 +38,8 @@ Shape = tuple[Any, Any, Any, str]  # the stored group, resources, after and back
 class Decision:
     start: list[tuple[RunRecord, Assignment]] = field(default_factory=list)
     doomed: list[tuple[RunRecord, str]] = field(default_factory=list)  # (run, why cancelled)
+    # GPU runs' shapes looked at: why they wait for a GPU others hold, or None (they don't)
+    gpu_waits: dict[Shape, str | None] = field(default_factory=dict)
 
 
 def _dependency_verdict(run: RunRecord, statuses: dict[int, RunStatus]) -> str | None:
@@ -76,7 +78,7 @@ class Admission:
         self.decision = Decision()
         self.blocked: set[Shape] = set()
         self.free = 0 if cfg.get("paused") else int(cfg["max_concurrent"]) - len(holding)
-        self.ledger = Ledger(capacity)
+        self.ledger = Ledger(capacity, gpu_min_free=str(cfg.get("gpu_min_free", "90%")))
         for run in holding:
             if run.backend != "ray":
                 self.ledger.take(
@@ -100,6 +102,8 @@ class Admission:
         if shape in self.blocked:
             return
         assignment = self._place(run) if verdict == "ready" else None
+        if run.backend != "ray" and run.resources.get("gpus"):
+            self.decision.gpu_waits[shape] = None if assignment else self.ledger.refusal
         if assignment is None:
             self.blocked.add(shape)
             return
@@ -110,6 +114,7 @@ class Admission:
         """Where the run goes now (and booked there), or None if its group or the machine
         is full."""
         limit = self.cfg.get(GROUP_PREFIX + run.group) if run.group else None
+        self.ledger.refusal = None
         if limit is not None and self.per_group[run.group] >= int(limit):
             return None
         if run.backend == "ray":
@@ -175,6 +180,8 @@ def claim(tx: Transaction, capacity: Capacity) -> list[RunRecord]:
     now = time.time()
     for run, why in decision.doomed:
         tx.transition(run.id, RunStatus.CANCELLED, ended_at=now, reason=why)
+    for shape, why in decision.gpu_waits.items():
+        _say_why_it_waits(tx, shape, why)
     return [
         tx.transition(
             run.id,
@@ -183,6 +190,21 @@ def claim(tx: Transaction, capacity: Capacity) -> list[RunRecord]:
             claimed_by=os.getpid(),
             gpus=[str(g) for g in where.gpus],
             cores=list(where.cores),
+            reason=None,  # no longer waiting
         )
         for run, where in decision.start
     ]
+
+
+def _say_why_it_waits(tx: Transaction, shape: Shape, why: str | None) -> None:
+    """Queued runs of a shape say why they wait for a GPU (`ps`, `show`), or stop saying
+    it; written only where it changes, so a long wait costs no writes."""
+    where = (
+        "status = 'queued' AND grp IS ? AND resources IS ? AND after IS ? AND backend = ? AND "
+        + ("reason IS NOT ?" if why else f"reason LIKE '{GPU_WAIT}%'")
+    )
+    params = [*shape, why] if why else [*shape]
+    if tx.conn.execute(f"SELECT 1 FROM runs WHERE {where} LIMIT 1", params).fetchone():
+        tx.conn.execute(
+            f"UPDATE runs SET reason = ?, version = ? WHERE {where}", [why, tx.stamp(), *params]
+        )

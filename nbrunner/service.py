@@ -37,10 +37,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import platform
+from . import platform, retry, version
 from .errors import NbrunnerError
+from .keepawake import KeepAwake
 from .models import RunRecord
 from .provenance import Capturer
+from .prune import Retention
 from .pruning import Pruner
 from .recorder import (
     RecorderSpec,
@@ -168,6 +170,9 @@ class Service:
         self._environments: dict[int | None, dict[str, str] | None] = {}
         self._pruner = Pruner(self.store)
         self._provenance = Capturer(self.store)
+        self._retention = Retention()
+        self._successor: list[str] | None = None  # a newer service to hand over to
+        self._keep_awake = KeepAwake(f"runs are active in {self.home}")
 
     # -- lifecycle ------------------------------------------------------------------------
     def serve(self) -> bool:
@@ -198,6 +203,7 @@ class Service:
                 "marker": platform.start_marker(pid),
                 "port": self._socket.getsockname()[1],
                 "started_at": time.time(),
+                "version": version.current(),
             },
         )
         self._refresh_all()
@@ -216,6 +222,8 @@ class Service:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._successor is not None:
+            version.start_successor(self.home, self._successor, str(self.home / ERR_NAME))
 
     def _idle_for(self) -> float:
         with self._hooks_lock:
@@ -250,18 +258,43 @@ class Service:
 
     # -- the tick -------------------------------------------------------------------------
     def _tick(self) -> None:
-        for step in (
+        steps = (
             self._reap,
             self._read_changes,
             self._adopt,
             self._advance_all,
             self._prune,
             self._claim,
-        ):
+        )
+        for step in (*steps, *self._long_run_steps()):
             try:
                 step()
             except Exception as exc:  # a locked store or a bug: logged, tried again next tick
                 self._report(step.__name__, exc)
+
+    # -- what runs lasting days need ------------------------------------------------------
+    def _long_run_steps(self) -> tuple[Any, ...]:
+        return (self._stay_awake, self._retire_old_runs, self._requeue_lost, self._hand_over)
+
+    def _stay_awake(self) -> None:
+        """Keep the machine from sleeping while runs hold slots (nbrunner.keepawake)."""
+        holding = any(r.status.holds_slot for r in self.active.values())
+        self._keep_awake.update(holding, self.store.config)
+
+    def _retire_old_runs(self) -> None:
+        """Now and then, remove what the `retention` setting says (nbrunner.prune)."""
+        self._retention.apply(self.store)
+
+    def _requeue_lost(self) -> None:
+        """Queue again runs lost to a reboot whose module asks for it (nbrunner.retry)."""
+        retry.requeue_lost(self.store)
+
+    def _hand_over(self) -> None:
+        """Exit for a newer nbrunner's service once no run is being started (version)."""
+        starting = any(r.status is RunStatus.STARTING for r in self.active.values())
+        if not starting and not self._hooks_pending:
+            self._successor = version.successor(self.home)
+            self._exiting = self._exiting or self._successor is not None
 
     def _report(self, step: str, exc: Exception) -> None:
         """Log a failure once, then once a minute while it repeats, so a store locked for
@@ -545,12 +578,14 @@ class Service:
         if not self._queued():
             return
         from . import scheduler
-        from .resources import Resources, machine_capacity
+        from .resources import machine_capacity
 
         local = [r for r in self.active.values() if r.backend != "ray"]
         wants_gpus = any(r.resources.get("gpus") or r.resources.get("gpu_memory") for r in local)
+        # whole GPUs and shares alike go only where others' memory leaves room
         shares = any(
-            r.status is RunStatus.QUEUED and Resources.from_mapping(r.resources).shares_a_gpu
+            r.status is RunStatus.QUEUED
+            and (r.resources.get("gpus") or r.resources.get("gpu_memory"))
             for r in local
         )
         settings = self.store.config()  # one read serves the claim and every launch

@@ -298,3 +298,64 @@ def test_a_gpu_run_gets_one_real_device(runner: Runner) -> None:
     (device,) = record.gpus  # one device, in PCI order among those not masked out
     assert int(device) in {d.index for d in NvmlGpus().devices()}
     assert Path(record.log_path).read_text() == f"{device} PCI_BUS_ID\n"
+
+
+# -- GPUs others use: a whole GPU goes only where their memory leaves room -------------------
+
+
+def test_a_whole_gpu_needs_what_the_run_declared_or_a_mostly_free_device() -> None:
+    busy, idle = Device(0, 24 * GB, memory_others=20 * GB), Device(1, 24 * GB, memory_others=GB)
+    ledger = Ledger(Capacity(4, 64 * GB, 64 * GB, (busy, idle)))
+    assert ledger.fit(Resources(gpus=1)).gpus == (1,)  # 96 % free: mostly free
+    assert ledger.fit(Resources(gpus=2)) is None
+    assert ledger.refusal == (
+        "waits for a GPU: GPU 0 has 4.0 GB free (other processes hold 20.0 GB of 24.0 GB), "
+        "gpu_min_free 90% is 21.6 GB"
+    )
+    assert ledger.fit(Resources(gpus=2, gpu_memory=3 * GB)).gpus == (0, 1)  # declared: fits
+    assert ledger.fit(Resources(gpus=2, gpu_memory=5 * GB)) is None
+    assert "the run's gpu_memory is 5.0 GB" in (ledger.refusal or "")
+    sized = Ledger(Capacity(4, 64 * GB, 64 * GB, (busy,)), gpu_min_free="4GB")
+    assert sized.fit(Resources(gpus=1)).gpus == (0,)
+    ledger.take(Resources(gpus=1), ledger.fit(Resources(gpus=1)))  # GPU 1 is ours now
+    assert ledger.fit(Resources(gpus=2)) is None
+    assert ledger.refusal is None  # waiting for our own run is no news
+
+
+def test_a_gpu_run_waits_with_its_reason_while_others_hold_the_free_gpu(
+    runner: Runner, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers.cli import cli, cli_json
+    from helpers.procs import wait_until
+
+    inventory(
+        monkeypatch,
+        {"name": "RTX 4090", "memory": "24GB", "used": "20GB"},  # a kernel holds a model
+        {"name": "RTX 4090", "memory": "24GB"},
+    )
+    wait_for = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)"
+    runner.register(
+        "train", command=[*python(wait_for), str(tmp_path / "go")], resources={"gpus": 1}
+    )
+    first, second = runner.submit("train"), runner.submit("train")
+    try:
+        wait_until(lambda: first.status is RunStatus.RUNNING, what="the first run")
+        assert first.record.gpus == ["1"]
+        why = (
+            "waits for a GPU: GPU 0 has 4.0 GB free (other processes hold 20.0 GB of "
+            "24.0 GB), gpu_min_free 90% is 21.6 GB"
+        )
+        wait_until(lambda: runner.get(second.id).record.reason == why, what="the reason")
+        assert f"run {second.id} {why}" in cli(home, "ps").stdout.splitlines()
+        assert cli_json(home, "show", str(second.id))["reason"] == why
+        assert second.status is RunStatus.QUEUED
+
+        runner.config("gpu_min_free", "3GB")  # what this user's runs need
+        wait_until(lambda: second.status is RunStatus.RUNNING, what="the second run")
+        assert second.record.gpus == ["0"] and second.record.reason is None
+        bad = cli(home, "config", "gpu_min_free", "most", check=False)
+        assert bad.returncode == 2 and "like 90%" in bad.stderr
+    finally:
+        (tmp_path / "go").touch()
+        for run in (first, second):
+            run.wait(timeout=60)

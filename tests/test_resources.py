@@ -6,12 +6,14 @@ admission, assignment and CUDA_VISIBLE_DEVICES then run their real code paths.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -416,3 +418,137 @@ def test_ledger_memory_counts_runs_admitted_in_the_same_pass() -> None:
 )
 def test_sizes(text, size) -> None:
     assert parse_size(text) == size
+
+
+# -- memory capacity inside a container (cgroup limits) -----------------------------------
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_a_cgroup_v2_memory_limit_is_the_tightest_with_its_usage_less_inactive_cache(
+    tmp_path: Path,
+) -> None:
+    from nbrunner import platform
+
+    root = write_tree(
+        tmp_path,
+        {
+            "memory.max": "max\n",
+            "user.slice/memory.max": "8000000000\n",
+            "user.slice/memory.current": "1\n",
+            "user.slice/job/memory.max": "2000000000\n",
+            "user.slice/job/memory.current": "700000000\n",
+            "user.slice/job/memory.stat": "anon 500000000\ninactive_file 200000000\n",
+        },
+    )
+    assert platform.cgroup_memory_limit(root, "0::/user.slice/job\n") == (
+        2_000_000_000,
+        500_000_000,
+    )
+    assert platform.cgroup_memory_limit(root, "0::/\n") is None  # "max": no limit
+    assert platform.cgroup_memory_limit(root, "0::/elsewhere\n") is None
+
+
+def test_a_cgroup_v1_memory_limit_is_read_from_the_memory_controller(tmp_path: Path) -> None:
+    from nbrunner import platform
+
+    root = write_tree(
+        tmp_path,
+        {
+            "memory/docker/abc/memory.limit_in_bytes": "2147483648\n",
+            "memory/docker/abc/memory.usage_in_bytes": "1073741824\n",
+            "memory/memory.limit_in_bytes": "9223372036854771712\n",  # v1's "unlimited"
+        },
+    )
+    membership = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n"
+    assert platform.cgroup_memory_limit(root, membership) == (2147483648, 1073741824)
+    unlimited = write_tree(
+        tmp_path / "host", {"memory/memory.limit_in_bytes": "9223372036854771712\n"}
+    )
+    assert platform.cgroup_memory_limit(unlimited, membership) is None
+
+
+def test_memory_capacity_is_the_smaller_of_the_machines_and_the_containers() -> None:
+    from nbrunner.resources import capped_memory
+
+    gb = 1_000_000_000
+    assert capped_memory(64 * gb, 60 * gb, None) == (64 * gb, 60 * gb)
+    assert capped_memory(64 * gb, 60 * gb, (128 * gb, 1 * gb)) == (64 * gb, 60 * gb)
+    assert capped_memory(64 * gb, 60 * gb, (2 * gb, gb // 2)) == (2 * gb, 3 * gb // 2)
+    assert capped_memory(64 * gb, gb, (2 * gb, None)) == (2 * gb, gb)  # the host is fuller
+    assert capped_memory(64 * gb, 60 * gb, (2 * gb, 3 * gb)) == (2 * gb, 0)
+
+
+BIG_MODULE = """
+[modules.big]
+command = ["python", "-c", "pass"]
+[modules.big.resources]
+memory = "2GB"
+"""
+CAPACITY = (
+    "from nbrunner.resources import machine_capacity; "
+    "print(machine_capacity(with_gpus=False).memory_total)"
+)
+
+
+@pytest.fixture
+def memory_cgroup(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A real cgroup (v1 or v2, whichever this kernel gives memory) limited to 1 GB, below
+    this process's own; skipped where it cannot be made (not root, no memory controller)."""
+    parent, limit_name = Path("/sys/fs/cgroup"), "memory.max"  # v2 unless v1 has memory
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if "memory" in controllers.split(","):
+            parent, limit_name = (
+                Path("/sys/fs/cgroup", controllers, path.lstrip("/")),
+                ("memory.limit_in_bytes"),
+            )
+            break
+        if hierarchy == "0":
+            parent = Path("/sys/fs/cgroup", path.lstrip("/"))
+    group = parent / f"nbrunner-test-{os.getpid()}-{request.node.name[-20:]}"
+    try:
+        group.mkdir()
+        (group / limit_name).write_text(str(1 << 30))
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+        pytest.skip(f"no memory cgroup can be made here ({exc})")
+    yield group
+    wait_until(lambda: not (group / "cgroup.procs").read_text().strip(), timeout=30)
+    group.rmdir()
+
+
+def in_cgroup(
+    group: Path, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """argv run inside the cgroup: the shell moves itself in, then becomes the program."""
+    script = f"echo $$ > {shlex.quote(str(group / 'cgroup.procs'))} && exec {shlex.join(argv)}"
+    return subprocess.run(
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_inside_a_memory_limited_cgroup_capacity_is_its_limit_and_bigger_runs_are_refused(
+    memory_cgroup: Path, home: Path
+) -> None:
+    inside = in_cgroup(memory_cgroup, sys.executable, "-c", CAPACITY)
+    assert inside.returncode == 0, inside.stderr
+    assert int(inside.stdout) == 1 << 30
+    (home / "modules.toml").write_text(BIG_MODULE)
+    refused = in_cgroup(
+        memory_cgroup, sys.executable, "-m", "nbrunner", "run", "big", "--home", str(home)
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "of memory but this machine has 1.1 GB" in refused.stderr
+    assert cli_json(home, "history") == []  # nothing queued
+    # outside the cgroup the same run is accepted (this machine has more than 2 GB)
+    outside = subprocess.run([sys.executable, "-c", CAPACITY], capture_output=True, text=True)
+    assert int(outside.stdout) > 2 * 10**9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from statistics import median
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # the runner imports the dashboard, not the other way round
     from ..runner import Runner
 
 RECENT_RUNS = 200
+DISK_EVERY_S = 60.0  # disk usage changes slowly; measuring it walks every file
 BARS_PER_MODULE = 24
 BAR_WIDTH, BAR_GAP, CHART_HEIGHT = 5, 1, 24
 MIN_BAR = 2.0
@@ -90,12 +92,18 @@ class SummaryView:
         self.counts.add_class("nbr-counts")
         self.chart = widgets.HTML()
         self.chart.add_class("nbr-durations")
+        self.disk = widgets.HTML()  # how much disk the home takes (logs over months)
+        # read once here: a refresh tick makes at most one store query (the overview)
+        self.logs_dir = str(runner.config("logs_dir") or "")
+        self.disk_at = float("-inf")
+        self.disk.add_class("nbr-disk")
         self.widget = widgets.VBox(
             [
                 widgets.HTML("<h3>Summary</h3>"),
                 self.counts,
                 widgets.HTML('<div class="nbr-muted">Recent durations per module</div>'),
                 self.chart,
+                self.disk,
             ]
         )
         self.widget.add_class("nbr-panel")
@@ -107,6 +115,12 @@ class SummaryView:
         self.ended_counts = {status: counts.get(status, 0) for status in ENDED}
         self.modules = {module for _, module, _, _ in recent}
         self.sync.set(self.chart, value=durations_html(recent))
+        if time.monotonic() - self.disk_at >= DISK_EVERY_S:  # a walk over every log file
+            self.disk_at = time.monotonic()
+            usage = text.size(self.runner.disk_usage(self.logs_dir))
+            self.sync.set(
+                self.disk, value=f'<div class="nbr-muted">Disk used by this home: {usage}</div>'
+            )
 
     def update(self, active: Iterable[RunRecord]) -> None:
         counts = dict(self.ended_counts)

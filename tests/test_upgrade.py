@@ -1,0 +1,122 @@
+"""Upgrades while runs are active: the service's version, the handover, a newer store."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import stop_everything
+from helpers.cli import cli, cli_json
+from helpers.procs import python, wait_until
+
+import nbrunner
+from nbrunner import Runner, service
+from nbrunner.states import RunStatus
+from nbrunner.store import MIGRATIONS, NewerStore, Store
+from nbrunner.version import as_tuple, mismatch_line
+
+OLD = "0.0.1"
+# A service of an older nbrunner: the same code, saying it is OLD
+OLD_SERVICE = (
+    "import sys, nbrunner; nbrunner.__version__ = {old!r}; "
+    "from nbrunner.service import main; sys.exit(main([{home!r}]))"
+)
+WAIT_FOR_FILE = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\nprint('released')"
+
+
+def test_versions_order_by_their_numbers() -> None:
+    assert as_tuple("0.10.0") > as_tuple("0.9.3") > as_tuple("0.9")
+    assert mismatch_line("0.1.0", "0.1.0") is None
+    assert "hands over to this version" in (mismatch_line("0.1.0", "0.2.0") or "")
+    assert "leaves it running" in (mismatch_line("0.2.0", "0.1.0") or "")
+    assert "serves until it is idle" in (mismatch_line(None, "0.1.0") or "")
+
+
+def test_the_service_records_its_version(runner: Runner, home: Path) -> None:
+    runner.register("quick", command=python("pass"))
+    runner.submit("quick").wait(timeout=60)
+    shown = cli_json(home, "service")
+    assert shown["running"] and shown["version"] == nbrunner.__version__
+
+
+def test_an_old_service_hands_over_to_a_newer_client_and_its_runs_go_on(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = None
+    old = subprocess.Popen(
+        [sys.executable, "-c", OLD_SERVICE.format(old=OLD, home=str(home))],
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: (service.info(home) or {}).get("version") == OLD, what="old service")
+        release = tmp_path / "release"
+        with monkeypatch.context() as patch:  # a client as old as the service: no handover
+            patch.setattr(nbrunner, "__version__", OLD)
+            client = Runner(home, start=False)
+            client.register("waits", command=[*python(WAIT_FOR_FILE), str(release)])
+            run = client.submit("waits")
+            wait_until(lambda: run.status is RunStatus.RUNNING, what="the run to start")
+        pid = run.record.pid
+        assert old.poll() is None  # nobody asked it to go yet
+
+        newer = cli(home, "ps")  # a client of this version
+        lines = newer.stderr.splitlines()
+        assert lines == [
+            f"nbrunner: the service of this home runs nbrunner {OLD}, this is "
+            f"{nbrunner.__version__}: it hands over to this version as soon as no run is "
+            "being started"
+        ]
+        old.wait(timeout=30)  # it handed over ...
+        wait_until(
+            lambda: (service.info(home) or {}).get("version") == nbrunner.__version__,
+            what="the newer service",
+        )
+        record = client.get(run.id).record
+        assert record.status is RunStatus.RUNNING and record.pid == pid  # ... the run went on
+        release.touch()
+        assert client.wait(run.id, timeout=60).status is RunStatus.SUCCEEDED
+        assert "released" in client.logs(run.id)
+        assert cli(home, "ps").stderr == ""  # same version now: nothing to say
+    finally:
+        if old.poll() is None:
+            old.kill()
+            old.wait()
+        if client is not None:
+            stop_everything(client)
+            client.close()
+
+
+def newer_store(tmp_path: Path) -> Path:
+    """A home whose store a newer nbrunner wrote (its schema version one past ours)."""
+    home = tmp_path / "home"
+    Store(home).close()
+    db = sqlite3.connect(home / "nbrunner.db")
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return home
+
+
+def files_of(home: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(home)): p.read_bytes() for p in home.rglob("*") if p.is_file()}
+
+
+def test_a_store_from_a_newer_nbrunner_is_refused_in_one_line_and_left_alone(
+    tmp_path: Path,
+) -> None:
+    home = newer_store(tmp_path)
+    shutil.rmtree(home / "logs")
+    before = files_of(home)
+    result = cli(home, "ps", check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert f"written by a newer nbrunner (schema {len(MIGRATIONS) + 1}" in result.stderr
+    with pytest.raises(NewerStore, match="upgrade nbrunner"):
+        Runner(home, start=False)
+    assert files_of(home) == before  # nothing written
+    assert not (home / "logs").exists()
