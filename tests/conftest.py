@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from helpers.leftovers import left_behind, mark_session, session_start
+from helpers.ray_head import RayHead, require_ray
 
 from nbrunner import Runner, service
 
@@ -33,6 +34,16 @@ def busy_machine() -> Iterator[None]:
     for loop in loops:
         loop.kill()
         loop.wait()
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[RayHead]:
+    """One local Ray head for every test that needs one (test_notebooks, test_ray): heads
+    take seconds and most of a gigabyte to start."""
+    require_ray()
+    head = RayHead(num_cpus=2).start()
+    yield head
+    head.remove()
 
 
 @pytest.fixture

@@ -110,12 +110,21 @@ def test_a_store_locked_past_its_patience_loses_no_end(
     run = gated_run(home, gate, exit_code=7)
     before = service_pid(home)
     holder = subprocess.Popen(
-        [*python(HOLD_THE_LOCK + "time.sleep(4)"), str(home / "nbrunner.db")],
+        [*python(HOLD_THE_LOCK + "sys.stdin.read()"), str(home / "nbrunner.db")],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert holder.stdout.readline().strip() == "held"
-    gate.touch()  # the run ends while the store is locked for 4 s, past the 1 s patience
+    errors = home / "service.log"
+    seen = errors.stat().st_size if errors.exists() else 0
+    gate.touch()  # the run ends while the store is locked, past the 1 s patience...
+    wait_until(  # ...and the lock stays until the service has met it, however slow it is
+        lambda: errors.exists() and b"stayed locked" in errors.read_bytes()[seen:],
+        timeout=60,
+        what="the service to find the store locked",
+    )
+    holder.stdin.close()
     holder.wait(timeout=30)
     record = wait_for_end(home, run.id)
     assert (record.status, record.exit_code) == (RunStatus.FAILED, 7)
