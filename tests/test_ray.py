@@ -1,4 +1,4 @@
-"""The Ray backend against a real local Ray head (one for the module), no mocks.
+"""The Ray backend against a real local Ray head (one for the session, see conftest), no mocks.
 
 The cluster-restart test stops and restarts the head, so it comes last.
 """
