@@ -165,6 +165,27 @@ def test_a_log_just_over_its_cap_is_cut_when_it_closes(
     assert split_capped(path.read_bytes())[:2] == capped(NUMBERED[:size], 4_000)
 
 
+def test_the_notes_say_what_the_log_keeps_and_what_it_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    write_capped(path, 4_000, NUMBERED, 1_000)
+    data = path.read_bytes()
+    assert b"[nbrunner: output dropped here; this log keeps its first and last 2.0 KB]" in data
+    assert data.endswith(
+        b"[nbrunner: 96.0 KB of output were dropped from this log (max_log_size = 4.0 KB)]\n"
+    )
+
+
+def test_a_log_is_private_and_what_it_held_counts_against_its_cap(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(NUMBERED[:3_000])  # a line written before the child's output began
+    log, _ = write_capped(path, 4_000, NUMBERED[3_000:6_000], 1_000)
+    assert log.dropped == 2_000
+    assert split_capped(path.read_bytes())[:2] == capped(NUMBERED[:6_000], 4_000)
+    fresh = tmp_path / "fresh"
+    CappedLog(str(fresh), 4_000).close()
+    assert fresh.stat().st_mode & 0o777 == 0o600
+
+
 def test_a_cap_of_zero_keeps_the_whole_log(tmp_path: Path) -> None:
     path = tmp_path / "log"
     log, _ = write_capped(path, 0, NUMBERED * 10, 4_096)

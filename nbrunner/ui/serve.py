@@ -66,7 +66,13 @@ def local_hostnames(ip: str) -> list[str]:
         import psutil
 
         names |= {socket.gethostname(), socket.getfqdn()}
-        names |= {a.address.split("%")[0] for nic in psutil.net_if_addrs().values() for a in nic}
+        ips = (socket.AF_INET, socket.AF_INET6)  # not a card's MAC address
+        names |= {
+            a.address.split("%")[0]  # fe80::1%eth0: a Host header carries no zone
+            for nic in psutil.net_if_addrs().values()
+            for a in nic
+            if a.family in ips
+        }
     return sorted(n for n in names if n not in WILDCARDS)
 
 
