@@ -38,7 +38,7 @@ def test_a_run_id_is_read_from_a_number_or_its_text(given: object, run: int) -> 
     assert checks.run_id(given) == run
 
 
-@pytest.mark.parametrize("given", ["x", "4x2", 4.5, True, None, "42#"])
+@pytest.mark.parametrize("given", ["x", "4x2", 4.5, True, None, "42#", "X42"])
 def test_anything_else_is_not_a_run_id(given: object) -> None:
     with pytest.raises(BadInput) as refused:
         checks.run_id(given)

@@ -16,7 +16,6 @@ Runs are not affected by any of this: they live in their supervisors.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import secrets
@@ -47,15 +46,6 @@ def untracked_messages() -> list[str]:
 
     defaults = MappingKernelManager.class_traits()["untracked_message_types"].default()
     return [*defaults, *(m for m in WIDGET_MESSAGES if m not in defaults)]
-
-
-def is_loopback(ip: str) -> bool:
-    if ip == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
 
 
 def local_hostnames(ip: str) -> list[str]:
