@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import BENCHMARKS
 from .context import Context
-from .harness import BENCH_DIR, CACHE_ENV, Section
+from .harness import BENCH_DIR, CACHE_ENV, Section, stop_services
 from .machine import describe
 from .peers import find_peers
 from .report import (
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         sections = [run_one(name, ctx) for name in args.chosen]
     finally:
         ctx.close()
+        stop_services(cache)
         shutil.rmtree(cache, ignore_errors=True)
     if args.only:  # keep the other benchmarks' sections from the last full results
         earlier = load_sections(out_dir / RESULTS_JSON)

@@ -177,13 +177,25 @@ def isolate(target: str, timeout: float = 600, **kwargs: Any) -> Metrics:
             str(home),
             str(out),
         ]
-        proc = subprocess.run(
-            argv, cwd=REPO_ROOT, env=env, timeout=timeout, capture_output=True, text=True
-        )
+        try:
+            proc = subprocess.run(
+                argv, cwd=REPO_ROOT, env=env, timeout=timeout, capture_output=True, text=True
+            )
+        finally:
+            stop_services(Path(tmp))
         if proc.returncode != 0 or not out.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
             raise RuntimeError(f"{target} failed (exit {proc.returncode}):\n" + "\n".join(tail))
         return dict(json.loads(out.read_text()))
+
+
+def stop_services(folder: Path) -> None:
+    """Stop the service of every home under `folder` before it is removed: a detached
+    service outlives the measurement that started it, and must not outlive its home."""
+    from nbrunner import service
+
+    for store in folder.rglob("nbrunner.db"):
+        service.stop(store.parent)
 
 
 def cache_dir() -> Path:

@@ -62,7 +62,8 @@ def _text(key: str, value: Any) -> str:
     return checks.text(str(value), key, "text", InvalidConfig)
 
 
-MIN_LOG_SIZE = 4096
+# 4KB as every size here reads it (1000-based, like "256MB"): the message promises "4KB".
+MIN_LOG_SIZE = 4_000
 
 
 def _log_size(key: str, value: Any) -> int:

@@ -228,7 +228,12 @@ def parse_param(
         raise InvalidParameter(f"{where}: min {spec.min} is above max {spec.max}")
     default = data.get("default")
     if default is not None:
-        spec = replace(spec, default=spec.coerce(default, module))
+        try:
+            spec = replace(spec, default=spec.coerce(default, module))
+        except InvalidParameter:  # say it is the file's default, not a value someone gave
+            raise InvalidParameter(
+                f"{where}: default must be {spec.describe()}, got {default!r}"
+            ) from None
     return spec
 
 

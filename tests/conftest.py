@@ -6,8 +6,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers.leftovers import left_behind, mark_session, session_start
+from helpers.ray_head import RayHead, require_ray
 
 from nbrunner import Runner, service
 
@@ -33,6 +36,16 @@ def busy_machine() -> Iterator[None]:
         loop.wait()
 
 
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[RayHead]:
+    """One local Ray head for every test that needs one (test_notebooks, test_ray): heads
+    take seconds and most of a gigabyte to start."""
+    require_ray()
+    head = RayHead(num_cpus=2).start()
+    yield head
+    head.remove()
+
+
 @pytest.fixture
 def runner(home: Path) -> Iterator[Runner]:
     with Runner(home) as r:
@@ -51,7 +64,32 @@ def stop_everything(runner: Runner) -> None:
             runner.wait(record.id, timeout=15)
 
 
+SESSION = pytest.StashKey[tuple[str, float]]()
+LEFT_BEHIND = pytest.StashKey[list[str]]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # before anything starts: every process of this session inherits the marker
+    config.stash[SESSION] = (mark_session(), session_start())
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # services of test homes go soon after their runs, not a minute later
     os.environ.setdefault("NBRUNNER_SERVICE_IDLE_S", "5")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a service, recorder, Voila, kernel or Ray head a test started is
+    still alive once every fixture has cleaned up."""
+    marker, since = session.config.stash[SESSION]
+    culprits = left_behind(marker, since)
+    session.config.stash[LEFT_BEHIND] = culprits
+    if culprits and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    culprits = terminalreporter.config.stash.get(LEFT_BEHIND, [])
+    if culprits:
+        terminalreporter.section("processes left behind", red=True)
+        for line in culprits:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line("the run fails: stop what a test starts before it ends")

@@ -37,7 +37,7 @@ from helpers.browser import (
     seed_history,
     select_tab,
 )
-from helpers.procs import wait_until
+from helpers.procs import wait_for_file, wait_until
 
 from nbrunner import Runner
 from nbrunner.ui.gauges import SPARK_HEIGHT
@@ -210,16 +210,20 @@ def test_history_is_one_table_that_fits_at_1024_px(page: Any) -> None:
 def test_a_history_row_follows_a_run_started_elsewhere(page: Any, runner: Runner) -> None:
     from playwright.sync_api import expect
 
+    gate = runner.home.parent / "elsewhere-gate"  # halfway, the run waits to be seen running
+    halfway = f"print('elsewhere 1/2', flush=True)\n{wait_for_file(gate)}print('elsewhere 2/2')"
+    runner.register("halfway", command=[sys.executable, "-c", halfway])
     filter_history(page, "")
     runner.config("paused", True)
     try:
-        run_id = runner.submit("count", {"n": 30, "delay": 0.1, "label": "elsewhere"}).id
+        run_id = runner.submit("halfway").id
         row = page.locator(f".nbr-hrun-{run_id}")
         expect(row.locator(".nbr-badge")).to_have_text("queued")
     finally:
         runner.config("paused", False)
     expect(row.locator(".nbr-badge")).to_have_text("running")
     expect(row.locator(".nbr-progress")).to_contain_text("%")
+    gate.touch()
     expect(row.locator(".nbr-badge")).to_have_text("succeeded")
     expect(row.locator(".nbr-c-exit")).to_have_text("0")
 

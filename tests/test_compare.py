@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,10 +140,13 @@ def test_the_launcher_sweeps_and_history_shows_the_metric(dash: Dashboard, live:
 
 def test_runner_compare_is_a_live_widget_in_a_cell(live: Runner) -> None:
     run = live.submit("live", {"steps": 50})
+    before = set(threading.enumerate())
     widget = live.compare([run.id], "loss")
     view = widget.compare
+    refresher = [t for t in threading.enumerate() if t not in before and t.name == "nbr-compare"]
+    assert refresher, "the widget refreshes in a thread of its own"
     wait_until(
         lambda: view.lines and len(view.lines[run.id].mark.y) >= 5, timeout=30, what="a line"
     )
     widget.close()
-    time.sleep(0.5)
+    wait_until(lambda: not any(t.is_alive() for t in refresher), what="its refresh to stop")

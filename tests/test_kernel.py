@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers.browser import free_port, wait_for_port
-from helpers.procs import alive, wait_until
+from helpers.procs import alive, wait_for_file, wait_until
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.manager import start_new_kernel
 
@@ -30,7 +30,8 @@ runner = Runner()
 runner.register("exit3", command=[sys.executable, "-c",
     "import time\\nfor i in range(30):\\n    print('three', i, flush=True); time.sleep(0.1)\\n"
     "raise SystemExit(3)"])
-ok = runner.submit("count", {"n": 30, "delay": 0.1, "label": "zero"})
+runner.register("zero", command=ZERO_COMMAND)
+ok = runner.submit("zero")
 bad = runner.submit("exit3")
 print(ok.id, bad.id)
 """
@@ -64,16 +65,22 @@ def kernel_env(home: Path) -> dict[str, str]:
     return {**os.environ, "NBRUNNER_HOME": str(home)}
 
 
-def test_runs_survive_kernel_shutdown_and_a_new_kernel_sees_them(kernel_env, home) -> None:
+def test_runs_survive_kernel_shutdown_and_a_new_kernel_sees_them(
+    kernel_env, home, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"  # the first run goes on until the test has seen it outlive its kernel
+    counts = wait_for_file(gate) + "for i in range(1, 31):\n    print(f'zero {i}/30', flush=True)\n"
+    submit = SUBMIT.replace("ZERO_COMMAND", repr([sys.executable, "-c", counts]))
     manager, client = start_new_kernel(env=kernel_env)
     try:
-        ok_id, bad_id = map(int, execute(client, SUBMIT).split())
+        ok_id, bad_id = map(int, execute(client, submit).split())
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)  # its whole process group goes with it
     assert not manager.is_alive()
     with Runner(home) as runner:
         assert not runner.get(ok_id).record.is_done  # accepted, and going on without it
+    gate.touch()
     manager, client = start_new_kernel(env=kernel_env)
     try:
         outcome = execute(client, CHECK.format(ids=f"{ok_id}, {bad_id}"))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers.logs import capped, split_capped
 from helpers.procs import python
 
 from nbrunner import Runner
@@ -19,7 +22,9 @@ from nbrunner.logs import (
     strip_ansi,
     tail_offset,
 )
+from nbrunner.recorder import CappedLog
 from nbrunner.states import RunStatus
+from nbrunner.units import format_size
 
 FIFTY_MB = """
 import sys
@@ -114,3 +119,105 @@ def test_tail_finds_the_start_of_the_last_lines(tmp_path: Path, content, lines, 
     path.write_bytes(content)
     assert read_tail_bytes(path, lines) == expected
     assert tail_offset(path, lines) == len(content) - len(expected)
+
+
+# -- the cap: whole below it, exactly its head and newest tail above it ----------------------
+NUMBERED = b"".join(b"%07d\n" % i for i in range(12_500))  # 100 KB; every byte's place shows
+
+
+def write_capped(path: Path, cap: int, output: bytes, chunk: int) -> tuple[CappedLog, int]:
+    """Write output in fixed-size pieces; the log and the largest size seen on disk."""
+    log = CappedLog(str(path), cap)
+    largest = 0
+    for start in range(0, len(output), chunk):
+        log.write(output[start : start + chunk])
+        largest = max(largest, os.path.getsize(path))
+    log.close()
+    return log, largest
+
+
+@pytest.mark.parametrize("cap", [4_000, 10_001, 64_000])
+@pytest.mark.parametrize("chunk", [7, 1_000, 4_096, 65_536, len(NUMBERED)])
+def test_a_capped_log_keeps_exactly_its_head_and_newest_tail(
+    tmp_path: Path, cap: int, chunk: int
+) -> None:
+    path = tmp_path / "log"
+    log, largest = write_capped(path, cap, NUMBERED, chunk)
+    head, tail, said_dropped = split_capped(path.read_bytes())
+    assert (head, tail) == capped(NUMBERED, cap)
+    assert len(head) + len(tail) == cap
+    assert log.dropped == len(NUMBERED) - cap
+    assert said_dropped == format_size(len(NUMBERED) - cap).encode()
+    if chunk < cap // 4:  # a live log grows at most a quarter past its cap between cuts
+        assert largest <= cap + cap // 4
+
+
+@pytest.mark.parametrize(("size", "dropped"), [(4_000, 0), (4_001, 1), (5_000, 1_000)])
+def test_a_log_just_over_its_cap_is_cut_when_it_closes(
+    tmp_path: Path, size: int, dropped: int
+) -> None:
+    path = tmp_path / "log"
+    log, _ = write_capped(path, 4_000, NUMBERED[:size], 100)
+    assert log.dropped == dropped
+    if not dropped:
+        assert path.read_bytes() == NUMBERED[:size]
+        return
+    assert split_capped(path.read_bytes())[:2] == capped(NUMBERED[:size], 4_000)
+
+
+def test_the_notes_say_what_the_log_keeps_and_what_it_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    write_capped(path, 4_000, NUMBERED, 1_000)
+    data = path.read_bytes()
+    assert b"[nbrunner: output dropped here; this log keeps its first and last 2.0 KB]" in data
+    assert data.endswith(
+        b"[nbrunner: 96.0 KB of output were dropped from this log (max_log_size = 4.0 KB)]\n"
+    )
+
+
+def test_a_log_is_private_and_what_it_held_counts_against_its_cap(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(NUMBERED[:3_000])  # a line written before the child's output began
+    log, _ = write_capped(path, 4_000, NUMBERED[3_000:6_000], 1_000)
+    assert log.dropped == 2_000
+    assert split_capped(path.read_bytes())[:2] == capped(NUMBERED[:6_000], 4_000)
+    fresh = tmp_path / "fresh"
+    CappedLog(str(fresh), 4_000).close()
+    assert fresh.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_cap_of_zero_keeps_the_whole_log(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    log, _ = write_capped(path, 0, NUMBERED * 10, 4_096)
+    assert path.read_bytes() == NUMBERED * 10
+    assert log.dropped == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_drops_and_counts_output_never_raises() -> None:
+    log = CappedLog("/dev/full", 4_000)
+    for _ in range(10):
+        log.write(b"x" * 1_000)
+    log.close()
+    assert log.dropped == 10_000
+
+
+def test_max_log_size_zero_keeps_a_run_log_whole(runner: Runner) -> None:
+    runner.config("max_log_size", 0)
+    runner.register("numbered", command=python("import sys; sys.stdout.write('x' * 300_000)"))
+    record = runner.submit("numbered").wait(timeout=60)
+    assert record.status is RunStatus.SUCCEEDED
+    assert Path(record.log_path).read_bytes() == b"x" * 300_000
+    assert not record.log_dropped
+
+
+@pytest.mark.parametrize(("given", "kept"), [("4KB", 4_000), ("0", 0), ("256MB", 256_000_000)])
+def test_max_log_size_takes_what_its_message_names(tmp_path: Path, given: str, kept: int) -> None:
+    """The error says "at least 4KB ..., or 0 for no cap": both must be accepted."""
+    home = str(tmp_path / "home")
+    nbrunner = [sys.executable, "-m", "nbrunner", "config", "max_log_size"]
+    subprocess.run([*nbrunner, given, "--home", home], check=True, timeout=60)
+    shown = subprocess.run(
+        [*nbrunner, "--home", home], check=True, timeout=60, capture_output=True, text=True
+    )
+    assert shown.stdout.split() == [str(kept)]

@@ -1,4 +1,4 @@
-"""The Ray backend against a real local Ray head (one for the module), no mocks.
+"""The Ray backend against a real local Ray head (one for the session, see conftest), no mocks.
 
 The cluster-restart test stops and restarts the head, so it comes last.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import stop_everything
 from helpers.procs import wait_until
-from helpers.ray_head import RayHead, free_port, ray_installed
+from helpers.ray_head import RayHead, free_port, require_ray
 from helpers.sampling import MaxSampler
 
 from nbrunner import Runner
@@ -34,19 +34,12 @@ LIVE_STATES = {"PENDING", "RUNNING"}
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_available() -> None:
-    if ray_installed():
-        return
-    message = 'ray is not installed: pip install -e ".[ray]"'
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    require_ray()
 
 
 @pytest.fixture(scope="module")
-def head(ray_available: None) -> Iterator[RayHead]:
-    cluster = RayHead(num_cpus=2).start()
-    yield cluster
-    cluster.remove()
+def head(ray_head: RayHead) -> RayHead:
+    return ray_head
 
 
 @pytest.fixture(scope="module")

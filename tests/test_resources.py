@@ -12,14 +12,13 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers.cli import cli, cli_json
 from helpers.counting import counts_on, last_count
-from helpers.procs import alive, python, wait_until
+from helpers.procs import alive, python, wait_for_file, wait_until
 
 from nbrunner import Runner
 from nbrunner.errors import InvalidTransition, ResourceRequestError
@@ -45,13 +44,20 @@ def gpu_runner(runner: Runner) -> Runner:
     return runner
 
 
-def test_second_gpu_run_waits_while_cpu_runs_start(gpu_runner: Runner, monkeypatch) -> None:
+def test_second_gpu_run_waits_while_cpu_runs_start(
+    gpu_runner: Runner, monkeypatch, tmp_path: Path
+) -> None:
     gpus(monkeypatch, "32GB")
+    release = tmp_path / "release"  # GPU runs hold the GPU until the CPU runs are done
+    gpu_runner.register(
+        "gpu", command=python(SHOW_GPUS + "\n" + wait_for_file(release)), resources={"gpus": 1}
+    )
     first, second = gpu_runner.submit("gpu"), gpu_runner.submit("gpu")
     cpu_runs = [gpu_runner.submit("cpu") for _ in range(3)]
     wait_until(lambda: first.status is RunStatus.RUNNING, what="first GPU run")
-    cpu_records = [run.wait(timeout=30) for run in cpu_runs]
+    cpu_records = [run.wait(timeout=60) for run in cpu_runs]
     assert second.status is RunStatus.QUEUED  # the GPU is still taken
+    release.touch()
     assert all(r.status is RunStatus.SUCCEEDED for r in cpu_records)
     assert all(r.ended_at < first.wait(timeout=30).ended_at for r in cpu_records)
     second_record = second.wait(timeout=30)
@@ -168,18 +174,24 @@ def test_impossible_requests_are_rejected_at_submit(
     assert runner.count() == 0
 
 
-def test_a_run_past_its_memory_limit_is_stopped_and_its_neighbour_is_not(runner: Runner) -> None:
+def test_a_run_past_its_memory_limit_is_stopped_and_its_neighbour_is_not(
+    runner: Runner, tmp_path: Path
+) -> None:
     hog = (
         "import time\nblocks = []\nfor _ in range(100):\n"
         "    blocks.append(bytearray(20_000_000)); time.sleep(0.05)\ntime.sleep(60)"
     )
     runner.register("hog", command=python(hog), resources={"memory": "150MB"})
-    neighbour = runner.submit("count", {"n": 40, "delay": 0.1})
+    release = tmp_path / "release"  # the neighbour runs until the hog has been judged
+    runner.register("neighbour", command=python(wait_for_file(release)))
+    neighbour = runner.submit("neighbour")
+    wait_until(lambda: neighbour.status is RunStatus.RUNNING, what="the neighbour running")
     record = runner.submit("hog").wait(timeout=60)
     assert record.status is RunStatus.FAILED
     assert "over its limit of 150.0 MB" in record.reason and "peak" in record.reason
     assert record.peak_rss > 150_000_000
     assert neighbour.status is RunStatus.RUNNING
+    release.touch()
     assert neighbour.wait(timeout=60).status is RunStatus.SUCCEEDED
 
 
@@ -375,7 +387,8 @@ def test_a_failing_hook_is_logged_not_raised(runner: Runner) -> None:
 
 def test_sampler_keeps_a_rolling_window() -> None:
     sampler = SystemSampler(interval=0.05, window_s=0.2).acquire()
-    time.sleep(0.5)
+    first = sampler.samples[0]
+    wait_until(lambda: all(s is not first for s in sampler.samples), what="samples past the window")
     sampler.release()
     assert 1 <= len(sampler.samples) <= 4
     assert sampler.history(seconds=10) == list(sampler.samples)

@@ -94,7 +94,10 @@ def test_report_flushes_about_once_a_second_while_the_run_goes_on(tmp_path: Path
     path = tmp_path / "m.jsonl"
     python(
         "import os, time\nfrom nbrunner import report\nreport(loss=1)\n"
-        "time.sleep(1.6)\nprint(os.path.getsize(os.environ['NBRUNNER_METRICS']))\nos._exit(0)",
+        "path, deadline = os.environ['NBRUNNER_METRICS'], time.monotonic() + 50\n"
+        "while not (os.path.exists(path) and os.path.getsize(path)) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)  # until the flusher has written, then an exit that flushes nothing\n"
+        "os._exit(0)",
         {"NBRUNNER_METRICS": str(path)},
     )
     assert len(path.read_text().splitlines()) == 1  # written by the flusher, not at exit

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.procs import processes_with, wait_until
+from helpers.procs import processes_with, python, wait_for_file, wait_until
 from helpers.sampling import MaxSampler
 
 from nbrunner import Runner, service
@@ -139,10 +139,17 @@ def test_admission_stops_at_the_free_slots_and_when_paused() -> None:
     assert admit(queued, [], {"max_concurrent": 3, "paused": True}, ROOMY).start == []
 
 
-def test_a_startable_run_deep_in_the_queue_is_found(runner: Runner) -> None:
+def held(runner: Runner, gate: Path) -> None:
+    """A module whose runs hold their place until the test creates `gate`."""
+    runner.register("held", command=python(wait_for_file(gate)))
+
+
+def test_a_startable_run_deep_in_the_queue_is_found(runner: Runner, tmp_path: Path) -> None:
     runner.config("max_concurrent", 2)
     runner.config("group.g", 1)
-    blocker = runner.submit("count", {"n": 300, "delay": 0.1}, group="g")
+    held(runner, tmp_path / "gate")  # the blocker runs until the test ends
+    blocker = runner.submit("held", group="g")
+    wait_until(lambda: blocker.status is RunStatus.RUNNING, what="the group's one run")
     waiting = [runner.submit("count", {"n": 1}, group="g") for _ in range(11)]
     deep = runner.submit("count", {"n": 1, "delay": 0})
     assert deep.wait(timeout=30).status is RunStatus.SUCCEEDED
@@ -165,9 +172,12 @@ def test_a_ray_run_counts_against_slots_and_groups_but_not_this_machines_resourc
     )
 
 
-def test_a_startable_run_behind_a_thousand_blocked_ones_starts(runner: Runner) -> None:
+def test_a_startable_run_behind_a_thousand_blocked_ones_starts(
+    runner: Runner, tmp_path: Path
+) -> None:
     runner.config("group.g", 1)
-    blocker = runner.submit("count", {"n": 300, "delay": 0.1}, group="g")
+    held(runner, tmp_path / "gate")  # the blocker runs until the test ends
+    blocker = runner.submit("held", group="g")
     wait_until(lambda: blocker.status is RunStatus.RUNNING, what="the group's one run")
     runner.submit_many("count", [{"n": 1}] * 1000, group="g", priority=5)
     runner.submit_many("count", [{"n": 2}] * 300, priority=5, after=[blocker])

@@ -78,6 +78,20 @@ def test_local_names_are_the_bound_address_and_localhost() -> None:
         ("192.168.1.20:8866", True),
         ("192.168.1.21:8866", False),
         ("rebind.attacker.example:8866", False),
+        # a local name inside a foreign one is foreign: whole names only, never prefixes
+        ("localhost.attacker.example:8866", False),
+        ("localhost.attacker.example", False),
+        ("attacker-localhost:8866", False),
+        ("127.0.0.1.evil:8866", False),
+        ("127.0.0.1.evil", False),
+        ("192.168.1.20.evil:8866", False),
+        ("192.168.1.200:8866", False),
+        ("evil.192.168.1.20:8866", False),
+        ("[::1].evil:8866", False),
+        ("localhost", True),
+        ("127.0.0.2:8866", True),
+        ("[::1]", True),
+        ("192.168.1.20", True),
     ],
 )
 def test_host_header_check(host: str, allowed: bool) -> None:
@@ -137,8 +151,11 @@ def test_without_the_token_no_kernel_starts(server: Server) -> None:
     assert server.kernels() == []
 
 
-def test_a_foreign_host_is_refused(server: Server) -> None:
-    assert get(server.url, host=f"rebind.attacker.example:{server.port}") == 403
+@pytest.mark.parametrize(
+    "host", ["rebind.attacker.example", "localhost.attacker.example", "127.0.0.1.evil"]
+)
+def test_a_foreign_host_is_refused(server: Server, host: str) -> None:
+    assert get(server.url, host=f"{host}:{server.port}") == 403
     assert server.kernels() == []
 
 

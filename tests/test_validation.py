@@ -251,6 +251,30 @@ CASES = [
         with_param('x = { type = "choice", choices = ["a\\u0000"] }'),
         "parameter 'x' of module 'm': choices must be strings (without NUL bytes) or numbers, got 'a\\x00'",
     ),
+    # a default the parameter's own bounds refuse: refused at load, not at the first run
+    toml_case(
+        "param-default-below-min",
+        with_param('x = { type = "int", default = -5, min = 0 }'),
+        "parameter 'x' of module 'm': default must be an int ≥ 0, got -5",
+    ),
+    toml_case(
+        "param-default-above-max",
+        with_param('x = { type = "float", default = 2.5, min = 0, max = 1 }'),
+        "parameter 'x' of module 'm': default must be a float ≥ 0 ≤ 1, got 2.5",
+    ),
+    toml_case(
+        "param-default-not-a-choice",
+        with_param('x = { type = "choice", choices = ["small", "large"], default = "huge" }'),
+        "parameter 'x' of module 'm': default must be one of 'small', 'large', got 'huge'",
+    ),
+    Case(
+        "register-param-default-below-min",
+        "parameter 'n' of module 'm': default must be an int ≥ 0, got -5",
+        api=lambda r: r.register(
+            "m", command=["prog"], params={"n": {"type": "int", "default": -5, "min": 0}}
+        ),
+        error=InvalidParameter,
+    ),
     toml_case(  # one that was already one line: kept as it was
         "unknown-module-key",
         '[modules.m]\ncommand = ["prog"]\nscirpt = "x.py"\n',
@@ -395,6 +419,19 @@ CASES = [
         "max_concurrent must be a whole number ≤ 100000, got '100000000000000000000'",
         cli=("config", "max_concurrent", "100000000000000000000"),
         api=lambda r: r.config("max_concurrent", "100000000000000000000"),
+        error=InvalidConfig,
+    ),
+    Case(
+        "max-log-size-one-byte",
+        "max_log_size must be a size of at least 4KB like 256MB, or 0 for no cap; got '1'",
+        cli=("config", "max_log_size", "1"),
+        api=lambda r: r.config("max_log_size", "1"),
+        error=InvalidConfig,
+    ),
+    Case(
+        "max-log-size-just-under-4kb",
+        "max_log_size must be a size of at least 4KB like 256MB, or 0 for no cap; got 3999",
+        api=lambda r: r.config("max_log_size", 3999),
         error=InvalidConfig,
     ),
     Case(  # already one line: kept as it was

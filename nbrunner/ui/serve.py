@@ -16,7 +16,6 @@ Runs are not affected by any of this: they live in their supervisors.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import secrets
@@ -49,15 +48,6 @@ def untracked_messages() -> list[str]:
     return [*defaults, *(m for m in WIDGET_MESSAGES if m not in defaults)]
 
 
-def is_loopback(ip: str) -> bool:
-    if ip == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
-
-
 def local_hostnames(ip: str) -> list[str]:
     """Host names a request may carry: local names and the bound address (every address of
     this machine when bound to all of them). Loopback addresses are always allowed."""
@@ -66,7 +56,13 @@ def local_hostnames(ip: str) -> list[str]:
         import psutil
 
         names |= {socket.gethostname(), socket.getfqdn()}
-        names |= {a.address.split("%")[0] for nic in psutil.net_if_addrs().values() for a in nic}
+        ips = (socket.AF_INET, socket.AF_INET6)  # not a card's MAC address
+        names |= {
+            a.address.split("%")[0]  # fe80::1%eth0: a Host header carries no zone
+            for nic in psutil.net_if_addrs().values()
+            for a in nic
+            if a.family in ips
+        }
     return sorted(n for n in names if n not in WILDCARDS)
 
 

@@ -11,6 +11,7 @@ its page kernels down. A second signal during that shutdown does not cut it shor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,6 +46,8 @@ def read_once(path: Path) -> dict[str, Any]:
         return dict(json.loads(path.read_text(encoding="utf-8")))
     finally:
         path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # its private folder, or a killed parent leaves it
+            path.parent.rmdir()
 
 
 def request_stop(app: Any) -> None:

@@ -29,8 +29,11 @@ from nbrunner.store import Store
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium floods a closed network with retries.
+# Containers give /dev/shm 64 MB, too little for Chromium's renderers (pages crash at random):
+# --disable-dev-shm-usage puts that memory in the temp directory instead.
 CHROMIUM_ARGS = [
     "--no-sandbox",
+    "--disable-dev-shm-usage",
     "--disable-gpu",
     "--disable-background-networking",
     "--disable-component-update",

@@ -17,6 +17,12 @@ def python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def wait_for_file(gate: object) -> str:
+    """Python source that waits until the file `gate` exists: a child holds its place (still
+    running, its output so far written) until the test lets it go, however slow the machine."""
+    return f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.02)\n"
+
+
 def alive(pid: int) -> bool:
     """Running and not a zombie (orphans may never be reaped in containers)."""
     try:

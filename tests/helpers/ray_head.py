@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from contextlib import closing, suppress
 from pathlib import Path
 
 import psutil
+import pytest
 
 from nbrunner.backends.ray import loopback_head_env
 
@@ -126,3 +128,13 @@ class RayHead:
 
 def ray_installed() -> bool:
     return importlib.util.find_spec("ray") is not None
+
+
+def require_ray() -> None:
+    """Skip without Ray, or fail under CI=true, where a missing dependency is a failure."""
+    if ray_installed():
+        return
+    message = 'ray is not installed: pip install -e ".[ray]"'
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
