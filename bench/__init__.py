@@ -16,4 +16,5 @@ BENCHMARKS = (
     "cancel",
     "notebook",
     "metrics",
+    "idle_page",
 )

@@ -133,8 +133,8 @@ def test_each_input_is_labelled_by_its_own_label(dash: Dashboard) -> None:
         assert field.input.description == name
         assert not any(isinstance(c, widgets.Label) for c in field.row.children)
     assert launcher.module.description == "Module"
-    assert launcher.priority.description == "Priority"
-    assert launcher.copies.description == "Copies"
+    assert launcher.priority.input.description == "Priority"
+    assert launcher.copies.input.description == "Copies"
 
 
 def register_seeded(runner: Runner) -> None:

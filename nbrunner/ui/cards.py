@@ -34,8 +34,8 @@ def elapsed(record: RunRecord, now: float) -> str:
     if record.is_done:
         return text.duration(record.duration_s)
     if record.started_at is None:
-        return "waiting " + text.duration(now - record.submitted_at)
-    return text.duration(now - record.started_at)
+        return "waiting " + text.clock(now - record.submitted_at)
+    return text.clock(now - record.started_at)
 
 
 def progress_of(record: RunRecord, line: str, now: float) -> Progress | None:

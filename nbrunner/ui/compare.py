@@ -221,6 +221,13 @@ class CompareView:
         self.on_change()
 
     # -- the refresh thread ----------------------------------------------------------------------
+    def following(self) -> bool:
+        """Whether a line follows a run that may still report (its file is read often)."""
+        if self._force or self._choices_stale:
+            return True
+        active = {r.id for r in self.runner.snapshot()}
+        return any(run_id in active for run_id in self.lines)
+
     def refresh(self, now: float | None = None) -> None:
         """Read what the compared runs reported since the last tick; redraw what is due."""
         now = time.time() if now is None else now

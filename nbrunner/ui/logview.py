@@ -112,6 +112,7 @@ class LogTab:
         self.run_id = record.id
         self.path = record.log_path
         self.title = f"#{record.id} {record.module}"
+        self.live = not record.is_done  # a finished run's log grows no more
         self.buffer = LogBuffer()
         self.follower = LogFollower.from_tail(record.log_path, START_BYTES)
         self.follow = widgets.ToggleButton(value=True, description="Follow")
@@ -200,4 +201,15 @@ class LogTabs:
 
     def refresh(self) -> None:
         for tab in self.tabs.values():
+            tab.refresh()
+
+    def following(self) -> bool:
+        """Whether a tab tails a run that may still write (its file is read often)."""
+        return any(tab.live for tab in self.tabs.values())
+
+    def ended(self, run_id: int) -> None:
+        """The run ended: one last read will have its final lines, then its tab sleeps."""
+        tab = self.tabs.get(run_id)
+        if tab is not None:
+            tab.live = False
             tab.refresh()

@@ -4,7 +4,8 @@ The stylesheet is shipped as a `<style>` element inside an HTML widget, so the s
 works in a JupyterLab cell and in a Voila page without any front-end extension. Every
 surface and text colour is one of JupyterLab's theme variables (Voila defines them too,
 light or dark with `?theme=dark`), with a light fallback; only the status colours are
-fixed, and they always carry white text on their own background.
+fixed, and they always carry white text on their own background, each at least 4.5:1 against
+it (WCAG AA for text).
 
 When the kernel behind the widgets is gone (restarted, culled), ipywidgets marks each view
 `jupyter-widgets-disconnected`; the stylesheet, which stays in the page, then hides the
@@ -17,13 +18,13 @@ import ipywidgets as widgets
 
 STATUS_COLOURS: dict[str, str] = {
     "queued": "#6b7280",
-    "starting": "#0891b2",
+    "starting": "#0e7490",
     "running": "#2563eb",
-    "paused": "#d97706",
-    "succeeded": "#16a34a",
+    "paused": "#b45309",
+    "succeeded": "#15803d",
     "failed": "#dc2626",
     "cancelled": "#9333ea",
-    "timed_out": "#ea580c",
+    "timed_out": "#c2410c",
     "lost": "#4b5563",
 }
 ACCENT = "#2563eb"
@@ -39,7 +40,7 @@ RULE = "var(--jp-border-color3, #eee)"
 BRAND = "var(--jp-brand-color1, #1976d2)"
 BRAND_SOFT = "var(--jp-brand-color3, #bbdefb)"
 ERROR = "var(--jp-error-color1, #d32f2f)"
-OK = "var(--jp-success-color1, #388e3c)"
+OK = "var(--jp-success-color1, #388e3c)"  # a mark beside text, never the text itself
 MONO = "var(--jp-code-font-family, ui-monospace, Menlo, Consolas, monospace)"
 ROW_PX = 28
 
@@ -77,15 +78,18 @@ CSS = f"""
 .nbr-invalid input, .nbr-invalid select {{ border-color: {ERROR} !important;
   box-shadow: 0 0 0 1px {ERROR}; }}
 .nbr-invalid .widget-label {{ color: {ERROR}; font-weight: 600; }}
-.nbr-error {{ color: {ERROR}; font-size: 12px; }}
-.nbr-ok {{ color: {OK}; font-size: 12px; }}
+.nbr-app .nbr-error, .nbr-app .nbr-error .widget-html-content {{ color: {ERROR};
+  font-size: 12px; }}
+.nbr-run-row {{ align-items: center; gap: 8px; flex-wrap: wrap; }}
+.nbr-app .nbr-ok {{ color: {TEXT}; font-size: 12px; }}
+.nbr-ok::before {{ content: "✓ "; color: {OK}; font-weight: 700; }}
 .nbr-help {{ color: {MUTED}; font-size: 11px; margin-left: 86px; margin-top: -4px; }}
 .nbr-cards {{ display: grid !important;
   grid-template-columns: repeat(auto-fill, minmax(280px, 1fr));
   gap: 8px; max-height: 360px; overflow-y: auto; align-content: start; }}
 .nbr-card {{ border: 1px solid {BORDER}; border-left: 4px solid #9ca3af; border-radius: 8px;
   padding: 6px 8px; background: {SURFACE}; gap: 2px; }}
-.nbr-card.nbr-ended {{ opacity: 0.7; }}
+.nbr-card.nbr-ended {{ border-style: dashed; }}
 .nbr-card .nbr-lastline {{ font-family: {MONO}; font-size: 11px; color: {TEXT};
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
   background: {SUNKEN}; border-radius: 4px; padding: 1px 4px; }}
@@ -102,7 +106,14 @@ CSS = f"""
 .nbr-meta {{ color: {MUTED}; font-size: 12px; white-space: nowrap; overflow: hidden;
   text-overflow: ellipsis; }}
 .nbr-meta span {{ margin-right: 10px; }}
-.nbr-toasts {{ gap: 4px; }}
+/* Toasts and notices float over the page's corner: nothing under the pointer moves. */
+.nbr-overlay {{ position: fixed; top: 8px; right: 8px; z-index: 1000; gap: 4px;
+  max-width: min(480px, 90vw); align-items: flex-end; pointer-events: none; }}
+.nbr-overlay > * {{ pointer-events: auto; }}
+.nbr-notice:empty, .nbr-notice .widget-html-content:empty {{ display: none; }}
+.nbr-notice .widget-html-content {{ background: {SURFACE}; border: 1px solid {BORDER};
+  border-radius: 6px; padding: 2px 10px; box-shadow: 0 2px 8px rgba(0, 0, 0, 0.25); }}
+.nbr-toasts {{ gap: 4px; align-items: flex-end; }}
 .nbr-toast {{ border-radius: 6px; padding: 2px 4px 2px 10px; align-items: center;
   color: #fff; width: fit-content; max-width: 100%; gap: 6px; }}
 .nbr-toast .widget-html-content {{ color: #fff; }}

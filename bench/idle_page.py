@@ -1,0 +1,136 @@
+"""10. Watching idle runs: one Voila dashboard page open in headless Chromium, 10 sleeping
+runs, nothing changing but the clocks.
+
+Measured from outside with psutil: the CPU of nbrunner's processes (the home's service, the
+recorders, `nbrunner dashboard` with Voila and the page's kernel) and of Chromium's
+processes over a window, as % of one core. Then how fresh the page stays while it sleeps:
+a run submitted from another process, from the submit call to its card in the page.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from nbrunner import Run, Runner
+
+from . import nbrun
+from .context import Context
+from .harness import Metrics, Section, Target, adopts_orphans, cpu_seconds, figure_from, isolate
+
+ACTIVE = 10
+PAGE = "one Voila page, 10 sleeping runs"
+NBRUNNER_PCT = 0.5
+CHROMIUM_PCT = 3.0
+FRESH_S = 0.5
+METHOD = f"""\
+A home with {ACTIVE} `sleep 600` runs (all running); `nbrunner dashboard` serves it through
+Voila and one headless Chromium page (1280×800) shows it. Once the page is built and has
+settled (5 s), the CPU (user + system, psutil `cpu_times`) of every process is summed over the
+window and divided by its length: % of one core. *nbrunner* is the home's service, the
+{ACTIVE} recorders, and `nbrunner dashboard` with all its descendants (Voila, the page's
+kernel); *Chromium* is every browser process. *Freshness*: then a run is submitted from
+the measuring process (as the CLI would) and the time until its card is in the page's DOM
+is taken, polled every 20 ms from Playwright."""
+
+
+def _tree(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _chromium() -> list[psutil.Process]:
+    """Every Chromium process under this one (Playwright's driver starts the browser)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in child.name().lower():
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _window(groups: dict[str, list[psutil.Process]], seconds: float) -> Metrics:
+    before = {name: cpu_seconds(procs) for name, procs in groups.items()}
+    start = time.perf_counter()
+    time.sleep(seconds)
+    wall = time.perf_counter() - start
+    return {
+        f"{name}_pct": 100 * (cpu_seconds(procs) - before[name]) / wall
+        for name, procs in groups.items()
+    }
+
+
+def _fresh_ms(page: Any, runs: list[Run], runner: Runner, name: str) -> float:
+    started = time.perf_counter()
+    runs.append(runner.submit(name))
+    page.wait_for_selector(f".nbr-run-{runs[-1].id}", state="attached", timeout=60_000)
+    return 1000 * (time.perf_counter() - started)
+
+
+@adopts_orphans
+def idle_page(home: Path, seconds: float, rounds: int) -> dict[str, list[Metrics]]:
+    from tests.helpers.browser import chromium, dashboard_server, open_dashboard
+
+    runner = nbrun.runner(home, ACTIVE + rounds)
+    name = nbrun.register(runner, "sleeper", ["sleep", "600"])
+    runs = [runner.submit(name) for _ in range(ACTIVE)]
+    nbrun.wait_running(runs)
+    windows: list[Metrics] = []
+    try:
+        with dashboard_server(home, home / "server") as server, chromium() as browser:
+            page = open_dashboard(browser, server.url)
+            page.wait_for_selector(f".nbr-run-{runs[-1].id}", timeout=120_000)
+            time.sleep(5.0)  # the first ticks and the page's own start-up are not steady state
+            server_procs = _tree(psutil.Process(server.process.pid))
+            groups = {
+                "nbrunner": [*nbrun.owners(home, runs), *server_procs],
+                "chromium": _chromium(),
+            }
+            for _ in range(rounds):
+                metrics = _window(groups, seconds)
+                metrics["fresh_ms"] = _fresh_ms(page, runs, runner, name)
+                windows.append(metrics)
+                time.sleep(2.0)  # the new card's arrival is not part of the next window
+    finally:
+        nbrun.cancel_all(runs)
+        runner.close()
+        nbrun.stop_service(home)
+    return {PAGE: windows}
+
+
+def run(ctx: Context) -> Section:
+    seconds, rounds = ctx.size(30.0, 10.0), ctx.size(3, 1)
+    section = Section("idle_page", "10. Watching idle runs in the browser", METHOD)
+    results = isolate("idle_page:idle_page", seconds=seconds, rounds=rounds)
+    unit = "% of one core"
+    nbr = figure_from(section, results, "nbrunner_pct", "CPU, nbrunner's processes", unit)
+    chrome = figure_from(section, results, "chromium_pct", "CPU, Chromium", unit)
+    fresh = figure_from(section, results, "fresh_ms", "submit → card in the page", "ms")
+    for fig in section.figures:
+        fig.subject = PAGE
+    section.notes.append(f"{rounds} window(s) of {seconds:g} s.")
+    section.targets += [
+        Target(
+            f"idle page: nbrunner's processes ≤ {NBRUNNER_PCT} % of one core",
+            f"{nbr.median():.2f} %",
+            nbr.median() <= NBRUNNER_PCT,
+        ),
+        Target(
+            f"idle page: Chromium ≤ {CHROMIUM_PCT} % of one core",
+            f"{chrome.median():.2f} %",
+            chrome.median() <= CHROMIUM_PCT,
+        ),
+        Target(
+            f"a change from another process shows in the page ≤ {FRESH_S * 1000:.0f} ms",
+            f"{fresh.median():.0f} ms (max {fresh.spread(PAGE)[1]:.0f} ms)",
+            fresh.median() <= FRESH_S * 1000,
+        ),
+    ]
+    return section
