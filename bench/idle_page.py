@@ -89,9 +89,15 @@ def idle_page(home: Path, seconds: float, rounds: int) -> dict[str, list[Metrics
             page.wait_for_selector(f".nbr-run-{runs[-1].id}", timeout=120_000)
             time.sleep(5.0)  # the first ticks and the page's own start-up are not steady state
             server_procs = _tree(psutil.Process(server.process.pid))
+            kernels = server.kernels()
+            owners = nbrun.owners(home, runs)
             groups = {
-                "nbrunner": [*nbrun.owners(home, runs), *server_procs],
+                "nbrunner": [*owners, *server_procs],
                 "chromium": _chromium(),
+                "service": owners[:1],
+                "recorders": owners[1:],
+                "voila": [p for p in server_procs if p not in kernels],
+                "kernel": kernels,
             }
             for _ in range(rounds):
                 metrics = _window(groups, seconds)
@@ -112,6 +118,13 @@ def run(ctx: Context) -> Section:
     unit = "% of one core"
     nbr = figure_from(section, results, "nbrunner_pct", "CPU, nbrunner's processes", unit)
     chrome = figure_from(section, results, "chromium_pct", "CPU, Chromium", unit)
+    for key, label in (
+        ("service", "the home's service"),
+        ("recorders", f"{ACTIVE} recorders"),
+        ("voila", "`nbrunner dashboard` and Voila"),
+        ("kernel", "the page's kernel"),
+    ):
+        figure_from(section, results, f"{key}_pct", f"… of which {label}", unit)
     fresh = figure_from(section, results, "fresh_ms", "submit → card in the page", "ms")
     for fig in section.figures:
         fig.subject = PAGE

@@ -39,6 +39,7 @@ from ..monitor import SystemSampler
 from . import text
 from .cards import CardsView
 from .compare import CompareView
+from .folded import FoldedRuns
 from .gauges import SPARK_SECONDS, GaugesView
 from .history import HistoryView
 from .launcher import Launcher
@@ -61,6 +62,16 @@ HISTORY_EVERY_S = 2.0
 SUMMARY_EVERY_S = 5.0
 READY_CLASS = "nbr-ready"
 Request = Callable[[], None]
+
+
+class GaugeSampler(SystemSampler):
+    """The machine sampled as often as the gauges move (every CLOCK_S), not every second:
+    one sampler shared by every dashboard of the process."""
+
+    _shared = None
+
+    def __init__(self) -> None:
+        super().__init__(interval=CLOCK_S)
 
 
 class DashboardWidget(widgets.VBox):
@@ -108,7 +119,7 @@ class Dashboard:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.sampler = (sampler or SystemSampler.shared()).acquire()
+        self.sampler = (sampler or GaugeSampler.shared()).acquire()
         self._build(page_size)
         self._unsubscribe = runner.subscribe(self._on_changes)
         _replace_predecessor(self)
@@ -119,7 +130,8 @@ class Dashboard:
         sync = self.sync
         self.gauges = GaugesView(sync)
         self.launcher = Launcher(self.runner, on_submitted=lambda _: self._wake.set())
-        self.cards = CardsView(sync, self.view_logs, self.cancel, self.restart)
+        actions = (self.view_logs, self.cancel, self.restart)
+        self.cards = CardsView(sync, *actions, folded=FoldedRuns(sync, *actions))
         self.history = HistoryView(
             self.runner,
             sync,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import ipywidgets as widgets
 
@@ -20,6 +21,17 @@ from .sync import Sync, close_tree
 from .theme import badge
 
 RunAction = Callable[[int], None]
+
+
+class Folded(Protocol):
+    """Many runs in one table (`folded.FoldedRuns`; history's rows, which import cards)."""
+
+    FOLD_AT: int
+    widget: widgets.Widget
+
+    def update(
+        self, shown: Sequence[RunRecord], now: float, last_line: Callable[[str], str]
+    ) -> None: ...
 
 
 def queue_positions(records: Iterable[RunRecord]) -> dict[int, int]:
@@ -131,9 +143,17 @@ class RunCard:
 class CardsView:
     """The "Active runs (N)" panel."""
 
-    def __init__(self, sync: Sync, view: RunAction, cancel: RunAction, restart: RunAction) -> None:
+    def __init__(
+        self,
+        sync: Sync,
+        view: RunAction,
+        cancel: RunAction,
+        restart: RunAction,
+        folded: Folded | None = None,
+    ) -> None:
         self.sync = sync
         self._actions = (view, cancel, restart)
+        self.folded = folded  # many runs: shown by it, as one table, instead of cards
         self.cards: dict[int, RunCard] = {}
         self.last_lines = LastLines()
         self.extra: Callable[[RunRecord], str] = lambda _: ""  # more HTML for a card
@@ -142,7 +162,8 @@ class CardsView:
         self.grid = widgets.Box()
         self.grid.add_class("nbr-cards")
         self.empty = widgets.HTML('<div class="nbr-muted">No active runs. Launch one.</div>')
-        self.widget = widgets.VBox([self.heading, self.empty, self.grid])
+        parts = [self.heading, self.empty, self.grid]
+        self.widget = widgets.VBox(parts + ([folded.widget] if folded else []))
         self.widget.add_class("nbr-panel")
         self.set_heading(0)
 
@@ -152,6 +173,12 @@ class CardsView:
     def update(self, active: Sequence[RunRecord], ended: Sequence[RunRecord], now: float) -> None:
         """Show `active` runs and recently `ended` ones, each card touched only if changed."""
         shown = sorted([*active, *ended], key=lambda r: r.id)
+        fold = self.folded is not None and len(shown) > self.folded.FOLD_AT
+        if self.folded is not None:
+            self.sync.show(self.folded.widget, fold)
+            if fold:
+                self.folded.update(shown, now, self.last_lines.get)
+                shown = []
         positions = queue_positions(active)
         for record in shown:
             card = self.cards.get(record.id) or self._new_card(record.id)
@@ -163,7 +190,7 @@ class CardsView:
             close_tree(self.cards.pop(run_id).widget)
         self.last_lines.forget(r.log_path for r in shown)
         self.sync.set(self.grid, children=tuple(self.cards[r.id].widget for r in shown))
-        self.sync.show(self.empty, not shown)
+        self.sync.show(self.empty, not shown and not fold)
         self.set_heading(len(active))
 
     def _new_card(self, run_id: int) -> RunCard:
