@@ -696,3 +696,29 @@ def test_huge_durations_read_sanely() -> None:
     assert text.duration(float("nan")) == text.DASH
     assert parse("step 1/1000000000000", elapsed_s=1e12) is not None
     assert "> 100d" in parse("step 1/1000000000000", elapsed_s=1e12).label()
+
+
+@pytest.mark.parametrize(
+    ("line", "fraction"),
+    [
+        ("\repoch 1/3:  45%|█████     | 9/20 loss=0.1", 0.15),  # the run's share, not 45 %
+        ("\repoch 3/3: 100%|██████████| 20/20 loss=0.1", 1.0),
+        ("\repoch 2/4:   0%|          | 0/20", 0.25),
+    ],
+)
+def test_nested_bars_give_the_runs_progress(line: str, fraction: float) -> None:
+    progress = parse(line, elapsed_s=10)
+    assert progress is not None and progress.fraction == pytest.approx(fraction)
+
+
+def test_a_run_that_reports_its_total_is_believed(runner: Runner) -> None:
+    from nbrunner.scalars import Series
+    from nbrunner.ui.cards import progress_of
+
+    record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
+    running = dataclasses.replace(record, status=RunStatus.RUNNING, started_at=100.0)
+    total = Series(keep=False)
+    total.add(30, 0.0, 120)  # report(step=30, total=120)
+    progress = progress_of(running, "epoch 1: 99%|…| 99/100", 110.0, total)
+    assert progress is not None and progress.fraction == pytest.approx(0.25)
+    assert progress.eta_s == pytest.approx(30)  # 10 s for a quarter: 30 s more

@@ -11,10 +11,13 @@ import time
 GREEN, YELLOW, RESET = "\x1b[32m", "\x1b[33m", "\x1b[0m"
 
 
-def progress(epoch: int, step: int, steps: int, loss: float) -> str:
+def progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> str:
+    """One line, the outer count first: the dashboard reads the run's progress from it."""
     filled = int(20 * step / steps)
     bar = "█" * filled + " " * (20 - filled)
-    return f"\repoch {epoch}: {100 * step // steps:3d}%|{bar}| {step}/{steps} loss={loss:.4f}"
+    return (
+        f"\repoch {epoch}/{epochs}: {100 * step // steps:3d}%|{bar}| {step}/{steps} loss={loss:.4f}"
+    )
 
 
 def main() -> None:
@@ -32,7 +35,7 @@ def main() -> None:
     for epoch in range(1, args.epochs + 1):
         for step in range(1, args.steps + 1):
             loss = loss * (1 - min(args.lr * 20, 0.5) / args.steps) + rng.uniform(0, 0.01)
-            sys.stdout.write(progress(epoch, step, args.steps, loss))
+            sys.stdout.write(progress(epoch, args.epochs, step, args.steps, loss))
             sys.stdout.flush()
             time.sleep(args.step_time)
         accuracy = 1 - math.exp(-epoch / 2) * 0.9
