@@ -305,6 +305,7 @@ class Dashboard:
     # -- events from the runner's loop ---------------------------------------------------------
     def _on_changes(self, changes: list[RunRecord]) -> None:
         self._version = max([self._version, *(r.version for r in changes)])
+        self.compare.note_changes(changes)
         for record in changes:
             if record.is_done:
                 self._ended.append(record)
