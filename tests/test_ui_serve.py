@@ -196,3 +196,10 @@ def test_a_signal_to_the_dashboard_alone_stops_voila_and_its_kernels(
         wait_until(
             lambda: not [p for p in everything if alive(p.pid)], what="Voila and kernels to stop"
         )
+
+
+def test_the_only_url_printed_is_the_one_to_open(server: Server) -> None:
+    """Voila's own "running at …/?token=..." (masked) line is not printed: people and
+    scripts took that first URL and got a redirect to the login page."""
+    assert get(server.url) == 200  # the server is serving: its start-up lines are out
+    assert re.findall(r"https?://\S+", server.output()) == [server.url]

@@ -12,6 +12,7 @@ its page kernels down. A second signal during that shutdown does not cut it shor
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -69,6 +70,15 @@ def stop_when_orphaned(app: Any, parent: int, every_s: float = 1.0) -> None:
     request_stop(app)
 
 
+class NoMaskedUrl(logging.Filter):
+    """Drop Voila's "running at http://…/?token=..." line: its token is masked, and people
+    and scripts took that first URL (and met the login page). `nbrunner dashboard` prints
+    the one URL to open."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "?token=..." not in record.getMessage()
+
+
 def main(argv: list[str]) -> None:
     from voila.app import Voila
 
@@ -81,6 +91,8 @@ def main(argv: list[str]) -> None:
     )
     watcher.start()
     app.initialize([notebook])
+    for handler in app.log.handlers or logging.getLogger().handlers:
+        handler.addFilter(NoMaskedUrl())
     stop_on_signals(app)  # after initialize, which sets Voila's own SIGTERM handler
     app.start()
 
