@@ -722,3 +722,11 @@ def test_a_run_that_reports_its_total_is_believed(runner: Runner) -> None:
     progress = progress_of(running, "epoch 1: 99%|…| 99/100", 110.0, total)
     assert progress is not None and progress.fraction == pytest.approx(0.25)
     assert progress.eta_s == pytest.approx(30)  # 10 s for a quarter: 30 s more
+
+
+def test_the_demo_refuses_a_step_time_that_would_overflow(dash: Dashboard, runner: Runner) -> None:
+    launcher = dash.launcher
+    launcher.module.value = "train"
+    launcher.fields["step_time"].input.value = "1e308"
+    assert "≤ 60" in launcher.fields["step_time"].error.value
+    assert launcher.submit() == [] and runner.count() == 0
