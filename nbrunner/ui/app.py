@@ -18,7 +18,7 @@ brings a new store version (a CLI change shows within the runner's tick), when t
 acts, and otherwise every CLOCK_S: live clocks are coarse (`text.clock`, 5 s steps then
 minutes) and gauges move at that pace, so an idle page costs a wake-up every few seconds
 and sends nothing when no text changed. Only while a log tab or a Compare line follows a
-running run are its files read every LIVE_S.
+running run are its files read every INTERVAL_S.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # the runner imports the dashboard, not the other way round
 
 log = logging.getLogger(__name__)
 
-INTERVAL_S = 0.5  # LIVE_S: how often followed logs and metrics files are read
+INTERVAL_S = 0.5  # how often followed log and metrics files are read
 CLOCK_S = 5.0  # nothing changed: clocks, gauges, toasts and lingering cards move this often
 MIN_GAP_S = 0.1
 LINGER_S = 15.0
