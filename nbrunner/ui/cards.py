@@ -189,20 +189,20 @@ class CardsView:
             self.sync.show(self.folded.widget, fold)
             if fold:
                 self.folded.update(shown, now, self.last_lines.get)
-                shown = []
+        carded = [] if fold else shown
         positions = queue_positions(active)
-        for record in shown:
+        for record in carded:
             card = self.cards.get(record.id) or self._new_card(record.id)
             line = self.last_lines.get(record.log_path)
             total = self.reported_total(record)
             html = card_html(record, now, positions.get(record.id), line, total)
             card.update(self.sync, record, html + self.extra(record))
-        ids = {r.id for r in shown}
+        ids = {r.id for r in carded}
         for run_id in [i for i in self.cards if i not in ids]:
             close_tree(self.cards.pop(run_id).widget)
         self.last_lines.forget(r.log_path for r in shown)
-        self.sync.set(self.grid, children=tuple(self.cards[r.id].widget for r in shown))
-        self.sync.show(self.empty, not shown and not fold)
+        self.sync.set(self.grid, children=tuple(self.cards[r.id].widget for r in carded))
+        self.sync.show(self.empty, not shown)
         self.set_heading(len(active))
 
     def reported_total(self, record: RunRecord) -> Series | None:
