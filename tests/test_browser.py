@@ -554,23 +554,17 @@ def test_toasts_float_and_text_is_readable_light_and_dark(
     ended card and the summary all reach 4.5:1, in the light and the dark theme."""
     from playwright.sync_api import expect
 
-    pages = [
-        open_dashboard(browser, server.url),
-        open_dashboard(browser, server.url + "&theme=dark"),
-    ]
-    try:
-        before = [p.locator("button.nbr-run-button").bounding_box() for p in pages]
-        runs = [runner.submit("count", {"n": 1, "delay": 0, "label": f"t{i}"}) for i in range(4)]
-        for run in runs:
-            run.wait(timeout=60)
-        for shown, box in zip(pages, before, strict=True):
+    for theme in ("", "&theme=dark"):  # one page at a time: each sees its own runs end
+        shown = open_dashboard(browser, server.url + theme)
+        try:
+            box = shown.locator("button.nbr-run-button").bounding_box()
+            runs = [
+                runner.submit("count", {"n": 1, "delay": 0, "label": f"t{i}"}) for i in range(4)
+            ]
+            for run in runs:
+                run.wait(timeout=60)
             expect(shown.locator(".nbr-toast")).to_have_count(4)
-            assert shown.locator("button.nbr-run-button").bounding_box() == box
-            assert shown.locator(".nbr-overlay").evaluate("e => getComputedStyle(e).position") == (
-                "fixed"
-            )
             expect(shown.locator(f".nbr-run-{runs[-1].id} .nbr-badge")).to_have_text("succeeded")
-            expect(shown.locator(".nbr-counts")).not_to_contain_text("no runs")
             ratios = contrast_ratios(
                 shown,
                 {
@@ -581,10 +575,13 @@ def test_toasts_float_and_text_is_readable_light_and_dark(
                     ".nbr-counts .nbr-chips": TEXT_CONTRAST,
                 },
             )
+            assert shown.locator("button.nbr-run-button").bounding_box() == box
+            overlay = shown.locator(".nbr-overlay")
+            assert overlay.evaluate("e => getComputedStyle(e).position") == "fixed"
+            expect(shown.locator(".nbr-counts")).not_to_contain_text("no runs")
             too_low = {s: r for s, (r, wanted) in ratios.items() if r < wanted}
-            assert not too_low, too_low
-    finally:
-        for shown in pages:
+            assert not too_low, (theme, too_low)
+        finally:
             shown.close()
 
 
@@ -721,6 +718,19 @@ def test_jupyterlab_dark_cell_is_readable(lab: Any, runner: Runner) -> None:
     assert lab.evaluate("document.body.dataset.jpThemeLight") == "false"
     too_low = {selector: ratio for selector, (ratio, wanted) in ratios.items() if ratio < wanted}
     assert not too_low, f"unreadable in JupyterLab's dark theme: {too_low}"
+
+
+def test_jupyterlab_history_keeps_badges_and_buttons_on_their_rows(lab: Any) -> None:
+    """In a notebook cell (~1090 px wide, JupyterLab's own table styles around it)."""
+    from playwright.sync_api import expect
+
+    select_tab(lab, "History")
+    expect(lab.locator(".nbr-hrow")).to_have_count(25)
+    assert lab.evaluate(_CELLS_JS) == []
+    layout = history_layout(lab)
+    assert layout["tableRight"] <= layout["buttonsLeft"], "buttons cover no cell"
+    for (top, bottom), centre in zip(layout["rows"], layout["actionCentres"], strict=True):
+        assert top <= centre <= bottom, "each row's buttons sit beside it"
 
 
 def test_rerunning_the_cell_leaves_one_refresh_thread(lab: Any) -> None:
