@@ -167,6 +167,8 @@ CSS = f"""
 .nbr-htable .nbr-badge {{ padding: 0 6px; max-width: 100%; box-sizing: border-box;
   overflow: hidden; text-overflow: ellipsis; vertical-align: middle; }}
 .nbr-htable .nbr-progress-track {{ flex: 0 0 28px; }}
+.nbr-htable .nbr-progress-label {{ flex: 0 1 auto; min-width: 0; overflow: hidden;
+  text-overflow: ellipsis; }}
 .nbr-hactions {{ flex: 0 0 auto; margin: 0; padding-top: {ROW_PX}px; }}
 .nbr-hactions-row {{ height: {ROW_PX}px; align-items: center; gap: 4px; margin: 0; }}
 .nbr-hactions-row .widget-button {{ height: 22px; margin: 0; }}
