@@ -378,7 +378,7 @@ def take_screenshots(folder: Path) -> list[Path]:
 
     from playwright.sync_api import expect
 
-    from nbrunner import Runner
+    from nbrunner import Runner, service
 
     folder.mkdir(parents=True, exist_ok=True)
     shots = [folder / "dashboard.png", folder / "dashboard-dark.png"]
@@ -404,6 +404,7 @@ def take_screenshots(folder: Path) -> list[Path]:
                     page.close()
                 for record in runner.store.active():
                     runner.cancel(record.id)
+        service.stop(home)  # the home goes with the folder: so does its service
     return shots
 
 
