@@ -144,9 +144,7 @@ def test_log_scale_redraws_its_axis_and_a_run_without_metrics_says_so(tmp_path: 
             expect(choices.locator("option", has_text=f"#{quiet.id} quiet running")).to_have_count(
                 1
             )
-            pick(choices, live.id, quiet.id)
-            message = page.locator(".nbr-cmessage")
-            expect(message).to_contain_text(f"No loss reported by #{quiet.id} quiet")
+            pick(choices, live.id)
             lines = page.locator(".nbr-cfigure .curve path.line")
             page.wait_for_function(
                 "() => document.querySelector("
@@ -160,6 +158,9 @@ def test_log_scale_redraws_its_axis_and_a_run_without_metrics_says_so(tmp_path: 
             log_scale.uncheck()
             wait_for_axis(page, log=False)  # with its tick labels back
 
+            pick(choices, live.id, quiet.id)
+            message = page.locator(".nbr-cmessage")
+            expect(message).to_contain_text(f"No loss reported by #{quiet.id} quiet")
             pick(choices, quiet.id)  # drop the live run, then pick it again
             expect(lines).to_have_count(0)
             pick(choices, live.id, quiet.id)
