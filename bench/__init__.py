@@ -17,4 +17,5 @@ BENCHMARKS = (
     "notebook",
     "metrics",
     "pruning",
+    "idle_page",
 )

@@ -9,6 +9,7 @@ Screenshots go to the test's temporary folder; `python -m tests.helpers.browser
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
 import signal
@@ -40,6 +41,7 @@ from helpers.browser import (
 from helpers.procs import wait_for_file, wait_until
 
 from nbrunner import Runner
+from nbrunner.errors import InvalidTransition
 from nbrunner.ui.gauges import SPARK_HEIGHT
 
 pytestmark = pytest.mark.browser
@@ -314,6 +316,8 @@ def log_view(page: Any, run_id: int) -> dict[str, float]:
 
 
 def test_follow_keeps_the_newest_line_in_view(page: Any, runner: Runner) -> None:
+    from playwright.sync_api import expect
+
     run = runner.submit("lines")
     try:
         page.click(f".nbr-run-{run.id} .nbr-view")
@@ -327,13 +331,22 @@ def test_follow_keeps_the_newest_line_in_view(page: Any, runner: Runner) -> None
         assert 0 <= grown["bottomGap"] <= 12, grown  # the last line sits at the box's bottom
         assert grown["topGap"] < -200, grown  # and the oldest lines went out of view
 
-        page.click(".nbr-follow >> visible=true")  # off: the view holds still where it is
+        page.click(".nbr-follow >> visible=true")  # off: the text holds still, and scrolls
         page.wait_for_selector(f".nbr-log-{run.id}.nbr-nofollow")
         held = log_view(page, run.id)
-        grown = wait_for_view(
-            page, run.id, lambda v: v["hidden"] >= held["hidden"] + 200, "200 px more"
-        )
-        assert abs(grown["topGap"] - held["topGap"]) <= 1, (held, grown)
+        assert held["fromEnd"] <= 1, held  # not a jump to line 1
+        scroller = page.locator(f".nbr-log-{run.id} .widget-html-content")
+        scroller.evaluate("e => { e.scrollTop -= 150; }")
+        scrolled = log_view(page, run.id)
+        assert scrolled["fromEnd"] >= 149, scrolled
+        expect(page.locator(".nbr-log-waiting >> visible=true")).to_contain_text("new lines")
+        assert log_view(page, run.id) == scrolled  # lines arrived, and nothing moved
+
+        page.click(".nbr-follow >> visible=true")  # on: the newest line, pinned
+        expect(page.locator(f".nbr-log-{run.id}")).not_to_have_class(re.compile("nbr-nofollow"))
+        pinned = wait_for_view(page, run.id, lambda v: v["fromEnd"] <= 1, "the end in view")
+        assert 0 <= pinned["bottomGap"] <= 12, pinned
+        assert scroller.evaluate("e => getComputedStyle(e).overflowY") == "hidden"  # no drift
     finally:
         run.cancel()
 
@@ -474,6 +487,206 @@ def test_a_dead_kernel_leaves_a_clear_message_not_dead_widgets(
         doomed.close()
 
 
+# -- nothing cut, nothing wrong: light and dark, 1280 and 1024 px -------------------------------
+NARROW = {"width": 1024, "height": 768}
+LONG = "x" * 150
+_CARD_FIT_JS = """
+(selector) => {
+  const card = document.querySelector(selector);
+  const box = card.getBoundingClientRect();
+  const within = (e) => { const b = e.getBoundingClientRect();
+    return b.width > 0 && b.left >= box.left - 1 && b.right <= box.right + 1; };
+  const cut = (s) => { const e = card.querySelector(s);
+    return !!e && within(e) && getComputedStyle(e).textOverflow === 'ellipsis'
+      && e.scrollWidth > e.clientWidth; };
+  return {
+    body: within(card.querySelector('.widget-html-content')),
+    meta: [...card.querySelectorAll('.nbr-meta span')].every(within),
+    label: within(card.querySelector('.nbr-progress-label')),
+    params: cut('.nbr-params'),
+    lastline: cut('.nbr-lastline'),
+  };
+}
+"""
+_CELLS_JS = """
+() => [...document.querySelectorAll('.nbr-htable th, .nbr-htable td.nbr-c-id,'
+    + ' .nbr-htable td.nbr-c-exit, .nbr-htable td.nbr-c-submitted')]
+  .filter((c) => c.scrollWidth > c.clientWidth).map((c) => c.textContent)
+  .concat([...document.querySelectorAll('.nbr-htable .nbr-badge')]
+    .filter((b) => { const o = b.closest('td').getBoundingClientRect();
+      const i = b.getBoundingClientRect(); return i.right > o.right + 0.5
+        || b.scrollWidth > b.clientWidth; })
+    .map((b) => 'badge ' + b.textContent))
+"""
+
+
+def test_cards_are_whole_and_show_the_runs_progress(
+    browser: Any, server: Server, runner: Runner
+) -> None:
+    """A card shows its progress %, its ETA and every figure; long params and the last line
+    end in "…" inside the card. Nested bars give the run's percent, not the epoch's."""
+    from playwright.sync_api import expect
+
+    long = runner.submit("count", {"n": 3000, "delay": 0.1, "label": LONG})
+    train = runner.submit("train", {"epochs": 3, "steps": 300, "step_time": 0.1})
+    dark = open_dashboard(browser, server.url + "&theme=dark")
+    try:
+        for shown in (dark, open_dashboard(browser, server.url)):
+            for size in (VIEWPORT, NARROW):
+                shown.set_viewport_size(size)
+                label = shown.locator(f".nbr-run-{long.id} .nbr-progress-label")
+                expect(label).to_contain_text("ETA")
+                fit = shown.evaluate(_CARD_FIT_JS, f".nbr-run-{long.id}")
+                assert all(fit.values()), (size, fit)
+            card = shown.locator(f".nbr-run-{train.id}")
+            expect(card.locator(".nbr-lastline")).to_contain_text("epoch 1/3")
+            expect(card.locator(".nbr-progress-label")).to_contain_text("%")
+            seen = card.inner_text()  # one update carries the line and the percent
+            epoch = int(re.findall(r"epoch (\d)/3", seen)[-1])
+            percent = int(
+                re.findall(r"(\d+)%", card.locator(".nbr-progress-label").inner_text())[0]
+            )
+            assert percent <= 34 * epoch, seen
+            shown.close()
+    finally:
+        long.cancel()
+        train.cancel()
+
+
+def test_toasts_float_and_text_is_readable_light_and_dark(
+    browser: Any, server: Server, runner: Runner
+) -> None:
+    """Toasts cover a corner and move nothing; white on status colours, dimmed text on an
+    ended card and the summary all reach 4.5:1, in the light and the dark theme."""
+    from playwright.sync_api import expect
+
+    for record in runner.store.active():  # only this test's runs on the page (no folding)
+        with contextlib.suppress(InvalidTransition):  # it may end on its own meanwhile
+            runner.cancel(record.id)
+        runner.wait(record.id, timeout=60)
+    for theme in ("", "&theme=dark"):  # one page at a time: each sees its own runs end
+        shown = open_dashboard(browser, server.url + theme)
+        try:
+            box = shown.locator("button.nbr-run-button").bounding_box()
+            runs = [
+                runner.submit("count", {"n": 1, "delay": 0, "label": f"t{i}"}) for i in range(4)
+            ]
+            for run in runs:
+                run.wait(timeout=60)
+            expect(shown.locator(".nbr-toast")).to_have_count(4)
+            expect(shown.locator(f".nbr-run-{runs[-1].id} .nbr-badge")).to_have_text("succeeded")
+            ratios = contrast_ratios(
+                shown,
+                {
+                    ".nbr-toast-succeeded .widget-html-content": TEXT_CONTRAST,
+                    f".nbr-run-{runs[-1].id} .nbr-status-succeeded": TEXT_CONTRAST,
+                    f".nbr-run-{runs[-1].id} .nbr-meta": TEXT_CONTRAST,
+                    f".nbr-run-{runs[-1].id} .nbr-muted": TEXT_CONTRAST,
+                    ".nbr-counts .nbr-chips": TEXT_CONTRAST,
+                },
+            )
+            assert shown.locator("button.nbr-run-button").bounding_box() == box
+            overlay = shown.locator(".nbr-overlay")
+            assert overlay.evaluate("e => getComputedStyle(e).position") == "fixed"
+            expect(shown.locator(".nbr-counts")).not_to_contain_text("no runs")
+            too_low = {s: r for s, (r, wanted) in ratios.items() if r < wanted}
+            assert not too_low, (theme, too_low)
+        finally:
+            shown.close()
+
+
+def test_history_at_1024_by_768_cuts_no_id_header_or_badge(browser: Any, server: Server) -> None:
+    from playwright.sync_api import expect
+
+    for theme in ("", "&theme=dark"):
+        shown = browser.new_page(viewport=NARROW)
+        try:
+            shown.goto(server.url + theme)
+            shown.wait_for_selector(READY, timeout=120_000)
+            select_tab(shown, "History")
+            expect(shown.locator(".nbr-hrow")).to_have_count(25)
+            expect(shown.locator(".nbr-hrow").first).to_contain_text("succeeded")
+            assert shown.evaluate(_CELLS_JS) == []
+            layout = history_layout(shown)
+            assert layout["scrollers"] == [] and not layout["truncatedButtons"]
+            for (top, bottom), centre in zip(layout["rows"], layout["actionCentres"], strict=True):
+                assert top <= centre <= bottom, "each row's buttons sit beside it"
+        finally:
+            shown.close()
+
+
+def test_closing_a_log_tab_keeps_the_others_titles_and_the_selection(
+    page: Any, runner: Runner
+) -> None:
+    from playwright.sync_api import expect
+
+    runs = [runner.submit("count", {"n": 3000, "delay": 0.2, "label": f"tab{i}"}) for i in range(3)]
+    try:
+        for run in runs:
+            page.click(f".nbr-run-{run.id} .nbr-view")
+            page.wait_for_selector(f".nbr-log-{run.id}")
+        tabs = page.locator(".nbr-tabs .lm-TabBar-tab")
+        current = page.locator(".nbr-tabs .lm-TabBar-tab.lm-mod-current")
+        first, second, third = (f"#{run.id} count" for run in runs)
+        titles = [t.strip() for t in tabs.all_inner_texts()]
+        select_tab(page, first)
+        page.locator(".nbr-close-tab >> visible=true").click()
+        titles.remove(first)
+        expect(tabs).to_have_text(titles)  # none blank, none shifted
+        expect(current).to_have_count(1)
+        expect(current).to_have_text(titles[titles.index(second) - 1])  # its left neighbour
+        select_tab(page, third)
+        page.locator(".nbr-close-tab >> visible=true").click()  # the last one
+        titles.remove(third)
+        expect(tabs).to_have_text(titles)
+        expect(current).to_have_text(second)
+        page.locator(".nbr-close-tab >> visible=true").click()
+    finally:
+        for run in runs:
+            run.cancel()
+
+
+def test_a_refused_priority_or_copies_is_said_in_the_error_colour_and_nothing_runs(
+    page: Any, runner: Runner
+) -> None:
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 1280, "height": 900})
+    launcher = page.locator(".nbr-launcher")
+    launcher.get_by_label("Module").select_option("train")
+    page.wait_for_selector(".nbr-form-train", state="attached")
+    before = runner.count()
+    try:
+        for label, typed in (("Priority", "2.7"), ("Copies", "1000")):
+            launcher.get_by_label(label, exact=True).fill(typed)
+            launcher.get_by_label(label, exact=True).press("Tab")
+        steps = launcher.get_by_label("steps", exact=True)
+        steps.fill("")
+        steps.press("Tab")
+        errors = launcher.locator(".nbr-error .widget-html-content, .nbr-error")
+        expect(launcher.locator(".nbr-invalid")).to_have_count(3)
+        expect(launcher).to_contain_text("got '2.7'")
+        expect(launcher).to_contain_text("steps is empty")
+        body = launcher.locator("h3").evaluate("e => getComputedStyle(e).color")
+        colours = {
+            e.evaluate("e => getComputedStyle(e).color") for e in errors.all() if e.is_visible()
+        }
+        assert colours and body not in colours, (body, colours)
+        page.locator("button.nbr-run-button").scroll_into_view_if_needed()
+        page.click("button.nbr-run-button")
+        message = page.locator(".nbr-launch-message")
+        expect(message).to_contain_text("nothing was submitted")
+        box = message.bounding_box()
+        assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 900, box
+        assert runner.count() == before
+    finally:
+        for label, value in (("Priority", "0"), ("Copies", "1")):
+            launcher.get_by_label(label, exact=True).fill(value)
+            launcher.get_by_label(label, exact=True).press("Tab")
+        launcher.get_by_label("Module").select_option("count")
+        page.set_viewport_size(VIEWPORT)
+
+
 # -- in a real JupyterLab, dark theme ------------------------------------------------------------
 THREADS = "import threading\nsum(t.name == 'nbrunner-dashboard' for t in threading.enumerate())"
 
@@ -515,6 +728,19 @@ def test_jupyterlab_dark_cell_is_readable(lab: Any, runner: Runner) -> None:
     assert lab.evaluate("document.body.dataset.jpThemeLight") == "false"
     too_low = {selector: ratio for selector, (ratio, wanted) in ratios.items() if ratio < wanted}
     assert not too_low, f"unreadable in JupyterLab's dark theme: {too_low}"
+
+
+def test_jupyterlab_history_keeps_badges_and_buttons_on_their_rows(lab: Any) -> None:
+    """In a notebook cell (~1090 px wide, JupyterLab's own table styles around it)."""
+    from playwright.sync_api import expect
+
+    select_tab(lab, "History")
+    expect(lab.locator(".nbr-hrow")).to_have_count(25)
+    assert lab.evaluate(_CELLS_JS) == []
+    layout = history_layout(lab)
+    assert layout["tableRight"] <= layout["buttonsLeft"], "buttons cover no cell"
+    for (top, bottom), centre in zip(layout["rows"], layout["actionCentres"], strict=True):
+        assert top <= centre <= bottom, "each row's buttons sit beside it"
 
 
 def test_rerunning_the_cell_leaves_one_refresh_thread(lab: Any) -> None:

@@ -84,9 +84,17 @@ def test_compare_follows_a_live_run(live: Runner) -> None:
         [f"#{runs[1].id} live lr=0.9"],
     ]  # only the params that differ, so steps is not shown
     assert marks[0].colors != marks[1].colors
+    colours = {m.labels[0]: m.colors for m in marks}
     view.log_y.value = True
     view.refresh()
-    assert all(m.scales["y"] is view.y_scales[True] for m in marks)
+    log_scale = view.y_axis_mark.scale
+    assert type(log_scale).__name__ == "LogScale" and view.figure.axes[1] is view.y_axis_mark
+    assert all(m.scales["y"] is log_scale for m in view.figure.marks)
+    view.runs.value = (runs[1].id,)  # dropped and picked again: the same colours
+    view.refresh()
+    view.runs.value = (runs[0].id, runs[1].id)
+    view.refresh()
+    assert {m.labels[0]: m.colors for m in view.figure.marks} == colours
     for run in runs:
         run.cancel()
 

@@ -133,8 +133,8 @@ def test_each_input_is_labelled_by_its_own_label(dash: Dashboard) -> None:
         assert field.input.description == name
         assert not any(isinstance(c, widgets.Label) for c in field.row.children)
     assert launcher.module.description == "Module"
-    assert launcher.priority.description == "Priority"
-    assert launcher.copies.description == "Copies"
+    assert launcher.priority.input.description == "Priority"
+    assert launcher.copies.input.description == "Copies"
 
 
 def register_seeded(runner: Runner) -> None:
@@ -587,3 +587,164 @@ def test_an_empty_optional_field_is_none_and_leaves_its_flag_out(
     (record,) = runner.store.active()
     assert record.params == {"depth": None, "lr": 0.1}
     assert record.argv == ["echo", "--lr", "0.1"]
+
+
+# -- round three: a page that sleeps, and nothing on it wrong -------------------------------------
+def test_live_clocks_are_coarse_so_an_idle_card_changes_rarely() -> None:
+    shown = [text.clock(s) for s in (0, 4.9, 5, 59, 60, 119, 3599, 3600, 7322)]
+    assert shown == ["0s", "0s", "5s", "55s", "1m", "1m", "59m", "1h00m", "2h02m"]
+    steps = {text.clock(s / 10) for s in range(0, 600)}  # a minute, every 0.1 s
+    assert len(steps) == 12  # twelve texts, not six hundred
+
+
+def test_seconds_of_sleep_between_clock_steps_send_nothing(
+    dash: Dashboard, runner: Runner, clock: FakeClock
+) -> None:
+    runner.config("paused", True)
+    run = runner.submit("sleep", {"n": 60})
+    refresh_until(dash, lambda: run.id in dash.cards.cards, "a card")
+    clock.now = (clock.now // 5) * 5 + 60  # the start of a clock step, a minute on
+    dash.refresh()
+    dash.stats.reset()
+    for _ in range(4):  # four seconds within the step: the card's text stays the same
+        clock.now += 1
+        dash.refresh()
+    assert dash.stats.updates == 0
+
+
+def test_past_a_screenful_active_runs_fold_into_one_table(
+    dash: Dashboard, runner: Runner, clock: FakeClock
+) -> None:
+    from nbrunner.ui.folded import FOLD_AT
+
+    runner.config("paused", True)
+    runs = [runner.submit("sleep", {"n": 60}) for _ in range(FOLD_AT + 1)]
+    folded = dash.cards.folded
+    assert folded is not None
+    refresh_until(dash, lambda: f"nbr-hrun-{runs[-1].id}" in folded.table.value, "the table")
+    assert folded.table.value.count('<tr class="nbr-hrow') == FOLD_AT + 1
+    assert dash.cards.cards == {} and dash.cards.grid.children == ()
+    assert folded.widget.layout.display is None
+    assert dash.cards.heading.value == f"<h3>Active runs ({FOLD_AT + 1})</h3>"
+    folded.pick.value = runs[0].id
+    folded.widget.children[0].children[2].click()  # Cancel, for the picked run
+    refresh_until(dash, lambda: "cancelled" in folded.table.value, "the cancel in the table")
+    clock.now += dash.linger_s + 1  # its row lingers, then twelve runs are twelve cards
+    refresh_until(dash, lambda: runs[1].id in dash.cards.cards, "cards again at twelve")
+    assert folded.widget.layout.display == "none"
+
+
+def test_toasts_leave_by_themselves(dash: Dashboard, runner: Runner, clock: FakeClock) -> None:
+    from nbrunner.ui.toasts import TOAST_S
+
+    runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
+    refresh_until(dash, lambda: dash.toasts.toasts, "a toast")
+    clock.now += TOAST_S + 5
+    dash.refresh()
+    assert dash.toasts.toasts == [] and dash.toasts.widget.children == ()
+    overlay = next(
+        c for c in dash.widget.children if dash.toasts.widget in getattr(c, "children", ())
+    )
+    assert "nbr-overlay" in overlay._dom_classes  # floats over the page (see the browser test)
+
+
+def test_a_run_that_just_ended_is_counted_beside_its_card(dash: Dashboard, runner: Runner) -> None:
+    run = runner.submit("count", {"n": 1, "delay": 0})
+    run.wait(timeout=30)
+    refresh_until(dash, lambda: "succeeded" in dash.cards.cards[run.id].body.value, "ended")
+    assert "succeeded</span> 1" in dash.summary.counts.value
+    assert "no runs" not in dash.summary.counts.value
+    dash.summary.load()  # once the store's counts include it, it is not counted twice
+    dash.refresh()
+    assert "succeeded</span> 1" in dash.summary.counts.value
+
+
+def test_the_summary_says_counting_before_it_knows(runner: Runner) -> None:
+    from nbrunner.ui.summary import counts_html
+
+    assert "counting" in counts_html({}, loaded=False)
+    assert "no runs" in counts_html({}, loaded=True)
+
+
+@pytest.mark.parametrize(
+    ("field", "typed", "says"),
+    [
+        ("priority", "1e30", "whole number"),
+        ("priority", "2.7", "whole number"),
+        ("copies", "2.5", "whole number"),
+        ("copies", "1000", "≤ 100"),
+        ("copies", "-5", "≥ 1"),
+    ],
+)
+def test_priority_and_copies_are_refused_as_typed_and_nothing_is_submitted(
+    dash: Dashboard, runner: Runner, field: str, typed: str, says: str
+) -> None:
+    launcher = dash.launcher
+    launcher.module.value = "count"
+    box = getattr(launcher, field)
+    box.input.value = typed
+    assert says in box.error.value and typed in box.error.value
+    assert "nbr-invalid" in box.row._dom_classes
+    assert launcher.submit() == []
+    assert "nothing was submitted" in launcher.message.value
+    assert runner.count() == 0
+
+
+def test_a_cleared_number_field_is_an_error_not_its_default(
+    dash: Dashboard, runner: Runner
+) -> None:
+    launcher = dash.launcher
+    launcher.module.value = "count"
+    launcher.fields["n"].input.value = ""
+    assert "n is empty" in launcher.fields["n"].error.value
+    assert launcher.submit() == []
+    assert runner.count() == 0
+
+
+def test_the_run_confirmation_sits_beside_the_run_button(dash: Dashboard) -> None:
+    launcher = dash.launcher
+    row = next(
+        c for c in launcher.widget.children if launcher.run_button in getattr(c, "children", ())
+    )
+    assert launcher.message in row.children
+
+
+def test_huge_durations_read_sanely() -> None:
+    assert text.duration(4e22) == "> 100d"
+    assert text.duration(float("nan")) == text.DASH
+    assert parse("step 1/1000000000000", elapsed_s=1e12) is not None
+    assert "> 100d" in parse("step 1/1000000000000", elapsed_s=1e12).label()
+
+
+@pytest.mark.parametrize(
+    ("line", "fraction"),
+    [
+        ("\repoch 1/3:  45%|█████     | 9/20 loss=0.1", 0.15),  # the run's share, not 45 %
+        ("\repoch 3/3: 100%|██████████| 20/20 loss=0.1", 1.0),
+        ("\repoch 2/4:   0%|          | 0/20", 0.25),
+    ],
+)
+def test_nested_bars_give_the_runs_progress(line: str, fraction: float) -> None:
+    progress = parse(line, elapsed_s=10)
+    assert progress is not None and progress.fraction == pytest.approx(fraction)
+
+
+def test_a_run_that_reports_its_total_is_believed(runner: Runner) -> None:
+    from nbrunner.scalars import Series
+    from nbrunner.ui.cards import progress_of
+
+    record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
+    running = dataclasses.replace(record, status=RunStatus.RUNNING, started_at=100.0)
+    total = Series(keep=False)
+    total.add(30, 0.0, 120)  # report(step=30, total=120)
+    progress = progress_of(running, "epoch 1: 99%|…| 99/100", 110.0, total)
+    assert progress is not None and progress.fraction == pytest.approx(0.25)
+    assert progress.eta_s == pytest.approx(30)  # 10 s for a quarter: 30 s more
+
+
+def test_the_demo_refuses_a_step_time_that_would_overflow(dash: Dashboard, runner: Runner) -> None:
+    launcher = dash.launcher
+    launcher.module.value = "train"
+    launcher.fields["step_time"].input.value = "1e308"
+    assert "≤ 60" in launcher.fields["step_time"].error.value
+    assert launcher.submit() == [] and runner.count() == 0

@@ -15,10 +15,13 @@ from nbrunner import report
 GREEN, YELLOW, RESET = "\x1b[32m", "\x1b[33m", "\x1b[0m"
 
 
-def progress(epoch: int, step: int, steps: int, loss: float) -> str:
+def progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> str:
+    """One line, the outer count first: the dashboard reads the run's progress from it."""
     filled = int(20 * step / steps)
     bar = "█" * filled + " " * (20 - filled)
-    return f"\repoch {epoch}: {100 * step // steps:3d}%|{bar}| {step}/{steps} loss={loss:.4f}"
+    return (
+        f"\repoch {epoch}/{epochs}: {100 * step // steps:3d}%|{bar}| {step}/{steps} loss={loss:.4f}"
+    )
 
 
 def accuracy_after(epoch: int, lr: float, arch: str) -> float:
@@ -44,7 +47,7 @@ def main() -> None:
         for step in range(1, args.steps + 1):
             loss = loss * (1 - min(args.lr * 20, 0.5) / args.steps) + rng.uniform(0, 0.01)
             report(step=(epoch - 1) * args.steps + step, loss=loss)
-            sys.stdout.write(progress(epoch, step, args.steps, loss))
+            sys.stdout.write(progress(epoch, args.epochs, step, args.steps, loss))
             sys.stdout.flush()
             time.sleep(args.step_time)
         accuracy = accuracy_after(epoch, args.lr, args.arch)

@@ -12,6 +12,13 @@ Threads and who touches what:
 One tick reads the runner's in-memory snapshot (no query), tails open logs by byte offset,
 sends only changed values, and makes at most one reload from the store (the history page
 or the summary), and only when the user asked or runs changed.
+
+The page sleeps while nothing changes. The thread wakes when the runner's change feed
+brings a new store version (a CLI change shows within the runner's tick), when the user
+acts, and otherwise every CLOCK_S: live clocks are coarse (`text.clock`, 5 s steps then
+minutes) and gauges move at that pace, so an idle page costs a wake-up every few seconds
+and sends nothing when no text changed. Only while a log tab or a Compare line follows a
+running run are its files read every INTERVAL_S.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from ..monitor import SystemSampler
 from . import text
 from .cards import CardsView
 from .compare import CompareView
+from .folded import FoldedRuns
 from .gauges import SPARK_SECONDS, GaugesView
 from .history import HistoryView
 from .launcher import Launcher
@@ -39,20 +47,31 @@ from .logview import LogTabs
 from .summary import SummaryView
 from .sync import Sync, SyncStats, close_tree
 from .theme import stylesheet
-from .toasts import ToastsView
+from .toasts import TOAST_S, ToastsView
 
 if TYPE_CHECKING:  # the runner imports the dashboard, not the other way round
     from ..runner import Runner
 
 log = logging.getLogger(__name__)
 
-INTERVAL_S = 0.25
+INTERVAL_S = 0.5  # how often followed log and metrics files are read
+CLOCK_S = 5.0  # nothing changed: clocks, gauges, toasts and lingering cards move this often
 MIN_GAP_S = 0.1
 LINGER_S = 15.0
 HISTORY_EVERY_S = 2.0
 SUMMARY_EVERY_S = 5.0
 READY_CLASS = "nbr-ready"
 Request = Callable[[], None]
+
+
+class GaugeSampler(SystemSampler):
+    """The machine sampled as often as the gauges move (every CLOCK_S), not every second:
+    one sampler shared by every dashboard of the process."""
+
+    _shared = None
+
+    def __init__(self) -> None:
+        super().__init__(interval=CLOCK_S)
 
 
 class DashboardWidget(widgets.VBox):
@@ -92,11 +111,15 @@ class Dashboard:
         self._runs_changed = False
         self._history_checked_at = self._summary_loaded_at = float("-inf")
         self._summary_due = True
+        self._version = 0  # the newest store version the change feed brought
+        self._drawn: tuple[int, int] | None = None  # (version, clock step) last drawn
+        self._gauge_step = -1
+        self._notice_at = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.sampler = (sampler or SystemSampler.shared()).acquire()
+        self.sampler = (sampler or GaugeSampler.shared()).acquire()
         self._build(page_size)
         self._unsubscribe = runner.subscribe(self._on_changes)
         _replace_predecessor(self)
@@ -107,7 +130,8 @@ class Dashboard:
         sync = self.sync
         self.gauges = GaugesView(sync)
         self.launcher = Launcher(self.runner, on_submitted=lambda _: self._wake.set())
-        self.cards = CardsView(sync, self.view_logs, self.cancel, self.restart)
+        actions = (self.view_logs, self.cancel, self.restart)
+        self.cards = CardsView(sync, *actions, folded=FoldedRuns(sync, *actions))
         self.history = HistoryView(
             self.runner,
             sync,
@@ -137,7 +161,9 @@ class Dashboard:
         main.add_class("nbr-main")
         body = widgets.HBox([side, main])
         body.add_class("nbr-body")
-        self.widget = DashboardWidget([stylesheet(), header, self.notice, self.toasts.widget, body])
+        overlay = widgets.VBox([self.notice, self.toasts.widget])
+        overlay.add_class("nbr-overlay")
+        self.widget = DashboardWidget([stylesheet(), header, overlay, body])
         self.widget.add_class("nbr-app")
         self.widget.dashboard = self
 
@@ -184,8 +210,16 @@ class Dashboard:
                 self.close()
                 return
             self._stop.wait(MIN_GAP_S)
-            self._wake.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            self._wake.wait(max(0.0, self._sleep_s() - (time.monotonic() - started)))
             self._wake.clear()
+
+    def _sleep_s(self) -> float:
+        """How long the page may sleep: until the next clock step, unless files are followed
+        or a reload is waiting for its gap."""
+        waiting = self._runs_changed or self._summary_due or self.history.stale
+        if waiting or self.tabs.following() or self.compare.following():
+            return self.interval
+        return CLOCK_S - self.clock() % CLOCK_S
 
     # -- the tick --------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -194,19 +228,27 @@ class Dashboard:
         now = self.clock()
         self._run_requests()
         ended = self._take_ended(now)
-        self.toasts.add(ended)
+        self.toasts.add(ended, now)
         active = self.runner.snapshot()
         lingering = self._linger(now, active)
-        self.cards.update(active, lingering, now)
+        step = int(now // CLOCK_S)
         self.tabs.refresh()
         self.compare.refresh(now)
-        self.gauges.update(self.sampler.history(SPARK_SECONDS))
+        if step != self._gauge_step:
+            self._gauge_step = step
+            self.gauges.update(self.sampler.history(SPARK_SECONDS))
+            self.toasts.expire(now)
+            if self.notice.value and now - self._notice_at >= TOAST_S:
+                self.sync.set(self.notice, value="")
         if self.launcher.modules_file_changed():  # modules.toml edited: the choice stays
             self.launcher.reload_modules()
-        self._reload_one(now)
-        live = {r.id: r for r in [*lingering, *active]}
-        self.history.update(live, now, self.cards.last_lines.get)
-        self.summary.update(active)
+        reloaded = self._reload_one(now)
+        if reloaded or ended or self._drawn != (self._version, step) or self.compare.following():
+            self._drawn = (self._version, step)
+            self.cards.update(active, lingering, now)
+            live = {r.id: r for r in [*lingering, *active]}
+            self.history.update(live, now, self.cards.last_lines.get)
+            self.summary.update(active, lingering)
         if self.ticks == 0:
             self.widget.add_class(READY_CLASS)
         self.ticks += 1
@@ -221,6 +263,7 @@ class Dashboard:
         ended = []
         while self._ended:
             record = self._ended.popleft()
+            self.tabs.ended(record.id)
             if (record.ended_at or now) < self.opened_at:
                 continue
             first_seen = self._lingering.get(record.id, (record, now))[1]
@@ -240,8 +283,9 @@ class Dashboard:
         }
         return [record for record, _ in self._lingering.values()]
 
-    def _reload_one(self, now: float) -> None:
-        """The tick's single reload: the history page if stale, else the summary if due."""
+    def _reload_one(self, now: float) -> bool:
+        """The tick's single reload: the history page if stale, else the summary if due;
+        True if one was made (what is drawn from it must be redrawn)."""
         if self._runs_changed and now - self._history_checked_at >= HISTORY_EVERY_S:
             self._runs_changed = False
             self._history_checked_at = now
@@ -249,14 +293,19 @@ class Dashboard:
             self.history.invalidate()
         if self.history.stale:
             self.history.load()
-        elif self._summary_due and now - self._summary_loaded_at >= SUMMARY_EVERY_S:
+            return True
+        if self._summary_due and now - self._summary_loaded_at >= SUMMARY_EVERY_S:
             self._summary_due = False
             self._summary_loaded_at = now
             self.summary.load()
             self.history.learn_modules(self.summary.modules)
+            return True
+        return False
 
     # -- events from the runner's loop ---------------------------------------------------------
     def _on_changes(self, changes: list[RunRecord]) -> None:
+        self._version = max([self._version, *(r.version for r in changes)])
+        self.compare.note_changes(changes)
         for record in changes:
             if record.is_done:
                 self._ended.append(record)
@@ -286,6 +335,7 @@ class Dashboard:
 
     def _act(self, action: Callable[[], str]) -> None:
         """Run a user action; its outcome or its error goes to the notice line."""
+        self._notice_at = self.clock()
         try:
             message = action()
         except NbrunnerError as exc:

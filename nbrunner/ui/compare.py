@@ -147,6 +147,8 @@ class CompareView:
         self._latest = Summaries()
         self._latest_at: dict[int, float] = {}
         self._latest_series: dict[int, dict[str, Series]] = {}
+        self._colours: dict[int, str] = {}  # a run keeps its colour when picked again
+        self._changed: dict[int, RunRecord] = {}  # from the change feed: fresher statuses
         self._build()
 
     # -- widgets -----------------------------------------------------------------------------
@@ -168,9 +170,8 @@ class CompareView:
         )
         self.smoothing.continuous_update = False
         self.x_scale = bq.LinearScale()
-        self.y_scales = {False: bq.LinearScale(), True: bq.LogScale()}
         self.x_axis_mark = bq.Axis(scale=self.x_scale, label="step", grid_lines="dashed")
-        self.y_axis_mark = bq.Axis(scale=self.y_scales[False], side="left", grid_lines="dashed")
+        self.y_axis_mark = _y_axis(log=False)
         self.figure = bq.Figure(
             marks=[],
             axes=[self.x_axis_mark, self.y_axis_mark],
@@ -221,12 +222,26 @@ class CompareView:
         self.on_change()
 
     # -- the refresh thread ----------------------------------------------------------------------
+    def following(self) -> bool:
+        """Whether a line follows a run that may still report (its file is read often)."""
+        if self._force or self._choices_stale:
+            return True
+        active = {r.id for r in self.runner.snapshot()}
+        return any(run_id in active for run_id in self.lines)
+
+    def note_changes(self, records: Iterable[RunRecord]) -> None:
+        """Runs that changed (the change feed's thread): their choices are relabelled."""
+        for record in records:
+            self._changed[record.id] = record
+
     def refresh(self, now: float | None = None) -> None:
         """Read what the compared runs reported since the last tick; redraw what is due."""
         now = time.time() if now is None else now
         self._reload_choices()
+        self._relabel()
         force, self._force = self._force, False
         if force:
+            self._rescale()
             self._follow(self.runs.value)
         share = max(READ_BUDGET // max(len(self.lines), 1), MIN_READ)
         for line in self.lines.values():
@@ -242,6 +257,7 @@ class CompareView:
             self._draw(line, now)
         if force:
             self._restyle()
+        self.sync.set(self.message, value=self._missing_html())
 
     def _reload_choices(self) -> None:
         newest = max((r.id for r in self.runner.snapshot()), default=0)
@@ -260,6 +276,45 @@ class CompareView:
         sweeps = [(f"{s} · {m} · {n} runs", s) for s, m, n in self.runner.sweeps()]
         self.sync.set(self.sweep, options=(("a sweep…", ""), *sweeps))
 
+    def _relabel(self) -> None:
+        """A chosen or offered run's status as it is now, not as when the list was made."""
+        if not self._changed:
+            return
+        changed, self._changed = self._changed, {}
+        options = tuple(
+            (choice_label(changed[i]), i) if i in changed else (label, i)
+            for label, i in self.runs.options
+        )
+        selected = self.runs.value
+        if self.sync.set(self.runs, options=options):
+            self.sync.set(self.runs, value=selected)
+        for run_id, record in changed.items():
+            if run_id in self.lines:
+                self.lines[run_id].record = record
+
+    def _rescale(self) -> None:
+        """Log scale toggled: a new y axis and new lines on a new scale. bqplot keeps the
+        old ticks (or shows none) on an axis whose scale is swapped once drawn."""
+        log = bool(self.log_y.value)
+        if isinstance(self.y_axis_mark.scale, bq.LogScale) == log:
+            return
+        old_axis, old_marks = self.y_axis_mark, [line.mark for line in self.lines.values()]
+        self.y_axis_mark = _y_axis(log, self.metric.value or "")
+        for line in self.lines.values():
+            line.mark = self._new_mark()
+        self.sync.set(self.figure, axes=[self.x_axis_mark, self.y_axis_mark])
+        self.sync.set(self.figure, marks=[line.mark for line in self.lines.values()])
+        for widget in (*old_marks, old_axis.scale, old_axis):
+            widget.close()
+
+    def _new_mark(self) -> bq.Lines:
+        return bq.Lines(
+            x=np.zeros(0, np.float32),
+            y=np.zeros(0, np.float32),
+            scales={"x": self.x_scale, "y": self.y_axis_mark.scale},
+            display_legend=True,
+        )
+
     def _follow(self, run_ids: Iterable[int]) -> None:
         wanted = list(run_ids)
         for run_id in [i for i in self.lines if i not in wanted]:
@@ -267,13 +322,7 @@ class CompareView:
         for run_id in wanted:
             if run_id not in self.lines:
                 record = self.runner.store.get(run_id)
-                mark = bq.Lines(
-                    x=np.zeros(0, np.float32),
-                    y=np.zeros(0, np.float32),
-                    scales={"x": self.x_scale, "y": self.y_scales[self.log_y.value]},
-                    display_legend=True,
-                )
-                self.lines[run_id] = Line(record, ScalarFollower(record.log_path), mark)
+                self.lines[run_id] = Line(record, ScalarFollower(record.log_path), self._new_mark())
 
     def _choose_metric(self) -> None:
         names = {name for line in self.lines.values() for name in line.follower.series}
@@ -308,25 +357,39 @@ class CompareView:
         """Labels, colours, scales and marks after the choice of runs or options changed."""
         records = [line.record for line in self.lines.values()]
         shown = differing_params(records)
-        scale = self.y_scales[bool(self.log_y.value)]
-        for index, line in enumerate(self.lines.values()):
+        for run_id, line in self.lines.items():
             self.sync.set(
-                line.mark,
-                labels=[line_label(line.record, shown)],
-                colors=[PALETTE[index % len(PALETTE)]],
-                scales={"x": self.x_scale, "y": scale},
+                line.mark, labels=[line_label(line.record, shown)], colors=[self._colour(run_id)]
             )
-        self.sync.set(self.y_axis_mark, scale=scale, label=self.metric.value or "")
+        self.sync.set(self.y_axis_mark, label=self.metric.value or "")
         self.sync.set(self.x_axis_mark, label="seconds" if self.x_axis.value == "time" else "step")
         self.sync.set(self.figure, marks=[line.mark for line in self.lines.values()])
-        empty = self.lines and not self.names
-        self.sync.set(
-            self.message,
-            value='<span class="nbr-muted">No scalars reported yet: call nbrunner.report() '
-            "or print nbrunner:metric lines.</span>"
-            if empty
-            else "",
-        )
+
+    def _missing_html(self) -> str:
+        """Says which chosen runs have nothing to draw, rather than leaving empty axes."""
+        metric = self.metric.value or ""
+        if self.lines and not self.names:
+            return (
+                '<span class="nbr-muted">No scalars reported yet: call nbrunner.report() '
+                "or print nbrunner:metric lines.</span>"
+            )
+        missing = [
+            f"#{run_id} {line.record.module}"
+            for run_id, line in self.lines.items()
+            if metric not in line.follower.series
+        ]
+        if not missing or not metric:
+            return ""
+        runs = text.escape(", ".join(missing))
+        return f'<span class="nbr-muted">No {text.escape(metric)} reported by {runs}.</span>'
+
+    def _colour(self, run_id: int) -> str:
+        """A run's colour: given once, the first one no other shown line has."""
+        if run_id not in self._colours:
+            taken = {self._colours.get(i) for i in self.lines if i != run_id}
+            free = [c for c in PALETTE if c not in taken] or list(PALETTE)
+            self._colours[run_id] = free[0]
+        return self._colours[run_id]
 
     # -- cards: the latest value of the chosen metric -------------------------------------------
     def latest_html(self, record: RunRecord, now: float | None = None) -> str:
@@ -376,6 +439,11 @@ class CompareView:
         ).start()
         view.widget.compare = view  # type: ignore[attr-defined]
         return view.widget
+
+
+def _y_axis(log: bool, label: str = "") -> bq.Axis:
+    scale = bq.LogScale() if log else bq.LinearScale()
+    return bq.Axis(scale=scale, side="left", grid_lines="dashed", label=label)
 
 
 def _preferred_first(name: str) -> tuple[int, str]:

@@ -19,7 +19,7 @@ SPARK_SECONDS = 300
 def sparkline(values: Sequence[float], top: float = 100.0, colour: str = ACCENT) -> str:
     """An inline SVG polyline of values in [0, top]; made of numbers only, so it is safe."""
     if len(values) < 2:
-        return f'<svg width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}"></svg>'
+        return f'<svg width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" style="display:block"></svg>'
     step = SPARK_WIDTH / (len(values) - 1)
     scale = (SPARK_HEIGHT - 2) / (top or 1.0)
     points = " ".join(

@@ -49,7 +49,7 @@ COLUMNS = (
     ("Duration", "nbr-c-duration"),
     ("Exit", "nbr-c-exit"),
     ("Progress", "nbr-c-progress"),
-    ("Params / reason", "nbr-c-detail"),
+    ("Params", "nbr-c-detail"),  # and the reason a run ended, when it has one
 )
 
 

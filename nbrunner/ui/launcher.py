@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
+from .. import checks
 from ..errors import InvalidParameter, NbrunnerError
 from ..modules import ModuleSpec, ParamSpec
 from . import text
@@ -77,6 +78,11 @@ class ParamField:
         return " · ".join(p for p in parts if p)
 
     @property
+    def cleared(self) -> bool:
+        """A number box emptied by the user: an error, never a silent default."""
+        return self.input.value == "" and self.spec.type in ("int", "float")
+
+    @property
     def raw(self) -> Any:
         value = self.input.value
         return None if value == "" and self.spec.type != "str" else value
@@ -92,6 +98,11 @@ class ParamField:
         try:
             if self.raw is None and self.spec.required:
                 raise InvalidParameter(f"{self.spec.name} is required ({self.spec.type})")
+            if self.cleared:
+                raise InvalidParameter(
+                    f"{self.spec.name} is empty: type {self.spec.describe()} "
+                    f"(its default is {self.spec.default})"
+                )
             if self.raw is not None:
                 for value in self.values():
                     self.spec.coerce(value, self.module)
@@ -106,6 +117,47 @@ class ParamField:
         self.error.value = message
         css = [c for c in self.row._dom_classes if c != "nbr-invalid"]
         self.row._dom_classes = (*css, "nbr-invalid") if message else tuple(css)
+
+
+class NumberField:
+    """Priority or Copies: a text box checked as a whole number, its error beside it, so
+    "2.7" or "1e30" is refused as typed instead of quietly becoming 2 or 1."""
+
+    def __init__(self, label: str, value: int, check: Callable[[str], int], css: str) -> None:
+        self._check = check
+        self.input = widgets.Text(value=str(value), layout=widgets.Layout(width="170px"))
+        self.input.add_class(css)
+        self.error = widgets.HTML()
+        self.error.add_class("nbr-error")
+        self.row = field_row(label, self.input)
+        self.widget = widgets.VBox([self.row, self.error])
+        self.input.observe(lambda _: self.check(), names="value")
+
+    def add(self, *extras: widgets.Widget) -> None:
+        self.row.children = (*self.row.children, *extras)
+
+    def check(self) -> bool:
+        try:
+            self._check(self.input.value.strip())
+        except NbrunnerError as exc:
+            self.error.value = text.escape(exc)
+            self.row.add_class("nbr-invalid")
+            return False
+        self.error.value = ""
+        self.row.remove_class("nbr-invalid")
+        return True
+
+    @property
+    def value(self) -> int:
+        return self._check(self.input.value.strip())
+
+    @value.setter
+    def value(self, number: int) -> None:
+        self.input.value = str(number)
+
+
+def _copies(value: str) -> int:
+    return checks.whole_number(value, "copies", 1, MAX_COPIES, InvalidParameter)
 
 
 class Launcher:
@@ -128,11 +180,8 @@ class Launcher:
         self.reload_button.on_click(lambda _: self.reload_modules())
         self.description = widgets.HTML()
         self.form = widgets.VBox()
-        self.priority = widgets.IntText(value=0, layout=widgets.Layout(width="170px"))
-        self.copies = widgets.BoundedIntText(
-            value=1, min=1, max=MAX_COPIES, layout=widgets.Layout(width="170px")
-        )
-        self.copies.add_class("nbr-copies")
+        self.priority = NumberField("Priority", 0, checks.priority, "nbr-priority")
+        self.copies = NumberField("Copies", 1, _copies, "nbr-copies")
         self.vary_seed = widgets.Checkbox(
             value=False,
             description="vary seed",
@@ -162,19 +211,22 @@ class Launcher:
         self.module.observe(lambda _: self._reloading or self._build_form(), names="value")
         self.run_button.on_click(lambda _: self.submit())
         self._build_form()
-        run_row = field_row("Copies", self.copies, self.vary_seed, css="nbr-copies-row")
+        self.copies.add(self.vary_seed)
+        self.copies.row.add_class("nbr-copies-row")
+        # the outcome beside the button just clicked, never below the fold
+        run_row = widgets.HBox([self.run_button, self.message])
+        run_row.add_class("nbr-run-row")
         self.widget = widgets.VBox(
             [
                 widgets.HTML("<h3>Launch</h3>"),
                 field_row("Module", self.module, self.reload_button),
                 self.description,
                 self.form,
-                field_row("Priority", self.priority),
+                self.priority.widget,
                 self.sweep,
                 self.prune_row,
+                self.copies.widget,
                 run_row,
-                self.run_button,
-                self.message,
             ]
         )
         self.widget.add_class("nbr-panel")
@@ -240,7 +292,8 @@ class Launcher:
 
     def submit(self) -> list[int]:
         """Validate every field, then queue the copies; returns the new run ids (none on error)."""
-        if not all([f.check() for f in self.fields.values()]):  # a list: check every field
+        checked = [*self.fields.values(), self.priority, self.copies]
+        if not all([f.check() for f in checked]):  # a list: check every field
             self._say("error", "Fix the highlighted fields; nothing was submitted.")
             return []
         spec = self.modules[self.module.value]

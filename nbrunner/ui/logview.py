@@ -118,6 +118,7 @@ class LogTab:
         self.run_id = record.id
         self.path = record.log_path
         self.title = f"#{record.id} {record.module}"
+        self.live = not record.is_done  # a finished run's log grows no more
         self.buffer = LogBuffer()
         self.follower = LogFollower.from_tail(record.log_path, START_BYTES)
         self.follow = widgets.ToggleButton(value=True, description="Follow")
@@ -130,11 +131,13 @@ class LogTab:
         close.add_class("nbr-close-tab")
         close.on_click(lambda _: on_close(self.run_id))
         self.link = widgets.HTML()
-        self.body = widgets.HTML()
-        self.body.add_class("nbr-logbody")
-        self.body.add_class(f"nbr-log-{record.id}")
+        self.waiting = widgets.HTML()  # with Follow off: how many lines are not shown
+        self.waiting.add_class("nbr-log-waiting")
+        self.body = self._new_body()
         notebook = notebook_widgets(record, sync, request)  # a notebook run's executed notebook
-        toolbar = widgets.HBox([self.follow, self.filter, save, *notebook, close, self.link])
+        toolbar = widgets.HBox(
+            [self.follow, self.filter, save, *notebook, close, self.link, self.waiting]
+        )
         toolbar.add_class("nbr-toolbar")
         self.provenance = widgets.HTML()
         self.provenance.add_class("nbr-provenance")
@@ -142,6 +145,13 @@ class LogTab:
         self._show_provenance(record)
         self.widget = widgets.VBox([toolbar, self.provenance, self.body])
         self._rendered_for: tuple[str, bool] | None = None
+        self._unseen = 0
+
+    def _new_body(self) -> widgets.HTML:
+        body = widgets.HTML()
+        body.add_class("nbr-logbody")
+        body.add_class(f"nbr-log-{self.run_id}")
+        return body
 
     def _show_provenance(self, record: RunRecord) -> None:
         """Which code the run ran (nbrunner.provenance); asked again until it is known."""
@@ -154,19 +164,33 @@ class LogTab:
         self.sync.set(self.provenance, value=f'<div class="nbr-muted">{shown}</div>')
 
     def refresh(self) -> None:
-        """Read what is new and redraw if the text, the filter or follow changed."""
+        """Read what is new; redraw when following, or when the filter or Follow changed.
+
+        With Follow off the text holds still (where the user scrolled it stays) and the
+        toolbar counts what arrived; Follow on shows a fresh view pinned to the newest line.
+        """
         sync = self.sync
         now = time.monotonic()
         if self._provenance_pending and self.record_of and now > self._provenance_asked:
             self._provenance_asked = now + PROVENANCE_ASK_S
             self._show_provenance(self.record_of(self.run_id))
+        before = len(self.buffer.lines)
         grew = self.buffer.feed(self.follower.read(READ_BYTES_PER_TICK))
         view = (self.filter.value, bool(self.follow.value))
-        if grew or view != self._rendered_for:
+        if view[1] and self._rendered_for is not None and not self._rendered_for[1]:
+            close_tree(self.body)  # a new view: scrolled to its end, whatever was scrolled
+            self.body = self._new_body()
+            sync.set(self.widget, children=(self.widget.children[0], self.body))
+        if (grew and view[1]) or view != self._rendered_for:
             self._rendered_for = view
+            self._unseen = 0
             html = self.buffer.tail_html(needle=view[0])
             sync.set(self.body, value=f'<pre class="nbr-logtext">{html}</pre>')
             sync.classes(self.body, {"nbr-nofollow": not view[1]})
+        elif grew:
+            self._unseen += max(1, len(self.buffer.lines) - before)
+        waiting = f"{self._unseen} new lines: Follow shows them" if self._unseen else ""
+        sync.set(self.waiting, value=f'<span class="nbr-muted">{waiting}</span>')
 
     def _prepare_download(self) -> None:
         self.sync.set(self.link, value=download_link(self.path, self.run_id))
@@ -208,24 +232,40 @@ class LogTabs:
         self.request(lambda: self.close(run_id))
 
     def close(self, run_id: int) -> None:
-        tab = self.tabs.pop(run_id, None)
-        if tab is None:
+        if run_id not in self.tabs:
             return
-        self._layout()
+        index = len(self.fixed) + list(self.tabs).index(run_id)
+        selected = self.widget.selected_index
+        tab = self.tabs.pop(run_id)
+        if selected is not None and selected >= index:  # the same page stays selected,
+            selected = max(0, selected - 1)  # or, if it was this one, its left neighbour
+        self._layout(selected)
         tab.close()
 
-    def _layout(self) -> None:
+    def _layout(self, selected: int | None = None) -> None:
+        """Children, then titles, then the selection, each its own message: the tab bar
+        redraws its titles when its children change, so titles sent with the children
+        were drawn against the old ones (and a closed tab blanked those to its right)."""
         pages = [*self.fixed, *((t.title, t.widget) for t in self.tabs.values())]
-        selected = self.widget.selected_index
+        if selected is None:
+            selected = self.widget.selected_index
         if selected is not None and selected >= len(pages):
             selected = len(pages) - 1
-        self.sync.set(
-            self.widget,
-            children=tuple(w for _, w in pages),
-            titles=tuple(t for t, _ in pages),
-            selected_index=selected,
-        )
+        self.sync.set(self.widget, children=tuple(w for _, w in pages))
+        self.sync.set(self.widget, titles=tuple(t for t, _ in pages))
+        self.sync.set(self.widget, selected_index=selected)
 
     def refresh(self) -> None:
         for tab in self.tabs.values():
+            tab.refresh()
+
+    def following(self) -> bool:
+        """Whether a tab tails a run that may still write (its file is read often)."""
+        return any(tab.live for tab in self.tabs.values())
+
+    def ended(self, run_id: int) -> None:
+        """The run ended: one last read will have its final lines, then its tab sleeps."""
+        tab = self.tabs.get(run_id)
+        if tab is not None:
+            tab.live = False
             tab.refresh()

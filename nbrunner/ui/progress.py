@@ -2,6 +2,9 @@
 
 `45%|████▌     | 450/1000 [00:10<00:12, 43.1it/s]` gives 45 % and tqdm's own ETA (12 s);
 `step 450/1000` gives 45 % and an ETA from the run's elapsed time at its average rate.
+Nested bars on one line (`epoch 2/3: 45%|…| 9/20`) give the run's progress (the outer count
+plus the inner one's share of it), not the current epoch's; a run that reports
+`nbrunner.report(step=i, total=n)` gives i/n, whatever its log says.
 Anything else is no progress. The line is untrusted text: only numbers come out of it.
 """
 
@@ -43,15 +46,28 @@ def clock_seconds(value: str) -> float:
 
 def parse(line: str, elapsed_s: float | None = None) -> Progress | None:
     """Progress from a log line, or None; `elapsed_s` (the run's) estimates a missing ETA."""
-    count = next((m for m in _COUNT.finditer(line) if 0 <= int(m[1]) <= int(m[2]) > 0), None)
+    counts = [m for m in _COUNT.finditer(line) if 0 <= int(m[1]) <= int(m[2]) > 0]
     percent = _PERCENT.search(line)
-    if count is not None:
-        fraction = int(count[1]) / int(count[2])
+    if len(counts) > 1:  # nested bars, "epoch 2/3 … 9/20": the run's share, not the epoch's
+        outer, inner = counts[0], counts[-1]
+        done = max(int(outer[1]) - 1, 0) + int(inner[1]) / int(inner[2])
+        fraction = min(done / int(outer[2]), 1.0)
+        return Progress(fraction, _eta("", fraction, elapsed_s))
+    if counts:
+        fraction = int(counts[0][1]) / int(counts[0][2])
     elif percent is not None and float(percent[1]) <= 100:
         fraction = float(percent[1]) / 100
     else:
         return None
     return Progress(fraction, _eta(line, fraction, elapsed_s))
+
+
+def reported(step: float, total: float, elapsed_s: float | None = None) -> Progress | None:
+    """Progress a run reported itself (`nbrunner.report(step=i, total=n)`): it knows best."""
+    if not (total > 0 and step >= 0):  # also false for NaN
+        return None
+    fraction = min(step / total, 1.0)
+    return Progress(fraction, _eta("", fraction, elapsed_s))
 
 
 def _eta(line: str, fraction: float, elapsed_s: float | None) -> float | None:

@@ -28,13 +28,15 @@ MIN_BAR = 2.0
 ENDED = tuple(s.value for s in RunStatus if s in DONE)
 
 
-def counts_html(counts: dict[str, int]) -> str:
+def counts_html(counts: dict[str, int], loaded: bool = True) -> str:
+    """Chips per status; before the store's counts are in, "counting…", never "no runs"."""
     chips = [
         f"{badge(status)} {counts.get(status, 0)}"
         for status in (s.value for s in RunStatus)
         if counts.get(status)
     ]
-    body = "".join(f"<span>{c}</span>" for c in chips) or '<span class="nbr-muted">no runs</span>'
+    none = "no runs" if loaded else "counting…"
+    body = "".join(f"<span>{c}</span>" for c in chips) or f'<span class="nbr-muted">{none}</span>'
     return f'<div class="nbr-chips">{body}</div>'
 
 
@@ -87,6 +89,8 @@ class SummaryView:
         self.runner = runner
         self.sync = sync
         self.ended_counts: dict[str, int] = {}
+        self.loaded = False
+        self.counted_ended: set[int] = set()
         self.modules: set[str] = set()
         self.counts = widgets.HTML()
         self.counts.add_class("nbr-counts")
@@ -112,6 +116,8 @@ class SummaryView:
     def load(self) -> None:
         """The ended counts and the recent runs' durations, in one store query."""
         counts, recent = self.runner.store.overview(RECENT_RUNS)
+        self.loaded = True
+        self.counted_ended = {run_id for run_id, _, status, _ in recent if status in ENDED}
         self.ended_counts = {status: counts.get(status, 0) for status in ENDED}
         self.modules = {module for _, module, _, _ in recent}
         self.sync.set(self.chart, value=durations_html(recent))
@@ -122,9 +128,11 @@ class SummaryView:
                 self.disk, value=f'<div class="nbr-muted">Disk used by this home: {usage}</div>'
             )
 
-    def update(self, active: Iterable[RunRecord]) -> None:
+    def update(self, active: Iterable[RunRecord], ended: Iterable[RunRecord] = ()) -> None:
+        """Active runs from the snapshot; `ended`: runs seen ending (the newest), counted
+        until a load includes them, so a run that just ended is never missing."""
         counts = dict(self.ended_counts)
-        for record in active:
-            if record.status in ACTIVE:
-                counts[record.status.value] = counts.get(record.status.value, 0) + 1
-        self.sync.set(self.counts, value=counts_html(counts))
+        late = [r for r in ended if r.is_done and r.id not in self.counted_ended]
+        for record in [*(r for r in active if r.status in ACTIVE), *late]:
+            counts[record.status.value] = counts.get(record.status.value, 0) + 1
+        self.sync.set(self.counts, value=counts_html(counts, self.loaded))

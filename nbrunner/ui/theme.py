@@ -4,7 +4,8 @@ The stylesheet is shipped as a `<style>` element inside an HTML widget, so the s
 works in a JupyterLab cell and in a Voila page without any front-end extension. Every
 surface and text colour is one of JupyterLab's theme variables (Voila defines them too,
 light or dark with `?theme=dark`), with a light fallback; only the status colours are
-fixed, and they always carry white text on their own background.
+fixed, and they always carry white text on their own background, each at least 4.5:1 against
+it (WCAG AA for text).
 
 When the kernel behind the widgets is gone (restarted, culled), ipywidgets marks each view
 `jupyter-widgets-disconnected`; the stylesheet, which stays in the page, then hides the
@@ -17,13 +18,13 @@ import ipywidgets as widgets
 
 STATUS_COLOURS: dict[str, str] = {
     "queued": "#6b7280",
-    "starting": "#0891b2",
+    "starting": "#0e7490",
     "running": "#2563eb",
-    "paused": "#d97706",
-    "succeeded": "#16a34a",
+    "paused": "#b45309",
+    "succeeded": "#15803d",
     "failed": "#dc2626",
     "cancelled": "#9333ea",
-    "timed_out": "#ea580c",
+    "timed_out": "#c2410c",
     "lost": "#4b5563",
     "pruned": "#0d9488",  # a sweep stopped it early: neither a failure nor your cancel
 }
@@ -40,14 +41,22 @@ RULE = "var(--jp-border-color3, #eee)"
 BRAND = "var(--jp-brand-color1, #1976d2)"
 BRAND_SOFT = "var(--jp-brand-color3, #bbdefb)"
 ERROR = "var(--jp-error-color1, #d32f2f)"
-OK = "var(--jp-success-color1, #388e3c)"
+OK = "var(--jp-success-color1, #388e3c)"  # a mark beside text, never the text itself
 MONO = "var(--jp-code-font-family, ui-monospace, Menlo, Consolas, monospace)"
 ROW_PX = 28
 
 CSS = f"""
 .nbr-app {{ font-family: var(--jp-ui-font-family, system-ui, sans-serif);
   font-size: 13px; color: {TEXT}; gap: 10px; padding: 8px; box-sizing: border-box;
-  max-width: 100%; }}
+  max-width: 100%; container-type: inline-size; }}
+/* Narrower than a launcher beside cards and a history table can share (1024 px windows,
+   a JupyterLab cell): the launcher and summary go on top, side by side. */
+@container (max-width: 1100px) {{
+  .nbr-app .nbr-body {{ flex-direction: column; align-items: stretch; }}
+  .nbr-app .nbr-side {{ width: 100%; flex: none; flex-direction: row; flex-wrap: wrap;
+    align-items: flex-start; }}
+  .nbr-app .nbr-side > * {{ flex: 1 1 320px; }}
+}}
 .nbr-app .widget-html-content {{ line-height: 1.4; color: {TEXT}; }}
 .nbr-app h2, .nbr-app h3 {{ margin: 0; font-weight: 600; color: {TEXT}; }}
 .nbr-app h2 {{ font-size: 18px; }}
@@ -78,15 +87,22 @@ CSS = f"""
 .nbr-invalid input, .nbr-invalid select {{ border-color: {ERROR} !important;
   box-shadow: 0 0 0 1px {ERROR}; }}
 .nbr-invalid .widget-label {{ color: {ERROR}; font-weight: 600; }}
-.nbr-error {{ color: {ERROR}; font-size: 12px; }}
-.nbr-ok {{ color: {OK}; font-size: 12px; }}
+.nbr-app .nbr-error, .nbr-app .nbr-error .widget-html-content {{ color: {ERROR};
+  font-size: 12px; }}
+.nbr-run-row {{ align-items: center; gap: 8px; flex-wrap: wrap; }}
+.nbr-app .nbr-ok {{ color: {TEXT}; font-size: 12px; }}
+.nbr-ok::before {{ content: "✓ "; color: {OK}; font-weight: 700; }}
 .nbr-help {{ color: {MUTED}; font-size: 11px; margin-left: 86px; margin-top: -4px; }}
 .nbr-cards {{ display: grid !important;
   grid-template-columns: repeat(auto-fill, minmax(280px, 1fr));
   gap: 8px; max-height: 360px; overflow-y: auto; align-content: start; }}
 .nbr-card {{ border: 1px solid {BORDER}; border-left: 4px solid #9ca3af; border-radius: 8px;
   padding: 6px 8px; background: {SURFACE}; gap: 2px; }}
-.nbr-card.nbr-ended {{ opacity: 0.7; }}
+.nbr-card.nbr-ended {{ border-style: dashed; }}
+/* A card's text fits its box: the HTML widget may shrink, long text ends in "…" */
+.nbr-card .widget-html, .nbr-card .widget-html-content {{ min-width: 0; max-width: 100%;
+  flex: 1 1 auto; }}
+.nbr-card .widget-html-content > div {{ min-width: 0; overflow: hidden; }}
 .nbr-card .nbr-lastline {{ font-family: {MONO}; font-size: 11px; color: {TEXT};
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
   background: {SUNKEN}; border-radius: 4px; padding: 1px 4px; }}
@@ -95,15 +111,22 @@ CSS = f"""
 .nbr-progress {{ display: flex; align-items: center; gap: 6px; font-size: 11px;
   color: {MUTED}; white-space: nowrap; min-width: 0; }}
 .nbr-progress-track {{ flex: 1 1 40px; min-width: 24px; }}
-.nbr-progress-label {{ overflow: hidden; text-overflow: ellipsis; }}
+.nbr-progress-label {{ flex: none; }}
 .nbr-app .widget-button {{ height: 24px; font-size: 12px; padding: 0 8px; }}
 .nbr-card .widget-button, .nbr-toolbar .widget-button {{ width: auto; }}
 .nbr-badge {{ display: inline-block; border-radius: 9px; padding: 0 8px; color: #fff;
   font-size: 11px; font-weight: 600; line-height: 17px; }}
-.nbr-meta {{ color: {MUTED}; font-size: 12px; white-space: nowrap; overflow: hidden;
-  text-overflow: ellipsis; }}
-.nbr-meta span {{ margin-right: 10px; }}
-.nbr-toasts {{ gap: 4px; }}
+.nbr-meta {{ color: {MUTED}; font-size: 12px; display: flex; flex-wrap: wrap;
+  column-gap: 10px; }}
+.nbr-meta span {{ white-space: nowrap; }}
+/* Toasts and notices float over the page's corner: nothing under the pointer moves. */
+.nbr-overlay {{ position: fixed; top: 8px; right: 8px; z-index: 1000; gap: 4px;
+  max-width: min(480px, 90vw); align-items: flex-end; pointer-events: none; }}
+.nbr-overlay > * {{ pointer-events: auto; }}
+.nbr-notice:empty, .nbr-notice .widget-html-content:empty {{ display: none; }}
+.nbr-notice .widget-html-content {{ background: {SURFACE}; border: 1px solid {BORDER};
+  border-radius: 6px; padding: 2px 10px; box-shadow: 0 2px 8px rgba(0, 0, 0, 0.25); }}
+.nbr-toasts {{ gap: 4px; align-items: flex-end; }}
 .nbr-toast {{ border-radius: 6px; padding: 2px 4px 2px 10px; align-items: center;
   color: #fff; width: fit-content; max-width: 100%; gap: 6px; }}
 .nbr-toast .widget-html-content {{ color: #fff; }}
@@ -113,10 +136,13 @@ CSS = f"""
 /* Follow: a column-reverse scroller starts at its end and keeps the end in view as lines
    arrive (Chromium's scrollTop is then 0 at the bottom); the text must not shrink to the
    box (nor scroll itself, as JupyterLab's pre does), or it is the text that scrolls. */
-.nbr-logbody .widget-html-content {{ height: 320px; overflow: auto; display: flex;
+/* Follow on pins the newest lines (nothing to scroll, so nothing drifts); Follow off
+   freezes the text where it is and lets it scroll. The direction never changes, so
+   turning Follow off keeps the view where it was. */
+.nbr-logbody .widget-html-content {{ height: 320px; overflow: hidden; display: flex;
   flex-direction: column-reverse; background: #0f172a; border-radius: 6px;
   padding: 8px 10px; box-sizing: border-box; }}
-.nbr-logbody.nbr-nofollow .widget-html-content {{ flex-direction: column; }}
+.nbr-logbody.nbr-nofollow .widget-html-content {{ overflow: auto; }}
 .nbr-logtext {{ flex: none; overflow: visible; margin: 0; padding: 0; color: #e5e7eb;
   font-size: 12px; font-family: {MONO}; white-space: pre-wrap; overflow-wrap: anywhere;
   line-height: 1.35; }}
@@ -127,16 +153,23 @@ CSS = f"""
 .nbr-htable-box {{ flex: 1 1 auto; min-width: 0; margin: 0; overflow: hidden; }}
 .nbr-htable {{ width: 100%; table-layout: fixed; border-collapse: collapse;
   font-size: 12px; color: {TEXT}; }}
-.nbr-htable th, .nbr-htable td {{ height: {ROW_PX}px; padding: 0 6px 0 0; box-sizing: border-box;
-  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; text-align: left;
-  border-bottom: 1px solid {RULE}; }}
+.nbr-app .nbr-htable th, .nbr-app .nbr-htable td {{ height: {ROW_PX}px;
+  max-height: {ROW_PX}px; padding: 0 6px 0 0 !important; box-sizing: border-box;
+  line-height: {ROW_PX - 2}px; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; text-align: left; vertical-align: middle;
+  border: none; border-bottom: 1px solid {RULE}; }}
 .nbr-htable th {{ font-weight: 600; color: {MUTED}; border-bottom-color: {BORDER}; }}
-.nbr-htable .nbr-c-id {{ width: 6%; }} .nbr-htable .nbr-c-module {{ width: 12%; }}
-.nbr-htable .nbr-c-status {{ width: 14%; }} .nbr-htable .nbr-c-submitted {{ width: 11%; }}
-.nbr-htable .nbr-c-duration {{ width: 10%; }} .nbr-htable .nbr-c-exit {{ width: 5%; }}
-.nbr-htable .nbr-c-progress {{ width: 16%; }} .nbr-htable .nbr-c-detail {{ width: 26%; }}
-.nbr-htable .nbr-badge {{ padding: 0 6px; }}
+/* Columns whose text has a known width get it in px (ids up to 5 digits, the longest
+   status badge, HH:MM:SS); module and params share what is left. */
+.nbr-htable .nbr-c-id {{ width: 52px; }} .nbr-htable .nbr-c-module {{ width: 18%; }}
+.nbr-htable .nbr-c-status {{ width: 86px; }} .nbr-htable .nbr-c-submitted {{ width: 80px; }}
+.nbr-htable .nbr-c-duration {{ width: 68px; }} .nbr-htable .nbr-c-exit {{ width: 38px; }}
+.nbr-htable .nbr-c-progress {{ width: 110px; }} .nbr-htable .nbr-c-detail {{ width: auto; }}
+.nbr-htable .nbr-badge {{ padding: 0 6px; max-width: 100%; box-sizing: border-box;
+  overflow: hidden; text-overflow: ellipsis; vertical-align: middle; }}
 .nbr-htable .nbr-progress-track {{ flex: 0 0 28px; }}
+.nbr-htable .nbr-progress-label {{ flex: 0 1 auto; min-width: 0; overflow: hidden;
+  text-overflow: ellipsis; }}
 .nbr-hactions {{ flex: 0 0 auto; margin: 0; padding-top: {ROW_PX}px; }}
 .nbr-hactions-row {{ height: {ROW_PX}px; align-items: center; gap: 4px; margin: 0; }}
 .nbr-hactions-row .widget-button {{ height: 22px; margin: 0; }}

@@ -1,4 +1,8 @@
-"""Toasts: a short note for each run that ended while the dashboard was open; dismissible."""
+"""Toasts: a short note for each run that ended while the dashboard was open.
+
+They float over the page's top right corner (nothing under the pointer moves when one comes)
+and leave by themselves after TOAST_S, or at once when dismissed.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from . import text
 from .sync import Sync, close_tree
 
 MAX_TOASTS = 5
+TOAST_S = 20.0
 
 
 def toast_html(record: RunRecord) -> str:
@@ -23,8 +28,11 @@ def toast_html(record: RunRecord) -> str:
 
 
 class Toast:
-    def __init__(self, record: RunRecord, dismiss: Callable[[Toast], None]) -> None:
+    def __init__(
+        self, record: RunRecord, dismiss: Callable[[Toast], None], shown_at: float
+    ) -> None:
         self.run_id = record.id
+        self.shown_at = shown_at
         close = widgets.Button(description="×", tooltip="dismiss")
         close.add_class("nbr-dismiss")
         close.on_click(lambda _: dismiss(self))
@@ -43,15 +51,20 @@ class ToastsView:
         self.widget = widgets.VBox()
         self.widget.add_class("nbr-toasts")
 
-    def add(self, records: list[RunRecord]) -> None:
+    def add(self, records: list[RunRecord], now: float) -> None:
         if not records:
             return
-        new = [Toast(r, self._request_dismiss) for r in reversed(records)]
+        new = [Toast(r, self._request_dismiss, now) for r in reversed(records)]
         kept, dropped = (new + self.toasts)[:MAX_TOASTS], (new + self.toasts)[MAX_TOASTS:]
         self.toasts = kept
         self._show()
         for toast in dropped:
             close_tree(toast.widget)
+
+    def expire(self, now: float) -> None:
+        """Toasts older than TOAST_S leave."""
+        for toast in [t for t in self.toasts if now - t.shown_at >= TOAST_S]:
+            self.dismiss(toast)
 
     def _request_dismiss(self, toast: Toast) -> None:
         self.request(lambda: self.dismiss(toast))

@@ -5,16 +5,19 @@ once and the token never appears in argv. One change to jupyter_server's Host ch
 accepts IP literals only when they are loopback, so a dashboard bound to a LAN address
 would refuse its own address; here a Host listed in `local_hostnames` is accepted too.
 Stopping: SIGTERM, SIGINT (Ctrl-C reaches the whole terminal group) and the death of
-`nbrunner dashboard` (even by SIGKILL) all just ask Voila's loop to stop; Voila then shuts
-its page kernels down. A second signal during that shutdown does not cut it short.
+`nbrunner dashboard` (even by SIGKILL) all just ask Voila's loop to stop; Voila then ends
+its page kernels at once (not one graceful shutdown after another). A second signal during
+that does not cut it short.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -72,6 +75,25 @@ def stop_when_orphaned(app: Any, parent: int, every_s: float = 1.0) -> None:
     request_stop(app)
 
 
+class NoMaskedUrl(logging.Filter):
+    """Drop Voila's "running at http://…/?token=..." line: its token is masked, and people
+    and scripts took that first URL (and met the login page). `nbrunner dashboard` prints
+    the one URL to open."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "?token=..." not in record.getMessage()
+
+
+def stop_at_once(app: Any) -> None:
+    """Voila's own stop asks each page kernel to shut down and waits for it: seconds per
+    kernel on a busy machine, so Ctrl-C seemed to hang. A page kernel holds nothing to save
+    (runs live in their supervisors): each is ended at once."""
+    from jupyter_core.utils import run_sync
+
+    shutil.rmtree(app.connection_dir, ignore_errors=True)
+    run_sync(app.kernel_manager.shutdown_all)(now=True)
+
+
 def main(argv: list[str]) -> None:
     from voila.app import Voila
 
@@ -84,7 +106,10 @@ def main(argv: list[str]) -> None:
     )
     watcher.start()
     app.initialize([notebook])
+    for handler in app.log.handlers or logging.getLogger().handlers:
+        handler.addFilter(NoMaskedUrl())
     stop_on_signals(app)  # after initialize, which sets Voila's own SIGTERM handler
+    app.stop = lambda: stop_at_once(app)
     app.start()
 
 

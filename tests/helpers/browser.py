@@ -77,6 +77,11 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     url: str
+    printed: tuple[Path, ...] = ()  # where its stdout and stderr went
+
+    def output(self) -> str:
+        """Everything it printed so far, stdout then stderr."""
+        return "".join(path.read_text(errors="replace") for path in self.printed)
 
     @property
     def base(self) -> str:
@@ -128,10 +133,11 @@ def dashboard_server(home: Path, log_dir: Path) -> Iterator[Server]:
     ]
     log_dir.mkdir(parents=True, exist_ok=True)
     out_file = log_dir / f"dashboard-{port}.out"
-    with open(out_file, "wb") as out, open(log_dir / f"dashboard-{port}.log", "wb") as log:
+    err_file = log_dir / f"dashboard-{port}.log"
+    with open(out_file, "wb") as out, open(err_file, "wb") as log:
         process = subprocess.Popen(command, stdout=out, stderr=log, start_new_session=True)
         try:
-            yield Server(process, port, printed_url(out_file, process))
+            yield Server(process, port, printed_url(out_file, process), (out_file, err_file))
         finally:
             stop_server(process)
 
@@ -375,7 +381,7 @@ def take_screenshots(folder: Path) -> list[Path]:
 
     from playwright.sync_api import expect
 
-    from nbrunner import Runner
+    from nbrunner import Runner, service
 
     folder.mkdir(parents=True, exist_ok=True)
     shots = [folder / "dashboard.png", folder / "dashboard-dark.png"]
@@ -401,6 +407,7 @@ def take_screenshots(folder: Path) -> list[Path]:
                     page.close()
                 for record in runner.store.active():
                     runner.cancel(record.id)
+        service.stop(home)  # the home goes with the folder: so does its service
     return shots
 
 
