@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import stat
@@ -21,10 +22,14 @@ import psutil
 import pytest
 from helpers.cli import cli
 from helpers.procs import alive, python, wait_until
+from helpers.recorders import recorder_path  # noqa: F401 (a fixture)
 
 from nbrunner import Runner, service
 from nbrunner.states import RunStatus
 from nbrunner.store import Store
+
+# the engine tests that start runs take both ways a recorder starts (fork; an interpreter)
+both_recorder_paths = pytest.mark.usefixtures("recorder_path")
 
 HOLD_THE_LOCK = (
     "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
@@ -459,3 +464,157 @@ def test_a_wait_that_times_out_leaves_no_waiter_behind(runner: Runner) -> None:
     assert runner._waiters.get(run.id) is None
     run.cancel()
     run.wait(timeout=20)
+
+
+# -- 9. level-triggered: a step that could not be written is written later ------------------
+# The store locked in long bursts with tiny gaps, so every kind of write meets a lock; the
+# first burst also takes the queue out of pause, so the runs start while it is locked.
+LOCK_IN_BURSTS = (
+    "import sqlite3, sys, time\n"
+    "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n"
+    "c.execute('BEGIN IMMEDIATE')\n"
+    "c.execute(\"UPDATE config SET value = 'false' WHERE key = 'paused'\")\n"
+    "c.execute('COMMIT')\n"
+    "for burst in range(int(sys.argv[2])):\n"
+    "    c.execute('BEGIN IMMEDIATE')\n"
+    "    print('held', flush=True)\n"
+    "    time.sleep(6)\n"
+    "    c.execute('COMMIT')\n"
+    "    time.sleep(0.03)\n"
+)
+
+
+@both_recorder_paths
+def test_runs_end_at_their_timeout_while_the_store_is_locked_in_long_bursts(home: Path) -> None:
+    with Runner(home) as runner:
+        runner.config("paused", True)
+        runner.register("overrun", command=python("import time; time.sleep(40)"), timeout=3)
+        runs = [runner.submit("overrun") for _ in range(4)]
+    locker = subprocess.Popen(
+        [*python(LOCK_IN_BURSTS), str(home / "nbrunner.db"), "3"], stdout=subprocess.PIPE
+    )
+    try:
+        service.wake(home)
+        assert locker.wait(timeout=120) == 0
+    finally:
+        locker.kill()
+    for run in runs:
+        record = wait_for_end(home, run.id)
+        assert (record.status, record.reason) == (RunStatus.TIMED_OUT, "timed out after 3 s")
+        assert record.started_at is not None and record.ended_at - record.started_at < 30
+
+
+@pytest.mark.parametrize("replaced", [False, True], ids=["removed", "replaced"])
+def test_a_removed_or_replaced_home_ends_its_service(
+    home: Path, monkeypatch: pytest.MonkeyPatch, replaced: bool
+) -> None:
+    monkeypatch.setenv("NBRUNNER_SERVICE_IDLE_S", "600")  # it would not leave for being idle
+    Store(home)
+    service.ensure_running(home)
+    serving = psutil.Process(service_pid(home))
+    shutil.rmtree(home)
+    if replaced:
+        home.mkdir()  # a new home at the same path is not the one it served
+    wait_until(lambda: not alive(serving.pid), timeout=30, what="the service to leave")
+
+
+@pytest.mark.posix
+def test_a_stalled_service_cannot_let_a_run_overrun_its_timeout(home: Path) -> None:
+    with Runner(home) as runner:
+        runner.register("overrun", command=python("import time; time.sleep(60)"), timeout=2)
+        run = runner.submit("overrun")
+        wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    child, stalled = record_of(home, run.id).pid, service_pid(home)
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        wait_until(lambda: not alive(child), timeout=30, what="the run stopped at its deadline")
+    finally:
+        os.kill(stalled, signal.SIGCONT)
+    record = wait_for_end(home, run.id)
+    assert (record.status, record.reason) == (RunStatus.TIMED_OUT, "timed out after 2 s")
+
+
+@pytest.fixture
+def full_runs_folder(home: Path) -> Iterator[Path]:
+    """The home's runs/ folder on a tiny filesystem, filled up; returns the filler."""
+    runs = home / "runs"
+    runs.mkdir(exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(runs)], capture_output=True
+    )
+    if result.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must be able to mount a tmpfs: {result.stderr!r}")
+        pytest.skip("mounting a tmpfs needs root")
+    filler = runs / "filler"
+    with contextlib.suppress(OSError), open(filler, "ab") as out:  # take every free byte
+        while True:
+            out.write(b"x" * 4096)
+            out.flush()
+    yield filler
+    service.stop(home)
+    subprocess.run(["umount", "-l", str(runs)], check=False)
+
+
+@pytest.mark.posix
+@both_recorder_paths
+def test_a_run_whose_start_cannot_be_recorded_is_stopped_and_ends_recorded(
+    home: Path, full_runs_folder: Path
+) -> None:
+    chatty = (
+        "import os, sys, time\nprint(os.getpid(), flush=True)\n"
+        "sys.stdout.write('x' * 1_000_000 + '\\n'); sys.stdout.flush()\ntime.sleep(300)"
+    )
+    with Runner(home) as runner:
+        runner.register("chatty", command=python(chatty))
+        run = runner.submit("chatty")
+        log = Path(run.log_path)
+        wait_until(
+            lambda: log.exists() and "could not record the run's start" in log.read_text(),
+            timeout=30,
+            what="its output read and the recorder's note",
+        )
+        child = int(log.read_text().split()[0])
+        wait_until(lambda: not alive(child), what="the child no one could cancel stopped")
+        full_runs_folder.unlink()  # space again: the end can be written
+        record = run.wait(timeout=60)
+    assert record.status is RunStatus.FAILED
+    assert "could not record the run's start" in record.reason
+    assert len(log.read_text()) > 1_000_000  # the pump read it all: nothing blocked on it
+
+
+@pytest.mark.posix
+@both_recorder_paths
+def test_a_kept_leftover_that_writes_to_its_output_lives_on(runner: Runner) -> None:
+    chatty = "(while true; do echo tick; sleep 0.05; done) & echo $!; exit 0"
+    runner.register("chatty", command=["/bin/sh", "-c", chatty], keep_leftovers=True)
+    run = runner.submit("chatty")
+    assert run.wait(timeout=30).status is RunStatus.SUCCEEDED
+    leftover = int(run.logs().split()[0])
+    try:
+        ticks = run.logs().count("tick")
+        # past the recorder's own end: a leftover writing to a closed pipe dies of SIGPIPE
+        wait_until(lambda: run.logs().count("tick") > ticks + 60, what="the leftover going on")
+        assert alive(leftover)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(leftover, signal.SIGKILL)
+
+
+def test_every_end_runs_its_hook_queued_and_dependency_cancels_too(
+    runner: Runner, tmp_path: Path
+) -> None:
+    hook = [*python("import pathlib, sys; pathlib.Path(sys.argv[1]).touch()")]
+    hook.append(str(tmp_path / "{id}-{status}"))
+    runner.register("failing", command=python("raise SystemExit(1)"), on_done=hook)
+    runner.register("hooked", command=python("pass"), on_done=hook)
+    runner.config("paused", True)
+    queued = runner.submit("hooked")
+    assert runner.cancel(queued.id).status is RunStatus.CANCELLED
+    first = runner.submit("failing")
+    dependent = runner.submit("hooked", after=[first])
+    runner.config("paused", False)
+    assert dependent.wait(timeout=30).status is RunStatus.CANCELLED
+    for run_id, status in ((queued.id, "cancelled"), (first.id, "failed")):
+        wait_until((tmp_path / f"{run_id}-{status}").exists, what=f"run {run_id}'s hook")
+    wait_until((tmp_path / f"{dependent.id}-cancelled").exists, what="the dependent's hook")
