@@ -15,6 +15,7 @@ import sqlite3
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from helpers.procs import alive, python, wait_until
 from helpers.recorders import recorder_path  # noqa: F401 (a fixture)
 
 from nbrunner import Runner, service
+from nbrunner.service import Service
 from nbrunner.states import RunStatus
 from nbrunner.store import Store
 
@@ -160,6 +162,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.posix
 def test_a_full_disk_keeps_the_run_going_and_its_end_is_written_once_space_frees(
     tiny_disk: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -191,6 +194,7 @@ def test_a_full_disk_keeps_the_run_going_and_its_end_is_written_once_space_frees
 
 
 # -- 3. the queue never stalls -----------------------------------------------------------
+@pytest.mark.posix
 def test_a_run_whose_submitter_was_killed_at_once_still_ends(home: Path) -> None:
     submit = (
         "import os, signal, sys; from nbrunner import Runner; "
@@ -234,12 +238,13 @@ def test_a_slow_hook_does_not_hold_the_next_run(runner: Runner, tmp_path: Path) 
     service.stop(runner.home)  # waits for the hook, bounded by the stop's own patience
 
 
+@both_recorder_paths
 def test_a_killed_service_stops_no_run_and_loses_no_exit_code(home: Path, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     run = gated_run(home, gate, exit_code=5)
     child = record_of(home, run.id).pid
     first = service_pid(home)
-    os.kill(first, signal.SIGKILL)
+    psutil.Process(first).kill()
     wait_until(lambda: not service.is_running(home), what="the service gone")
     assert alive(child)
     gate.touch()  # ends while no service lives: its recorder keeps the code, starts one
@@ -255,7 +260,7 @@ def test_a_killed_service_stops_no_run_and_loses_no_exit_code(home: Path, tmp_pa
 def test_a_cli_call_restarts_a_dead_service_that_left_queued_runs(home: Path) -> None:
     cli(home, "config", "paused", "true")
     run_id = int(cli(home, "run", "count", "-p", "n=1", "-p", "delay=0").stdout)
-    os.kill(service_pid(home), signal.SIGKILL)
+    psutil.Process(service_pid(home)).kill()
     wait_until(lambda: not service.is_running(home), what="the service gone")
     with sqlite3.connect(home / "nbrunner.db") as db:  # the setting changes behind its back
         db.execute("UPDATE config SET value = 'false' WHERE key = 'paused'")
@@ -297,13 +302,14 @@ def test_an_idle_service_exits_and_the_next_submission_starts_another(
 
 
 # -- 4. never signal a process that is not provably the run's -----------------------------
+@pytest.mark.posix
 def test_a_lost_run_never_signals_a_process_that_is_not_its_own(home: Path) -> None:
     with Runner(home) as runner:
         run = runner.submit("count", {"n": 1000, "delay": 0.05})
         wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
     record = record_of(home, run.id)
     recorder = psutil.Process(record.pid).ppid()
-    os.kill(service_pid(home), signal.SIGKILL)
+    psutil.Process(service_pid(home)).kill()
     wait_until(lambda: not service.is_running(home), what="the service gone")
     bystander = subprocess.Popen(python("import time; time.sleep(300)"), start_new_session=True)
     try:
@@ -323,21 +329,24 @@ def test_a_lost_run_never_signals_a_process_that_is_not_its_own(home: Path) -> N
         bystander.wait()
 
 
+@both_recorder_paths
 def test_a_killed_recorder_makes_the_run_lost_and_its_tree_stopped(runner: Runner) -> None:
     run = runner.submit("count", {"n": 1000, "delay": 0.05})
     wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
     child = run.pid
-    os.kill(psutil.Process(child).ppid(), signal.SIGKILL)
+    psutil.Process(psutil.Process(child).ppid()).kill()
     record = run.wait(timeout=30)
     assert record.status is RunStatus.LOST
     wait_until(lambda: not alive(child), what="the orphaned child stopped")
+    wait_until(lambda: not service.is_running(runner.home), what="the service to idle out")
 
 
+@both_recorder_paths
 def test_a_new_service_adopts_running_runs_without_disturbing_them(home: Path) -> None:
     with Runner(home) as runner:
         run = runner.submit("count", {"n": 40, "delay": 0.05, "label": "kept"})
         wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
-        os.kill(service_pid(home), signal.SIGKILL)
+        psutil.Process(service_pid(home)).kill()
         wait_until(lambda: not service.is_running(home), what="the service gone")
         service.ensure_running(home)
         record = run.wait(timeout=60)
@@ -349,6 +358,8 @@ def test_a_new_service_adopts_running_runs_without_disturbing_them(home: Path) -
 LEAVES_A_SLEEPER = "sleep 300 & echo $!; exit 0"
 
 
+@pytest.mark.posix
+@both_recorder_paths
 def test_a_backgrounded_process_ends_with_its_run(runner: Runner) -> None:
     runner.register("daemonizer", command=["/bin/sh", "-c", LEAVES_A_SLEEPER])
     run = runner.submit("daemonizer")
@@ -357,6 +368,8 @@ def test_a_backgrounded_process_ends_with_its_run(runner: Runner) -> None:
     wait_until(lambda: not alive(sleeper), what="the backgrounded sleep to end")
 
 
+@pytest.mark.posix
+@both_recorder_paths
 def test_grandchildren_of_a_killed_child_end_with_the_run(runner: Runner) -> None:
     code = (
         "import os, signal, subprocess, sys\n"
@@ -371,6 +384,8 @@ def test_grandchildren_of_a_killed_child_end_with_the_run(runner: Runner) -> Non
     wait_until(lambda: not alive(orphan), what="the orphaned grandchild to end")
 
 
+@pytest.mark.posix
+@both_recorder_paths
 def test_a_module_may_keep_what_it_leaves_behind(runner: Runner) -> None:
     runner.register("daemon", command=["/bin/sh", "-c", LEAVES_A_SLEEPER], keep_leftovers=True)
     runner.register("daemonizer", command=["/bin/sh", "-c", LEAVES_A_SLEEPER])
@@ -386,6 +401,7 @@ def test_a_module_may_keep_what_it_leaves_behind(runner: Runner) -> None:
 
 
 # -- 6. logs are capped, and read in bounded windows ---------------------------------------
+@both_recorder_paths
 def test_a_runaway_log_keeps_its_head_and_newest_tail_under_the_cap(runner: Runner) -> None:
     runner.config("max_log_size", "64KB")
     runner.register("chatty", command=python("for i in range(200000): print(f'line {i:06d}')"))
@@ -410,6 +426,7 @@ def test_reading_a_large_log_is_bounded(runner: Runner) -> None:
 
 
 # -- 7. private by default ---------------------------------------------------------------
+@pytest.mark.posix
 def test_the_home_its_store_and_logs_are_private(runner: Runner) -> None:
     record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
     home = runner.home
@@ -618,3 +635,23 @@ def test_every_end_runs_its_hook_queued_and_dependency_cancels_too(
     for run_id, status in ((queued.id, "cancelled"), (first.id, "failed")):
         wait_until((tmp_path / f"{run_id}-{status}").exists, what=f"run {run_id}'s hook")
     wait_until((tmp_path / f"{dependent.id}-cancelled").exists, what="the dependent's hook")
+
+
+def test_a_claim_is_requeued_by_how_long_the_service_saw_it_not_by_the_wall_clock(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Runner(home, start=False) as client:
+        client.config("paused", True)
+        run = client.submit("count", {"n": 1})
+    # claimed by a service that died before its recorder came; the wall clock has since
+    # been stepped an hour ahead
+    stepped = time.time() - 3600
+    Store(home).transition(run.id, RunStatus.STARTING, claimed_at=stepped, claimed_by=1)
+    owner = Service(home)
+    owner._refresh_all()
+    owner._adopt()
+    assert record_of(home, run.id).status is RunStatus.STARTING  # a slow start, not a dead one
+    monkeypatch.setattr(service, "UNLAUNCHED_CLAIM_S", 0.0)  # seen long enough now
+    owner._next_adopt = 0.0
+    owner._adopt()
+    assert record_of(home, run.id).status is RunStatus.QUEUED
