@@ -521,6 +521,7 @@ def test_runs_end_at_their_timeout_while_the_store_is_locked_in_long_bursts(home
         assert record.started_at is not None and record.ended_at - record.started_at < 30
 
 
+@pytest.mark.posix  # Windows cannot remove a folder whose files are open
 @pytest.mark.parametrize("replaced", [False, True], ids=["removed", "replaced"])
 def test_a_removed_or_replaced_home_ends_its_service(
     home: Path, monkeypatch: pytest.MonkeyPatch, replaced: bool
