@@ -656,3 +656,11 @@ def test_a_claim_is_requeued_by_how_long_the_service_saw_it_not_by_the_wall_cloc
     owner._next_adopt = 0.0
     owner._adopt()
     assert record_of(home, run.id).status is RunStatus.QUEUED
+
+
+@both_recorder_paths
+def test_a_runs_folder_removed_under_a_living_service_is_made_again(runner: Runner) -> None:
+    assert runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30).exit_code == 0
+    shutil.rmtree(runner.home / "runs")  # a cleanup tool, under the service's feet
+    record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
+    assert (record.status, record.exit_code) == (RunStatus.SUCCEEDED, 0)
