@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -46,6 +47,7 @@ WRITE_RETRY_MAX_S = 5.0
 CHILD_FILE_PATIENCE_S = 2.0  # then the child, which no one could find or cancel, is stopped
 PAUSED_CHECK_S = 1.0  # how often a paused run's timeout looks whether it was resumed
 MEMORY_CHECK_S = 1.0
+HOME_CHECK_S = 30.0  # how often a recorder that cannot write its exit file looks for its home
 # Tests set it to "spawn" to run the Windows path (an interpreter per recorder) on POSIX.
 RECORDER_ENV = "NBRUNNER_RECORDER"
 
@@ -431,9 +433,18 @@ def _fail(spec: RecorderSpec, files: RunFiles, log: CappedLog | None, reason: st
     if log is not None:
         log.write(f"nbrunner: {reason}\n".encode())
         log.close()
-    write_atomically(files.exit, {"exit_code": None, "error": reason, "ended_at": time.time()})
+    _write_exit(spec, files, {"exit_code": None, "error": reason, "ended_at": time.time()})
     _tell_service(spec.home, started=False)
     return 0
+
+
+def _write_exit(spec: RecorderSpec, files: RunFiles, outcome: dict[str, Any]) -> None:
+    """Retried until written (a full disk frees, a removed runs/ folder is made again),
+    unless the home itself is gone: then no one will ever read it."""
+    while Path(spec.home).is_dir():
+        with suppress(OSError):
+            write_atomically(files.exit, outcome, HOME_CHECK_S)
+            return
 
 
 def record(spec: RecorderSpec) -> int:
@@ -487,7 +498,7 @@ def record(spec: RecorderSpec) -> int:
         outcome["error"] = error
     elif guard is not None and guard.ending is not None:
         outcome["ending"] = guard.ending
-    write_atomically(files.exit, outcome)
+    _write_exit(spec, files, outcome)
     _tell_service(spec.home, started=False)
     if not drained:  # a kept leftover still writes: it keeps a reader (a closed pipe would
         os.close(lock)  # kill it with SIGPIPE), and its output keeps going to the log
@@ -544,6 +555,7 @@ def fork_recorder(spec: RecorderSpec) -> ForkedRecorder:
     status = 1
     try:
         gc.disable()  # collecting would touch, and so copy, the service's shared pages
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the service's handler is not ours
         os.setsid()
         _close_inherited_files()
         status = record(spec)

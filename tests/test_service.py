@@ -664,3 +664,17 @@ def test_a_runs_folder_removed_under_a_living_service_is_made_again(runner: Runn
     shutil.rmtree(runner.home / "runs")  # a cleanup tool, under the service's feet
     record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
     assert (record.status, record.exit_code) == (RunStatus.SUCCEEDED, 0)
+
+
+@pytest.mark.posix  # Windows cannot remove a folder whose files are open
+@both_recorder_paths
+def test_a_run_that_outlives_its_removed_home_leaves_no_recorder_behind(
+    home: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    run = gated_run(home, gate, exit_code=0)
+    child = record_of(home, run.id).pid
+    recorder = psutil.Process(child).ppid()
+    shutil.rmtree(home)
+    gate.touch()  # it ends with no home to write its end to, and no one to read it
+    wait_until(lambda: not alive(child) and not alive(recorder), what="the run and its recorder")
