@@ -591,4 +591,6 @@ def start_recorder(spec: RecorderSpec) -> ForkedRecorder | subprocess.Popen[byte
 
 
 if __name__ == "__main__":  # the spawned recorder (Windows, and tests elsewhere)
+    from . import service  # noqa: F401 - loaded now, so waking the service is instant later
+
     sys.exit(record(RecorderSpec(**json.load(sys.stdin))))
