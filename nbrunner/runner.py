@@ -381,10 +381,10 @@ class Runner:
             tx.update(run_id, control="cancel")
             record = tx.get(run_id)
         self._notify()
-        if record.status is RunStatus.QUEUED:
-            with contextlib.suppress(TimeoutError):
-                return self._poll_until_done(run_id, QUEUED_CANCEL_WAIT_S)
-            return self.store.get(run_id)
+        deadline = time.monotonic() + QUEUED_CANCEL_WAIT_S
+        while record.status is RunStatus.QUEUED and time.monotonic() < deadline:
+            time.sleep(0.01)  # one pass of a woken service: milliseconds
+            record = self.store.get(run_id)
         return record
 
     def pause(self, run_id: int | str) -> RunRecord:
