@@ -656,6 +656,8 @@ def test_a_claim_is_requeued_by_how_long_the_service_saw_it_not_by_the_wall_cloc
     owner._next_adopt = 0.0
     owner._adopt()
     assert record_of(home, run.id).status is RunStatus.QUEUED
+    with Runner(home, start=False) as client:  # leave nothing queued for the home's service
+        assert client.cancel(run.id).status is RunStatus.CANCELLED
 
 
 @both_recorder_paths
