@@ -96,6 +96,9 @@ def recorder_popen_kwargs(windows: bool = IS_WINDOWS) -> dict[str, Any]:
     return {"start_new_session": True}
 
 
+ChildExit = tuple[int, dict[str, float]]  # exit code; cpu_time (s) and peak_rss (bytes)
+
+
 def wait_child(child: subprocess.Popen[bytes], timeout: float | None) -> ChildExit | None:
     """Wait up to timeout seconds (None: for good) for the child to end: its exit code and
     what it used, from the OS's own accounts (CPU seconds of it and of what it waited for,
@@ -112,9 +115,6 @@ def wait_child(child: subprocess.Popen[bytes], timeout: float | None) -> ChildEx
     child.returncode = os.waitstatus_to_exitcode(status)  # so Popen never waits for it again
     peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes there, KiB here
     return child.returncode, {"cpu_time": usage.ru_utime + usage.ru_stime, "peak_rss": peak}
-
-
-ChildExit = tuple[int, dict[str, float]]
 
 
 def _exited_within(pid: int, timeout: float) -> bool:
