@@ -33,8 +33,10 @@ import json
 import os
 import shlex
 import signal
+import struct
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -45,6 +47,7 @@ IS_WINDOWS = sys.platform == "win32"
 IS_LINUX = sys.platform.startswith("linux")
 PR_SET_CHILD_SUBREAPER = 36
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+LOCK_PATIENCE_S = 0.5
 
 # Win32 process creation flags, spelled out so both branches can be built and checked here.
 CREATE_SUSPENDED = 0x00000004
@@ -82,6 +85,55 @@ def child_popen_kwargs(windows: bool = IS_WINDOWS) -> dict[str, Any]:
     if windows:
         return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_SUSPENDED}
     return {"start_new_session": True}
+
+
+def recorder_popen_kwargs(windows: bool = IS_WINDOWS) -> dict[str, Any]:
+    """Popen arguments of a recorder started as its own interpreter (Windows; POSIX runs
+    the same path when asked to, so that its logic is exercised everywhere): out of the
+    service's process group, so signals meant for the service never reach it."""
+    if windows:
+        return {"creationflags": RECORDER_FLAGS}
+    return {"start_new_session": True}
+
+
+ChildExit = tuple[int, dict[str, float]]  # exit code; cpu_time (s) and peak_rss (bytes)
+
+
+def wait_child(child: subprocess.Popen[bytes], timeout: float | None) -> ChildExit | None:
+    """Wait up to timeout seconds (None: for good) for the child to end: its exit code and
+    what it used, from the OS's own accounts (CPU seconds of it and of what it waited for,
+    peak memory), however short it was; None while it still runs."""
+    if IS_WINDOWS:  # pragma: no cover - Windows only
+        try:
+            code = child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return code, _windows_usage(child)
+    if timeout is not None and not _exited_within(child.pid, timeout):
+        return None
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)  # so Popen never waits for it again
+    peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes there, KiB here
+    return child.returncode, {"cpu_time": usage.ru_utime + usage.ru_stime, "peak_rss": peak}
+
+
+def _exited_within(pid: int, timeout: float) -> bool:
+    """Whether the (unreaped) child pid ends within timeout: one pidfd to sleep on where
+    the OS has them, else a look every 0.1 s that leaves it unreaped."""
+    import select
+
+    with suppress(OSError, AttributeError):
+        fd = os.pidfd_open(pid)  # type: ignore[attr-defined]
+        try:
+            return bool(select.select([fd], [], [], max(timeout, 0.0))[0])
+        finally:
+            os.close(fd)
+    deadline = time.monotonic() + timeout  # pragma: no cover - no pidfd (macOS, old kernels)
+    while True:  # pragma: no cover
+        found = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if found is not None or time.monotonic() >= deadline:
+            return found is not None
+        time.sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))
 
 
 def polite_per_process(windows: bool = IS_WINDOWS) -> bool:
@@ -264,6 +316,8 @@ def _kernel32() -> Any:  # pragma: no cover - Windows only
         ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
     )  # fmt: skip
     kernel32.CloseHandle.argtypes = (ctypes.c_void_p,)
+    kernel32.GetProcessTimes.argtypes = (ctypes.c_void_p, *[ctypes.c_void_p] * 4)
+    kernel32.K32GetProcessMemoryInfo.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32)
     return kernel32
 
 
@@ -288,6 +342,36 @@ def _create_job(  # pragma: no cover - Windows only
     )
     _check(kernel32.AssignProcessToJobObject(job, int(child._handle)))  # type: ignore[attr-defined]
     return job
+
+
+class MemoryCounters(ctypes.Structure):  # PROCESS_MEMORY_COUNTERS
+    _fields_ = [
+        ("cb", ctypes.c_uint32),
+        ("PageFaultCount", ctypes.c_uint32),
+        *[
+            (name, ctypes.c_size_t)
+            for name in (
+                "PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage",
+                "QuotaPagedPoolUsage", "QuotaPeakNonPagedPoolUsage", "QuotaNonPagedPoolUsage",
+                "PagefileUsage", "PeakPagefileUsage",
+            )
+        ],
+    ]  # fmt: skip
+
+
+def _windows_usage(child: subprocess.Popen[bytes]) -> dict[str, float]:  # pragma: no cover
+    """CPU seconds (GetProcessTimes: kernel + user, in 100 ns) and peak private bytes of the
+    ended child, read through the handle its Popen still holds."""
+    kernel32 = _kernel32()
+    handle = int(child._handle)  # type: ignore[attr-defined]
+    creation, ended, kernel, user = (ctypes.c_uint64() for _ in range(4))  # FILETIMEs
+    usage: dict[str, float] = {}
+    if kernel32.GetProcessTimes(handle, *map(ctypes.byref, (creation, ended, kernel, user))):
+        usage["cpu_time"] = (kernel.value + user.value) / 1e7
+    counters = MemoryCounters(cb=ctypes.sizeof(MemoryCounters))
+    if kernel32.K32GetProcessMemoryInfo(handle, ctypes.byref(counters), counters.cb):
+        usage["peak_rss"] = counters.PeakPagefileUsage
+    return usage
 
 
 def _terminate_job(name: str) -> bool:  # pragma: no cover - Windows only
@@ -321,7 +405,9 @@ def try_lock(path: Path) -> int | None:
             import msvcrt
 
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        else:
+        elif OFD_LOCKS:
+            _ofd_lock(fd, "F_OFD_SETLK", "F_WRLCK")
+        else:  # pragma: no cover - POSIX without open file description locks (macOS)
             import fcntl
 
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -332,12 +418,56 @@ def try_lock(path: Path) -> int | None:
 
 
 def is_locked(path: Path) -> bool:
-    """Whether a living process holds the lock on path."""
-    fd = try_lock(path)
-    if fd is None:
+    """Whether a living process holds the lock on path. Linux asks without taking the lock,
+    so a check never makes the holder-to-be (a starting service, a recorder) find it taken;
+    elsewhere the lock is taken and let go at once, and takers retry (`take_lock`)."""
+    if OFD_LOCKS:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False  # no lock file: nobody ever took it, or its home is gone
+        try:
+            return _ofd_lock(fd, "F_OFD_GETLK", "F_WRLCK") != _ofd_lock_type("F_UNLCK")
+        finally:
+            os.close(fd)
+    if not path.parent.is_dir():  # pragma: no cover - not Linux
+        return False
+    fd = try_lock(path)  # pragma: no cover - not Linux
+    if fd is None:  # pragma: no cover
         return True
-    os.close(fd)
-    return False
+    os.close(fd)  # pragma: no cover
+    return False  # pragma: no cover
+
+
+def take_lock(path: Path, patience: float = LOCK_PATIENCE_S) -> int | None:
+    """try_lock, retried for a moment: where a liveness check holds the lock for an instant
+    (not Linux), a taker that meets such a check must not give up."""
+    deadline = time.monotonic() + patience
+    while True:
+        fd = try_lock(path)
+        if fd is not None or OFD_LOCKS or time.monotonic() >= deadline:
+            return fd
+        time.sleep(0.01)  # pragma: no cover - not Linux
+
+
+# Linux open file description locks: held like flock (per open file, not per process), and
+# F_OFD_GETLK tests one without taking it. struct flock on 64-bit Linux.
+OFD_LOCKS = IS_LINUX and struct.calcsize("P") == 8
+_FLOCK = "hhqqi4x"  # l_type, l_whence, l_start, l_len, l_pid
+
+
+def _ofd_lock_type(name: str) -> int:
+    import fcntl
+
+    return int(getattr(fcntl, name))
+
+
+def _ofd_lock(fd: int, command: str, kind: str) -> int:
+    """One OFD lock call on the whole file; the lock type it reports back."""
+    import fcntl
+
+    request = struct.pack(_FLOCK, _ofd_lock_type(kind), os.SEEK_SET, 0, 0, 0)
+    return int(struct.unpack(_FLOCK, fcntl.fcntl(fd, getattr(fcntl, command), request))[0])
 
 
 def start_marker(pid: int) -> str | None:

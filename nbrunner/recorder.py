@@ -7,18 +7,27 @@ to small files beside the store, written atomically:
 
     runs/ID.lock   held for the recorder's whole life: the proof that it is alive
     runs/ID.child  the child's pid and start marker, once it is started
-    runs/ID.exit   the exit code (or why the child could not start), once it has ended
+    runs/ID.exit   the exit code, CPU time and peak memory (from the OS's own accounts) and
+                   why it was stopped (or why the child could not start), once it has ended
+    runs/ID.pause  written by the service as it pauses and resumes the run (paused time)
 
-Like Slurm's stepd, it does one thing: it starts the child in a session of its own, copies
-its output into the run's log under the size cap, waits for the true exit code, then stops
-whatever the child left behind (it is the child subreaper of its run on Linux), unless the
-module asked to keep it. Limits, timeouts, cancels and the store are the service's.
+Like Slurm's stepd, it starts the child in a session of its own, copies its output into the
+run's log under the size cap (the pump starts before anything that may block), waits for the
+true exit code, then stops whatever the child left behind (it is the child subreaper of its
+run on Linux), unless the module asked to keep it. It enforces what must hold whatever
+happens to the service, where the child is held: the run's timeout (paused time excluded)
+and its memory limit. Cancels, pauses, GPU shares and the store are the service's.
+
+A child whose start cannot be recorded (a full disk, a removed or unwritable runs/ folder)
+could be neither found nor cancelled: it is stopped at once, and the exit file says why.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +44,12 @@ PUMP_CHUNK = 64 * 1024
 LEFTOVER_GRACE_S = 2.0  # what a leftover gets to exit on SIGTERM before SIGKILL
 KEPT_LEFTOVER_DRAIN_S = 1.0  # a kept daemon may hold the output pipe open for good
 WRITE_RETRY_MAX_S = 5.0
+CHILD_FILE_PATIENCE_S = 2.0  # then the child, which no one could find or cancel, is stopped
+PAUSED_CHECK_S = 1.0  # how often a paused run's timeout looks whether it was resumed
+MEMORY_CHECK_S = 1.0
+HOME_CHECK_S = 30.0  # how often a recorder that cannot write its exit file looks for its home
+# Tests set it to "spawn" to run the Windows path (an interpreter per recorder) on POSIX.
+RECORDER_ENV = "NBRUNNER_RECORDER"
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,9 @@ class RecorderSpec:
     max_log_size: int
     keep_leftovers: bool
     cores: list[int]
-    memory_limit: int = 0  # bytes; backs the service's limit with a Windows job's own
+    memory_limit: int = 0  # bytes; a Windows job's own limit backs the recorder's
+    timeout: float | None = None  # seconds of running time (paused time does not count)
+    grace: float = 10.0  # SIGTERM, then this long, then SIGKILL
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,10 @@ class RunFiles:
     def exit(self) -> Path:
         return self.directory / f"{self.run_id}.exit"
 
+    @property
+    def pause(self) -> Path:
+        return self.directory / f"{self.run_id}.pause"
+
     def read(self, path: Path) -> dict[str, Any] | None:
         try:
             return json.loads(path.read_text())
@@ -86,7 +107,7 @@ class RunFiles:
         return platform.is_locked(self.lock)
 
     def remove(self) -> None:
-        for path in (self.child, self.exit, self.lock):
+        for path in (self.child, self.exit, self.pause, self.lock):
             with suppress(OSError):
                 path.unlink()
 
@@ -105,9 +126,12 @@ def sweep_run_files(home: str | Path, active: Collection[int]) -> None:
             path.unlink()
 
 
-def write_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Readers see the whole file or none of it; retried until written (a full disk frees)."""
+def write_atomically(path: Path, data: dict[str, Any], patience: float | None = None) -> None:
+    """Readers see the whole file or none of it. Retried (a full disk frees, a removed
+    folder is made again) for `patience` seconds, then the last OSError is raised; for good
+    when patience is None."""
     temporary = path.with_name(path.name + ".tmp")
+    deadline = None if patience is None else time.monotonic() + patience
     delay = 0.05
     while True:
         try:
@@ -116,9 +140,47 @@ def write_atomically(path: Path, data: dict[str, Any]) -> None:
                 json.dump(data, out)
             os.replace(temporary, path)
             return
-        except OSError:
+        except OSError as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            if isinstance(exc, FileNotFoundError):
+                with suppress(OSError):
+                    path.parent.mkdir(mode=0o700, exist_ok=True)
             time.sleep(delay)
             delay = min(delay * 2, WRITE_RETRY_MAX_S)
+
+
+def paused_for(files: RunFiles, now: float) -> tuple[float, bool]:
+    """How long (monotonic seconds) the run has been paused in all, and whether it is now."""
+    found = files.read(files.pause) or {}
+    since = found.get("since")
+    total = float(found.get("paused_s") or 0.0)
+    return (total + now - float(since), True) if since is not None else (total, False)
+
+
+def mark_paused(files: RunFiles, paused: bool) -> None:
+    """Written by the service as it pauses or resumes the run, so the recorder's timeout
+    stops while the run is paused; one try (OSError: the caller tries again later)."""
+    now = time.monotonic()
+    total, was_paused = paused_for(files, now)
+    if was_paused != paused:
+        write_atomically(files.pause, {"paused_s": total, "since": now if paused else None}, 0)
+
+
+def timeout_reason(timeout: float) -> str:
+    return f"timed out after {timeout:g} s"
+
+
+def memory_verdict(rss: int, peak: int, limit: int) -> str | None:
+    """Why a run using rss bytes must stop, if it is over its memory limit."""
+    if not limit or rss <= limit:
+        return None
+    from .units import format_size
+
+    return (
+        f"used {format_size(rss)} of memory, over its limit of {format_size(limit)} "
+        f"(peak {format_size(peak)}); stopped"
+    )
 
 
 class CappedLog:
@@ -276,50 +338,172 @@ def _reap_all() -> None:
 
 def _tell_service(home: str, started: bool) -> None:
     """Wake the service; at the end, start one if none lives (it was killed meanwhile), so
-    the exit code is recorded with nothing else alive."""
+    the exit code is recorded with nothing else alive. A home that is gone has no one to
+    tell."""
     from . import service
 
-    if started:
-        service.wake(home)
-    else:
-        service.notify(home)
+    with suppress(OSError, subprocess.SubprocessError):
+        if started:
+            service.wake(home)
+        else:
+            service.notify(home)
+
+
+class Guard:
+    """What the recorder enforces itself, where the child is held, so that no stalled,
+    killed or busy service can let a run overrun: its timeout (paused time excluded, as the
+    service writes it in runs/ID.pause) and its memory limit. A stop is SIGTERM to the tree,
+    then SIGKILL after the grace period; how it was meant to end goes to the exit file."""
+
+    def __init__(self, spec: RecorderSpec, files: RunFiles, child_pid: int) -> None:
+        self.spec, self.files, self.child_pid = spec, files, child_pid
+        self.started = time.monotonic()
+        self.next_memory_check = self.started + MEMORY_CHECK_S
+        self.ending: dict[str, str] | None = None
+        self.kill_at: float | None = None
+        self.peak = 0
+        self._tree: Any = None
+
+    def wait_s(self) -> float | None:
+        """How long the recorder may sleep on its child before the next check; None: for
+        good (nothing to enforce: the common case costs no wake-up at all)."""
+        now = time.monotonic()
+        if self.kill_at is not None:
+            wakes = [self.kill_at]
+        elif self.ending is not None:
+            return None
+        else:
+            wakes = [self._deadline(now)] if self.spec.timeout is not None else []
+            wakes += [self.next_memory_check] if self.spec.memory_limit else []
+        return max(min(wakes) - now, 0.0) if wakes else None
+
+    def _deadline(self, now: float) -> float:
+        paused_s, paused = paused_for(self.files, now)
+        if paused:
+            return now + PAUSED_CHECK_S
+        return self.started + float(self.spec.timeout or 0) + paused_s
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.kill_at is not None:
+            if now >= self.kill_at:
+                self._signal(graceful=False)
+                self.kill_at = now + 1.0  # again, for what it started meanwhile
+            return
+        if self.spec.timeout is not None and now >= self._deadline(now):
+            self._stop("timed_out", timeout_reason(self.spec.timeout))
+        elif self.spec.memory_limit and now >= self.next_memory_check:
+            self.next_memory_check = now + MEMORY_CHECK_S
+            over = self._memory_verdict()
+            if over is not None:
+                self._stop("failed", over)
+
+    def _memory_verdict(self) -> str | None:
+        tree = self._process_tree()
+        usage = tree.sample() if tree is not None else None
+        if usage is None:
+            return None
+        self.peak = max(self.peak, usage.rss)
+        return memory_verdict(usage.rss, self.peak, self.spec.memory_limit)
+
+    def _stop(self, status: str, reason: str) -> None:
+        self.ending = {"status": status, "reason": reason}
+        self._signal(graceful=True)
+        self.kill_at = time.monotonic() + self.spec.grace
+
+    def _signal(self, graceful: bool) -> None:
+        from .backends.tree import signal_tree, suspend_tree
+
+        tree = self._process_tree()
+        members = tree.members(rescan=True) if tree is not None else []
+        if graceful:  # a paused (stopped) process cannot act on SIGTERM
+            suspend_tree(self.child_pid, False, members)
+        signal_tree(self.child_pid, graceful, members)
+
+    def _process_tree(self) -> Any:
+        if self._tree is None:
+            from .backends.tree import ProcessTree
+
+            self._tree = ProcessTree.of(self.child_pid)
+        return self._tree
+
+
+def _fail(spec: RecorderSpec, files: RunFiles, log: CappedLog | None, reason: str) -> int:
+    """The child never started: say why in its log and its exit file."""
+    if log is not None:
+        log.write(f"nbrunner: {reason}\n".encode())
+        log.close()
+    _write_exit(spec, files, {"exit_code": None, "error": reason, "ended_at": time.time()})
+    _tell_service(spec.home, started=False)
+    return 0
+
+
+def _write_exit(spec: RecorderSpec, files: RunFiles, outcome: dict[str, Any]) -> None:
+    """Retried until written (a full disk frees, a removed runs/ folder is made again),
+    unless the home itself is gone: then no one will ever read it."""
+    while Path(spec.home).is_dir():
+        with suppress(OSError):
+            write_atomically(files.exit, outcome, HOME_CHECK_S)
+            return
 
 
 def record(spec: RecorderSpec) -> int:
     """Run the child to its end and write how it ended; returns the recorder's exit status."""
     files = RunFiles.of(spec.home, spec.run_id)
-    lock = platform.try_lock(files.lock)
+    with suppress(OSError):
+        files.directory.mkdir(mode=0o700, exist_ok=True)  # removed under a living service
+    lock = platform.take_lock(files.lock)
     if lock is None:
         return 3  # another recorder has this run
     platform.become_subreaper()
-    log = CappedLog(spec.log_path, spec.max_log_size)
+    try:
+        log = CappedLog(spec.log_path, spec.max_log_size)
+    except OSError as exc:
+        return _fail(spec, files, None, f"could not open the run's log {spec.log_path}: {exc}")
     _pin(spec.cores)
     try:
         child = _start(spec)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         what = spec.argv[0] if spec.argv else "(empty command)"
-        reason = f"could not start {what}: {exc}"
-        log.write(f"nbrunner: {reason}\n".encode())
-        log.close()
-        write_atomically(files.exit, {"exit_code": None, "error": reason, "ended_at": time.time()})
-        _tell_service(spec.home, started=False)
-        return 0
+        return _fail(spec, files, log, f"could not start {what}: {exc}")
     platform.contain(child, spec.keep_leftovers, spec.memory_limit)
-    started = {"pid": child.pid, "marker": platform.start_marker(child.pid), "at": time.time()}
-    write_atomically(files.child, started)
-    _tell_service(spec.home, started=True)
     pump = threading.Thread(target=_pump, args=(child.stdout, log), daemon=True)
-    pump.start()
-    code = child.wait()
+    pump.start()  # first: a child must never block on a full pipe while we write files
+    started = {"pid": child.pid, "marker": platform.start_marker(child.pid), "at": time.time()}
+    guard: Guard | None = Guard(spec, files, child.pid)
+    error = None
+    try:
+        write_atomically(files.child, started, CHILD_FILE_PATIENCE_S)
+        _tell_service(spec.home, started=True)
+    except OSError as exc:  # no one could find, cancel or adopt this child: stop it now
+        error = f"could not record the run's start in {files.child} ({exc}); it was stopped"
+        log.write(f"nbrunner: {error}\n".encode())
+        guard = None
+        platform.signal_group(child.pid, graceful=False)  # what it left: below
+    while (ended := platform.wait_child(child, guard.wait_s() if guard else None)) is None:
+        assert guard is not None
+        guard.check()
+    code, usage = ended
     ended_at = time.time()
     if not spec.keep_leftovers and _may_have_leftovers():
         stop_leftovers(child.pid)
     pump.join(KEPT_LEFTOVER_DRAIN_S if spec.keep_leftovers else None)
-    log.close()
-    write_atomically(
-        files.exit, {"exit_code": code, "ended_at": ended_at, "log_dropped": log.dropped}
-    )
+    drained = not pump.is_alive()
+    if drained:
+        log.close()
+    outcome: dict[str, Any] = {
+        "exit_code": code, "ended_at": ended_at, "log_dropped": log.dropped, **usage
+    }  # fmt: skip
+    if error is not None:
+        outcome["error"] = error
+    elif guard is not None and guard.ending is not None:
+        outcome["ending"] = guard.ending
+    _write_exit(spec, files, outcome)
     _tell_service(spec.home, started=False)
+    if not drained:  # a kept leftover still writes: it keeps a reader (a closed pipe would
+        os.close(lock)  # kill it with SIGPIPE), and its output keeps going to the log
+        pump.join()
+        log.close()
     return 0
 
 
@@ -336,20 +520,42 @@ def _close_inherited_files() -> None:
                 os.close(fd)
 
 
-def fork_recorder(spec: RecorderSpec) -> int:
-    """POSIX: a recorder forked from the warm service (no interpreter to start); its pid.
+class ForkedRecorder:
+    """A recorder forked by this process: polled (and reaped) by its own pid only, so
+    that no one else's exit status (a hook's) is ever taken."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def fork_recorder(spec: RecorderSpec) -> ForkedRecorder:
+    """POSIX: a recorder forked from the warm service (no interpreter to start).
 
     The fork leaves the service's session at once, so signals meant for the service's
-    group never reach a run's recorder.
+    group never reach a run's recorder. The service's objects are frozen for the fork
+    (the recorder shares their pages untouched) and thawed after it in the service, so
+    its garbage is still collected.
     """
+    gc.freeze()
     pid = os.fork()
     if pid:
-        return pid
+        gc.unfreeze()
+        return ForkedRecorder(pid)
     status = 1
     try:
-        import gc
-
         gc.disable()  # collecting would touch, and so copy, the service's shared pages
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the service's handler is not ours
         os.setsid()
         _close_inherited_files()
         status = record(spec)
@@ -362,26 +568,29 @@ def fork_recorder(spec: RecorderSpec) -> int:
         os._exit(status)
 
 
-def spawn_recorder(spec: RecorderSpec) -> int:  # pragma: no cover - Windows path
+def spawn_recorder(spec: RecorderSpec) -> subprocess.Popen[bytes]:
     """Windows: a recorder started as its own interpreter, handed its spec on stdin."""
     proc = platform.popen_detached(
         [sys.executable, "-m", "nbrunner.recorder"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        creationflags=platform.RECORDER_FLAGS,
+        **platform.recorder_popen_kwargs(),
     )
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(asdict(spec)).encode())
     proc.stdin.close()
-    return proc.pid
+    return proc
 
 
-def start_recorder(spec: RecorderSpec) -> int:
-    if platform.IS_WINDOWS:  # pragma: no cover
+def start_recorder(spec: RecorderSpec) -> ForkedRecorder | subprocess.Popen[bytes]:
+    """Start the run's recorder; a handle to poll whether it has ended."""
+    if platform.IS_WINDOWS or os.environ.get(RECORDER_ENV) == "spawn":
         return spawn_recorder(spec)
     return fork_recorder(spec)
 
 
-if __name__ == "__main__":  # pragma: no cover - the Windows recorder
+if __name__ == "__main__":  # the spawned recorder (Windows, and tests elsewhere)
+    from . import service  # noqa: F401 - loaded now, so waking the service is instant later
+
     sys.exit(record(RecorderSpec(**json.load(sys.stdin))))

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.2
 SERVICE_CHECK_S = 5.0  # while runs are active, a dead service is restarted this soon
+QUEUED_CANCEL_WAIT_S = 10.0  # how long cancel() waits for the service to take a queued run out
 Listener = Callable[[list[RunRecord]], None]
 DEMO_FILES = ("explore.ipynb", "modules.toml")
 
@@ -399,25 +400,23 @@ class Runner:
         return Run(self, run_id)
 
     def cancel(self, run_id: int | str) -> RunRecord:
-        """Queued: removed from the queue. Started: its supervisor stops the whole tree."""
+        """Queued: removed from the queue. Started: its supervisor stops the whole tree.
+        Either way the service does it (and runs the module's on_done hook); a queued run's
+        record is returned once it has left the queue (or after QUEUED_CANCEL_WAIT_S)."""
         run_id = _parse_id(run_id)
         with self.store.write() as tx:
             record = tx.get(run_id)
-            if record.status is RunStatus.QUEUED:
-                record = tx.transition(
-                    run_id,
-                    RunStatus.CANCELLED,
-                    ended_at=time.time(),
-                    reason="cancelled while queued",
-                )
-            elif record.status.holds_slot:
-                tx.update(run_id, control="cancel")
-                record = tx.get(run_id)
-            else:
+            if record.is_done:
                 raise InvalidTransition(
                     f"run {run_id} has already ended ({record.status.value}); nothing to cancel"
                 )
+            tx.update(run_id, control="cancel")
+            record = tx.get(run_id)
         self._notify()
+        deadline = time.monotonic() + QUEUED_CANCEL_WAIT_S
+        while record.status is RunStatus.QUEUED and time.monotonic() < deadline:
+            time.sleep(0.01)  # one pass of a woken service: milliseconds
+            record = self.store.get(run_id)
         return record
 
     def pause(self, run_id: int | str) -> RunRecord:

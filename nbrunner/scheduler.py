@@ -163,7 +163,11 @@ def _pages(tx: Transaction, admission: Admission) -> Iterable[list[RunRecord]]:
         cursor = (page[-1].priority, page[-1].id)
 
 
-def claim(tx: Transaction, capacity: Capacity) -> list[RunRecord]:
+def claim(
+    tx: Transaction, capacity: Capacity, doomed: list[RunRecord] | None = None
+) -> list[RunRecord]:
+    """Move what may start now to starting; runs that never can (a dependency did not
+    succeed) are cancelled, and added to `doomed` for their hooks."""
     cfg = tx.config()
     if cfg.get("paused"):
         return []
@@ -179,7 +183,9 @@ def claim(tx: Transaction, capacity: Capacity) -> list[RunRecord]:
     decision = admission.decision
     now = time.time()
     for run, why in decision.doomed:
-        tx.transition(run.id, RunStatus.CANCELLED, ended_at=now, reason=why)
+        cancelled = tx.transition(run.id, RunStatus.CANCELLED, ended_at=now, reason=why)
+        if doomed is not None:
+            doomed.append(cancelled)
     for shape, why in decision.gpu_waits.items():
         _say_why_it_waits(tx, shape, why)
     return [

@@ -5,17 +5,27 @@
 
 Clients only write intents to the store (submit, cancel, pause, config) and wake the
 service; `ensure_running` starts one, detached, when none is alive. A file lock in the home
-keeps it single; it exits on its own once nothing has been queued or active for a while.
+keeps it single; it exits on its own once nothing has been queued or active for a while, and
+at once when its home is removed or replaced by another folder at the same path.
 
-Each tick is a short list of named steps:
-1. reap recorders that ended (this service forked them),
-2. read what changed in the store since the last tick (one query),
-3. now and then, adopt slot-holding runs no one watches (a previous service died),
-4. advance every watched run (started, ended, lost, controls, timeout, limits),
-5. claim what may start and launch a recorder for each,
-6. write the runs' figures (best effort).
-A step that fails (a locked store, a full disk) is logged and tried again next tick: what
-must be recorded stays in the recorders' files until it is.
+It is level-triggered: each pass compares, for every run that has not ended, what the store
+says with what is true (the recorder's lock or handle, runs/ID.child and runs/ID.exit, the
+child's pid and start marker, the controls asked for) and writes whatever step is missing.
+Nothing depends on seeing an event once: a write that failed is made on a later pass. Each
+pass is a short list of named steps:
+1. check_home: the home is still the one it serves,
+2. reap: poll the recorders this service started, each by its own handle,
+3. read_changes: what changed in the store since the last pass (one query),
+4. adopt: now and then, watch slot-holding runs no one watches (a previous service died);
+   requeue claims whose recorder never came (by this service's monotonic clock),
+5. cancel_queued: apply cancels of queued runs (with their hooks),
+6. advance_all: act on every watched run first (ended, lost, cancel, pause, GPU shares:
+   signals never wait on the store), then record what the store lacks (running, started_at,
+   how a stop was meant to end, the end itself, figures),
+7. claim what may start (dependency cancels run their hooks) and launch a recorder for each.
+A step that fails (a locked store, a full disk) is logged and tried again next pass; once a
+store write fails, the pass makes no more writes. Timeouts and memory limits are enforced by
+the recorders, so a stalled or killed service cannot let a run overrun.
 
 Clients wake it with a datagram on a loopback port named in `service.json`; without one it
 still ticks twice a second while runs are active.
@@ -24,7 +34,7 @@ still ticks twice a second while runs are active.
 from __future__ import annotations
 
 import contextlib
-import gc
+import dataclasses
 import json
 import logging
 import os
@@ -38,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from . import platform, retry, version
-from .errors import NbrunnerError
+from .errors import NbrunnerError, StoreUnavailable
 from .keepawake import KeepAwake
 from .models import RunRecord
 from .provenance import Capturer
@@ -47,6 +57,7 @@ from .pruning import Pruner
 from .recorder import (
     RecorderSpec,
     RunFiles,
+    mark_paused,
     start_recorder,
     sweep_run_files,
     write_atomically,
@@ -64,11 +75,12 @@ ACTIVE_TICK_S = 1.0  # ends and starts wake it at once; this is for timeouts and
 IDLE_TICK_S = 2.0
 ADOPT_EVERY_S = 2.0
 IDLE_EXIT_S = 60.0
-SERVICE_PATIENCE_S = 5.0
+SERVICE_PATIENCE_S = 2.0
 REPEAT_LOG_S = 60.0
-# A claim whose recorder never took its lock: forked recorders take it within
-# milliseconds, so one this old will never come.
-UNLAUNCHED_CLAIM_S = 5.0
+# A claim whose recorder never took its lock, seen for this long by a service that did not
+# launch it (forked recorders take it within milliseconds, spawned ones within a second or
+# two): its recorder will never come.
+UNLAUNCHED_CLAIM_S = 15.0
 START_WAIT_S = 10.0
 # Variables that belong to the submitting process, not to the runs it submits: a kernel's
 # connection settings and its inline plotting backend, a debugger's hooks.
@@ -173,6 +185,10 @@ class Service:
         self._retention = Retention()
         self._successor: list[str] | None = None  # a newer service to hand over to
         self._keep_awake = KeepAwake(f"runs are active in {self.home}")
+        self._recorders: dict[int, Any] = {}  # run id → handle of the recorder started here
+        self._unlaunched: dict[int, float] = {}  # run id → when first seen claimed, unlaunched
+        self._home_id: tuple[int, int] | None = None
+        self._store_failed = False  # a write failed this pass: make no more until the next
 
     # -- lifecycle ------------------------------------------------------------------------
     def serve(self) -> bool:
@@ -182,6 +198,8 @@ class Service:
         try:
             while not self._exiting:
                 self._tick()
+                if self._exiting:
+                    break
                 if self._idle_for() >= self.idle_exit and self._hand_back():
                     break
                 self._wait(ACTIVE_TICK_S if self.watches or self._queued() else IDLE_TICK_S)
@@ -190,9 +208,10 @@ class Service:
         return True
 
     def _take_over(self) -> bool:
-        self._lock_fd = platform.try_lock(self.home / LOCK_NAME)
+        self._lock_fd = platform.take_lock(self.home / LOCK_NAME)
         if self._lock_fd is None:
             return False
+        self._home_id = home_identity(self.home)
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.bind(("127.0.0.1", 0))
         pid = os.getpid()
@@ -241,7 +260,7 @@ class Service:
         self._lock_fd = None
         if not self.store.active():
             return True
-        self._lock_fd = platform.try_lock(self.home / LOCK_NAME)
+        self._lock_fd = platform.take_lock(self.home / LOCK_NAME)
         return self._lock_fd is None  # another service took over: leave it the work
 
     def _wait(self, timeout: float) -> None:
@@ -256,12 +275,15 @@ class Service:
                     pass
         self._socket.setblocking(True)
 
-    # -- the tick -------------------------------------------------------------------------
+    # -- the pass -------------------------------------------------------------------------
     def _tick(self) -> None:
+        self._store_failed = False
         steps = (
+            self._check_home,
             self._reap,
             self._read_changes,
             self._adopt,
+            self._cancel_queued,
             self._advance_all,
             self._prune,
             self._claim,
@@ -269,7 +291,7 @@ class Service:
         for step in (*steps, *self._long_run_steps()):
             try:
                 step()
-            except Exception as exc:  # a locked store or a bug: logged, tried again next tick
+            except Exception as exc:  # a locked store or a bug: logged, tried again next pass
                 self._report(step.__name__, exc)
 
     # -- what runs lasting days need ------------------------------------------------------
@@ -299,6 +321,8 @@ class Service:
     def _report(self, step: str, exc: Exception) -> None:
         """Log a failure once, then once a minute while it repeats, so a store locked for
         hours does not fill the disk with the same traceback twice a second."""
+        if isinstance(exc, StoreUnavailable):
+            self._store_failed = True
         now, key = time.monotonic(), (step, repr(exc))
         if (
             self._last_error is not None
@@ -309,17 +333,27 @@ class Service:
         self._last_error = (key, now + REPEAT_LOG_S)
         log.error("nbrunner service: %s failed; trying again", step, exc_info=exc)
 
+    def _check_home(self) -> None:
+        """A home removed (rm -rf) or replaced by another folder at its path has nothing
+        left for this service to serve: it leaves (runs go on; their recorders hold them)."""
+        try:
+            found = home_identity(self.home)
+        except OSError:
+            found = None
+        if found != self._home_id:
+            log.warning("nbrunner service: home %s was removed or replaced; leaving", self.home)
+            self._exiting = True
+
     def _reap(self) -> None:
-        if platform.IS_WINDOWS:  # pragma: no cover - recorders there are not our children
-            return
-        by_pid = {w.recorder_pid: w for w in self.watches.values() if hasattr(w, "files")}
-        with contextlib.suppress(ChildProcessError):
-            while True:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-                if pid == 0:
-                    return
-                if pid in by_pid:
-                    by_pid[pid].recorder_gone = True
+        """Poll the recorders started here, each by its own handle: a waitpid on any child
+        would take the exit status a hook's subprocess waits for."""
+        for run_id, recorder in list(self._recorders.items()):
+            if recorder.poll() is None:
+                continue
+            del self._recorders[run_id]
+            watch = self.watches.get(run_id)
+            if watch is not None and watch.recorder is recorder:
+                watch.recorder_gone = True
 
     def _refresh_all(self) -> None:
         self.version = self.store.version()
@@ -353,9 +387,12 @@ class Service:
         self._next_adopt = now + ADOPT_EVERY_S
         for record in list(self.active.values()):
             if record.status.holds_slot and record.id not in self.watches:
-                self._adopt_one(record)
+                self._adopt_one(record, now)
+        for run_id in list(self._unlaunched):
+            if run_id not in self.active or run_id in self.watches:
+                del self._unlaunched[run_id]
 
-    def _adopt_one(self, record: RunRecord) -> None:
+    def _adopt_one(self, record: RunRecord, now: float) -> None:
         if record.backend == "ray":
             self._watch_ray(record, self.store.config())
             return
@@ -363,106 +400,179 @@ class Service:
         files = watch.files
         if files.recorder_alive() or files.read(files.exit) is not None:
             self.watches[record.id] = watch  # advanced like any other from now on
-        elif files.read(files.child) is not None:
-            watch.started_child()
-            self._lose(watch)
-        elif time.time() - (record.claimed_at or 0) > UNLAUNCHED_CLAIM_S:
+        elif watch.read_child() is not None:
+            self._mark_lost(watch)  # recorded by the next pass's advance
+            self.watches[record.id] = watch
+        elif now - self._unlaunched.setdefault(record.id, now) > UNLAUNCHED_CLAIM_S:
             with self.store.write() as tx:  # claimed, but no recorder ever came: it never ran
                 if tx.get(record.id).status is RunStatus.STARTING:
                     tx.transition(record.id, RunStatus.QUEUED, claimed_at=None, claimed_by=None)
+            del self._unlaunched[record.id]
 
-    def _lose(self, watch: Any) -> None:
-        """The recorder died without writing the exit code: the run is lost, and what is
-        left of its tree is stopped, if the recorded pid is still provably the run's."""
+    def _mark_lost(self, watch: Any) -> None:
+        """The recorder ended without writing the exit code: what is left of the run's tree
+        is stopped, if the recorded pid is still provably the run's; the run is lost."""
         if watch.child_is_ours():
             stop_leftovers_of(watch)
+        watch.lost = True
+
+    def _lost_outcome(self, watch: Any) -> Outcome:
         pid = watch.recorder_pid
         recorder = f"its recorder (pid {pid})" if pid else "its recorder"
-        self._finish(
-            watch,
-            Outcome(
-                None,
-                RunStatus.LOST,
-                f"{recorder} ended without recording how the run ended; the run's remaining "
-                "processes were stopped",
-            ),
+        return Outcome(
+            None,
+            RunStatus.LOST,
+            f"{recorder} ended without recording how the run ended; the run's remaining "
+            "processes were stopped",
         )
+
+    # -- cancels of queued runs ------------------------------------------------------------
+    def _cancel_queued(self) -> None:
+        """Clients ask; queued runs leave the queue here, where every end runs its hook."""
+        wanted = [
+            r.id
+            for r in self.active.values()
+            if r.status is RunStatus.QUEUED and r.control == "cancel"
+        ]
+        if not wanted or self._store_failed:
+            return
+        cancelled = []
+        with self.store.write() as tx:
+            for run_id in wanted:
+                if tx.get(run_id).status is RunStatus.QUEUED:
+                    cancelled.append(
+                        tx.transition(
+                            run_id,
+                            RunStatus.CANCELLED,
+                            ended_at=time.time(),
+                            reason="cancelled while queued",
+                        )
+                    )
+        self._ended(cancelled)
+
+    def _ended(self, records: list[RunRecord]) -> None:
+        """Runs that ended without ever being watched: forgotten here, their hooks run."""
+        for record in records:
+            self.active.pop(record.id, None)
+            if record.on_done:
+                self._run_hook(record)
 
     # -- advancing watched runs -------------------------------------------------------------
     def _advance_all(self) -> None:
+        """Act on every run first (signals never wait on the store), then record."""
         now = time.monotonic()
         samples_due = []
         for watch in list(self.watches.values()):
-            try:
-                if hasattr(watch, "files"):
-                    if self._advance_local(watch, now) and watch.sample_due(now):
+            if isinstance(watch, LocalWatch):
+                try:
+                    if self._act(watch, now) and watch.sample_due(now):
                         samples_due.append(watch)
-                else:
-                    self._advance_ray(watch)
-            except NbrunnerError as exc:
-                self._report(f"run {watch.record.id}", exc)
+                except Exception as exc:  # one run's trouble is not the others'
+                    self._report(f"run {watch.record.id}", exc)
         if samples_due:
             self._sample(samples_due)
+        for watch in list(self.watches.values()):
+            if self._store_failed:
+                return  # the store is locked or full: next pass
+            try:
+                if isinstance(watch, LocalWatch):
+                    self._record(watch)
+                else:
+                    self._advance_ray(watch)
+            except Exception as exc:
+                self._report(f"run {watch.record.id}", exc)
 
-    def _advance_local(self, watch: Any, now: float) -> bool:
-        """One step for a local run; True while it is still going."""
-        started = watch.started_child()
-        if started is not None and watch.record.status is RunStatus.STARTING:
-            self.store.transition(
-                watch.record.id, RunStatus.RUNNING, pid=started["pid"], started_at=started["at"]
-            )
-        ended = watch.exit()
-        if ended is not None:
-            self._finish(watch, outcome_from_exit(watch.record, ended), ended)
+    def _act(self, watch: LocalWatch, now: float) -> bool:
+        """Learn what is true of a local run and act on it; True while it is still going."""
+        if watch.ended is not None or watch.lost:
+            return False
+        watch.read_child()
+        watch.ended = watch.exit()
+        if watch.ended is not None:
             return False
         if watch.recorder_dead(now):
-            if watch.exit() is None:  # written just before it died?
-                self._lose(watch)
+            watch.ended = watch.exit()  # written just before it ended?
+            if watch.ended is None:
+                self._mark_lost(watch)
             return False
         self._apply_controls(watch)
         watch.escalate()
         return watch.child is not None
 
-    def _apply_controls(self, watch: Any) -> None:
+    def _apply_controls(self, watch: LocalWatch) -> None:
+        control = watch.record.control
+        if control == "cancel" and not watch.stopping:
+            watch.begin_stop(RunStatus.CANCELLED, "cancelled by request", self._grace())
+        elif control in ("pause", "resume") and watch.child is not None and not watch.stopping:
+            paused = control == "pause"
+            watch.pause(paused)
+            mark_paused(watch.files, paused)  # the recorder's timeout stops meanwhile
+            watch.applied = control
+
+    def _grace(self) -> float:
+        return float(self.store.config()["grace_period"])
+
+    def _record(self, watch: LocalWatch) -> None:
+        """Write what the store lacks of a local run, one step at a time."""
+        if watch.ended is not None:
+            record = watch.record
+            if watch.ending is not None and not record.ending:  # not in the store yet
+                record = dataclasses.replace(record, ending=watch.ending)
+            self._finish(watch, outcome_from_exit(record, watch.ended), watch.ended)
+            return
+        if watch.lost:
+            self._finish(watch, self._lost_outcome(watch))
+            return
         record = watch.record
-        if record.control == "cancel" and not watch.stopping:
-            self._begin_stop(watch, RunStatus.CANCELLED, "cancelled by request")
-        elif record.control in ("pause", "resume") and watch.child is not None:
-            self._pause(watch, record.control == "pause")
-        elif (
-            not watch.stopping
-            and watch.deadline is not None
-            and record.status is RunStatus.RUNNING
-            and watch.deadline.expired()
-        ):
-            self._begin_stop(watch, RunStatus.TIMED_OUT, f"timed out after {record.timeout:g} s")
+        if watch.child is not None and (record.status is RunStatus.STARTING or (
+            record.status.holds_slot and record.started_at is None
+        )):  # fmt: skip
+            self._record_started(watch)
+        if watch.ending is not None and watch.record.ending != watch.ending:
+            with self.store.write() as tx:
+                tx.update(record.id, ending=watch.ending)
+                watch.record = tx.get(record.id)
+        if watch.record.control in ("pause", "resume") and watch.applied == watch.record.control:
+            self._record_pause(watch, watch.record.control == "pause")
 
-    def _begin_stop(self, watch: Any, status: RunStatus, reason: str) -> None:
-        self.store.update(watch.record.id, ending={"status": status.value, "reason": reason})
-        watch.begin_stop(float(self.store.config()["grace_period"]))
+    def _record_started(self, watch: LocalWatch) -> None:
+        assert watch.child is not None
+        pid, started_at = watch.child[0], watch.started_at
+        with self.store.write() as tx:
+            current = tx.get(watch.record.id)
+            if current.status is RunStatus.STARTING:
+                current = tx.transition(
+                    current.id, RunStatus.RUNNING, pid=pid, started_at=started_at
+                )
+            elif current.status.holds_slot and current.started_at is None:
+                tx.update(current.id, pid=pid, started_at=started_at)
+                current = tx.get(current.id)
+        watch.record = current
 
-    def _pause(self, watch: Any, paused: bool) -> None:
+    def _record_pause(self, watch: LocalWatch, paused: bool) -> None:
         target = RunStatus.PAUSED if paused else RunStatus.RUNNING
-        watch.pause(paused)
-        if watch.deadline is not None:
-            watch.deadline.pause(paused)
         with self.store.write() as tx:
             if tx.get(watch.record.id).status is not target:
                 tx.transition(watch.record.id, target, control=None)
             else:
                 tx.update(watch.record.id, control=None)
+            watch.record = tx.get(watch.record.id)
 
     def _sample(self, watches: list[Any]) -> None:
-        """One pass over the runs due: figures, memory limits, GPU shares; one write."""
+        """One pass over the runs due: figures and GPU shares; one write."""
         gpu_samples = self._gpu_samples(watches)
         figures: dict[int, dict[str, Any]] = {}
         for watch in watches:
-            over = watch.sample()
-            if over is None:
+            try:
+                watch.sample()
                 over = self._check_gpu_share(watch, gpu_samples, figures)
-            if over is not None and not watch.stopping:
-                self._begin_stop(watch, RunStatus.FAILED, over)
-            figures.setdefault(watch.record.id, {}).update(watch.metrics())
+                if over is not None and not watch.stopping:
+                    watch.begin_stop(RunStatus.FAILED, over, self._grace())
+                figures.setdefault(watch.record.id, {}).update(watch.metrics())
+            except Exception as exc:  # one run's trouble is not the others'
+                self._report(f"run {watch.record.id}", exc)
+        if self._store_failed:
+            return
         with contextlib.suppress(NbrunnerError), self.store.write() as tx:  # best effort
             for run_id, values in figures.items():
                 if values:
@@ -508,11 +618,11 @@ class Service:
             if not hasattr(watch, "files"):  # a Ray run
                 watch.stop_requested = watch.stop_requested or (RunStatus.PRUNED, reason)
             elif not watch.stopping:
-                self._begin_stop(watch, RunStatus.PRUNED, reason)
+                watch.begin_stop(RunStatus.PRUNED, reason, self._grace())
 
     # -- ending runs ------------------------------------------------------------------------
     def _finish(self, watch: Any, outcome: Any, ended: dict[str, Any] | None = None) -> None:
-        """Write the run's end; on failure the watch stays and the next tick tries again."""
+        """Write the run's end; on failure the watch stays and the next pass tries again."""
         status, reason = outcome.decided()
         extra: dict[str, Any] = {}
         if ended is not None and ended.get("log_dropped"):
@@ -531,7 +641,12 @@ class Service:
                     RunStatus.LOST,
                 ):
                     started = getattr(watch, "child", None)  # a Ray job has none
-                    tx.transition(current.id, RunStatus.RUNNING, pid=started and started[0])
+                    tx.transition(
+                        current.id,
+                        RunStatus.RUNNING,
+                        pid=started and started[0],
+                        started_at=getattr(watch, "started_at", None),
+                    )
                 record = tx.transition(
                     current.id,
                     status,
@@ -541,6 +656,7 @@ class Service:
                     **extra,
                 )
         self.watches.pop(watch.record.id, None)
+        self.active.pop(watch.record.id, None)
         if hasattr(watch, "files"):
             watch.files.remove()
         if record.on_done:
@@ -575,7 +691,7 @@ class Service:
 
     # -- claiming and launching ------------------------------------------------------------
     def _claim(self) -> None:
-        if not self._queued():
+        if not self._queued() or self._store_failed:
             return
         from . import scheduler
         from .resources import machine_capacity
@@ -594,8 +710,10 @@ class Service:
             gpu_mask=str(settings["gpus"]),
             ours=self._run_pids() if shares else None,
         )
+        doomed: list[RunRecord] = []  # a dependency did not succeed: cancelled by the claim
         with self.store.write() as tx:
-            claimed = scheduler.claim(tx, capacity)
+            claimed = scheduler.claim(tx, capacity, doomed)
+        self._ended(doomed)
         for record in claimed:
             self.active[record.id] = record
             try:
@@ -620,9 +738,9 @@ class Service:
         watch = LocalWatch(record, str(self.home))
         self.watches[record.id] = watch
         try:
-            gc.freeze()  # the recorder shares these pages untouched
             spec = self._recorder_spec(record, settings)
-            watch.recorder_pid = start_recorder(spec)
+            watch.recorder = start_recorder(spec)
+            self._recorders[record.id] = watch.recorder
         except Exception as exc:  # one failed launch must not stop the rest
             self._finish(
                 watch,
@@ -643,6 +761,8 @@ class Service:
             keep_leftovers=record.keep_leftovers,
             cores=record.cores,
             memory_limit=int(record.resources.get("memory") or 0),
+            timeout=record.timeout,
+            grace=float(settings["grace_period"]),
         )
 
     def _environment(self, env_id: int | None) -> dict[str, str] | None:
@@ -664,6 +784,12 @@ class Service:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(record.gpus)
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         return env
+
+
+def home_identity(home: Path) -> tuple[int, int]:
+    """What tells this folder from another later made at the same path."""
+    found = os.stat(home)
+    return found.st_dev, found.st_ino
 
 
 def stop_leftovers_of(watch: Any) -> None:

@@ -1,19 +1,18 @@
 """Watching one run from the service: its state, limits, controls and how it ended.
 
-The service holds one watch per run it supervises and advances each on every tick:
+The service holds one watch per run it supervises. A watch learns what is true from the
+recorder's files (runs/ID.child, runs/ID.exit), its lock or its process handle, and the
+child's pid with its start marker; the service compares that with the store on every pass
+and writes whatever step is missing (running, started_at, how a stop was meant to end, the
+end itself), so a write that failed once is simply made on a later pass.
 
-1. a local run's recorder said the child started: the run is running (its timeout starts);
-2. the recorder wrote the exit code: the run's outcome is decided and written;
-3. the recorder died without writing it: the run is lost and its leftovers stopped;
-4. a requested action (cancel, pause, resume) is carried out;
-5. the timeout is enforced (paused time does not count);
-6. about once a second (or as often as figures are recorded) the tree's CPU and memory are
-   sampled, and the tree is stopped past its memory limit.
-
-Stopping never blocks the tick: the tree gets SIGTERM, and SIGKILL once the grace period is
-over; the recorder reports the exit code as for any end. How a stop was meant to end
-(`ending`) is kept in the store, so a service that takes over finishes it the same way.
-A Ray run is watched by a thread of its own (its client calls block).
+What must hold even while no service runs is enforced by the recorder, where the child is
+held: the timeout (paused time excluded) and the memory limit; its exit file says how such
+a stop was meant to end. The service carries out cancels and pauses, GPU memory shares, and
+samples the tree's figures. Stopping never blocks a pass: SIGTERM, then SIGKILL once the
+grace period is over. How a stop was meant to end (`ending`) is kept in memory until the
+store takes it, so a locked store never delays a kill. A Ray run is watched by a thread of
+its own (its client calls block).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from .failure import run_failure
 from .models import RunRecord
 from .recorder import RunFiles
 from .states import RunStatus
-from .units import format_size
 
 if TYPE_CHECKING:
     from .backends.tree import ProcessTree
@@ -96,8 +94,9 @@ def outcome_from_exit(record: RunRecord, ended: dict[str, Any]) -> Outcome:
     code = ended.get("exit_code")
     if ended.get("error"):
         return Outcome(None, RunStatus.FAILED, str(ended["error"]))
-    if record.ending:
-        return Outcome(code, RunStatus(record.ending["status"]), record.ending["reason"])
+    ending = record.ending or ended.get("ending")  # the service's stop, or the recorder's
+    if ending:
+        return Outcome(code, RunStatus(ending["status"]), ending["reason"])
     if record.control == "cancel":
         return Outcome(code, RunStatus.CANCELLED, "cancelled by request")
     if code and record.notebook_path:
@@ -119,13 +118,17 @@ def _notebook_failure(record: RunRecord) -> str | None:
 class LocalWatch:
     """The service's view of one local run, advanced on every tick."""
 
-    def __init__(self, record: RunRecord, home: str, recorder_pid: int | None = None) -> None:
+    def __init__(self, record: RunRecord, home: str, recorder: Any = None) -> None:
         self.record = record
         self.files = RunFiles.of(home, record.id)
-        self.recorder_pid = recorder_pid  # set when this service forked the recorder
-        self.recorder_gone = False  # this service reaped it
+        self.recorder = recorder  # a handle (pid, poll()) when this service started it
+        self.recorder_gone = False  # its handle says it ended
         self.child: tuple[int, str | None] | None = None
-        self.deadline: PausableDeadline | None = None
+        self.started_at: float | None = None
+        self.ending: dict[str, str] | None = None  # a stop this service began (status, reason)
+        self.ended: dict[str, Any] | None = None  # the exit file, once read
+        self.lost = False
+        self.applied: str | None = None  # the last control (pause, resume) carried out
         self.stopping = False
         self.grace = 0.0
         self.kill_at: float | None = None
@@ -136,27 +139,27 @@ class LocalWatch:
         self._tree: ProcessTree | None = None
 
     # -- what the recorder said -----------------------------------------------------------
-    def started_child(self) -> dict[str, Any] | None:
-        """The child file, the first time it is seen."""
-        if self.child is not None:
-            return None
-        found = self.files.read(self.files.child)
-        if found is not None:
-            self.child = (int(found["pid"]), found.get("marker"))
-            timeout = self.record.timeout
-            if timeout is not None:  # an adopted run has used some of it already
-                timeout -= max(0.0, time.time() - float(found["at"]))
-            self.deadline = PausableDeadline(timeout)
-        return found
+    @property
+    def recorder_pid(self) -> int | None:
+        return self.recorder.pid if self.recorder is not None else None
+
+    def read_child(self) -> tuple[int, str | None] | None:
+        """The child, once its recorder has written the child file (read until it has)."""
+        if self.child is None:
+            found = self.files.read(self.files.child)
+            if found is not None:
+                self.child = (int(found["pid"]), found.get("marker"))
+                self.started_at = float(found["at"])
+        return self.child
 
     def exit(self) -> dict[str, Any] | None:
         return self.files.read(self.files.exit)
 
     def recorder_dead(self, now: float) -> bool:
-        """Gone without a word: reaped by us, or (adopted) its lock is free."""
+        """Gone: its handle says so, or (adopted) its lock is free."""
         if self.recorder_gone:
             return True
-        if self.recorder_pid is not None or now < self.next_lock_check:
+        if self.recorder is not None or now < self.next_lock_check:
             return False
         self.next_lock_check = now + 1.0
         return not self.files.recorder_alive()
@@ -166,7 +169,9 @@ class LocalWatch:
         """The recorded pid is still the run's child: never signal a process not proven so."""
         return self.child is not None and platform.is_same_process(*self.child)
 
-    def begin_stop(self, grace: float) -> None:
+    def begin_stop(self, status: RunStatus, reason: str, grace: float) -> None:
+        """Signal first; how it was meant to end is written to the store after."""
+        self.ending = {"status": status.value, "reason": reason}
         self.stopping, self.grace = True, grace
         self.escalate()
 
@@ -218,20 +223,12 @@ class LocalWatch:
         self.next_sample = now + (LIMITED_SAMPLE_S if limited else RECORD_EVERY_S)
         return True
 
-    def sample(self) -> str | None:
-        """Take the tree's figures; say why the run must stop if it broke its memory limit."""
+    def sample(self) -> None:
+        """Take the tree's figures (its memory limit is its recorder's to enforce)."""
         tree = self.tree()
         self.usage = tree.sample() if tree is not None else None
-        if self.usage is None:
-            return None
-        self.peak_rss = max(self.peak_rss, self.usage.rss)
-        limit = int(self.record.resources.get("memory") or 0)
-        if limit and self.usage.rss > limit:
-            return (
-                f"used {format_size(self.usage.rss)} of memory, over its limit of "
-                f"{format_size(limit)} (peak {format_size(self.peak_rss)}); stopped"
-            )
-        return None
+        if self.usage is not None:
+            self.peak_rss = max(self.peak_rss, self.usage.rss)
 
     def metrics(self) -> dict[str, Any]:
         if self.usage is None:
@@ -244,8 +241,18 @@ class LocalWatch:
         }
 
     def final_metrics(self) -> dict[str, Any]:
-        """Totals stay in the record; the current figures mean nothing once it ended."""
-        return {**self.metrics(), "rss": None, "cpu_percent": None}
+        """Totals stay in the record; the current figures mean nothing once it ended. The
+        recorder's figures (the OS's accounts at the child's exit) count however short the
+        run was; samples count what the child's accounts miss (descendants it never
+        waited for, the sum of a tree's memory)."""
+        found = {**self.metrics(), "rss": None, "cpu_percent": None}
+        for key, digits in (("cpu_time", 3), ("peak_rss", 0)):
+            at_exit = (self.ended or {}).get(key)
+            if at_exit is not None:
+                found[key] = round(max(float(at_exit), float(found.get(key) or 0)), digits)
+        if found.get("peak_rss") is not None:
+            found["peak_rss"] = int(found["peak_rss"])
+        return found
 
     def gpu_memory(self, samples: list[Any]) -> int | None:
         """GPU memory of the tree, where the driver reports it per process."""

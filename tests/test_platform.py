@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -294,3 +295,53 @@ def test_files_of_ended_runs_are_swept_and_a_live_recorders_lock_is_kept(tmp_pat
         assert held is not None
         os.close(held)
     assert sorted(p.name for p in runs.iterdir()) == ["2.lock", "7.lock", "notes.txt"]
+
+
+def test_a_liveness_check_never_takes_the_lock_it_looks_at(tmp_path: Path) -> None:
+    """A taker (a starting service, a recorder) must never find a free lock taken by
+    someone who only looked: the check runs flat out while the lock is taken 2000 times."""
+    path = tmp_path / "service.lock"
+    done = threading.Event()
+
+    def look() -> None:
+        while not done.is_set():
+            platform.is_locked(path)
+
+    looker = threading.Thread(target=look)
+    looker.start()
+    refused = 0
+    try:
+        for _ in range(2000):
+            fd = platform.try_lock(path)
+            refused += fd is None
+            if fd is not None:
+                os.close(fd)
+    finally:
+        done.set()
+        looker.join()
+    assert refused == 0 or not platform.OFD_LOCKS
+    held = platform.take_lock(path)
+    assert held is not None and platform.is_locked(path)
+    os.close(held)
+
+
+def test_a_lock_in_a_removed_folder_is_free_and_looking_creates_nothing(tmp_path: Path) -> None:
+    gone = tmp_path / "gone" / "service.lock"
+    assert not platform.is_locked(gone)
+    assert not gone.parent.exists()
+
+
+def test_recorders_started_as_interpreters_leave_the_services_group() -> None:
+    assert platform.recorder_popen_kwargs(windows=True) == {"creationflags": 0x200 | 0x01000000}
+    assert platform.recorder_popen_kwargs(windows=False) == {"start_new_session": True}
+
+
+def test_a_childs_exit_comes_with_its_true_cpu_time_and_peak_memory() -> None:
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass"
+    child = subprocess.Popen(python(busy))
+    assert platform.wait_child(child, 0.0) is None  # still busy
+    ended = platform.wait_child(child, None)
+    assert ended is not None
+    code, usage = ended
+    assert code == 0 and child.returncode == 0
+    assert usage["cpu_time"] >= 0.5 and usage["peak_rss"] > 1_000_000

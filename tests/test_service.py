@@ -11,11 +11,13 @@ import contextlib
 import gc
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,10 +26,15 @@ import pytest
 from helpers.cli import cli
 from helpers.logs import capped, split_capped
 from helpers.procs import alive, python, wait_until
+from helpers.recorders import recorder_path  # noqa: F401 (a fixture)
 
 from nbrunner import Runner, service
+from nbrunner.service import Service
 from nbrunner.states import RunStatus
 from nbrunner.store import Store
+
+# the engine tests that start runs take both ways a recorder starts (fork; an interpreter)
+both_recorder_paths = pytest.mark.usefixtures("recorder_path")
 
 HOLD_THE_LOCK = (
     "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
@@ -167,6 +174,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.posix
 def test_a_full_disk_keeps_the_run_going_and_its_end_is_written_once_space_frees(
     tiny_disk: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -198,6 +206,7 @@ def test_a_full_disk_keeps_the_run_going_and_its_end_is_written_once_space_frees
 
 
 # -- 3. the queue never stalls -----------------------------------------------------------
+@pytest.mark.posix
 def test_a_run_whose_submitter_was_killed_at_once_still_ends(home: Path) -> None:
     submit = (
         "import os, signal, sys; from nbrunner import Runner; "
@@ -241,12 +250,13 @@ def test_a_slow_hook_does_not_hold_the_next_run(runner: Runner, tmp_path: Path) 
     service.stop(runner.home)  # waits for the hook, bounded by the stop's own patience
 
 
+@both_recorder_paths
 def test_a_killed_service_stops_no_run_and_loses_no_exit_code(home: Path, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     run = gated_run(home, gate, exit_code=5)
     child = record_of(home, run.id).pid
     first = service_pid(home)
-    os.kill(first, signal.SIGKILL)
+    psutil.Process(first).kill()
     wait_until(lambda: not service.is_running(home), what="the service gone")
     assert alive(child)
     gate.touch()  # ends while no service lives: its recorder keeps the code, starts one
@@ -262,7 +272,7 @@ def test_a_killed_service_stops_no_run_and_loses_no_exit_code(home: Path, tmp_pa
 def test_a_cli_call_restarts_a_dead_service_that_left_queued_runs(home: Path) -> None:
     cli(home, "config", "paused", "true")
     run_id = int(cli(home, "run", "count", "-p", "n=1", "-p", "delay=0").stdout)
-    os.kill(service_pid(home), signal.SIGKILL)
+    psutil.Process(service_pid(home)).kill()
     wait_until(lambda: not service.is_running(home), what="the service gone")
     with sqlite3.connect(home / "nbrunner.db") as db:  # the setting changes behind its back
         db.execute("UPDATE config SET value = 'false' WHERE key = 'paused'")
@@ -304,13 +314,14 @@ def test_an_idle_service_exits_and_the_next_submission_starts_another(
 
 
 # -- 4. never signal a process that is not provably the run's -----------------------------
+@pytest.mark.posix
 def test_a_lost_run_never_signals_a_process_that_is_not_its_own(home: Path) -> None:
     with Runner(home) as runner:
         run = runner.submit("count", {"n": 1000, "delay": 0.05})
         wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
     record = record_of(home, run.id)
     recorder = psutil.Process(record.pid).ppid()
-    os.kill(service_pid(home), signal.SIGKILL)
+    psutil.Process(service_pid(home)).kill()
     wait_until(lambda: not service.is_running(home), what="the service gone")
     bystander = subprocess.Popen(python("import time; time.sleep(300)"), start_new_session=True)
     try:
@@ -330,21 +341,24 @@ def test_a_lost_run_never_signals_a_process_that_is_not_its_own(home: Path) -> N
         bystander.wait()
 
 
+@both_recorder_paths
 def test_a_killed_recorder_makes_the_run_lost_and_its_tree_stopped(runner: Runner) -> None:
     run = runner.submit("count", {"n": 1000, "delay": 0.05})
     wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
     child = run.pid
-    os.kill(psutil.Process(child).ppid(), signal.SIGKILL)
+    psutil.Process(psutil.Process(child).ppid()).kill()
     record = run.wait(timeout=30)
     assert record.status is RunStatus.LOST
     wait_until(lambda: not alive(child), what="the orphaned child stopped")
+    wait_until(lambda: not service.is_running(runner.home), what="the service to idle out")
 
 
+@both_recorder_paths
 def test_a_new_service_adopts_running_runs_without_disturbing_them(home: Path) -> None:
     with Runner(home) as runner:
         run = runner.submit("count", {"n": 40, "delay": 0.05, "label": "kept"})
         wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
-        os.kill(service_pid(home), signal.SIGKILL)
+        psutil.Process(service_pid(home)).kill()
         wait_until(lambda: not service.is_running(home), what="the service gone")
         service.ensure_running(home)
         record = run.wait(timeout=60)
@@ -356,6 +370,8 @@ def test_a_new_service_adopts_running_runs_without_disturbing_them(home: Path) -
 LEAVES_A_SLEEPER = "sleep 300 & echo $!; exit 0"
 
 
+@pytest.mark.posix
+@both_recorder_paths
 def test_a_backgrounded_process_ends_with_its_run(runner: Runner) -> None:
     runner.register("daemonizer", command=["/bin/sh", "-c", LEAVES_A_SLEEPER])
     run = runner.submit("daemonizer")
@@ -364,6 +380,8 @@ def test_a_backgrounded_process_ends_with_its_run(runner: Runner) -> None:
     wait_until(lambda: not alive(sleeper), what="the backgrounded sleep to end")
 
 
+@pytest.mark.posix
+@both_recorder_paths
 def test_grandchildren_of_a_killed_child_end_with_the_run(runner: Runner) -> None:
     code = (
         "import os, signal, subprocess, sys\n"
@@ -378,6 +396,8 @@ def test_grandchildren_of_a_killed_child_end_with_the_run(runner: Runner) -> Non
     wait_until(lambda: not alive(orphan), what="the orphaned grandchild to end")
 
 
+@pytest.mark.posix
+@both_recorder_paths
 def test_a_module_may_keep_what_it_leaves_behind(runner: Runner) -> None:
     runner.register("daemon", command=["/bin/sh", "-c", LEAVES_A_SLEEPER], keep_leftovers=True)
     runner.register("daemonizer", command=["/bin/sh", "-c", LEAVES_A_SLEEPER])
@@ -393,6 +413,7 @@ def test_a_module_may_keep_what_it_leaves_behind(runner: Runner) -> None:
 
 
 # -- 6. logs are capped, and read in bounded windows ---------------------------------------
+@both_recorder_paths
 def test_a_runaway_log_keeps_its_head_and_newest_tail_under_the_cap(runner: Runner) -> None:
     runner.config("max_log_size", "64KB")
     runner.register("chatty", command=python("for i in range(200000): print(f'line {i:06d}')"))
@@ -414,6 +435,7 @@ def test_reading_a_large_log_is_bounded(runner: Runner) -> None:
 
 
 # -- 7. private by default ---------------------------------------------------------------
+@pytest.mark.posix
 def test_the_home_its_store_and_logs_are_private(runner: Runner) -> None:
     record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
     home = runner.home
@@ -476,3 +498,202 @@ def test_a_wait_that_times_out_leaves_no_waiter_behind(runner: Runner) -> None:
     assert futures() - before < 10  # one left per timed-out wait would be 50
     run.cancel()
     run.wait(timeout=20)
+
+
+# -- 9. level-triggered: a step that could not be written is written later ------------------
+# The store locked in long bursts with tiny gaps, so every kind of write meets a lock; the
+# first burst also takes the queue out of pause, so the runs start while it is locked.
+LOCK_IN_BURSTS = (
+    "import sqlite3, sys, time\n"
+    "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n"
+    "c.execute('BEGIN IMMEDIATE')\n"
+    "c.execute(\"UPDATE config SET value = 'false' WHERE key = 'paused'\")\n"
+    "c.execute('COMMIT')\n"
+    "for burst in range(int(sys.argv[2])):\n"
+    "    c.execute('BEGIN IMMEDIATE')\n"
+    "    print('held', flush=True)\n"
+    "    time.sleep(6)\n"
+    "    c.execute('COMMIT')\n"
+    "    time.sleep(0.03)\n"
+)
+
+
+@both_recorder_paths
+def test_runs_end_at_their_timeout_while_the_store_is_locked_in_long_bursts(home: Path) -> None:
+    with Runner(home) as runner:
+        runner.config("paused", True)
+        runner.register("overrun", command=python("import time; time.sleep(40)"), timeout=3)
+        runs = [runner.submit("overrun") for _ in range(4)]
+    locker = subprocess.Popen(
+        [*python(LOCK_IN_BURSTS), str(home / "nbrunner.db"), "3"], stdout=subprocess.PIPE
+    )
+    try:
+        service.wake(home)
+        assert locker.wait(timeout=120) == 0
+    finally:
+        locker.kill()
+    for run in runs:
+        record = wait_for_end(home, run.id)
+        assert (record.status, record.reason) == (RunStatus.TIMED_OUT, "timed out after 3 s")
+        assert record.started_at is not None and record.ended_at - record.started_at < 30
+
+
+@pytest.mark.posix  # Windows cannot remove a folder whose files are open
+@pytest.mark.parametrize("replaced", [False, True], ids=["removed", "replaced"])
+def test_a_removed_or_replaced_home_ends_its_service(
+    home: Path, monkeypatch: pytest.MonkeyPatch, replaced: bool
+) -> None:
+    monkeypatch.setenv("NBRUNNER_SERVICE_IDLE_S", "600")  # it would not leave for being idle
+    Store(home)
+    service.ensure_running(home)
+    serving = psutil.Process(service_pid(home))
+    shutil.rmtree(home)
+    if replaced:
+        home.mkdir()  # a new home at the same path is not the one it served
+    wait_until(lambda: not alive(serving.pid), timeout=30, what="the service to leave")
+
+
+@pytest.mark.posix
+def test_a_stalled_service_cannot_let_a_run_overrun_its_timeout(home: Path) -> None:
+    with Runner(home) as runner:
+        runner.register("overrun", command=python("import time; time.sleep(60)"), timeout=2)
+        run = runner.submit("overrun")
+        wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    child, stalled = record_of(home, run.id).pid, service_pid(home)
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        wait_until(lambda: not alive(child), timeout=30, what="the run stopped at its deadline")
+    finally:
+        os.kill(stalled, signal.SIGCONT)
+    record = wait_for_end(home, run.id)
+    assert (record.status, record.reason) == (RunStatus.TIMED_OUT, "timed out after 2 s")
+
+
+@pytest.fixture
+def full_runs_folder(home: Path) -> Iterator[Path]:
+    """The home's runs/ folder on a tiny filesystem, filled up; returns the filler."""
+    runs = home / "runs"
+    runs.mkdir(exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(runs)], capture_output=True
+    )
+    if result.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must be able to mount a tmpfs: {result.stderr!r}")
+        pytest.skip("mounting a tmpfs needs root")
+    filler = runs / "filler"
+    with contextlib.suppress(OSError), open(filler, "ab") as out:  # take every free byte
+        while True:
+            out.write(b"x" * 4096)
+            out.flush()
+    yield filler
+    service.stop(home)
+    subprocess.run(["umount", "-l", str(runs)], check=False)
+
+
+@pytest.mark.posix
+@both_recorder_paths
+def test_a_run_whose_start_cannot_be_recorded_is_stopped_and_ends_recorded(
+    home: Path, full_runs_folder: Path
+) -> None:
+    chatty = (
+        "import os, sys, time\nprint(os.getpid(), flush=True)\n"
+        "sys.stdout.write('x' * 1_000_000 + '\\n'); sys.stdout.flush()\ntime.sleep(300)"
+    )
+    with Runner(home) as runner:
+        runner.register("chatty", command=python(chatty))
+        run = runner.submit("chatty")
+        log = Path(run.log_path)
+        wait_until(
+            lambda: log.exists() and "could not record the run's start" in log.read_text(),
+            timeout=30,
+            what="its output read and the recorder's note",
+        )
+        child = int(log.read_text().split()[0])
+        wait_until(lambda: not alive(child), what="the child no one could cancel stopped")
+        full_runs_folder.unlink()  # space again: the end can be written
+        record = run.wait(timeout=60)
+    assert record.status is RunStatus.FAILED
+    assert "could not record the run's start" in record.reason
+    assert len(log.read_text()) > 1_000_000  # the pump read it all: nothing blocked on it
+
+
+@pytest.mark.posix
+@both_recorder_paths
+def test_a_kept_leftover_that_writes_to_its_output_lives_on(runner: Runner) -> None:
+    chatty = "(while true; do echo tick; sleep 0.05; done) & echo $!; exit 0"
+    runner.register("chatty", command=["/bin/sh", "-c", chatty], keep_leftovers=True)
+    run = runner.submit("chatty")
+    assert run.wait(timeout=30).status is RunStatus.SUCCEEDED
+    leftover = int(run.logs().split()[0])
+    try:
+        ticks = run.logs().count("tick")
+        # past the recorder's own end: a leftover writing to a closed pipe dies of SIGPIPE
+        wait_until(lambda: run.logs().count("tick") > ticks + 60, what="the leftover going on")
+        assert alive(leftover)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(leftover, signal.SIGKILL)
+
+
+def test_every_end_runs_its_hook_queued_and_dependency_cancels_too(
+    runner: Runner, tmp_path: Path
+) -> None:
+    hook = [*python("import pathlib, sys; pathlib.Path(sys.argv[1]).touch()")]
+    hook.append(str(tmp_path / "{id}-{status}"))
+    runner.register("failing", command=python("raise SystemExit(1)"), on_done=hook)
+    runner.register("hooked", command=python("pass"), on_done=hook)
+    runner.config("paused", True)
+    queued = runner.submit("hooked")
+    assert runner.cancel(queued.id).status is RunStatus.CANCELLED
+    first = runner.submit("failing")
+    dependent = runner.submit("hooked", after=[first])
+    runner.config("paused", False)
+    assert dependent.wait(timeout=30).status is RunStatus.CANCELLED
+    for run_id, status in ((queued.id, "cancelled"), (first.id, "failed")):
+        wait_until((tmp_path / f"{run_id}-{status}").exists, what=f"run {run_id}'s hook")
+    wait_until((tmp_path / f"{dependent.id}-cancelled").exists, what="the dependent's hook")
+
+
+def test_a_claim_is_requeued_by_how_long_the_service_saw_it_not_by_the_wall_clock(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Runner(home, start=False) as client:
+        client.config("paused", True)
+        run = client.submit("count", {"n": 1})
+    # claimed by a service that died before its recorder came; the wall clock has since
+    # been stepped an hour ahead
+    stepped = time.time() - 3600
+    Store(home).transition(run.id, RunStatus.STARTING, claimed_at=stepped, claimed_by=1)
+    owner = Service(home)
+    owner._refresh_all()
+    owner._adopt()
+    assert record_of(home, run.id).status is RunStatus.STARTING  # a slow start, not a dead one
+    monkeypatch.setattr(service, "UNLAUNCHED_CLAIM_S", 0.0)  # seen long enough now
+    owner._next_adopt = 0.0
+    owner._adopt()
+    assert record_of(home, run.id).status is RunStatus.QUEUED
+    with Runner(home, start=False) as client:  # leave nothing queued for the home's service
+        assert client.cancel(run.id).status is RunStatus.CANCELLED
+
+
+@both_recorder_paths
+def test_a_runs_folder_removed_under_a_living_service_is_made_again(runner: Runner) -> None:
+    assert runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30).exit_code == 0
+    shutil.rmtree(runner.home / "runs")  # a cleanup tool, under the service's feet
+    record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
+    assert (record.status, record.exit_code) == (RunStatus.SUCCEEDED, 0)
+
+
+@pytest.mark.posix  # Windows cannot remove a folder whose files are open
+@both_recorder_paths
+def test_a_run_that_outlives_its_removed_home_leaves_no_recorder_behind(
+    home: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    run = gated_run(home, gate, exit_code=0)
+    child = record_of(home, run.id).pid
+    recorder = psutil.Process(child).ppid()
+    shutil.rmtree(home)
+    gate.touch()  # it ends with no home to write its end to, and no one to read it
+    wait_until(lambda: not alive(child) and not alive(recorder), what="the run and its recorder")

@@ -11,6 +11,7 @@ from typing import Any
 import psutil
 import pytest
 from helpers.procs import alive, python, wait_until
+from helpers.recorders import recorder_path  # noqa: F401 (a fixture)
 
 from nbrunner import Runner, service
 from nbrunner.backends import ChildEnded
@@ -18,6 +19,9 @@ from nbrunner.errors import InvalidTransition
 from nbrunner.service import Service
 from nbrunner.states import RunStatus
 from nbrunner.store import Store
+
+# Every test here takes both ways a recorder starts: forked, or an interpreter of its own.
+pytestmark = pytest.mark.usefixtures("recorder_path")
 
 # A child with three grandchildren: one plain, one that ignores SIGTERM, one that left the
 # process group with its own session. The child itself ignores SIGTERM too.
@@ -60,6 +64,7 @@ def test_cancel_stops_the_whole_tree_past_its_grace(runner: Runner) -> None:
     assert record.reason == "cancelled by request"
 
 
+@pytest.mark.posix
 def test_a_cooperative_child_is_cancelled_without_waiting_for_the_grace(runner: Runner) -> None:
     runner.config("grace_period", 10)
     run = runner.submit("count", {"n": 1000, "delay": 0.05})
@@ -81,6 +86,7 @@ def test_cancelling_a_queued_run_removes_it_from_the_queue(runner: Runner) -> No
         run.cancel()
 
 
+@pytest.mark.posix
 def test_true_exit_codes_and_reasons_are_recorded(runner: Runner) -> None:
     runner.register("exit3", command=python("import sys; print('bye'); sys.exit(3)"))
     runner.register("selfkill", command=python("import os, signal; os.kill(os.getpid(), 9)"))
@@ -100,6 +106,25 @@ def test_timeout_stops_the_run_and_says_so(runner: Runner) -> None:
     assert record.status is RunStatus.TIMED_OUT
     assert record.reason == "timed out after 0.5 s"
     assert not alive(record.pid)
+
+
+def test_paused_time_does_not_count_toward_the_timeout(runner: Runner) -> None:
+    run = runner.submit("count", {"n": 10, "delay": 0.1}, timeout=3)
+    wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+    run.pause()
+    wait_until(lambda: run.status is RunStatus.PAUSED, what="paused")
+    with pytest.raises(TimeoutError):
+        run.wait(timeout=4)  # paused for longer than its whole timeout
+    run.resume()
+    assert run.wait(timeout=30).status is RunStatus.SUCCEEDED
+
+
+def test_a_short_busy_run_has_its_true_cpu_time_and_peak_memory(runner: Runner) -> None:
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1: pass"
+    runner.register("busy", command=python(busy))
+    record = runner.submit("busy").wait(timeout=60)
+    assert record.status is RunStatus.SUCCEEDED
+    assert record.cpu_time >= 0.5 and record.peak_rss > 1_000_000
 
 
 def test_a_command_that_cannot_start_fails_with_the_reason_in_record_and_log(
@@ -129,6 +154,7 @@ def test_the_child_sees_unbuffered_utf8_python_and_the_module_env(runner: Runner
     assert Path(record.log_path).read_text() == "1 utf-8 42\n"
 
 
+@pytest.mark.posix
 def test_runs_and_their_service_are_not_descendants_of_the_submitter(runner: Runner) -> None:
     run = runner.submit("count", {"n": 100, "delay": 0.05})
     wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
