@@ -407,6 +407,7 @@ def try_lock(path: Path) -> int | None:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         elif OFD_LOCKS:
             _ofd_lock(fd, "F_OFD_SETLK", "F_WRLCK")
+            _flock_as_older_releases_do(fd)
         else:  # pragma: no cover - POSIX without open file description locks (macOS)
             import fcntl
 
@@ -427,7 +428,8 @@ def is_locked(path: Path) -> bool:
         except OSError:
             return False  # no lock file: nobody ever took it, or its home is gone
         try:
-            return _ofd_lock(fd, "F_OFD_GETLK", "F_WRLCK") != _ofd_lock_type("F_UNLCK")
+            held = _ofd_lock(fd, "F_OFD_GETLK", "F_WRLCK") != _ofd_lock_type("F_UNLCK")
+            return held or _flock_held(fd)
         finally:
             os.close(fd)
     if not path.parent.is_dir():  # pragma: no cover - not Linux
@@ -460,6 +462,37 @@ def _ofd_lock_type(name: str) -> int:
     import fcntl
 
     return int(getattr(fcntl, name))
+
+
+# Releases before OFD locks held flock locks, and on Linux the two kinds never see each other:
+# a service or recorder of an older release, still running after an upgrade, must be seen
+# alive (never doubled, its runs never taken for lost), and an older client must see ours.
+# So holders take both, and a check that finds no OFD lock looks for a flock too.
+def _flock_as_older_releases_do(fd: int, patience: float = LOCK_PATIENCE_S) -> None:
+    """Take the flock beside the OFD lock; OSError if an older release's holder keeps it
+    (a check's probe holds it for an instant only, so a moment's patience)."""
+    import fcntl
+
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
+def _flock_held(fd: int) -> bool:
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 def _ofd_lock(fd: int, command: str, kind: str) -> int:

@@ -325,6 +325,48 @@ def test_a_liveness_check_never_takes_the_lock_it_looks_at(tmp_path: Path) -> No
     os.close(held)
 
 
+OLDER_RELEASE_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)  # how releases before OFD locks held a service or run lock
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.posix
+def test_a_lock_held_the_way_an_older_release_holds_it_is_seen_and_never_doubled(
+    tmp_path: Path,
+) -> None:
+    """After an upgrade the old service and its recorders go on holding flock locks: the
+    new code must see them alive (no second service, no run taken for lost)."""
+    path = tmp_path / "service.lock"
+    older = subprocess.Popen(
+        [sys.executable, "-c", OLDER_RELEASE_HOLDER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert older.stdout is not None and older.stdout.readline() == "held\n"
+        assert platform.is_locked(path)
+        assert platform.try_lock(path) is None
+    finally:
+        older.kill()
+        older.wait()
+    assert not platform.is_locked(path)
+    ours = platform.try_lock(path)
+    assert ours is not None
+    try:  # and an older client, looking with flock, sees ours
+        probe = subprocess.run(
+            [sys.executable, "-c", "import fcntl, os, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n"
+             "    sys.exit(3)", str(path)],
+            timeout=30,
+        )  # fmt: skip
+        assert probe.returncode == 3
+    finally:
+        os.close(ours)
+
+
 def test_a_lock_in_a_removed_folder_is_free_and_looking_creates_nothing(tmp_path: Path) -> None:
     gone = tmp_path / "gone" / "service.lock"
     assert not platform.is_locked(gone)
