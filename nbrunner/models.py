@@ -109,6 +109,30 @@ class RunRecord:
         return data
 
 
+# What a run made again from another keeps of it (a restart, a lost run queued again): the
+# same module, params and settings; it stays a peer of its sweep (pruning judges it anew).
+AGAIN_KEEPS = (
+    "module",
+    "params",
+    "argv",
+    "env",
+    "cwd",
+    "priority",
+    "timeout",
+    "resources",
+    "group",
+    "on_done",
+    "env_id",
+    "keep_leftovers",
+    "sweep",
+)
+
+
+def again_row(record: RunRecord) -> dict[str, Any]:
+    """The row of a new run of what `record` ran; restart_of names it."""
+    return {key: getattr(record, key) for key in AGAIN_KEEPS} | {"restart_of": record.id}
+
+
 def queue_positions(records: Iterable[RunRecord]) -> dict[int, int]:
     """1-based places in the queue: higher priority first, then submission order."""
     queued = sorted(

@@ -12,29 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .models import again_row
 from .states import RunStatus
 
 if TYPE_CHECKING:
     from .store import Store, Transaction
 
-# What a requeued run keeps of the lost one (as `Runner.restart` does).
-KEPT = (
-    "module",
-    "params",
-    "argv",
-    "env",
-    "cwd",
-    "priority",
-    "timeout",
-    "resources",
-    "group",
-    "on_done",
-    "env_id",
-    "keep_leftovers",
-    "sweep",
-    "backend",
-    "backend_address",
-)
 _LOST_WITH_TRIES = f"status = '{RunStatus.LOST.value}' AND retry_lost > 0"
 
 
@@ -45,8 +28,9 @@ def requeue_lost(store: Store) -> list[int]:
     if not lost:
         return []
     rows = [
-        {key: getattr(run, key) for key in KEPT}
-        | {"restart_of": run.id, "retry_lost": run.retry_lost - 1}
+        again_row(run)
+        | {"backend": run.backend, "backend_address": run.backend_address}
+        | {"retry_lost": run.retry_lost - 1}
         for run in lost
     ]
 

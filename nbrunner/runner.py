@@ -32,7 +32,7 @@ from .backends import BACKENDS
 from .config import check_key
 from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileError
 from .logs import read_text
-from .models import RunRecord
+from .models import RunRecord, again_row
 from .modules import ModuleSpec, build_module, load_modules_file, lookup
 from .ordering import order, parse_sort, sort_values
 from .provenance import code_changes, code_now
@@ -499,22 +499,7 @@ class Runner:
         gives the new run its own.
         """
         old = self.store.get(_parse_id(run_id))
-        copied = (
-            "module",
-            "params",
-            "argv",
-            "env",
-            "cwd",
-            "priority",
-            "timeout",
-            "resources",
-            "group",
-            "on_done",
-            "env_id",
-            "keep_leftovers",
-            "sweep",  # a peer of its sweep again; not pruned itself: it was asked for
-        )
-        row = {key: getattr(old, key) for key in copied} | {"restart_of": old.id}
+        row = again_row(old)
         if params:
             spec = lookup(self.modules(), old.module)
             values = spec.validate_params({**old.params, **params})
