@@ -109,7 +109,7 @@ class ParamSpec:
             f"≤ {self.max}" if self.max is not None else "",
         ]
         article = "an" if self.type == "int" else "a"
-        return " ".join([f"{article} {self.type}", *filter(None, bounds)])
+        return " ".join([f"{article} {self.type}", " and ".join(filter(None, bounds))]).strip()
 
     def _parse_text(self, text: str, module: str) -> Any:
         try:

@@ -126,9 +126,9 @@ BAD_INPUTS = [
     (["run", "count", "-p", "bogus=1"], "unknown parameter 'bogus' for module 'count'"),
     (
         ["run", "count", "-p", "n=ten"],
-        "parameter 'n' of module 'count' must be an int ≥ 0, got 'ten'",
+        "parameter 'n' of module 'count' must be an int ≥ 0 and ≤ 1000000, got 'ten'",
     ),
-    (["run", "count", "-p", "n=-1"], "must be an int ≥ 0, got -1"),
+    (["run", "count", "-p", "n=-1"], "must be an int ≥ 0 and ≤ 1000000, got -1"),
     (["run", "count", "-p", "n"], "parameters are given as -p KEY=VALUE, got 'n'"),
     (["run", "count", "--timeout", "-5"], "timeout must be a positive number of seconds"),
     (["show", "4242"], "unknown run id 4242"),

@@ -260,7 +260,7 @@ CASES = [
     toml_case(
         "param-default-above-max",
         with_param('x = { type = "float", default = 2.5, min = 0, max = 1 }'),
-        "parameter 'x' of module 'm': default must be a float ≥ 0 ≤ 1, got 2.5",
+        "parameter 'x' of module 'm': default must be a float ≥ 0 and ≤ 1, got 2.5",
     ),
     toml_case(
         "param-default-not-a-choice",
@@ -332,21 +332,21 @@ CASES = [
     ),
     Case(
         "float-param-nan",
-        "parameter 'delay' of module 'count' must be a finite float ≥ 0, got nan",
+        "parameter 'delay' of module 'count' must be a finite float ≥ 0 and ≤ 60, got nan",
         cli=("run", "count", "-p", "delay=nan"),
         api=lambda r: r.submit("count", {"delay": "nan"}),
         error=InvalidParameter,
     ),
     Case(
         "float-param-inf",
-        "parameter 'delay' of module 'count' must be a finite float ≥ 0, got inf",
+        "parameter 'delay' of module 'count' must be a finite float ≥ 0 and ≤ 60, got inf",
         cli=("run", "count", "-p", "delay=inf"),
         api=lambda r: r.submit("count", {"delay": math.inf}),
         error=InvalidParameter,
     ),
     Case(
         "float-param-minus-inf",
-        "parameter 'delay' of module 'count' must be a finite float ≥ 0, got -inf",
+        "parameter 'delay' of module 'count' must be a finite float ≥ 0 and ≤ 60, got -inf",
         cli=("run", "count", "-p", "delay=-inf"),
     ),
     Case(
@@ -610,6 +610,6 @@ def test_version_and_help_name_the_module_parameters(tmp_path: Path) -> None:
     assert "KEY=VALUE" in general and "`nbrunner modules` lists them" in general
     train = nbrunner("run", "train", "--help")
     assert "module train: Pretend training loop" in train
-    assert "-p epochs=" in train and "an int ≥ 1 ≤ 100, default 3" in train
+    assert "-p epochs=" in train and "an int ≥ 1 and ≤ 100, default 3" in train
     assert "passes over the data" in train
     assert "one of 'small', 'large', default small" in train
