@@ -79,8 +79,11 @@ class ParamField:
 
     @property
     def cleared(self) -> bool:
-        """A number box emptied by the user: an error, never a silent default."""
-        return self.input.value == "" and self.spec.type in ("int", "float")
+        """A number box emptied by the user: an error, never a silent default (for an
+        optional parameter, empty is None: its flag is left out)."""
+        return (
+            self.input.value == "" and self.spec.type in ("int", "float") and not self.spec.optional
+        )
 
     @property
     def raw(self) -> Any:
