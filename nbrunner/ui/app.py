@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
+from .. import service
 from ..errors import NbrunnerError
 from ..models import RunRecord
 from ..monitor import SystemSampler
@@ -246,6 +247,8 @@ class Dashboard:
         if reloaded or ended or self._drawn != (self._version, step) or self.compare.following():
             self._drawn = (self._version, step)
             self.cards.update(active, lingering, now)
+        if active:  # the cards show live cpu and memory: the service samples while we read
+            service.watching(self.runner.home)
             live = {r.id: r for r in [*lingering, *active]}
             self.history.update(live, now, self.cards.last_lines.get)
             self.summary.update(active, lingering)
