@@ -106,7 +106,8 @@ def run(ctx: Context) -> Section:
         f"{metrics['window_s']:.0f} s"
         + (f" (shortened from 600 s with {WINDOW_ENV})" if os.environ.get(WINDOW_ENV) else "")
         + "; one repeat. 'before' is the same measurement of the service that passed every "
-        "second while runs were active, taken on this machine before the change."
+        "second while runs were active, taken on this machine before the change. CPU times "
+        f"count in clock ticks: 0.000 % means under one tick, {_tick_pct(metrics):.3f} % here."
     )
     section.targets += [
         Target(
@@ -123,7 +124,14 @@ def run(ctx: Context) -> Section:
             f"memory of nbrunner's processes ≤ {MEMORY_MB:g} MB (PSS)",
             f"{pss.median():.1f} MB",
             pss.median() <= MEMORY_MB,
-            "each run holds one recorder forked from the service (see 4. Memory)",
+            f"each run holds one recorder forked from the service, about "
+            f"{pss.median() / (metrics['processes'] or 1):.0f} MB of PSS per process (see 4. "
+            "Memory): the per-run process model, not how often the service wakes",
         ),
     ]
     return section
+
+
+def _tick_pct(metrics: Metrics) -> float:
+    """One clock tick of CPU time over the window, as % of one core."""
+    return 100 / os.sysconf("SC_CLK_TCK") / metrics["window_s"]
