@@ -247,11 +247,11 @@ class Dashboard:
         if reloaded or ended or self._drawn != (self._version, step) or self.compare.following():
             self._drawn = (self._version, step)
             self.cards.update(active, lingering, now)
-        if active:  # the cards show live cpu and memory: the service samples while we read
-            service.watching(self.runner.home)
             live = {r.id: r for r in [*lingering, *active]}
             self.history.update(live, now, self.cards.last_lines.get)
             self.summary.update(active, lingering)
+        if active:  # the cards show live cpu and memory: the service samples while we read
+            service.watching(self.runner.home)
         if self.ticks == 0:
             self.widget.add_class(READY_CLASS)
         self.ticks += 1
