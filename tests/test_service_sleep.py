@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers.procs import python, wait_until
 
 from nbrunner import platform, service
@@ -44,6 +45,7 @@ def held_by(owner: Service, record: RunRecord, recorder: subprocess.Popen[bytes]
     return watch
 
 
+@pytest.mark.posix  # pidfds: Linux (the Windows service polls handles)
 def test_with_nothing_due_the_service_sleeps_until_the_safety_pass(home: Path) -> None:
     owner = Service(home)
     owner._retention.apply(owner.store)  # applied at the first pass, next in an hour
@@ -62,6 +64,7 @@ def test_with_nothing_due_the_service_sleeps_until_the_safety_pass(home: Path) -
         recorder.wait()
 
 
+@pytest.mark.posix  # pidfds: Linux (the Windows service polls handles)
 def test_a_run_on_a_gpu_share_is_sampled_with_no_reader(home: Path) -> None:
     owner = Service(home)
     owner._retention.apply(owner.store)
@@ -75,6 +78,7 @@ def test_a_run_on_a_gpu_share_is_sampled_with_no_reader(home: Path) -> None:
         recorder.wait()
 
 
+@pytest.mark.posix  # pidfds: Linux (the Windows service polls handles)
 def test_a_recorder_that_ends_wakes_the_sleeping_service(home: Path) -> None:
     owner = Service(home)
     assert owner._take_over()
