@@ -18,4 +18,5 @@ BENCHMARKS = (
     "metrics",
     "pruning",
     "idle_page",
+    "idle_runs",
 )

@@ -117,13 +117,22 @@ def wait_child(child: subprocess.Popen[bytes], timeout: float | None) -> ChildEx
     return child.returncode, {"cpu_time": usage.ru_utime + usage.ru_stime, "peak_rss": peak}
 
 
+def exit_signal(pid: int) -> int | None:
+    """A descriptor that becomes readable in select() when process pid ends (a Linux
+    pidfd), so a sleeper can wait on several processes and a socket at once; None where
+    the OS has none (macOS, Windows, old kernels) or pid is gone: the caller polls then."""
+    with suppress(OSError, AttributeError):
+        return int(os.pidfd_open(pid))  # type: ignore[attr-defined]
+    return None
+
+
 def _exited_within(pid: int, timeout: float) -> bool:
     """Whether the (unreaped) child pid ends within timeout: one pidfd to sleep on where
     the OS has them, else a look every 0.1 s that leaves it unreaped."""
     import select
 
-    with suppress(OSError, AttributeError):
-        fd = os.pidfd_open(pid)  # type: ignore[attr-defined]
+    fd = exit_signal(pid)
+    if fd is not None:
         try:
             return bool(select.select([fd], [], [], max(timeout, 0.0))[0])
         finally:

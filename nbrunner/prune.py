@@ -140,6 +140,11 @@ class Retention:
         )
         self._next = 0.0
 
+    @property
+    def next_at(self) -> float:
+        """When (monotonic) `apply` next has work to do."""
+        return self._next
+
     def apply(self, store: Store) -> PruneReport | None:
         """Prune what the setting says, if it is set and the time has come."""
         now = time.monotonic()

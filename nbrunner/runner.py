@@ -608,6 +608,7 @@ class Runner:
 
     def active(self, group: str | Sequence[str] | None = None) -> pd.DataFrame:
         """Queued, starting, running and paused runs (of these groups, if given)."""
+        service.watching(self.home)  # its cpu and memory columns are sampled while read
         return _frame(HistoryFilter.build(group=group).keep_groups(self.store.active()))
 
     def history(
@@ -740,6 +741,7 @@ class Runner:
 
     def metrics(self) -> dict[str, Any]:
         """Counters: runs by status, queued and running now, mean wait and run time per module."""
+        service.watching(self.home)  # a reader of figures: the runs' trees are sampled
         return self.store.metrics()
 
     def prune(self, older_than: str, *, keep_failed: bool = False, dry_run: bool = False) -> Any:

@@ -27,8 +27,13 @@ A step that fails (a locked store, a full disk) is logged and tried again next p
 store write fails, the pass makes no more writes. Timeouts and memory limits are enforced by
 the recorders, so a stalled or killed service cannot let a run overrun.
 
-Clients wake it with a datagram on a loopback port named in `service.json`; without one it
-still ticks twice a second while runs are active.
+Between passes it sleeps until something happens (see `Service._sleep_s`): a client's
+datagram on a loopback port named in `service.json`, the end of a recorder it started (a
+pidfd in the same select() on Linux), or the next time something is due: a kill after a
+stop's grace period, a look at an adopted run's recorder, a claim that never launched, a
+sample someone needs (a reader of figures said so in the `watching` file, or a run holds a
+GPU share), hourly retention. A slow safety pass (SAFETY_PASS_S) is the backstop: since each
+pass re-derives everything, a missed event only delays a step, never loses it.
 """
 
 from __future__ import annotations
@@ -71,8 +76,13 @@ log = logging.getLogger("nbrunner.service")
 LOCK_NAME = "service.lock"
 INFO_NAME = "service.json"
 ERR_NAME = "service.log"
-ACTIVE_TICK_S = 1.0  # ends and starts wake it at once; this is for timeouts and limits
-IDLE_TICK_S = 2.0
+# Ends and starts wake it at once; this paces what has no event: a queue that waits for
+# room, Ray jobs, sweeps that prune, a store write to try again, recorders without a pidfd.
+ACTIVE_TICK_S = 1.0
+IDLE_TICK_S = 2.0  # nothing active: a removed home is noticed this soon, until idle exit
+SAFETY_PASS_S = 30.0  # the longest it sleeps with runs active: the level-triggered backstop
+WATCH_NAME = "watching"  # touched by readers of live figures (dashboard, Runner.metrics)
+WATCH_FRESH_S = 15.0  # runs' trees are sampled while a reader touched it this recently
 ADOPT_EVERY_S = 2.0
 IDLE_EXIT_S = 60.0
 SERVICE_PATIENCE_S = 2.0
@@ -107,6 +117,35 @@ def info(home: str | Path) -> dict[str, Any] | None:
     if not is_running(home):
         return None
     return RunFiles.of(home, 0).read(Path(home) / INFO_NAME)
+
+
+_watched_at: dict[Path, float] = {}  # home → when this process last said it watches
+
+
+def watching(home: str | Path) -> None:
+    """Say that this process reads the runs' live figures (cpu, rss): the service samples
+    their trees while one has said so within WATCH_FRESH_S. Costs a touch of a file every
+    few seconds at most, and a wake when the service had stopped sampling."""
+    home = Path(home)
+    now = time.monotonic()
+    if now - _watched_at.get(home, -WATCH_FRESH_S) < WATCH_FRESH_S / 3:
+        return
+    path = home / WATCH_NAME
+    stale = not watched_recently(path)
+    try:
+        path.touch()
+    except OSError:
+        return  # no home (yet): nothing to sample either
+    _watched_at[home] = now
+    if stale:
+        wake(home)
+
+
+def watched_recently(path: Path) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < WATCH_FRESH_S
+    except OSError:
+        return False
 
 
 def ensure_running(home: str | Path) -> bool:
@@ -186,6 +225,8 @@ class Service:
         self._successor: list[str] | None = None  # a newer service to hand over to
         self._keep_awake = KeepAwake(f"runs are active in {self.home}")
         self._recorders: dict[int, Any] = {}  # run id → handle of the recorder started here
+        self._exit_signals: dict[int, int] = {}  # run id → its recorder's pidfd (Linux)
+        self._retry_soon = False  # a step failed: the next pass comes soon, not at a deadline
         self._unlaunched: dict[int, float] = {}  # run id → when first seen claimed, unlaunched
         self._home_id: tuple[int, int] | None = None
         self._store_failed = False  # a write failed this pass: make no more until the next
@@ -202,7 +243,7 @@ class Service:
                     break
                 if self._idle_for() >= self.idle_exit and self._hand_back():
                     break
-                self._wait(ACTIVE_TICK_S if self.watches or self._queued() else IDLE_TICK_S)
+                self._wait(self._sleep_s())
         finally:
             self._close()
         return True
@@ -236,6 +277,8 @@ class Service:
 
     def _close(self) -> None:
         self._hooks.shutdown(wait=True)
+        for fd in self._exit_signals.values():
+            os.close(fd)
         if self._socket is not None:
             self._socket.close()
         if self._lock_fd is not None:
@@ -263,21 +306,62 @@ class Service:
         self._lock_fd = platform.take_lock(self.home / LOCK_NAME)
         return self._lock_fd is None  # another service took over: leave it the work
 
-    def _wait(self, timeout: float) -> None:
+    def _wait(self, timeout: float) -> bool:
+        """Sleep until a client's datagram, the end of a recorder started here, or the
+        timeout; True if an event came."""
         assert self._socket is not None
         import select
 
-        ready, _, _ = select.select([self._socket], [], [], timeout)
-        if ready:
+        ready, _, _ = select.select([self._socket, *self._exit_signals.values()], [], [], timeout)
+        if self._socket in ready:
             with contextlib.suppress(OSError):
                 self._socket.setblocking(False)
                 while self._socket.recv(64):
                     pass
         self._socket.setblocking(True)
+        return bool(ready)
+
+    def _sleep_s(self) -> float:
+        """How long to sleep before the next pass if no event comes first."""
+        now = time.monotonic()
+        return max(0.0, min(self._wakes(now)) - now)
+
+    def _wakes(self, now: float) -> list[float]:
+        """When each thing that has a time is due (monotonic); events need no entry."""
+        if not (self.active or self.watches):
+            return [now + IDLE_TICK_S]  # idle: home checks until the idle exit
+        wakes = [now + SAFETY_PASS_S, self._retention.next_at]
+        watched = self._watched()
+        for watch in self.watches.values():
+            if isinstance(watch, LocalWatch):
+                due = watch.next_wake(watched)
+                wakes += [due] if due is not None else []
+        unwatched = any(
+            r.status.holds_slot and r.id not in self.watches for r in self.active.values()
+        )
+        if unwatched:  # adopting, or a claim whose recorder never came
+            wakes.append(self._next_adopt)
+        if self._retry_soon or self._queued() or self._paced():
+            wakes.append(now + ACTIVE_TICK_S)
+        return wakes
+
+    def _paced(self) -> bool:
+        """Whether a watched run changes with no event to say so: a Ray job, a sweep that
+        prunes (its runs' reports), a recorder that can only be polled (no pidfd)."""
+        return any(
+            not isinstance(watch, LocalWatch)
+            or (watch.record.prune and watch.record.sweep)
+            or (run_id in self._recorders and run_id not in self._exit_signals)
+            for run_id, watch in self.watches.items()
+        )
+
+    def _watched(self) -> bool:
+        return watched_recently(self.home / WATCH_NAME)
 
     # -- the pass -------------------------------------------------------------------------
     def _tick(self) -> None:
         self._store_failed = False
+        self._retry_soon = False
         steps = (
             self._check_home,
             self._reap,
@@ -321,6 +405,7 @@ class Service:
     def _report(self, step: str, exc: Exception) -> None:
         """Log a failure once, then once a minute while it repeats, so a store locked for
         hours does not fill the disk with the same traceback twice a second."""
+        self._retry_soon = True
         if isinstance(exc, StoreUnavailable):
             self._store_failed = True
         now, key = time.monotonic(), (step, repr(exc))
@@ -351,6 +436,9 @@ class Service:
             if recorder.poll() is None:
                 continue
             del self._recorders[run_id]
+            fd = self._exit_signals.pop(run_id, None)
+            if fd is not None:
+                os.close(fd)
             watch = self.watches.get(run_id)
             if watch is not None and watch.recorder is recorder:
                 watch.recorder_gone = True
@@ -460,12 +548,12 @@ class Service:
     # -- advancing watched runs -------------------------------------------------------------
     def _advance_all(self) -> None:
         """Act on every run first (signals never wait on the store), then record."""
-        now = time.monotonic()
+        now, watched = time.monotonic(), self._watched()
         samples_due = []
         for watch in list(self.watches.values()):
             if isinstance(watch, LocalWatch):
                 try:
-                    if self._act(watch, now) and watch.sample_due(now):
+                    if self._act(watch, now) and watch.sample_due(now, watched):
                         samples_due.append(watch)
                 except Exception as exc:  # one run's trouble is not the others'
                     self._report(f"run {watch.record.id}", exc)
@@ -670,6 +758,7 @@ class Service:
         def done(_: Any) -> None:
             with self._hooks_lock:
                 self._hooks_pending -= 1
+            wake(self.home)  # its end may let the service hand over or leave
 
         self._hooks.submit(run_hook, self.store.logs_dir, record).add_done_callback(done)
 
@@ -741,6 +830,9 @@ class Service:
             spec = self._recorder_spec(record, settings)
             watch.recorder = start_recorder(spec)
             self._recorders[record.id] = watch.recorder
+            fd = platform.exit_signal(watch.recorder.pid)
+            if fd is not None:
+                self._exit_signals[record.id] = fd
         except Exception as exc:  # one failed launch must not stop the rest
             self._finish(
                 watch,

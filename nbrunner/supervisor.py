@@ -36,10 +36,16 @@ if TYPE_CHECKING:
     from .backends.tree import ProcessTree
     from .store import Store
 
-# A run with a memory limit (or a GPU memory share) is sampled every second, so the limit
-# bites early; any other only as often as its figures are recorded.
+# A run with a GPU memory share is sampled every second, so the share (the service's to
+# enforce) bites early; a run on GPUs as often as its figures are recorded (its processes
+# tell the runs' GPU memory from others'); any other only while someone reads its figures
+# (`watched`): its recorder enforces its memory limit and timeout itself.
 LIMITED_SAMPLE_S = 1.0
 RECORD_EVERY_S = 3.0
+# How often an adopted run's recorder (no handle here: a previous service started it) is
+# looked for by its lock; it wakes the service when it ends, so this only catches a recorder
+# killed before it could say so.
+ADOPTED_CHECK_S = 5.0
 HOOK_TIMEOUT_S = 300
 RAY_POLL_S = 0.5
 
@@ -161,7 +167,7 @@ class LocalWatch:
             return True
         if self.recorder is not None or now < self.next_lock_check:
             return False
-        self.next_lock_check = now + 1.0
+        self.next_lock_check = now + ADOPTED_CHECK_S
         return not self.files.recorder_alive()
 
     # -- acting on the child ----------------------------------------------------------------
@@ -215,13 +221,32 @@ class LocalWatch:
         return self._tree
 
     # -- sampling ---------------------------------------------------------------------------
-    def sample_due(self, now: float) -> bool:
-        if self.child is None or now < self.next_sample:
+    def sample_every(self, watched: bool) -> float | None:
+        """How often this run's tree is sampled now; None: not at all (no one reads it)."""
+        if self.child is None:
+            return None
+        if self.record.resources.get("gpu_memory"):
+            return LIMITED_SAMPLE_S
+        return RECORD_EVERY_S if watched or self.record.gpus else None
+
+    def sample_due(self, now: float, watched: bool) -> bool:
+        every = self.sample_every(watched)
+        if every is None or now < self.next_sample:
             return False
-        resources = self.record.resources
-        limited = resources.get("memory") or resources.get("gpu_memory")
-        self.next_sample = now + (LIMITED_SAMPLE_S if limited else RECORD_EVERY_S)
+        self.next_sample = now + every
         return True
+
+    def next_wake(self, watched: bool) -> float | None:
+        """The monotonic time this run next needs a pass (a kill after the grace, a look
+        at an adopted recorder, a sample), or None: only an event concerns it."""
+        if self.ended is not None or self.lost:
+            return None
+        wakes = [self.kill_at] if self.stopping and self.kill_at is not None else []
+        if self.recorder is None and not self.recorder_gone:
+            wakes.append(self.next_lock_check)
+        if self.sample_every(watched) is not None:
+            wakes.append(self.next_sample)
+        return min(wakes, default=None)
 
     def sample(self) -> None:
         """Take the tree's figures (its memory limit is its recorder's to enforce)."""

@@ -1,0 +1,111 @@
+"""The service sleeps until something happens: an event, a deadline, a sample someone needs.
+
+Each test plants the situation in a service object of the test process (no other service
+runs on its home) and asks when it would pass next, or starts real runs and checks that
+figures come when a reader asks for them.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers.procs import python, wait_until
+
+from nbrunner import platform, service
+from nbrunner.models import RunRecord
+from nbrunner.service import SAFETY_PASS_S, Service
+from nbrunner.states import RunStatus
+from nbrunner.store import Store
+from nbrunner.supervisor import LIMITED_SAMPLE_S, RECORD_EVERY_S, LocalWatch
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+
+
+def running(run_id: int, **resources: object) -> RunRecord:
+    return RunRecord(
+        id=run_id, module="m", params={}, status=RunStatus.RUNNING, submitted_at=0.0,
+        log_path="", resources=dict(resources),
+    )  # fmt: skip
+
+
+def held_by(owner: Service, record: RunRecord, recorder: subprocess.Popen[bytes]) -> LocalWatch:
+    """A running run whose recorder (here: a sleeping process) this service started."""
+    watch = LocalWatch(record, str(owner.home), recorder)
+    watch.child = (recorder.pid, platform.start_marker(recorder.pid))
+    owner.active[record.id] = record
+    owner.watches[record.id] = watch
+    owner._recorders[record.id] = recorder
+    fd = platform.exit_signal(recorder.pid)
+    assert fd is not None, "Linux has pidfds"
+    owner._exit_signals[record.id] = fd
+    return watch
+
+
+@pytest.mark.posix  # pidfds: Linux (the Windows service polls handles)
+def test_with_nothing_due_the_service_sleeps_until_the_safety_pass(home: Path) -> None:
+    owner = Service(home)
+    owner._retention.apply(owner.store)  # applied at the first pass, next in an hour
+    recorder = subprocess.Popen(SLEEPER)
+    try:
+        watch = held_by(owner, running(1), recorder)
+        assert owner._sleep_s() > SAFETY_PASS_S - 1  # no one reads its figures: no samples
+        service.watching(home)
+        assert owner._sleep_s() <= RECORD_EVERY_S  # now someone does
+        (home / service.WATCH_NAME).unlink()
+        watch.begin_stop(RunStatus.CANCELLED, "cancelled by request", grace=0.5)
+        assert watch.kill_at is not None
+        assert owner._sleep_s() <= 0.5  # the kill after the grace period is due first
+    finally:
+        recorder.kill()
+        recorder.wait()
+
+
+@pytest.mark.posix  # pidfds: Linux (the Windows service polls handles)
+def test_a_run_on_a_gpu_share_is_sampled_with_no_reader(home: Path) -> None:
+    owner = Service(home)
+    owner._retention.apply(owner.store)
+    recorder = subprocess.Popen(SLEEPER)
+    try:
+        watch = held_by(owner, running(1, gpu_memory=2**30), recorder)
+        assert watch.sample_every(watched=False) == LIMITED_SAMPLE_S
+        assert owner._sleep_s() <= LIMITED_SAMPLE_S
+    finally:
+        recorder.kill()
+        recorder.wait()
+
+
+@pytest.mark.posix  # pidfds: Linux (the Windows service polls handles)
+def test_a_recorder_that_ends_wakes_the_sleeping_service(home: Path) -> None:
+    owner = Service(home)
+    assert owner._take_over()
+    recorder = subprocess.Popen(SLEEPER)
+    try:
+        held_by(owner, running(1), recorder)
+        recorder.send_signal(signal.SIGKILL)  # dies without a word to the service
+        assert owner._wait(SAFETY_PASS_S)  # woken by its end, not by the timeout
+        owner._reap()
+        assert owner.watches[1].recorder_gone and not owner._exit_signals
+    finally:
+        recorder.kill()
+        recorder.wait()
+        owner._close()
+
+
+def test_a_reader_of_figures_gets_them_sampled(home: Path) -> None:
+    gate = home.parent / "gate"
+    code = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.05)"
+    from nbrunner import Runner
+
+    with Runner(home) as runner:
+        runner.register("gated", command=python(code))
+        run = runner.submit("gated")
+    store = Store(home)  # read without a Runner: nothing here says it reads figures
+    wait_until(lambda: store.get(run.id).status is RunStatus.RUNNING, what="running")
+    service.watching(home)
+    wait_until(lambda: store.get(run.id).rss, what="its memory sampled for the reader")
+    gate.touch()
+    wait_until(lambda: store.get(run.id).is_done, what="the run's end")
