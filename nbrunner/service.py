@@ -57,6 +57,7 @@ from .pruning import Pruner
 from .recorder import (
     RecorderSpec,
     RunFiles,
+    ServiceLink,
     mark_paused,
     start_recorder,
     sweep_run_files,
@@ -739,7 +740,7 @@ class Service:
         self.watches[record.id] = watch
         try:
             spec = self._recorder_spec(record, settings)
-            watch.recorder = start_recorder(spec)
+            watch.recorder = start_recorder(spec, ServiceLink(wake, notify))
             self._recorders[record.id] = watch.recorder
         except Exception as exc:  # one failed launch must not stop the rest
             self._finish(
