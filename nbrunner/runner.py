@@ -343,7 +343,7 @@ class Runner:
             checks.group(group),
         )
         needs: Resources = spec.resources.merged(dict(resources) if resources else None)
-        # An empty PYTHONUNBUFFERED turns it off even where the supervisor's own env sets it.
+        # An empty PYTHONUNBUFFERED turns it off even where the service's own env sets it.
         env = {"PYTHONUNBUFFERED": "1" if spec.unbuffered else "", **spec.env}
         if spec.hide_gpus and not (needs.gpus or needs.gpu_memory):
             env["CUDA_VISIBLE_DEVICES"] = ""  # opted in: a CPU-only run sees no GPU
@@ -400,7 +400,7 @@ class Runner:
         return Run(self, run_id)
 
     def cancel(self, run_id: int | str) -> RunRecord:
-        """Queued: removed from the queue. Started: its supervisor stops the whole tree.
+        """Queued: removed from the queue. Started: the service stops the whole tree.
         Either way the service does it (and runs the module's on_done hook); a queued run's
         record is returned once it has left the queue (or after QUEUED_CANCEL_WAIT_S)."""
         run_id = _parse_id(run_id)
