@@ -298,7 +298,7 @@ def stop_leftovers(child_pid: int, grace: float = LEFTOVER_GRACE_S) -> None:
     are in the run's job object)."""
     import psutil
 
-    from .backends.tree import signal_tree
+    from .backends.tree import escalate, signal_tree
 
     def leftovers() -> list[psutil.Process]:
         with suppress(psutil.Error):
@@ -307,11 +307,13 @@ def stop_leftovers(child_pid: int, grace: float = LEFTOVER_GRACE_S) -> None:
             return [p for p in found if p.status() != psutil.STATUS_ZOMBIE]
         return []
 
-    signal_tree(child_pid, True, leftovers())
-    deadline = time.monotonic() + grace
-    while leftovers() and time.monotonic() < deadline:
+    def signal(graceful: bool) -> None:
+        signal_tree(child_pid, graceful, leftovers())
+
+    kill_at = escalate(signal, None, grace, time.monotonic())
+    while leftovers() and time.monotonic() < kill_at:  # this recorder has nothing else to do
         time.sleep(0.05)
-    signal_tree(child_pid, False, leftovers())
+    escalate(signal, kill_at, grace, kill_at)  # whatever is left is killed now
     _reap_all()
 
 
@@ -389,9 +391,7 @@ class Guard:
     def check(self) -> None:
         now = time.monotonic()
         if self.kill_at is not None:
-            if now >= self.kill_at:
-                self._signal(graceful=False)
-                self.kill_at = now + 1.0  # again, for what it started meanwhile
+            self.kill_at = self._escalate(now)
             return
         if self.spec.timeout is not None and now >= self._deadline(now):
             self._stop("timed_out", timeout_reason(self.spec.timeout))
@@ -411,17 +411,17 @@ class Guard:
 
     def _stop(self, status: str, reason: str) -> None:
         self.ending = {"status": status, "reason": reason}
-        self._signal(graceful=True)
-        self.kill_at = time.monotonic() + self.spec.grace
+        self.kill_at = self._escalate(time.monotonic())
 
-    def _signal(self, graceful: bool) -> None:
-        from .backends.tree import signal_tree, suspend_tree
+    def _escalate(self, now: float) -> float:
+        from .backends.tree import escalate, stop_signal
 
+        signal = stop_signal(self.child_pid, self._members)
+        return escalate(signal, self.kill_at, self.spec.grace, now)
+
+    def _members(self) -> list[Any]:
         tree = self._process_tree()
-        members = tree.members(rescan=True) if tree is not None else []
-        if graceful:  # a paused (stopped) process cannot act on SIGTERM
-            suspend_tree(self.child_pid, False, members)
-        signal_tree(self.child_pid, graceful, members)
+        return tree.members(rescan=True) if tree is not None else []
 
     def _process_tree(self) -> Any:
         if self._tree is None:
