@@ -19,19 +19,18 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from importlib import resources as package_files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from . import checks, service, snapshot, version
+from . import checks, demo, service, snapshot, version
 from .backends import BACKENDS
 from .config import check_key
 from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileError
 from .logs import read_text
+from .loopthread import LoopThread
 from .models import RunRecord, again_row
 from .modules import ModuleSpec, build_module, load_modules_file, lookup
 from .ordering import order, parse_sort, sort_values
@@ -54,33 +53,10 @@ TICK_S = 0.2
 SERVICE_CHECK_S = 5.0  # while runs are active, a dead service is restarted this soon
 QUEUED_CANCEL_WAIT_S = 10.0  # how long cancel() waits for the service to take a queued run out
 Listener = Callable[[list[RunRecord]], None]
-DEMO_FILES = ("explore.ipynb", "modules.toml")
 
 
 def default_home() -> Path:
     return Path(os.environ.get("NBRUNNER_HOME") or Path.home() / ".nbrunner").expanduser()
-
-
-class _LoopThread:
-    """The process's one background asyncio loop."""
-
-    _instance: _LoopThread | None = None
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        policy_loop = getattr(asyncio, "ProactorEventLoop", asyncio.SelectorEventLoop)
-        self.loop: asyncio.AbstractEventLoop = policy_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="nbrunner-loop", daemon=True
-        )
-        self.thread.start()
-
-    @classmethod
-    def get(cls) -> _LoopThread:
-        with cls._lock:
-            if cls._instance is None or not cls._instance.thread.is_alive():
-                cls._instance = cls()
-            return cls._instance
 
 
 class Runner:
@@ -115,7 +91,7 @@ class Runner:
         self._waiters: dict[int, list[concurrent.futures.Future[RunRecord]]] = {}
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
-        self._loop: _LoopThread | None = None
+        self._loop: LoopThread | None = None
         self._wake: asyncio.Event | None = None
         self._task: concurrent.futures.Future[None] | None = None
         self._last_service_check = 0.0
@@ -137,7 +113,7 @@ class Runner:
             return
         self._closed = False
         self._refresh_all()
-        self._loop = _LoopThread.get()
+        self._loop = LoopThread.get()
         self._task = asyncio.run_coroutine_threadsafe(self._tick_forever(), self._loop.loop)
 
     def close(self) -> None:
@@ -172,12 +148,7 @@ class Runner:
             return chosen
         path = self.home / "modules.toml"
         if not path.exists():  # a new home starts with the demo modules, ready to edit
-            for name in DEMO_FILES:  # the notebook first: the modules file names it
-                demo = package_files.files("nbrunner.demo") / name
-                with package_files.as_file(demo) as source:
-                    shutil.copyfile(source, self.home / name)
-                with contextlib.suppress(OSError):
-                    os.chmod(self.home / name, 0o600)  # module env may hold tokens
+            demo.seed(self.home)
         return path
 
     def modules(self) -> dict[str, ModuleSpec]:
