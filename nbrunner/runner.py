@@ -43,6 +43,7 @@ from .scalars import read as read_scalars
 from .states import RunStatus
 from .store import HistoryFilter, Store
 from .sweep import Sweep, grid_points, new_id, random_points
+from .waiters import Waiters, poll_until_done
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,7 +89,7 @@ class Runner:
         self._tick_s = tick
         self._active: dict[int, RunRecord] = {}
         self._version = 0
-        self._waiters: dict[int, list[concurrent.futures.Future[RunRecord]]] = {}
+        self._waiters = Waiters()
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._loop: LoopThread | None = None
@@ -497,12 +498,10 @@ class Runner:
 
     # -- waiting -------------------------------------------------------------------------------
     def _done_future(self, run_id: int) -> concurrent.futures.Future[RunRecord]:
-        future: concurrent.futures.Future[RunRecord] = concurrent.futures.Future()
-        with self._lock:
-            self._waiters.setdefault(run_id, []).append(future)
+        future = self._waiters.add(run_id)
         record = self.store.get(run_id)  # after registering, so no ending slips between
         if record.is_done:
-            self._resolve(record)
+            self._waiters.resolve(record)
         return future
 
     @overload
@@ -527,12 +526,12 @@ class Runner:
             ]
         run_id = run_id.id if isinstance(run_id, Run) else _parse_id(run_id)
         if not self.running:
-            return self._poll_until_done(run_id, timeout)
+            return poll_until_done(self.store, run_id, timeout)
         future = self._done_future(run_id)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
-            self._drop_waiter(run_id, future)
+            self._waiters.drop(run_id, future)
             raise TimeoutError(f"run {run_id} still not ended after {timeout} s") from None
 
     async def wait_async(self, run_id: int | str, timeout: float | None = None) -> RunRecord:
@@ -544,27 +543,8 @@ class Runner:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(done), timeout)
         except asyncio.TimeoutError:
-            self._drop_waiter(run_id, done)
+            self._waiters.drop(run_id, done)
             raise TimeoutError(f"run {run_id} still not ended after {timeout} s") from None
-
-    def _drop_waiter(self, run_id: int, future: concurrent.futures.Future[RunRecord]) -> None:
-        """A wait that gave up leaves nothing behind."""
-        with self._lock:
-            waiting = self._waiters.get(run_id, [])
-            if future in waiting:
-                waiting.remove(future)
-            if not waiting:
-                self._waiters.pop(run_id, None)
-
-    def _poll_until_done(self, run_id: int, timeout: float | None) -> RunRecord:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = self.store.get(run_id)
-            if record.is_done:
-                return record
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {run_id} still not ended after {timeout} s")
-            time.sleep(0.1)
 
     # -- listings ------------------------------------------------------------------------------
     def snapshot(self) -> list[RunRecord]:
@@ -787,20 +767,13 @@ class Runner:
                     self._active[record.id] = record
         for record in changes:
             if record.is_done:
-                self._resolve(record)
+                self._waiters.resolve(record)
         for listener in list(self._listeners):
             try:
                 listener(changes)
             except Exception:  # one broken listener must not starve the others
                 log.exception("nbrunner: a change listener failed")
         return changes
-
-    def _resolve(self, record: RunRecord) -> None:
-        with self._lock:
-            futures = self._waiters.pop(record.id, [])
-        for future in futures:
-            if not future.done():
-                future.set_result(record)
 
 
 def _parse_id(run_id: int | str) -> int:
