@@ -1,6 +1,6 @@
 """nbrunner: run many jobs at once from Jupyter.
 
-The supervisor imports this package once per run, so names are loaded lazily: importing
+A run's child imports this package (for nbrunner.report), so names are loaded lazily: importing
 `nbrunner` costs nothing until `Runner` (and with it pandas, psutil) is used.
 """
 

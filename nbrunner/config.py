@@ -11,6 +11,7 @@ from typing import Any
 
 from . import checks
 from .errors import BadInput, InvalidConfig
+from .units import parse_age
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -97,9 +98,7 @@ def _gpu_mask(key: str, value: Any) -> str:
 
 
 def _age(key: str, value: Any) -> str:
-    """An age like 30d (see nbrunner.prune), or "" for none."""
-    from .prune import parse_age
-
+    """An age like 30d (see nbrunner.units.parse_age), or "" for none."""
     if value in ("", None):
         return ""
     try:

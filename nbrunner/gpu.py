@@ -17,13 +17,22 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .errors import BadInput
 from .units import parse_size
 
-if TYPE_CHECKING:
-    from .resources import Device
+
+@dataclass(frozen=True)
+class Device:
+    index: int
+    memory_total: int
+    memory_others: int = 0  # held by processes nbrunner does not own (a desktop, ...)
+
+    @property
+    def memory_for_shares(self) -> int:
+        return self.memory_total - self.memory_others
+
 
 T = TypeVar("T")
 log = logging.getLogger("nbrunner.gpu")
@@ -282,8 +291,6 @@ def memory_used_by_others(sample: GpuSample, ours: Collection[int]) -> int:
 def devices_for_runs(mask: str = "", ours: Collection[int] | None = None) -> tuple[Device, ...]:
     """The GPUs runs may get, in PCI order; given `ours` (the pids of this home's runs), each
     with the memory other processes hold on it (a sample, so only when shares are fitted)."""
-    from .resources import Device  # resources loads this module when GPUs are asked for
-
     source = gpu_source()
     kept = visible(source.devices(), mask, os.environ.get("CUDA_VISIBLE_DEVICES"))
     others: dict[int, int] = {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -19,16 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import BadInput
 from .reporting import metrics_path
 from .states import DONE, RunStatus
+from .units import parse_age
 
 if TYPE_CHECKING:
     from .models import RunRecord
     from .store import Store
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 # Ended badly: what --keep-failed keeps for someone to look into.
 FAILURES = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.LOST})
 # Vacuum when the store's free pages reach this share of it (and are worth the rewrite).
@@ -36,17 +33,6 @@ VACUUM_SHARE = 0.25
 VACUUM_MIN_BYTES = 1_000_000
 RETENTION_EVERY_S = 3600.0
 SNAPSHOT_GRACE_S = 3600.0
-
-
-def parse_age(text: object, name: str = "--older-than") -> float:
-    """Seconds from an age like 30d, 12h, 90m, 45s or 2w; BadInput naming the forms."""
-    found = _AGE.match(str(text)) if isinstance(text, str) else None
-    if found is None:
-        raise BadInput(
-            f"{name} must be an age like 30d, 12h, 90m, 45s or 2w (days, hours, minutes, "
-            f"seconds, weeks), got {text!r}"
-        )
-    return float(found.group(1)) * _UNITS[found.group(2).lower()]
 
 
 def run_files(record: RunRecord, hook_logs: Path) -> list[Path]:

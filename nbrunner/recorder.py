@@ -1,7 +1,7 @@
 """The recorder: one tiny process per local run that owns its child and writes how it ended.
 
 The home's service forks a recorder for each run it launches (POSIX; Windows spawns
-`python -m nbrunner.recorder`). The recorder outlives the service: the service may be
+`python -m nbrunner.recording`). The recorder outlives the service: the service may be
 killed at any moment and a later one adopts the run, so everything the recorder learns goes
 to small files beside the store, written atomically:
 
@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -298,7 +298,7 @@ def stop_leftovers(child_pid: int, grace: float = LEFTOVER_GRACE_S) -> None:
     are in the run's job object)."""
     import psutil
 
-    from .backends.tree import signal_tree
+    from .backends.tree import escalate, signal_tree
 
     def leftovers() -> list[psutil.Process]:
         with suppress(psutil.Error):
@@ -307,11 +307,13 @@ def stop_leftovers(child_pid: int, grace: float = LEFTOVER_GRACE_S) -> None:
             return [p for p in found if p.status() != psutil.STATUS_ZOMBIE]
         return []
 
-    signal_tree(child_pid, True, leftovers())
-    deadline = time.monotonic() + grace
-    while leftovers() and time.monotonic() < deadline:
+    def signal(graceful: bool) -> None:
+        signal_tree(child_pid, graceful, leftovers())
+
+    kill_at = escalate(signal, None, grace, time.monotonic())
+    while leftovers() and time.monotonic() < kill_at:  # this recorder has nothing else to do
         time.sleep(0.05)
-    signal_tree(child_pid, False, leftovers())
+    escalate(signal, kill_at, grace, kill_at)  # whatever is left is killed now
     _reap_all()
 
 
@@ -336,17 +338,20 @@ def _reap_all() -> None:
             pass
 
 
-def _tell_service(home: str, started: bool) -> None:
-    """Wake the service; at the end, start one if none lives (it was killed meanwhile), so
-    the exit code is recorded with nothing else alive. A home that is gone has no one to
-    tell."""
-    from . import service
+@dataclass(frozen=True)
+class ServiceLink:
+    """How a recorder reaches its home's service: handed in by the service (its `wake` and
+    `notify`), so this module, which the service imports, never imports the service."""
 
-    with suppress(OSError, subprocess.SubprocessError):
-        if started:
-            service.wake(home)
-        else:
-            service.notify(home)
+    wake: Callable[[str], None]
+    notify: Callable[[str], None]  # starts a service first when none lives
+
+    def tell(self, home: str, started: bool) -> None:
+        """Wake the service; at the end, start one if none lives (it was killed meanwhile),
+        so the exit code is recorded with nothing else alive. A home that is gone has no
+        one to tell."""
+        with suppress(OSError, subprocess.SubprocessError):
+            (self.wake if started else self.notify)(home)
 
 
 class Guard:
@@ -386,9 +391,7 @@ class Guard:
     def check(self) -> None:
         now = time.monotonic()
         if self.kill_at is not None:
-            if now >= self.kill_at:
-                self._signal(graceful=False)
-                self.kill_at = now + 1.0  # again, for what it started meanwhile
+            self.kill_at = self._escalate(now)
             return
         if self.spec.timeout is not None and now >= self._deadline(now):
             self._stop("timed_out", timeout_reason(self.spec.timeout))
@@ -408,17 +411,17 @@ class Guard:
 
     def _stop(self, status: str, reason: str) -> None:
         self.ending = {"status": status, "reason": reason}
-        self._signal(graceful=True)
-        self.kill_at = time.monotonic() + self.spec.grace
+        self.kill_at = self._escalate(time.monotonic())
 
-    def _signal(self, graceful: bool) -> None:
-        from .backends.tree import signal_tree, suspend_tree
+    def _escalate(self, now: float) -> float:
+        from .backends.tree import escalate, stop_signal
 
+        signal = stop_signal(self.child_pid, self._members)
+        return escalate(signal, self.kill_at, self.spec.grace, now)
+
+    def _members(self) -> list[Any]:
         tree = self._process_tree()
-        members = tree.members(rescan=True) if tree is not None else []
-        if graceful:  # a paused (stopped) process cannot act on SIGTERM
-            suspend_tree(self.child_pid, False, members)
-        signal_tree(self.child_pid, graceful, members)
+        return tree.members(rescan=True) if tree is not None else []
 
     def _process_tree(self) -> Any:
         if self._tree is None:
@@ -428,13 +431,15 @@ class Guard:
         return self._tree
 
 
-def _fail(spec: RecorderSpec, files: RunFiles, log: CappedLog | None, reason: str) -> int:
+def _fail(
+    spec: RecorderSpec, link: ServiceLink, files: RunFiles, log: CappedLog | None, reason: str
+) -> int:
     """The child never started: say why in its log and its exit file."""
     if log is not None:
         log.write(f"nbrunner: {reason}\n".encode())
         log.close()
     _write_exit(spec, files, {"exit_code": None, "error": reason, "ended_at": time.time()})
-    _tell_service(spec.home, started=False)
+    link.tell(spec.home, started=False)
     return 0
 
 
@@ -447,7 +452,7 @@ def _write_exit(spec: RecorderSpec, files: RunFiles, outcome: dict[str, Any]) ->
             return
 
 
-def record(spec: RecorderSpec) -> int:
+def record(spec: RecorderSpec, link: ServiceLink) -> int:
     """Run the child to its end and write how it ended; returns the recorder's exit status."""
     files = RunFiles.of(spec.home, spec.run_id)
     with suppress(OSError):
@@ -459,13 +464,14 @@ def record(spec: RecorderSpec) -> int:
     try:
         log = CappedLog(spec.log_path, spec.max_log_size)
     except OSError as exc:
-        return _fail(spec, files, None, f"could not open the run's log {spec.log_path}: {exc}")
+        reason = f"could not open the run's log {spec.log_path}: {exc}"
+        return _fail(spec, link, files, None, reason)
     _pin(spec.cores)
     try:
         child = _start(spec)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         what = spec.argv[0] if spec.argv else "(empty command)"
-        return _fail(spec, files, log, f"could not start {what}: {exc}")
+        return _fail(spec, link, files, log, f"could not start {what}: {exc}")
     platform.contain(child, spec.keep_leftovers, spec.memory_limit)
     pump = threading.Thread(target=_pump, args=(child.stdout, log), daemon=True)
     pump.start()  # first: a child must never block on a full pipe while we write files
@@ -474,7 +480,7 @@ def record(spec: RecorderSpec) -> int:
     error = None
     try:
         write_atomically(files.child, started, CHILD_FILE_PATIENCE_S)
-        _tell_service(spec.home, started=True)
+        link.tell(spec.home, started=True)
     except OSError as exc:  # no one could find, cancel or adopt this child: stop it now
         error = f"could not record the run's start in {files.child} ({exc}); it was stopped"
         log.write(f"nbrunner: {error}\n".encode())
@@ -499,7 +505,7 @@ def record(spec: RecorderSpec) -> int:
     elif guard is not None and guard.ending is not None:
         outcome["ending"] = guard.ending
     _write_exit(spec, files, outcome)
-    _tell_service(spec.home, started=False)
+    link.tell(spec.home, started=False)
     if not drained:  # a kept leftover still writes: it keeps a reader (a closed pipe would
         os.close(lock)  # kill it with SIGPIPE), and its output keeps going to the log
         pump.join()
@@ -539,7 +545,7 @@ class ForkedRecorder:
         return self.returncode
 
 
-def fork_recorder(spec: RecorderSpec) -> ForkedRecorder:
+def fork_recorder(spec: RecorderSpec, link: ServiceLink) -> ForkedRecorder:
     """POSIX: a recorder forked from the warm service (no interpreter to start).
 
     The fork leaves the service's session at once, so signals meant for the service's
@@ -558,7 +564,7 @@ def fork_recorder(spec: RecorderSpec) -> ForkedRecorder:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the service's handler is not ours
         os.setsid()
         _close_inherited_files()
-        status = record(spec)
+        status = record(spec, link)
     except BaseException:  # a forked child must never return into the service
         with suppress(Exception):
             import traceback
@@ -571,7 +577,7 @@ def fork_recorder(spec: RecorderSpec) -> ForkedRecorder:
 def spawn_recorder(spec: RecorderSpec) -> subprocess.Popen[bytes]:
     """Windows: a recorder started as its own interpreter, handed its spec on stdin."""
     proc = platform.popen_detached(
-        [sys.executable, "-m", "nbrunner.recorder"],
+        [sys.executable, "-m", "nbrunner.recording"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -583,14 +589,11 @@ def spawn_recorder(spec: RecorderSpec) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_recorder(spec: RecorderSpec) -> ForkedRecorder | subprocess.Popen[bytes]:
-    """Start the run's recorder; a handle to poll whether it has ended."""
+def start_recorder(
+    spec: RecorderSpec, link: ServiceLink
+) -> ForkedRecorder | subprocess.Popen[bytes]:
+    """Start the run's recorder; a handle to poll whether it has ended. A spawned recorder
+    makes its own link (nbrunner.recording)."""
     if platform.IS_WINDOWS or os.environ.get(RECORDER_ENV) == "spawn":
         return spawn_recorder(spec)
-    return fork_recorder(spec)
-
-
-if __name__ == "__main__":  # the spawned recorder (Windows, and tests elsewhere)
-    from . import service  # noqa: F401 - loaded now, so waking the service is instant later
-
-    sys.exit(record(RecorderSpec(**json.load(sys.stdin))))
+    return fork_recorder(spec, link)

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import checks
 from .errors import ResourceRequestError
+from .gpu import Device, devices_for_runs
 from .units import format_size, parse_size
 
 # How a queued run's reason starts while others' memory keeps it from a GPU.
@@ -68,17 +69,6 @@ class Resources:
     @property
     def shares_a_gpu(self) -> bool:
         return self.gpus == 0 and self.gpu_memory > 0
-
-
-@dataclass(frozen=True)
-class Device:
-    index: int
-    memory_total: int
-    memory_others: int = 0  # held by processes nbrunner does not own (a desktop, ...)
-
-    @property
-    def memory_for_shares(self) -> int:
-        return self.memory_total - self.memory_others
 
 
 @dataclass(frozen=True)
@@ -247,8 +237,6 @@ def machine_capacity(
     memory_total, memory_available = memory_capacity()
     devices: tuple[Device, ...] = ()
     if with_gpus:
-        from .gpu import devices_for_runs
-
         devices = devices_for_runs(gpu_mask, ours)
     return Capacity(cpus, memory_total, memory_available, devices, cores)
 

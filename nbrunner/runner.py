@@ -19,19 +19,18 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from importlib import resources as package_files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from . import checks, service, snapshot, version
+from . import checks, demo, service, snapshot, version
 from .backends import BACKENDS
 from .config import check_key
 from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileError
 from .logs import read_text
+from .loopthread import LoopThread
 from .models import RunRecord, again_row
 from .modules import ModuleSpec, build_module, load_modules_file, lookup
 from .ordering import order, parse_sort, sort_values
@@ -44,6 +43,7 @@ from .scalars import read as read_scalars
 from .states import RunStatus
 from .store import HistoryFilter, Store
 from .sweep import Sweep, grid_points, new_id, random_points
+from .waiters import Waiters, poll_until_done
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,33 +54,10 @@ TICK_S = 0.2
 SERVICE_CHECK_S = 5.0  # while runs are active, a dead service is restarted this soon
 QUEUED_CANCEL_WAIT_S = 10.0  # how long cancel() waits for the service to take a queued run out
 Listener = Callable[[list[RunRecord]], None]
-DEMO_FILES = ("explore.ipynb", "modules.toml")
 
 
 def default_home() -> Path:
     return Path(os.environ.get("NBRUNNER_HOME") or Path.home() / ".nbrunner").expanduser()
-
-
-class _LoopThread:
-    """The process's one background asyncio loop."""
-
-    _instance: _LoopThread | None = None
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        policy_loop = getattr(asyncio, "ProactorEventLoop", asyncio.SelectorEventLoop)
-        self.loop: asyncio.AbstractEventLoop = policy_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="nbrunner-loop", daemon=True
-        )
-        self.thread.start()
-
-    @classmethod
-    def get(cls) -> _LoopThread:
-        with cls._lock:
-            if cls._instance is None or not cls._instance.thread.is_alive():
-                cls._instance = cls()
-            return cls._instance
 
 
 class Runner:
@@ -112,10 +89,10 @@ class Runner:
         self._tick_s = tick
         self._active: dict[int, RunRecord] = {}
         self._version = 0
-        self._waiters: dict[int, list[concurrent.futures.Future[RunRecord]]] = {}
+        self._waiters = Waiters()
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
-        self._loop: _LoopThread | None = None
+        self._loop: LoopThread | None = None
         self._wake: asyncio.Event | None = None
         self._task: concurrent.futures.Future[None] | None = None
         self._last_service_check = 0.0
@@ -137,7 +114,7 @@ class Runner:
             return
         self._closed = False
         self._refresh_all()
-        self._loop = _LoopThread.get()
+        self._loop = LoopThread.get()
         self._task = asyncio.run_coroutine_threadsafe(self._tick_forever(), self._loop.loop)
 
     def close(self) -> None:
@@ -172,12 +149,7 @@ class Runner:
             return chosen
         path = self.home / "modules.toml"
         if not path.exists():  # a new home starts with the demo modules, ready to edit
-            for name in DEMO_FILES:  # the notebook first: the modules file names it
-                demo = package_files.files("nbrunner.demo") / name
-                with package_files.as_file(demo) as source:
-                    shutil.copyfile(source, self.home / name)
-                with contextlib.suppress(OSError):
-                    os.chmod(self.home / name, 0o600)  # module env may hold tokens
+            demo.seed(self.home)
         return path
 
     def modules(self) -> dict[str, ModuleSpec]:
@@ -343,7 +315,7 @@ class Runner:
             checks.group(group),
         )
         needs: Resources = spec.resources.merged(dict(resources) if resources else None)
-        # An empty PYTHONUNBUFFERED turns it off even where the supervisor's own env sets it.
+        # An empty PYTHONUNBUFFERED turns it off even where the service's own env sets it.
         env = {"PYTHONUNBUFFERED": "1" if spec.unbuffered else "", **spec.env}
         if spec.hide_gpus and not (needs.gpus or needs.gpu_memory):
             env["CUDA_VISIBLE_DEVICES"] = ""  # opted in: a CPU-only run sees no GPU
@@ -400,7 +372,7 @@ class Runner:
         return Run(self, run_id)
 
     def cancel(self, run_id: int | str) -> RunRecord:
-        """Queued: removed from the queue. Started: its supervisor stops the whole tree.
+        """Queued: removed from the queue. Started: the service stops the whole tree.
         Either way the service does it (and runs the module's on_done hook); a queued run's
         record is returned once it has left the queue (or after QUEUED_CANCEL_WAIT_S)."""
         run_id = _parse_id(run_id)
@@ -526,12 +498,10 @@ class Runner:
 
     # -- waiting -------------------------------------------------------------------------------
     def _done_future(self, run_id: int) -> concurrent.futures.Future[RunRecord]:
-        future: concurrent.futures.Future[RunRecord] = concurrent.futures.Future()
-        with self._lock:
-            self._waiters.setdefault(run_id, []).append(future)
+        future = self._waiters.add(run_id)
         record = self.store.get(run_id)  # after registering, so no ending slips between
         if record.is_done:
-            self._resolve(record)
+            self._waiters.resolve(record)
         return future
 
     @overload
@@ -556,12 +526,12 @@ class Runner:
             ]
         run_id = run_id.id if isinstance(run_id, Run) else _parse_id(run_id)
         if not self.running:
-            return self._poll_until_done(run_id, timeout)
+            return poll_until_done(self.store, run_id, timeout)
         future = self._done_future(run_id)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
-            self._drop_waiter(run_id, future)
+            self._waiters.drop(run_id, future)
             raise TimeoutError(f"run {run_id} still not ended after {timeout} s") from None
 
     async def wait_async(self, run_id: int | str, timeout: float | None = None) -> RunRecord:
@@ -573,27 +543,8 @@ class Runner:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(done), timeout)
         except asyncio.TimeoutError:
-            self._drop_waiter(run_id, done)
+            self._waiters.drop(run_id, done)
             raise TimeoutError(f"run {run_id} still not ended after {timeout} s") from None
-
-    def _drop_waiter(self, run_id: int, future: concurrent.futures.Future[RunRecord]) -> None:
-        """A wait that gave up leaves nothing behind."""
-        with self._lock:
-            waiting = self._waiters.get(run_id, [])
-            if future in waiting:
-                waiting.remove(future)
-            if not waiting:
-                self._waiters.pop(run_id, None)
-
-    def _poll_until_done(self, run_id: int, timeout: float | None) -> RunRecord:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = self.store.get(run_id)
-            if record.is_done:
-                return record
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {run_id} still not ended after {timeout} s")
-            time.sleep(0.1)
 
     # -- listings ------------------------------------------------------------------------------
     def snapshot(self) -> list[RunRecord]:
@@ -818,20 +769,13 @@ class Runner:
                     self._active[record.id] = record
         for record in changes:
             if record.is_done:
-                self._resolve(record)
+                self._waiters.resolve(record)
         for listener in list(self._listeners):
             try:
                 listener(changes)
             except Exception:  # one broken listener must not starve the others
                 log.exception("nbrunner: a change listener failed")
         return changes
-
-    def _resolve(self, record: RunRecord) -> None:
-        with self._lock:
-            futures = self._waiters.pop(record.id, [])
-        for future in futures:
-            if not future.done():
-                future.set_result(record)
 
 
 def _parse_id(run_id: int | str) -> int:

@@ -62,6 +62,7 @@ from .pruning import Pruner
 from .recorder import (
     RecorderSpec,
     RunFiles,
+    ServiceLink,
     mark_paused,
     start_recorder,
     sweep_run_files,
@@ -828,7 +829,7 @@ class Service:
         self.watches[record.id] = watch
         try:
             spec = self._recorder_spec(record, settings)
-            watch.recorder = start_recorder(spec)
+            watch.recorder = start_recorder(spec, ServiceLink(wake, notify))
             self._recorders[record.id] = watch.recorder
             fd = platform.exit_signal(watch.recorder.pid)
             if fd is not None:

@@ -39,7 +39,7 @@ ACTIVE = frozenset({S.QUEUED}) | HOLDS_SLOT
 
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.QUEUED: frozenset({S.STARTING, S.CANCELLED}),
-    # back to queued: the claimer died before the run's supervisor came up, so it never ran
+    # back to queued: the claimer died before the run's recorder came up, so it never ran
     S.STARTING: frozenset({S.QUEUED, S.RUNNING, S.FAILED, S.CANCELLED, S.LOST}),
     S.RUNNING: frozenset({S.PAUSED, *DONE}),
     S.PAUSED: frozenset({S.RUNNING, *DONE}),

@@ -96,10 +96,9 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX runs_module ON runs(module, id);
     CREATE INDEX runs_status ON runs(status, id);
     """,
-    # the cluster a Ray run went to, so its supervisor, a restart and the record agree
+    # the cluster a Ray run went to, so its watch, a restart and the record agree
     "ALTER TABLE runs ADD COLUMN backend_address TEXT",
-    # when the supervisor took the run over: it may have been born long before (it serves
-    # runs in turn), but never after
+    # when the per-run supervisor took the run over (dropped below, with the supervisor)
     "ALTER TABLE runs ADD COLUMN taken_at REAL",
     # the submitter's environment, captured at submit and shared by the runs that have it;
     # how the service is stopping a run (so a later service finishes the job); the log cap;
@@ -130,6 +129,12 @@ MIGRATIONS: Sequence[str] = (
     """
     ALTER TABLE runs ADD COLUMN retry_lost INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX runs_status_retry ON runs(status, retry_lost)
+    """,
+    # left by the per-run supervisors the service replaced: nothing writes or reads them
+    # (DROP COLUMN needs SQLite 3.35, 2021)
+    """
+    ALTER TABLE runs DROP COLUMN supervisor_pid;
+    ALTER TABLE runs DROP COLUMN taken_at
     """,
 )
 
@@ -466,11 +471,6 @@ class Store:
 
     def holding_slot(self) -> list[RunRecord]:
         return Transaction(self._conn()).holding_slot()
-
-    def control(self, run_id: int) -> str | None:
-        """The action requested of a run's supervisor (cancel, pause, resume), if any."""
-        row = self._conn().execute("SELECT control FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return row[0] if row else None
 
     def history(self, query: HistoryFilter, limit: int = 50, offset: int = 0) -> list[RunRecord]:
         """One page, newest first; LIMIT/OFFSET in SQL, so a page costs the same at any size."""

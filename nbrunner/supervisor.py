@@ -185,22 +185,16 @@ class LocalWatch:
         """SIGTERM once the child is known (it may not be yet), SIGKILL after the grace."""
         if not self.stopping or self.child is None:
             return
-        now = time.monotonic()
-        if self.kill_at is None:
-            self.kill_at = now + self.grace
-            self.signal(graceful=True)
-        elif now >= self.kill_at:
-            self.signal(graceful=False)
-            self.kill_at = now + 1.0  # again, for what it spawned meanwhile
+        from .backends.tree import escalate
+
+        self.kill_at = escalate(self.signal, self.kill_at, self.grace, time.monotonic())
 
     def signal(self, graceful: bool) -> None:
         if not self.child_is_ours():
             return
-        from .backends.tree import signal_tree
+        from .backends.tree import stop_signal
 
-        if graceful:
-            self.pause(False)  # a stopped process cannot act on SIGTERM
-        signal_tree(self.child[0], graceful, self.tree_members())  # type: ignore[index]
+        stop_signal(self.child[0], self.tree_members)(graceful)  # type: ignore[index]
 
     def pause(self, paused: bool) -> None:
         if not self.child_is_ours():

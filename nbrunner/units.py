@@ -1,12 +1,14 @@
-"""Sizes as people write them ("4GB", "512MB") and as they read them."""
+"""Sizes and ages as people write them ("4GB", "512MB", "30d") and as they read them."""
 
 from __future__ import annotations
 
 import math
 import re
 
-from .errors import ResourceRequestError
+from .errors import BadInput, ResourceRequestError
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 
 
@@ -36,3 +38,14 @@ def format_size(n_bytes: float | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} TB"
+
+
+def parse_age(text: object, name: str = "--older-than") -> float:
+    """Seconds from an age like 30d, 12h, 90m, 45s or 2w; BadInput naming the forms."""
+    found = _AGE.match(str(text)) if isinstance(text, str) else None
+    if found is None:
+        raise BadInput(
+            f"{name} must be an age like 30d, 12h, 90m, 45s or 2w (days, hours, minutes, "
+            f"seconds, weeks), got {text!r}"
+        )
+    return float(found.group(1)) * _UNITS[found.group(2).lower()]

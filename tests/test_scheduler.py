@@ -196,11 +196,11 @@ def test_one_failed_launch_leaves_no_run_of_its_batch_claimed_and_unlaunched(
     Store(home).set_config("paused", False)
     calls = []
 
-    def first_fails(spec):
+    def first_fails(spec, link):
         calls.append(spec.run_id)
         if len(calls) == 1:
             raise subprocess.CalledProcessError(1, ["recorder"])
-        return fork_recorder(spec)
+        return fork_recorder(spec, link)
 
     monkeypatch.setattr(service, "start_recorder", first_fails)
     owner = service.Service(home, idle_exit=0)

@@ -161,3 +161,17 @@ def test_a_store_written_by_the_first_schema_opens_and_keeps_its_history(tmp_pat
     assert store.config()["max_concurrent"] == 4
     (new_id,) = store.insert_runs(_rows(1))
     assert new_id == 4 and store.version() > 3
+
+
+def test_the_per_run_supervisors_columns_are_gone_from_old_and_new_stores(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(Path(__file__).parent / "fixtures" / "store-v1.db", old / "nbrunner.db")
+    for home in (old, tmp_path / "new"):
+        rows = Store(home)._conn().execute("PRAGMA table_info(runs)").fetchall()
+        columns = {row[1] for row in rows}
+        assert "status" in columns and not {"supervisor_pid", "taken_at"} & columns

@@ -251,3 +251,16 @@ def test_a_ray_job_that_would_not_stop_keeps_its_lost_status_and_reason(
         RunStatus.LOST,
         "Ray did not stop job raysubmit-stubborn within 5 s",
     )
+
+
+def test_every_stop_escalates_the_same_way_term_then_kill_after_the_grace() -> None:
+    from nbrunner.backends.tree import KILL_AGAIN_S, escalate
+
+    sent: list[bool] = []
+    kill_at = escalate(sent.append, None, 5.0, now=100.0)
+    assert (sent, kill_at) == ([True], 105.0)  # asked to end, killed once the grace is over
+    assert escalate(sent.append, kill_at, 5.0, now=104.9) == 105.0 and sent == [True]
+    kill_at = escalate(sent.append, kill_at, 5.0, now=105.0)
+    assert (sent, kill_at) == ([True, False], 105.0 + KILL_AGAIN_S)
+    escalate(sent.append, kill_at, 5.0, now=kill_at)  # and again, for what it started since
+    assert sent == [True, False, False]

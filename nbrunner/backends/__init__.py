@@ -38,7 +38,7 @@ class Usage:
 
 
 class Child(Protocol):
-    """A started run, as the supervisor sees it."""
+    """A started run, as the service's watch of it sees it."""
 
     pid: int | None  # the local process (group leader), when there is one
     ref: str | None  # the backend's own id for the run (Ray's submission id)

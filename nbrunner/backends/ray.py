@@ -1,7 +1,7 @@
 """The Ray backend: each run is one Ray job (Ray Jobs API), its log mirrored into the run's file.
 
 Ray has no queue and forgets its jobs when the cluster restarts; nbrunner keeps both. The
-run's supervisor submits the run's argv as the job's entrypoint, copies the job's log into
+service's watch of the run submits the run's argv as the job's entrypoint, copies the job's log into
 the run's own log file as Ray writes it, and maps Ray's job statuses onto the run's:
 
     PENDING -> starting    RUNNING -> running    SUCCEEDED -> exit code 0
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 INSTALL_HINT = 'install it with: pip install "nbrunner[ray]"'
 CHECK_TIMEOUT_S = 3.0  # an unreachable cluster must fail a submit quickly, not hang it
-STATUS_POLL_S = 0.5  # how often a waiting supervisor asks Ray about its job
+STATUS_POLL_S = 0.5  # how often a run's watch asks Ray about its job
 LOST_AFTER_S = 10.0
 SUBMIT_RETRY_S = 30.0  # how long a head that is not ready yet is given to take a job
 SUBMIT_RETRY_EVERY_S = 0.5  # a dashboard busy for a moment is not a cluster gone
@@ -204,7 +204,7 @@ def _connect(address: str) -> JobSubmissionClient:
 
 
 class RayJob:
-    """A submitted Ray job, as the supervisor's Child."""
+    """A submitted Ray job, as a watch's Child."""
 
     pid = None
 

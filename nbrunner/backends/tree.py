@@ -7,7 +7,7 @@ exit between being listed and being sampled, above all on a busy machine.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 
 import psutil
@@ -19,6 +19,7 @@ from . import Usage
 # so less often than the cheap per-process samples in between, and one scan serves every
 # tree sampled in the same pass.
 RESCAN_S = 5.0
+KILL_AGAIN_S = 1.0  # SIGKILL again after this, for what the tree started meanwhile
 _table: tuple[float, dict[int, list[int]]] = (-RESCAN_S, {})
 
 
@@ -118,6 +119,38 @@ def signal_tree(root_pid: int, graceful: bool, members: Sequence[psutil.Process]
     for member in members:
         with suppress(psutil.Error):
             member.terminate() if graceful else member.kill()
+
+
+def escalate(
+    signal: Callable[[bool], None], kill_at: float | None, grace: float, now: float
+) -> float:
+    """Stopping a tree, one step at a time (every stop with a grace goes through here): the
+    first step asks it to end (`signal(True)`: SIGTERM, CTRL_BREAK on Windows); once `grace`
+    is over, it is killed (`signal(False)`), again every KILL_AGAIN_S for what it started
+    meanwhile. Never blocks: call it again at the time it returns (kill_at) until the tree
+    is gone."""
+    if kill_at is None:
+        signal(True)
+        return now + grace
+    if now >= kill_at:
+        signal(False)
+        return now + KILL_AGAIN_S
+    return kill_at
+
+
+def stop_signal(
+    root_pid: int, members: Callable[[], Sequence[psutil.Process]]
+) -> Callable[[bool], None]:
+    """`signal` for escalate on a run's tree: a paused (stopped) tree is resumed first, since
+    a stopped process cannot act on SIGTERM; the members are listed again at each signal."""
+
+    def signal(graceful: bool) -> None:
+        found = members()
+        if graceful:
+            suspend_tree(root_pid, False, found)
+        signal_tree(root_pid, graceful, found)
+
+    return signal
 
 
 def suspend_tree(root_pid: int, paused: bool, members: Sequence[psutil.Process]) -> None:

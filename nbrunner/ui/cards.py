@@ -13,7 +13,7 @@ from typing import Protocol
 import ipywidgets as widgets
 
 from ..logs import last_line
-from ..models import RunRecord
+from ..models import RunRecord, queue_positions
 from ..scalars import Series, Summaries
 from ..states import RunStatus
 from . import text
@@ -34,14 +34,6 @@ class Folded(Protocol):
     def update(
         self, shown: Sequence[RunRecord], now: float, last_line: Callable[[str], str]
     ) -> None: ...
-
-
-def queue_positions(records: Iterable[RunRecord]) -> dict[int, int]:
-    """1-based places in the queue: higher priority first, then submission order."""
-    queued = sorted(
-        (r for r in records if r.status is RunStatus.QUEUED), key=lambda r: (-r.priority, r.id)
-    )
-    return {r.id: place for place, r in enumerate(queued, start=1)}
 
 
 def elapsed(record: RunRecord, now: float) -> str:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bqplot as bq
 import ipywidgets as widgets
@@ -27,11 +27,13 @@ import numpy as np
 import pandas as pd
 
 from ..models import RunRecord, differing_params, params_text
-from ..runner import Runner
 from ..scalars import ScalarFollower, Series, Summaries
 from ..store import HistoryFilter
 from . import text
 from .sync import Sync, close_tree
+
+if TYPE_CHECKING:  # the runner imports the dashboard, not the other way round
+    from ..runner import Runner
 
 POINTS = 160
 REDRAW_S = 2.0

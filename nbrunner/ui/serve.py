@@ -10,7 +10,7 @@ The dashboard launches runs as its owner, so only its owner may drive it, as in 
   for `CULL_IDLE_TIMEOUT_S` goes within `CULL_INTERVAL_S` more. Widget traffic does not
   count as activity, or an orphaned dashboard would keep its kernel forever;
 - SIGTERM or Ctrl-C stops Voila, which shuts every page kernel down.
-Runs are not affected by any of this: they live in their supervisors.
+Runs are not affected by any of this: they live in their recorders, under the home's service.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class NoMaskedUrl(logging.Filter):
 def stop_at_once(app: Any) -> None:
     """Voila's own stop asks each page kernel to shut down and waits for it: seconds per
     kernel on a busy machine, so Ctrl-C seemed to hang. A page kernel holds nothing to save
-    (runs live in their supervisors): each is ended at once."""
+    (runs live in their recorders, under the home's service): each is ended at once."""
     from jupyter_core.utils import run_sync
 
     shutil.rmtree(app.connection_dir, ignore_errors=True)

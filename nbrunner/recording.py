@@ -1,0 +1,23 @@
+"""The spawned recorder's entry point (Windows, and tests elsewhere):
+`python -m nbrunner.recording`, its RecorderSpec as JSON on stdin.
+
+It sits above both nbrunner.recorder and nbrunner.service, so the recorder reaches the
+service through the link made here and never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from . import service
+from .recorder import RecorderSpec, ServiceLink, record
+
+
+def main() -> int:
+    spec = RecorderSpec(**json.load(sys.stdin))
+    return record(spec, ServiceLink(service.wake, service.notify))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
