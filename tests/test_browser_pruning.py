@@ -8,7 +8,6 @@ in the sweep launcher.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from helpers.browser import (
     require_browser,
     select_tab,
 )
+from helpers.git import git
 
 from nbrunner import Runner, RunStatus
 from nbrunner.ui.theme import STATUS_COLOURS
@@ -42,16 +42,6 @@ flush()
 while args.quality < 0.5:  # a poor run goes on until it is stopped
     time.sleep(0.1)
 """
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")

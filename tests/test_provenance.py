@@ -4,7 +4,6 @@ captured as it starts; with real git work trees and real runs."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 from helpers.cli import cli, cli_json
+from helpers.git import git
 
 from nbrunner import Runner, RunStatus
 from nbrunner.provenance import (
@@ -24,16 +24,6 @@ from nbrunner.provenance import (
 
 RUN_TIMEOUT_S = 60.0
 TRAIN = 'print("training", __name__)\n'
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 @pytest.fixture
