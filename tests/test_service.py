@@ -620,12 +620,13 @@ def test_a_run_whose_start_cannot_be_recorded_is_stopped_and_ends_recorded(
 
 @pytest.mark.posix
 @both_recorder_paths
-def test_a_kept_leftover_that_writes_to_its_output_lives_on(runner: Runner) -> None:
-    chatty = "(while true; do echo tick; sleep 0.05; done) & echo $!; exit 0"
+def test_a_kept_leftover_that_writes_to_its_output_lives_on(runner: Runner, tmp_path: Path) -> None:
+    pid_file = tmp_path / "leftover.pid"  # not the log: the leftover may tick before the echo
+    chatty = f"(while true; do echo tick; sleep 0.05; done) & echo $! > '{pid_file}'; exit 0"
     runner.register("chatty", command=["/bin/sh", "-c", chatty], keep_leftovers=True)
     run = runner.submit("chatty")
     assert run.wait(timeout=30).status is RunStatus.SUCCEEDED
-    leftover = int(run.logs().split()[0])
+    leftover = int(pid_file.read_text())
     try:
         ticks = run.logs().count("tick")
         # past the recorder's own end: a leftover writing to a closed pipe dies of SIGPIPE
