@@ -230,6 +230,20 @@ def test_a_history_row_follows_a_run_started_elsewhere(page: Any, runner: Runner
     expect(row.locator(".nbr-c-exit")).to_have_text("0")
 
 
+def test_a_failed_runs_row_says_why_it_failed(page: Any, runner: Runner) -> None:
+    """The final exception line, not "exited with code 1" (the log needs no opening)."""
+    from playwright.sync_api import expect
+
+    raises = "import sys\nprint('fitting')\nraise ValueError('C must be positive, got -1')"
+    runner.register("raises", command=[sys.executable, "-c", raises])
+    filter_history(page, "raises")
+    run = runner.submit("raises")
+    assert run.wait(timeout=60).status.value == "failed"
+    row = page.locator(f".nbr-hrun-{run.id}")
+    expect(row.locator(".nbr-badge")).to_have_text("failed")
+    expect(row.locator(".nbr-c-detail")).to_contain_text("ValueError: C must be positive, got -1")
+
+
 def test_a_cards_restart_button_starts_the_same_run_again(page: Any, runner: Runner) -> None:
     from playwright.sync_api import expect
 
