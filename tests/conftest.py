@@ -79,11 +79,24 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if a service, recorder, Voila, kernel or Ray head a test started is
     still alive once every fixture has cleaned up."""
-    marker, since = session.config.stash[SESSION]
-    culprits = left_behind(marker, since)
-    session.config.stash[LEFT_BEHIND] = culprits
+    config = session.config
+    if config.pluginmanager.hasplugin("dsession"):
+        # xdist's controller runs no test: its workers checked their own and told it
+        culprits = config.stash.get(LEFT_BEHIND, [])
+    else:
+        marker, since = config.stash[SESSION]
+        culprits = left_behind(marker, since)
+        config.stash[LEFT_BEHIND] = culprits
+        if hasattr(config, "workeroutput"):
+            config.workeroutput["left_behind"] = culprits
     if culprits and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    told = getattr(node, "workeroutput", {}).get("left_behind", [])
+    node.config.stash[LEFT_BEHIND] = node.config.stash.get(LEFT_BEHIND, []) + told
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -3,9 +3,14 @@ README's command; a second copy of either would drift."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,3 +38,37 @@ def test_ci_run_runs_exactly_the_readme_command() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     block = readme.split("<!-- test-command -->")[1].split("<!-- /test-command -->")[0]
     assert extracted == block.strip().removeprefix("```bash").removesuffix("```").strip()
+
+
+LEAVES_A_SLEEPER = """
+import subprocess, sys
+
+def test_forgets_its_child():
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                     start_new_session=True)
+
+def test_cleans_up():
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+"""
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_the_suite_fails_and_names_a_process_a_test_left_alive(
+    tmp_path: Path, workers: str
+) -> None:
+    """The session-end check, with and without xdist workers: a planted leftover fails a run
+    whose every test passed, is named, and is stopped."""
+    for name in ("conftest.py", "helpers"):
+        copy = shutil.copytree if name == "helpers" else shutil.copy
+        copy(REPO / "tests" / name, tmp_path / name)
+    (tmp_path / "test_leaves.py").write_text(LEAVES_A_SLEEPER)
+    env = {**os.environ, "NBRUNNER_TEST_SETTLE_S": "2"}
+    env.pop("NBRUNNER_TEST_SESSION", None)
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", workers, "-q"]
+    done = subprocess.run(
+        [*argv, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    out = done.stdout + done.stderr
+    assert "2 passed" in out, out
+    assert done.returncode == 1, out
+    assert "processes left behind" in out and "time.sleep(600)" in out, out

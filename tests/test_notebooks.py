@@ -14,9 +14,8 @@ from typing import Any
 import nbformat
 import pytest
 from conftest import stop_everything
+from helpers.notebooks import write_notebook
 from helpers.procs import alive, wait_until
-from helpers.ray_head import RayHead
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from nbrunner import ModulesFileError, Runner, RunStatus
 from nbrunner.cli import main as cli
@@ -28,17 +27,6 @@ from nbrunner.ui.logview import LogTab
 from nbrunner.ui.sync import Sync
 
 RUN_TIMEOUT_S = 90.0  # a kernel takes seconds to start on a busy two-core machine
-PYTHON3 = {"name": "python3", "display_name": "Python 3", "language": "python"}
-
-
-def write_notebook(path: Path, *sources: str, parameters: str | None = None) -> Path:
-    """A notebook of code cells, with a cell tagged `parameters` first when given."""
-    cells = [new_markdown_cell("# a test notebook")]
-    if parameters is not None:
-        cells.append(new_code_cell(parameters, metadata={"tags": ["parameters"]}))
-    cells += [new_code_cell(source) for source in sources]
-    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": PYTHON3}), path)
-    return path
 
 
 def last_line(text: str) -> str:
@@ -307,24 +295,6 @@ def test_the_log_tab_of_a_notebook_run_links_its_executed_notebook(tmp_path: Pat
         len(LogTab(plain, Sync(), lambda a: a(), lambda _: None).widget.children[0].children)
         == len(toolbar) - 2
     )
-
-
-@pytest.mark.ray
-def test_a_notebook_runs_as_a_ray_job(home: Path, ray_head: RayHead, tmp_path: Path) -> None:
-    source = write_notebook(
-        tmp_path / "on_ray.ipynb", "print(f'ray says {word}')", "1 / 0", parameters="word = 'hi'"
-    )
-    with Runner(home, backend="ray", address=ray_head.address) as runner:
-        runner.register("on_ray", notebook=str(source))
-        run = runner.submit("on_ray", params={"word": "hello"})
-        record = run.wait(timeout=RUN_TIMEOUT_S)
-        stop_everything(runner)
-    log = run.logs()
-    assert (record.status, record.backend, record.exit_code) == (RunStatus.FAILED, "ray", 1), log
-    assert "ray says hello" in log
-    assert "failed: ZeroDivisionError: division by zero" in last_line(log)
-    executed = nbformat.read(record.notebook_path or "", as_version=4)
-    assert executed.cells[-1].outputs[-1]["ename"] == "ZeroDivisionError"
 
 
 def test_each_run_and_each_restart_gets_its_own_executed_notebook(tmp_path: Path) -> None:

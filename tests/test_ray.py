@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 from conftest import stop_everything
+from helpers.notebooks import write_notebook
 from helpers.procs import wait_until
 from helpers.ray_head import RayHead, free_port, require_ray
 from helpers.sampling import MaxSampler
@@ -202,6 +204,23 @@ def test_job_spec_for_a_remote_cluster_uploads_the_directory(tmp_path: Path) -> 
     assert spec["runtime_env"]["working_dir"] == str(tmp_path)
     assert spec["runtime_env"]["excludes"] == ["/logs/", "/nbrunner.db*"]
     assert spec["entrypoint_num_gpus"] == 1
+
+
+def test_a_notebook_runs_as_a_ray_job(home: Path, head: RayHead, tmp_path: Path) -> None:
+    source = write_notebook(
+        tmp_path / "on_ray.ipynb", "print(f'ray says {word}')", "1 / 0", parameters="word = 'hi'"
+    )
+    with Runner(home, backend="ray", address=head.address) as runner:
+        runner.register("on_ray", notebook=str(source))
+        run = runner.submit("on_ray", params={"word": "hello"})
+        record = run.wait(timeout=RUN_TIMEOUT_S)
+        stop_everything(runner)
+    log = run.logs()
+    assert (record.status, record.backend, record.exit_code) == (RunStatus.FAILED, "ray", 1), log
+    assert "ray says hello" in log
+    assert "failed: ZeroDivisionError: division by zero" in log.rstrip("\n").rsplit("\n", 1)[-1]
+    executed = nbformat.read(record.notebook_path or "", as_version=4)
+    assert executed.cells[-1].outputs[-1]["ename"] == "ZeroDivisionError"
 
 
 def test_cluster_restart_ends_a_running_run_lost_and_history_survives(
