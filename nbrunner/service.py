@@ -114,10 +114,15 @@ def is_running(home: str | Path) -> bool:
 
 
 def info(home: str | Path) -> dict[str, Any] | None:
-    """What the living service wrote about itself (pid, port, started_at), if one lives."""
+    """What the living service wrote about itself (pid, port, started_at), if one lives.
+    None also between a new service taking the lock and writing its own: the file is then
+    still its dead predecessor's."""
     if not is_running(home):
         return None
-    return RunFiles.of(home, 0).read(Path(home) / INFO_NAME)
+    written = RunFiles.of(home, 0).read(Path(home) / INFO_NAME)
+    if written is None or not platform.is_same_process(written.get("pid"), written.get("marker")):
+        return None
+    return written
 
 
 _watched_at: dict[Path, float] = {}  # home → when this process last said it watches

@@ -25,7 +25,7 @@ import psutil
 import pytest
 from helpers.cli import cli
 from helpers.logs import capped, split_capped
-from helpers.procs import alive, python, wait_until
+from helpers.procs import alive, python, services_of, wait_until
 from helpers.recorders import recorder_path  # noqa: F401 (a fixture)
 
 from nbrunner import Runner, service
@@ -56,16 +56,6 @@ def wait_for_end(home: Path, run_id: int, timeout: float = 60):
     return wait_until(
         lambda: (r := record_of(home, run_id)).is_done and r, timeout, what=f"run {run_id} to end"
     )
-
-
-def services_of(home: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = proc.info["cmdline"] or []
-        ours = "nbrunner.service" in cmdline and str(home) in cmdline
-        if ours and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(proc)
-    return found
 
 
 def gated_run(home: Path, gate: Path, exit_code: int):
@@ -100,6 +90,23 @@ def held_store_lock(home: Path) -> Iterator[threading.Event]:
 
 
 # -- 1. finished runs are never recorded lost, however loaded the machine ------------------
+def test_a_predecessors_info_is_never_taken_for_the_living_services(runner: Runner) -> None:
+    """Between taking the lock and writing its own, a new service's home holds the file of
+    the one before it: that pid is dead (or someone else's), never the service's."""
+    service.ensure_running(runner.home)
+    living = service_pid(runner.home)
+    info_file = runner.home / service.INFO_NAME
+    written = json.loads(info_file.read_text())
+    gone = subprocess.Popen(python("pass"))
+    gone.wait()
+    info_file.write_text(json.dumps({**written, "pid": gone.pid}))
+    assert service.info(runner.home) is None
+    info_file.write_text(json.dumps({**written, "marker": "0"}))  # the pid, reused
+    assert service.info(runner.home) is None
+    info_file.write_text(json.dumps(written))
+    assert service.info(runner.home) == written and written["pid"] == living
+
+
 def test_short_runs_on_a_busy_machine_all_end_as_they_did(runner: Runner, busy_machine) -> None:
     runner.register("brief", command=python("import time, sys; time.sleep(0.3); sys.exit(0)"))
     runner.register("instant", command=python("pass"))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import stop_everything
 from helpers.cli import cli, cli_json
@@ -120,3 +123,61 @@ def test_a_store_from_a_newer_nbrunner_is_refused_in_one_line_and_left_alone(
         Runner(home, start=False)
     assert files_of(home) == before  # nothing written
     assert not (home / "logs").exists()
+
+
+# The release before this one (the code of commit 6895f26, nbrunner/ only): a real older
+# service and older recorders, not this code told to say an older version.
+PREVIOUS_RELEASE = Path(__file__).parent / "fixtures" / "nbrunner-0.1.0-6895f26.tar.gz"
+WAIT_THEN_EXIT = (
+    "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\n"
+    "print('released', flush=True)\nsys.exit(int(sys.argv[2]))"
+)
+OLD_CLIENT = """
+import sys, time, nbrunner
+from nbrunner import Runner
+assert nbrunner.__file__.startswith(sys.argv[1]), nbrunner.__file__
+runner = Runner(sys.argv[2])
+runs = []
+for code in ("0", "3"):
+    runner.register(f"exits{code}", command=[sys.executable, "-c", *sys.argv[3:], code])
+    runs.append(runner.submit(f"exits{code}"))
+while any(run.status.value != "running" for run in runs):
+    time.sleep(0.05)
+print(" ".join(f"{run.id}:{run.record.pid}" for run in runs))
+"""
+
+
+def previous_release(folder: Path) -> Path:
+    with tarfile.open(PREVIOUS_RELEASE) as archive:
+        archive.extractall(folder, filter="data")
+    return folder / "nbrunner-6895f26"
+
+
+def test_runs_started_by_the_previous_release_are_adopted_after_its_service_is_killed(
+    home: Path, tmp_path: Path
+) -> None:
+    old_code, gate = previous_release(tmp_path), tmp_path / "gate"
+    old_env = {**os.environ, "PYTHONPATH": str(old_code), "NBRUNNER_HOME": str(home)}
+    started = subprocess.run(
+        [sys.executable, "-c", OLD_CLIENT, str(old_code), str(home), WAIT_THEN_EXIT, str(gate)],
+        env=old_env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    runs = dict(pair.split(":") for pair in started.stdout.split())
+    old_service = psutil.Process((service.info(home) or {})["pid"])
+    assert old_service.environ().get("PYTHONPATH") == str(old_code)
+    old_service.kill()  # the upgrade: the old service is gone, its recorders hold the runs
+    old_service.wait(30)
+
+    with Runner(home) as runner:  # this release: its service adopts the old release's runs
+        for run_id, pid in runs.items():
+            record = runner.get(int(run_id)).record
+            assert (record.status, record.pid) == (RunStatus.RUNNING, int(pid))
+        serving = wait_until(lambda: service.info(home), what="this release's service")
+        assert psutil.Process(serving["pid"]).environ().get("PYTHONPATH") != str(old_code)
+        gate.touch()
+        ended = [runner.wait(int(run_id), timeout=60) for run_id in runs]
+        assert [(r.status, r.exit_code) for r in ended] == [
+            (RunStatus.SUCCEEDED, 0), (RunStatus.FAILED, 3)
+        ]  # fmt: skip
+        assert all("released" in runner.logs(r.id) for r in ended)

@@ -56,3 +56,13 @@ def processes_with(marker: str) -> list[psutil.Process]:
         if any(marker in part for part in proc.info["cmdline"] or ()):
             found.append(proc)
     return found
+
+
+def services_of(home: object) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        ours = "nbrunner.service" in cmdline and str(home) in cmdline
+        if ours and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found

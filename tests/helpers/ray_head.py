@@ -24,7 +24,7 @@ import pytest
 
 from nbrunner.backends.ray import loopback_head_env
 
-from .procs import alive, wait_until
+from .procs import wait_until
 
 START_TIMEOUT_S = 90.0
 # Ray's services end on SIGTERM at once; `ray start --block` and the autoscaler monitor
@@ -98,27 +98,36 @@ class RayHead:
             return False
         return True
 
+    def processes(self) -> list[psutil.Process]:
+        """Every process of this head: those its components re-parented or started late
+        are no descendants of `ray start`, but all inherit the head's HOME."""
+        home = str(self.temp_dir / "home")
+        found = []
+        for process in psutil.process_iter():
+            with suppress(psutil.Error):
+                if process.pid != os.getpid() and process.environ().get("HOME") == home:
+                    found.append(process)
+        return found
+
     def stop(self) -> None:
         """End the head and every process it started: SIGTERM, then SIGKILL after a grace."""
         if self.proc is None:
             return
-        tree = [psutil.Process(self.proc.pid)]
-        with suppress(psutil.Error):
-            tree += tree[0].children(recursive=True)
-        for process in tree:
+        for process in self.processes():
             with suppress(psutil.Error):
                 process.terminate()
         with suppress(AssertionError):
             wait_until(
-                lambda: not any(alive(p.pid) for p in tree),
+                lambda: not self.processes(),
                 timeout=STOP_GRACE_S,
                 interval=0.1,
                 what="the Ray head to stop",
             )
-        for process in tree:
+        for process in self.processes():
             with suppress(psutil.Error):
                 process.kill()
         self.proc.wait()
+        wait_until(lambda: not self.processes(), timeout=30, what="the Ray head's processes to go")
         self.proc = None
 
     def remove(self) -> None:
