@@ -75,11 +75,10 @@ class RunRecord:
         data = dict(row)
         data["group"] = data.pop("grp", None)
         for key in JSON_FIELDS:
-            data[key] = json.loads(data[key]) if data.get(key) else _empty(key)
+            data[key] = _decoded(key, data.get(key))
         data["status"] = RunStatus(data["status"])
         data["keep_leftovers"] = bool(data.get("keep_leftovers"))
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _KNOWN})
 
     @property
     def duration_s(self) -> float | None:
@@ -107,6 +106,18 @@ class RunRecord:
         for key in TIME_FIELDS:
             data[key] = iso(data[key])
         return data
+
+
+_KNOWN = frozenset(f.name for f in fields(RunRecord))
+
+
+def _decoded(key: str, text: str | None) -> Any:
+    """A JSON column's value; most are empty, and those need no parser."""
+    if not text:
+        return _empty(key)
+    if text in ("[]", "{}"):
+        return [] if text == "[]" else {}
+    return json.loads(text)
 
 
 # What a run made again from another keeps of it (a restart, a lost run queued again): the

@@ -46,6 +46,12 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     **{done: frozenset() for done in DONE},
 }
 
+# Where each state may be entered from: a transition is one UPDATE guarded by its sources.
+SOURCES: dict[RunStatus, frozenset[RunStatus]] = {
+    target: frozenset(source for source, targets in TRANSITIONS.items() if target in targets)
+    for target in RunStatus
+}
+
 
 def check_transition(run_id: object, current: RunStatus, target: RunStatus) -> None:
     """Raise InvalidTransition naming the current state and what it allows."""

@@ -39,7 +39,7 @@ from .errors import (
 )
 from .models import JSON_FIELDS, RunRecord
 from .notebook import argv_for_run
-from .states import ACTIVE, HOLDS_SLOT, RunStatus, check_transition
+from .states import ACTIVE, HOLDS_SLOT, SOURCES, RunStatus, check_transition
 
 DB_NAME = "nbrunner.db"
 BUSY_TIMEOUT_MS = 1000  # one wait for the write lock; retried up to the store's patience
@@ -162,8 +162,9 @@ class Transaction:
     def stamp(self) -> int:
         """This transaction's version, bumping the global one on first use."""
         if self._version is None:
-            self.conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
-            row = self.conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+            row = self.conn.execute(
+                "UPDATE meta SET value = value + 1 WHERE key = 'version' RETURNING value"
+            ).fetchone()
             self._version = int(row[0])
         return self._version
 
@@ -174,19 +175,30 @@ class Transaction:
         return RunRecord.from_row(row)
 
     def update(self, run_id: int, **values: Any) -> None:
+        self._write(run_id, values)
+
+    def transition(self, run_id: int, target: RunStatus, **values: Any) -> RunRecord:
+        """Move the run to `target`, in one statement that matches only a state `target`
+        may follow; else the error says what the run is and what it may become."""
+        rows = self._write(run_id, {"status": target, **values}, SOURCES[target])
+        if not rows:
+            check_transition(run_id, self.get(run_id).status, target)  # raises: it says why
+            raise AssertionError(f"run {run_id} changed while becoming {target.value}")
+        return RunRecord.from_row(rows[0])
+
+    def _write(
+        self, run_id: int, values: dict[str, Any], sources: frozenset[RunStatus] | None = None
+    ) -> list[Any]:
         columns = [_FIELD_TO_COLUMN.get(key, key) for key in values]
         assignments = ", ".join(f"{c} = ?" for c in columns)
         encoded = [encode_column(c, v) for c, v in zip(columns, values.values(), strict=True)]
-        self.conn.execute(
-            f"UPDATE runs SET {assignments}, version = ? WHERE id = ?",
-            (*encoded, self.stamp(), run_id),
-        )
-
-    def transition(self, run_id: int, target: RunStatus, **values: Any) -> RunRecord:
-        current = self.get(run_id)
-        check_transition(run_id, current.status, target)
-        self.update(run_id, status=target, **values)
-        return self.get(run_id)
+        where, guard = "id = ?", [s.value for s in sources or ()]
+        if sources is not None:
+            where += f" AND status IN ({', '.join('?' * len(guard))})"
+        return self.conn.execute(
+            f"UPDATE runs SET {assignments}, version = ? WHERE {where} RETURNING *",
+            (*encoded, self.stamp(), run_id, *guard),
+        ).fetchall()
 
     def select(self, where: str, params: Iterable[Any] = (), tail: str = "") -> list[RunRecord]:
         sql = f"SELECT * FROM runs WHERE {where} {tail}"

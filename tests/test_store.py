@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nbrunner.errors import BadInput, InvalidConfig, InvalidTransition, UnknownRun
-from nbrunner.states import RunStatus
+from nbrunner.states import TRANSITIONS, RunStatus
 from nbrunner.store import MIGRATIONS, HistoryFilter, Store
 
 
@@ -56,6 +56,29 @@ def test_refused_transitions_change_nothing(store: Store) -> None:
 def test_unknown_run(store: Store) -> None:
     with pytest.raises(UnknownRun, match="unknown run id 99"):
         store.get(99)
+    with pytest.raises(UnknownRun, match="unknown run id 99"):
+        store.transition(99, RunStatus.CANCELLED)
+
+
+@pytest.mark.parametrize("source", list(RunStatus))
+def test_every_transition_the_table_allows_is_written_and_every_other_refused(
+    store: Store, source: RunStatus
+) -> None:
+    for target in RunStatus:
+        (run_id,) = store.insert_runs(_rows(1))
+        with store.write() as tx:  # put it there, table or not
+            tx.conn.execute("UPDATE runs SET status = ? WHERE id = ?", (source.value, run_id))
+        if target in TRANSITIONS[source]:
+            moved = store.transition(run_id, target, reason="why")
+            assert (
+                (moved.status, moved.reason)
+                == (target, "why")
+                == (store.get(run_id).status, store.get(run_id).reason)
+            )
+        else:
+            with pytest.raises(InvalidTransition, match=f"is {source.value} and cannot become"):
+                store.transition(run_id, target, reason="why")
+            assert (store.get(run_id).status, store.get(run_id).reason) == (source, None)
 
 
 def test_history_filters_and_pages_in_sql(store: Store) -> None:
