@@ -19,4 +19,5 @@ BENCHMARKS = (
     "pruning",
     "idle_page",
     "idle_runs",
+    "designs",
 )
