@@ -211,7 +211,7 @@ def test_a_signal_to_the_dashboard_alone_stops_voila_and_its_kernels(
         wait_until(running.kernels, what="a page kernel")
         everything = running.descendants()
         running.process.send_signal(signum)
-        running.process.wait(timeout=30)
+        running.wait_for_exit(timeout=30)
         wait_until(
             lambda: not [p for p in everything if alive(p.pid)], what="Voila and kernels to stop"
         )
@@ -237,7 +237,7 @@ def test_ctrl_c_ends_a_page_kernel_that_does_not_answer(tmp_path: Path) -> None:
         kernel.suspend()
         try:
             running.process.send_signal(signal.SIGINT)
-            running.process.wait(timeout=60)
+            running.wait_for_exit(timeout=60)
             wait_until(
                 lambda: not [p for p in everything if alive(p.pid)],
                 what="Voila and the stopped kernel to end",

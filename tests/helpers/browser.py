@@ -93,6 +93,21 @@ class Server:
         except psutil.NoSuchProcess:
             return []
 
+    def wait_for_exit(self, timeout: float) -> int:
+        """Its exit status; if it is still alive after timeout, a failure that says why:
+        its state, the signals it ignores and catches, and every thread's stack."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+            state = [line for line in status.splitlines() if line.startswith(("State", "Sig"))]
+            self.process.send_signal(signal.SIGUSR1)  # faulthandler: the stacks to stderr
+            time.sleep(2)
+            raise AssertionError(
+                f"nbrunner dashboard still runs {timeout} s after the signal: {state}\n"
+                + self.output()[-6000:]
+            ) from None
+
     def kernels(self) -> list[psutil.Process]:
         found = []
         for child in self.descendants():
@@ -123,7 +138,8 @@ def dashboard_server(home: Path, log_dir: Path) -> Iterator[Server]:
     command = [
         sys.executable,
         "-c",
-        "import sys; from nbrunner.cli import main; sys.exit(main())",
+        "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True)"
+        "; from nbrunner.cli import main; sys.exit(main())",
         "dashboard",
         "--home",
         str(home),
