@@ -138,7 +138,10 @@ def dashboard_server(home: Path, log_dir: Path) -> Iterator[Server]:
     command = [
         sys.executable,
         "-c",
+        # as from a terminal, whatever started the tests: Ctrl-C interrupts (a background
+        # job of a script inherits SIGINT ignored); SIGUSR1 prints every thread's stack
         "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True)"
+        "; signal.signal(signal.SIGINT, signal.default_int_handler)"
         "; from nbrunner.cli import main; sys.exit(main())",
         "dashboard",
         "--home",
