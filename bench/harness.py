@@ -284,8 +284,9 @@ def memory_of(processes: Iterable[psutil.Process]) -> dict[str, float]:
 
 
 def processes(pids: Iterable[int | None]) -> list[psutil.Process]:
+    """Each living process once (runs held by one process name it once each)."""
     found: list[psutil.Process] = []
-    for pid in pids:
+    for pid in dict.fromkeys(pids):
         if pid:
             with contextlib.suppress(psutil.Error):
                 found.append(psutil.Process(pid))

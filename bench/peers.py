@@ -195,7 +195,10 @@ class RayHead:
             argv += [flag, str(port)]
         self.started = time.perf_counter()
         env = loopback_head_env(self.temp / "home")
-        subprocess.run(argv, check=True, capture_output=True, timeout=120, env=env)
+        started = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+        if started.returncode != 0:
+            said = (started.stderr or started.stdout).strip().splitlines()[-8:]
+            raise RuntimeError(f"ray start exited with {started.returncode}: " + " | ".join(said))
         self.start_seconds = time.perf_counter() - self.started
 
     @property
@@ -211,18 +214,23 @@ class RayHead:
             with contextlib.suppress(psutil.Error):
                 process.terminate()
         _gone, alive = psutil.wait_procs(procs, timeout=10)
-        for process in alive:
+        for process in alive + self.processes():  # and any started meanwhile
             with contextlib.suppress(psutil.Error):
                 process.kill()
+        psutil.wait_procs(alive, timeout=10)
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def ray_processes(temp_dir: str) -> list[psutil.Process]:
-    """Every process of the Ray head using temp_dir, and all their descendants."""
+    """Every process of the Ray head using temp_dir, and all their descendants: those that
+    name it, and those that inherited its HOME (the client server names neither, and its
+    parent may be gone)."""
+    home = str(Path(temp_dir) / "home")
     heads: list[psutil.Process] = []
     for process in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
-            if any(temp_dir in part for part in process.info["cmdline"] or ()):
+            names_it = any(temp_dir in part for part in process.info["cmdline"] or ())
+            if names_it or (process.pid != os.getpid() and process.environ().get("HOME") == home):
                 heads.append(process)
     found = {p.pid: p for p in heads}
     for process in heads:

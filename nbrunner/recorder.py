@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +48,12 @@ CHILD_FILE_PATIENCE_S = 2.0  # then the child, which no one could find or cancel
 PAUSED_CHECK_S = 1.0  # how often a paused run's timeout looks whether it was resumed
 MEMORY_CHECK_S = 1.0
 HOME_CHECK_S = 30.0  # how often a recorder that cannot write its exit file looks for its home
-# Tests set it to "spawn" to run the Windows path (an interpreter per recorder) on POSIX.
+# "spawn": the Windows path (an interpreter per recorder) on POSIX, for tests; "keeper": one
+# process per home holds every run (nbrunner.keeper), the model that replaces both.
 RECORDER_ENV = "NBRUNNER_RECORDER"
+KEEPER_LOCK, KEEPER_INFO, KEEPER_LOG = "keeper.lock", "keeper.json", "keeper.log"
+KEEPER_START_S = 30.0  # a keeper just started takes its lock within this
+KEEPER_INFO_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,11 @@ class RunFiles:
     def pause(self) -> Path:
         return self.directory / f"{self.run_id}.pause"
 
+    @property
+    def spec(self) -> Path:
+        """The run handed to the home's keeper (NBRUNNER_RECORDER=keeper), until it is taken."""
+        return self.directory / f"{self.run_id}.spec"
+
     def read(self, path: Path) -> dict[str, Any] | None:
         try:
             return json.loads(path.read_text())
@@ -107,7 +116,7 @@ class RunFiles:
         return platform.is_locked(self.lock)
 
     def remove(self) -> None:
-        for path in (self.child, self.exit, self.pause, self.lock):
+        for path in (self.spec, self.child, self.exit, self.pause, self.lock):
             with suppress(OSError):
                 path.unlink()
 
@@ -292,10 +301,13 @@ def _start(spec: RecorderSpec) -> subprocess.Popen[bytes]:
     )
 
 
-def stop_leftovers(child_pid: int, grace: float = LEFTOVER_GRACE_S) -> None:
+def stop_leftovers(
+    child_pid: int, grace: float = LEFTOVER_GRACE_S, shared_by: int | None = None
+) -> None:
     """Stop what the run's child left behind: its process group, and every descendant of
     this recorder (orphans are re-parented to it as the subreaper on Linux; on Windows they
-    are in the run's job object)."""
+    are in the run's job object). A holder of many runs (`shared_by` the run's id) stops
+    only the descendants of this run: its session, or its NBRUNNER_RUN_ID."""
     import psutil
 
     from .backends.tree import escalate, signal_tree
@@ -303,6 +315,8 @@ def stop_leftovers(child_pid: int, grace: float = LEFTOVER_GRACE_S) -> None:
     def leftovers() -> list[psutil.Process]:
         with suppress(psutil.Error):
             found = psutil.Process().children(recursive=True)
+            if shared_by is not None:
+                found = [p for p in found if _of_run(p, child_pid, shared_by)]
             found += [psutil.Process(pid) for pid in platform.job_pids(child_pid)]
             return [p for p in found if p.status() != psutil.STATUS_ZOMBIE]
         return []
@@ -314,7 +328,52 @@ def stop_leftovers(child_pid: int, grace: float = LEFTOVER_GRACE_S) -> None:
     while leftovers() and time.monotonic() < kill_at:  # this recorder has nothing else to do
         time.sleep(0.05)
     escalate(signal, kill_at, grace, kill_at)  # whatever is left is killed now
-    _reap_all()
+    if shared_by is None:
+        _reap_all()  # a shared holder reaps its orphans itself (Children)
+
+
+def _of_run(process: Any, child_pid: int, run_id: int) -> bool:
+    """Whether a descendant of a shared holder belongs to this run."""
+    import psutil
+
+    try:
+        return os.getsid(process.pid) == child_pid or (
+            process.environ().get("NBRUNNER_RUN_ID") == str(run_id)
+        )
+    except (OSError, psutil.Error):  # gone meanwhile
+        return False
+
+
+class Children:
+    """A shared holder's direct children that run threads wait for: its reaper of orphans
+    takes none of their exit codes (a child is started and listed under the same lock)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pids: set[int] = set()
+
+    def reap_orphans(self) -> None:
+        """Reap exited orphans, one syscall when there are none; a run's own child next in
+        line is left to its thread (which reaps it at once), and the rest to a later call."""
+        with self.lock:
+            while True:
+                try:
+                    found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:
+                    return
+                if found is None or found.si_pid in self.pids:
+                    return
+                with suppress(ChildProcessError):
+                    os.waitpid(found.si_pid, 0)
+
+    def may_have_leftovers(self, child_pid: int) -> bool:
+        """Whether the run's group still has a process, or any orphan (whose run is not
+        known without a look at it) has come to this holder."""
+        with suppress(OSError):
+            os.killpg(child_pid, 0)
+            return True
+        with self.lock:  # a child just started is listed before anyone looks
+            return any(pid not in self.pids for pid in platform.direct_children())
 
 
 def _may_have_leftovers() -> bool:
@@ -443,6 +502,13 @@ def _fail(
     return 0
 
 
+def record_failure(spec: RecorderSpec, link: ServiceLink, reason: str) -> None:
+    """What a holder that failed to hold the run says in its exit file, so the run ends."""
+    files = RunFiles.of(spec.home, spec.run_id)
+    _write_exit(spec, files, {"exit_code": None, "error": reason, "ended_at": time.time()})
+    link.tell(spec.home, started=False)
+
+
 def _write_exit(spec: RecorderSpec, files: RunFiles, outcome: dict[str, Any]) -> None:
     """Retried until written (a full disk frees, a removed runs/ folder is made again),
     unless the home itself is gone: then no one will ever read it."""
@@ -452,23 +518,49 @@ def _write_exit(spec: RecorderSpec, files: RunFiles, outcome: dict[str, Any]) ->
             return
 
 
-def record(spec: RecorderSpec, link: ServiceLink) -> int:
-    """Run the child to its end and write how it ended; returns the recorder's exit status."""
+def record(spec: RecorderSpec, link: ServiceLink, shared: Children | None = None) -> int:
+    """Run the child to its end and write how it ended; returns the recorder's exit status.
+    `shared`: the children of a process that holds many runs (the keeper), one per thread."""
     files = RunFiles.of(spec.home, spec.run_id)
     with suppress(OSError):
         files.directory.mkdir(mode=0o700, exist_ok=True)  # removed under a living service
-    lock = platform.take_lock(files.lock)
-    if lock is None:
+    fd = platform.take_lock(files.lock)
+    if fd is None:
         return 3  # another recorder has this run
+    lock = HeldLock(fd)
+    try:
+        return _hold(spec, link, files, lock, shared)
+    finally:
+        lock.release()  # a keeper's thread ends, its process lives on
+
+
+class HeldLock:
+    """The run's lock, let go once: early when a kept leftover still writes to the log."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _hold(
+    spec: RecorderSpec, link: ServiceLink, files: RunFiles, lock: HeldLock, shared: Children | None
+) -> int:
     platform.become_subreaper()
     try:
         log = CappedLog(spec.log_path, spec.max_log_size)
     except OSError as exc:
         reason = f"could not open the run's log {spec.log_path}: {exc}"
         return _fail(spec, link, files, None, reason)
-    _pin(spec.cores)
+    _pin(spec.cores)  # this thread only, in a shared holder: the child inherits it
     try:
-        child = _start(spec)
+        with shared.lock if shared is not None else nullcontext():
+            child = _start(spec)
+            if shared is not None:
+                shared.pids.add(child.pid)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         what = spec.argv[0] if spec.argv else "(empty command)"
         return _fail(spec, link, files, log, f"could not start {what}: {exc}")
@@ -491,7 +583,11 @@ def record(spec: RecorderSpec, link: ServiceLink) -> int:
         guard.check()
     code, usage = ended
     ended_at = time.time()
-    if not spec.keep_leftovers and _may_have_leftovers():
+    if shared is not None:
+        shared.pids.discard(child.pid)
+        if not spec.keep_leftovers and shared.may_have_leftovers(child.pid):
+            stop_leftovers(child.pid, shared_by=spec.run_id)
+    elif not spec.keep_leftovers and _may_have_leftovers():
         stop_leftovers(child.pid)
     pump.join(KEPT_LEFTOVER_DRAIN_S if spec.keep_leftovers else None)
     drained = not pump.is_alive()
@@ -507,7 +603,7 @@ def record(spec: RecorderSpec, link: ServiceLink) -> int:
     _write_exit(spec, files, outcome)
     link.tell(spec.home, started=False)
     if not drained:  # a kept leftover still writes: it keeps a reader (a closed pipe would
-        os.close(lock)  # kill it with SIGPIPE), and its output keeps going to the log
+        lock.release()  # kill it with SIGPIPE), and its output keeps going to the log
         pump.join()
         log.close()
     return 0
@@ -589,11 +685,67 @@ def spawn_recorder(spec: RecorderSpec) -> subprocess.Popen[bytes]:
     return proc
 
 
+class KeeperHandle:
+    """The launching service's handle on a run handed to the home's keeper: alive while a
+    keeper holds the keeper lock, or, just after one was started, has had no time to."""
+
+    def __init__(self, home: str, started_one: bool) -> None:
+        self.lock = Path(home) / "runs" / KEEPER_LOCK
+        self.born = time.monotonic() if started_one else None
+        self.returncode: int | None = None
+        self.pid = living_keeper(home)  # 0: not known yet (no pidfd; polled)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            if platform.is_locked(self.lock):
+                self.born = None
+            elif self.born is None or time.monotonic() - self.born > KEEPER_START_S:
+                self.returncode = 0
+        return self.returncode
+
+
+def living_keeper(home: str) -> int:
+    """The pid of the home's keeper, if the one its info file names lives; else 0."""
+    found = RunFiles.of(home, 0).read(Path(home) / "runs" / KEEPER_INFO) or {}
+    pid = int(found.get("pid") or 0)
+    return pid if platform.is_same_process(pid, found.get("marker")) else 0
+
+
+def wake_keeper(home: str) -> None:
+    """A datagram to the keeper's port: look at runs/ now (a lost one costs a pass)."""
+    import socket
+
+    found = RunFiles.of(home, 0).read(Path(home) / "runs" / KEEPER_INFO) or {}
+    with (
+        suppress(OSError, ValueError, TypeError),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+    ):
+        sock.sendto(b"w", ("127.0.0.1", int(found["port"])))
+
+
+def hand_to_keeper(spec: RecorderSpec) -> KeeperHandle:
+    """Write the run's spec, then wake the home's keeper or start one. The spec comes
+    first: a keeper on its way out looks for specs after letting go of its lock."""
+    files = RunFiles.of(spec.home, spec.run_id)
+    write_atomically(files.spec, asdict(spec), CHILD_FILE_PATIENCE_S)
+    if platform.is_locked(files.directory / KEEPER_LOCK):
+        wake_keeper(spec.home)
+        return KeeperHandle(spec.home, started_one=False)
+    argv = [sys.executable, "-m", "nbrunner.keeper", spec.home]
+    platform.spawn_detached(argv, str(files.directory / KEEPER_LOG))
+    deadline = time.monotonic() + KEEPER_INFO_WAIT_S  # its pid, for a pidfd: else polled
+    while not living_keeper(spec.home) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return KeeperHandle(spec.home, started_one=True)
+
+
 def start_recorder(
     spec: RecorderSpec, link: ServiceLink
-) -> ForkedRecorder | subprocess.Popen[bytes]:
+) -> ForkedRecorder | subprocess.Popen[bytes] | KeeperHandle:
     """Start the run's recorder; a handle to poll whether it has ended. A spawned recorder
-    makes its own link (nbrunner.recording)."""
+    and the keeper make their own link (nbrunner.recording, nbrunner.keeper)."""
+    if os.environ.get(RECORDER_ENV) == "keeper":
+        return hand_to_keeper(spec)
     if platform.IS_WINDOWS or os.environ.get(RECORDER_ENV) == "spawn":
         return spawn_recorder(spec)
     return fork_recorder(spec, link)

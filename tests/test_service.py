@@ -601,7 +601,9 @@ def full_runs_folder(home: Path) -> Iterator[Path]:
 @pytest.mark.posix
 @both_recorder_paths
 def test_a_run_whose_start_cannot_be_recorded_is_stopped_and_ends_recorded(
-    home: Path, full_runs_folder: Path
+    home: Path,
+    full_runs_folder: Path,
+    recorder_path: str,  # noqa: F811 (the fixture)
 ) -> None:
     chatty = (
         "import os, sys, time\nprint(os.getpid(), flush=True)\n"
@@ -611,6 +613,12 @@ def test_a_run_whose_start_cannot_be_recorded_is_stopped_and_ends_recorded(
         runner.register("chatty", command=python(chatty))
         run = runner.submit("chatty")
         log = Path(run.log_path)
+        if recorder_path == "keeper":  # the run cannot even be handed over: it never starts
+            record = run.wait(timeout=60)
+            assert record.status is RunStatus.FAILED and record.pid is None
+            assert "could not start the run's recorder" in record.reason
+            assert "No space left on device" in record.reason
+            return
         wait_until(
             lambda: log.exists() and "could not record the run's start" in log.read_text(),
             timeout=30,

@@ -24,7 +24,7 @@ import pytest
 
 from nbrunner.backends.ray import loopback_head_env
 
-from .procs import wait_until
+from .procs import alive, wait_until
 
 START_TIMEOUT_S = 90.0
 # Ray's services end on SIGTERM at once; `ray start --block` and the autoscaler monitor
@@ -99,35 +99,48 @@ class RayHead:
         return True
 
     def processes(self) -> list[psutil.Process]:
-        """Every process of this head: those its components re-parented or started late
-        are no descendants of `ray start`, but all inherit the head's HOME."""
+        """Every process of this head: the descendants of `ray start`, and those its
+        components re-parented or started late (no descendants of it, but they inherit the
+        head's HOME) with their own descendants (renamed ones, whose environment reads as
+        garbage, among them)."""
         home = str(self.temp_dir / "home")
-        found = []
+        roots = [self.proc.pid] if self.proc is not None else []
         for process in psutil.process_iter():
             with suppress(psutil.Error):
                 if process.pid != os.getpid() and process.environ().get("HOME") == home:
-                    found.append(process)
-        return found
+                    roots.append(process.pid)
+        found: dict[int, psutil.Process] = {}
+        for pid in roots:
+            with suppress(psutil.Error):
+                root = psutil.Process(pid)
+                for process in [root, *root.children(recursive=True)]:
+                    found[process.pid] = process
+        return list(found.values())
 
     def stop(self) -> None:
-        """End the head and every process it started: SIGTERM, then SIGKILL after a grace."""
+        """End the head and every process it started: SIGTERM, then SIGKILL after a grace.
+        Every process seen on the way is followed, even once nothing leads to it any more."""
         if self.proc is None:
             return
-        for process in self.processes():
+        seen: dict[int, psutil.Process] = {}
+
+        def living() -> list[psutil.Process]:
+            for process in self.processes():
+                seen.setdefault(process.pid, process)
+            return [p for p in seen.values() if p.is_running() and alive(p.pid)]
+
+        for process in living():
             with suppress(psutil.Error):
                 process.terminate()
         with suppress(AssertionError):
             wait_until(
-                lambda: not self.processes(),
-                timeout=STOP_GRACE_S,
-                interval=0.1,
-                what="the Ray head to stop",
+                lambda: not living(), timeout=STOP_GRACE_S, interval=0.1, what="the head to stop"
             )
-        for process in self.processes():
+        for process in living():
             with suppress(psutil.Error):
                 process.kill()
         self.proc.wait()
-        wait_until(lambda: not self.processes(), timeout=30, what="the Ray head's processes to go")
+        wait_until(lambda: not living(), timeout=30, what="the Ray head's processes to go")
         self.proc = None
 
     def remove(self) -> None:

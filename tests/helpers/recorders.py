@@ -10,7 +10,7 @@ import pytest
 
 from nbrunner.recorder import RECORDER_ENV
 
-PATHS = ["spawn"] if sys.platform == "win32" else ["fork", "spawn"]
+PATHS = ["spawn"] if sys.platform == "win32" else ["fork", "spawn", "keeper"]
 
 
 @pytest.fixture(params=PATHS)

@@ -1,0 +1,78 @@
+"""One keeper per home holding every run (NBRUNNER_RECORDER=keeper): what sharing one
+process changes. The engine tests of test_service.py run on this path too."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers.procs import alive, python, wait_until
+
+from nbrunner import Runner, RunStatus, service
+from nbrunner.recorder import RECORDER_ENV
+
+pytestmark = pytest.mark.posix
+
+WAITS = (
+    "import os, sys, time\nprint(os.getpid(), flush=True)\n"
+    "while not os.path.exists(sys.argv[1]): time.sleep(0.02)"
+)
+ABANDONS = (
+    "import subprocess, sys\n"
+    "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'],"
+    " start_new_session=True)\nprint(kid.pid, flush=True)"
+)
+
+
+@pytest.fixture
+def keeper_runner(runner: Runner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Runner:
+    monkeypatch.setenv(RECORDER_ENV, "keeper")  # before the first submit starts the service
+    runner.register("waits", command=[*python(WAITS), str(tmp_path / "gate")])
+    return runner
+
+
+def pid_in_log(run) -> int:  # type: ignore[no-untyped-def]
+    return int(wait_until(lambda: run.logs().split(), what=f"run {run.id}'s pid")[0])
+
+
+def test_one_process_holds_every_run_and_a_runs_leftovers_go_alone(
+    keeper_runner: Runner, tmp_path: Path
+) -> None:
+    runner = keeper_runner
+    runner.register("abandons", command=python(ABANDONS))
+    waiting = [runner.submit("waits") for _ in range(2)]
+    children = [pid_in_log(run) for run in waiting]
+    (keeper,) = {psutil.Process(pid).ppid() for pid in children}  # one holder for both
+    abandoning = runner.submit("abandons")
+    assert abandoning.wait(timeout=60).status is RunStatus.SUCCEEDED
+    orphan = pid_in_log(abandoning)  # in a session of its own: found by its NBRUNNER_RUN_ID
+    wait_until(lambda: not alive(orphan), what="the ended run's orphan to be stopped")
+    assert all(alive(pid) for pid in children)  # the other runs' processes were not touched
+    later = runner.submit("waits")
+    assert psutil.Process(pid_in_log(later)).ppid() == keeper
+    (tmp_path / "gate").touch()
+    ended = [run.wait(timeout=60) for run in [*waiting, later]]
+    assert [r.status for r in ended] == [RunStatus.SUCCEEDED] * 3
+
+
+def test_a_killed_keeper_loses_its_runs_and_the_next_run_gets_a_new_one(
+    keeper_runner: Runner, tmp_path: Path
+) -> None:
+    runner = keeper_runner
+    runs = [runner.submit("waits") for _ in range(2)]
+    children = [pid_in_log(run) for run in runs]
+    keeper = psutil.Process(children[0]).ppid()
+    serving = (service.info(runner.home) or {})["pid"]
+    os.kill(keeper, signal.SIGKILL)
+    lost = [run.wait(timeout=60) for run in runs]
+    assert [r.status for r in lost] == [RunStatus.LOST] * 2
+    assert all("ended without recording how the run ended" in r.reason for r in lost)
+    wait_until(lambda: not any(alive(pid) for pid in children), what="the lost runs stopped")
+    assert (service.info(runner.home) or {})["pid"] == serving  # the service lives on
+    again = runner.submit("waits")
+    assert psutil.Process(pid_in_log(again)).ppid() not in (keeper, serving)
+    (tmp_path / "gate").touch()
+    assert again.wait(timeout=60).status is RunStatus.SUCCEEDED
