@@ -30,6 +30,7 @@ SETTLE_S = 3.0
 # runs for 60 s: service + recorders CPU %, service wake-ups/s, service + recorders PSS MB.
 BEFORE = (0.733, 1.13, 345.0)
 BEFORE_LABEL = "before: a pass every second"
+KEEPER_LABEL = "one keeper (NBRUNNER_RECORDER=keeper)"
 METHOD = """\
 N `sleep 3600` runs (max_concurrent N) are started and left alone for the window: no
 dashboard, no reader of figures. Before and after the window: psutil CPU times (user +
@@ -55,8 +56,12 @@ def wakeups(pid: int) -> int:
 
 
 @adopts_orphans
-def hold_idle_runs(home: Path, count: int, window: float) -> Metrics:
+def hold_idle_runs(home: Path, count: int, window: float, recorder: str = "") -> Metrics:
     from nbrunner import service
+    from nbrunner.recorder import RECORDER_ENV
+
+    if recorder:
+        os.environ[RECORDER_ENV] = recorder  # inherited by the service this starts
 
     runner = nbrun.runner(home, count)
     name = nbrun.register(runner, "sleeper", SLEEPER)
@@ -94,7 +99,11 @@ def run(ctx: Context) -> Section:
     window = float(os.environ.get(WINDOW_ENV) or ctx.size(600, 15))
     section = Section("idle_runs", f"12. Holding {count} idle runs", METHOD)
     metrics = isolate("idle_runs:hold_idle_runs", timeout=window + 600, count=count, window=window)
-    results = {"nbrunner": [metrics]}
+    kept = isolate(
+        "idle_runs:hold_idle_runs", timeout=window + 600, count=count, window=window,
+        recorder="keeper",
+    )  # fmt: skip
+    results = {"nbrunner": [metrics], KEEPER_LABEL: [kept]}
     cpu = figure_from(section, results, "cpu_pct", "service + recorders CPU", "% of a core")
     wake = figure_from(section, results, "wakeups_per_s", "service wake-ups", "per s")
     pss = figure_from(section, results, "pss_mb", "service + recorders memory (PSS)", "MB")
