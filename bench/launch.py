@@ -90,8 +90,8 @@ def floor_batch(home: Path, argv: list[str], count: int) -> Metrics:
 
 
 @adopts_orphans
-def nbrunner_batch(home: Path, argv: list[str], count: int) -> Metrics:
-    runner = nbrun.runner(home, CONCURRENCY)
+def nbrunner_batch(home: Path, argv: list[str], count: int, recorder: str = "") -> Metrics:
+    runner = nbrun.runner(home, CONCURRENCY, recorder)
     name = nbrun.register(runner, "child", argv)
     with CpuWindow() as window:
         for _ in range(count):
@@ -158,8 +158,8 @@ def floor_latency(home: Path, probes: int) -> Metrics:
 
 
 @adopts_orphans
-def nbrunner_latency(home: Path, probes: int) -> Metrics:
-    runner = nbrun.runner(home, CONCURRENCY)
+def nbrunner_latency(home: Path, probes: int, recorder: str = "") -> Metrics:
+    runner = nbrun.runner(home, CONCURRENCY, recorder)
     sleeper = nbrun.register(runner, "sleeper", SLEEPER)
     stamp = nbrun.register(runner, "stamp", stamp_argv())
     background = [runner.submit(sleeper) for _ in range(CONCURRENCY - 1)]
@@ -228,6 +228,7 @@ def _variants(ctx: Context, kind: str, ray_count: int, **kwargs: object) -> dict
     variants: dict[str, Variant] = {
         FLOOR: partial(isolate, f"launch:floor_{kind}", **kwargs),
         "nbrunner": partial(isolate, f"launch:nbrunner_{kind}", **kwargs),
+        KEEPER: partial(isolate, f"launch:nbrunner_{kind}", recorder="keeper", **kwargs),
     }
     for peer, label in (("tsp", TSP), ("parallel", "parallel -j10")):
         if ctx.has(peer):
@@ -291,6 +292,7 @@ def _cpu_outside(section: Section, results: dict[str, list[Metrics]], child: str
 
 
 TSP = "tsp -S 10"
+KEEPER = "nbrunner, one keeper (NBRUNNER_RECORDER=keeper)"
 CPU_PER_RUN = (
     "each run pays a fork of the warm service (its recorder), the recorder's own work (a lock "
     "file, the child's start, its output pump, two small state files, a wake-up datagram) and "

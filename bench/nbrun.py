@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +19,13 @@ from nbrunner.store import DB_NAME, Store
 from .harness import cache_dir, processes, wait_until
 
 
-def runner(home: Path, max_concurrent: int = 10, **settings: Any) -> Runner:
-    """A started runner on `home` with the given settings (config keys)."""
+def runner(home: Path, max_concurrent: int = 10, recorder: str = "", **settings: Any) -> Runner:
+    """A started runner on `home` with the given settings (config keys); `recorder`: how
+    its service holds runs (NBRUNNER_RECORDER, e.g. "keeper"), else the default."""
+    from nbrunner.recorder import RECORDER_ENV
+
+    if recorder:
+        os.environ[RECORDER_ENV] = recorder  # inherited by the service it starts
     started = Runner(home)
     started.config("max_concurrent", max_concurrent)
     for key, value in settings.items():
@@ -77,8 +84,16 @@ def owners(home: Path, runs: Sequence[Run]) -> list[psutil.Process]:
 
 
 def stop_service(home: Path) -> None:
-    """End the home's service, so that the CPU it spent is counted once it is reaped."""
+    """End the home's service, and its keeper if it has one (it would leave after its idle
+    time, while the measurement waits), so that the CPU they spent is counted once they are
+    reaped. Called once no run is active."""
+    from nbrunner.recorder import living_keeper
+
     service.stop(home)
+    keeper = living_keeper(str(home))
+    if keeper:
+        with contextlib.suppress(OSError):
+            os.kill(keeper, signal.SIGTERM)
 
 
 def log_text(run: Run) -> str:

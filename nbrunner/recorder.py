@@ -53,7 +53,6 @@ HOME_CHECK_S = 30.0  # how often a recorder that cannot write its exit file look
 RECORDER_ENV = "NBRUNNER_RECORDER"
 KEEPER_LOCK, KEEPER_INFO, KEEPER_LOG = "keeper.lock", "keeper.json", "keeper.log"
 KEEPER_START_S = 30.0  # a keeper just started takes its lock within this
-KEEPER_INFO_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -699,6 +698,9 @@ class KeeperHandle:
         if self.returncode is None:
             if platform.is_locked(self.lock):
                 self.born = None
+                home = str(self.lock.parent.parent)
+                self.pid = self.pid or living_keeper(home)
+                _keepers_started.pop(home, None)  # it came: the next one may be started
             elif self.born is None or time.monotonic() - self.born > KEEPER_START_S:
                 self.returncode = 0
         return self.returncode
@@ -723,19 +725,24 @@ def wake_keeper(home: str) -> None:
         sock.sendto(b"w", ("127.0.0.1", int(found["port"])))
 
 
+# home → when this process started a keeper that no handle has yet seen holding its lock
+_keepers_started: dict[str, float] = {}
+
+
 def hand_to_keeper(spec: RecorderSpec) -> KeeperHandle:
-    """Write the run's spec, then wake the home's keeper or start one. The spec comes
-    first: a keeper on its way out looks for specs after letting go of its lock."""
+    """Write the run's spec, then wake the home's keeper, or start one unless one started
+    here is still on its way (it takes every spec it finds). The spec comes first: a keeper
+    on its way out looks for specs after letting go of its lock."""
     files = RunFiles.of(spec.home, spec.run_id)
     write_atomically(files.spec, asdict(spec), CHILD_FILE_PATIENCE_S)
     if platform.is_locked(files.directory / KEEPER_LOCK):
         wake_keeper(spec.home)
         return KeeperHandle(spec.home, started_one=False)
-    argv = [sys.executable, "-m", "nbrunner.keeper", spec.home]
-    platform.spawn_detached(argv, str(files.directory / KEEPER_LOG))
-    deadline = time.monotonic() + KEEPER_INFO_WAIT_S  # its pid, for a pidfd: else polled
-    while not living_keeper(spec.home) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    started_at = _keepers_started.get(spec.home)
+    if started_at is None or time.monotonic() - started_at >= KEEPER_START_S:
+        argv = [sys.executable, "-m", "nbrunner.keeper", spec.home]
+        platform.spawn_detached(argv, str(files.directory / KEEPER_LOG))
+        _keepers_started[spec.home] = time.monotonic()
     return KeeperHandle(spec.home, started_one=True)
 
 
