@@ -181,14 +181,16 @@ def notify(home: str | Path) -> None:
 
 
 def stop(home: str | Path, timeout: float = 30.0) -> bool:
-    """Ask the living service to exit (runs go on); True once it has."""
-    found = info(home)
-    if found is None:
-        return True
-    if platform.is_same_process(found.get("pid"), found.get("marker")):
-        os.kill(int(found["pid"]), signal.SIGTERM)
+    """Ask the living service to exit (runs go on); True once it has. One that is starting
+    (its lock taken, its info not yet written) is asked as soon as it says who it is."""
     deadline = time.monotonic() + timeout
+    asked: set[int] = set()
     while is_running(home):
+        found = info(home)
+        if found is not None and int(found["pid"]) not in asked:
+            asked.add(int(found["pid"]))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(found["pid"]), signal.SIGTERM)
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)

@@ -28,7 +28,7 @@ from helpers.logs import capped, split_capped
 from helpers.procs import alive, python, services_of, wait_until
 from helpers.recorders import recorder_path  # noqa: F401 (a fixture)
 
-from nbrunner import Runner, service
+from nbrunner import Runner, platform, service
 from nbrunner.service import Service
 from nbrunner.states import RunStatus
 from nbrunner.store import Store
@@ -105,6 +105,33 @@ def test_a_predecessors_info_is_never_taken_for_the_living_services(runner: Runn
     assert service.info(runner.home) is None
     info_file.write_text(json.dumps(written))
     assert service.info(runner.home) == written and written["pid"] == living
+
+
+def test_stop_waits_for_a_starting_service_to_say_who_it_is(home: Path) -> None:
+    """Its lock taken, its info not yet written: stop neither says it is gone nor gives up;
+    it asks it to exit as soon as it can name it."""
+    holds_the_lock = (
+        "import sys, time; from pathlib import Path; from nbrunner import platform\n"
+        "fd = platform.take_lock(Path(sys.argv[1])); print('held', flush=True)\n"
+        "time.sleep(300)"
+    )
+    holder = subprocess.Popen(
+        [*python(holds_the_lock), str(home / service.LOCK_NAME)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        stopped: list[bool] = []
+        stopper = threading.Thread(target=lambda: stopped.append(service.stop(home, 60)))
+        stopper.start()
+        stopper.join(1.0)
+        assert stopper.is_alive() and stopped == []  # not gone: it holds the lock
+        marker = platform.start_marker(holder.pid)
+        (home / service.INFO_NAME).write_text(json.dumps({"pid": holder.pid, "marker": marker}))
+        stopper.join(60)
+        assert stopped == [True] and holder.wait(10) == -signal.SIGTERM
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_short_runs_on_a_busy_machine_all_end_as_they_did(runner: Runner, busy_machine) -> None:
