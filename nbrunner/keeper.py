@@ -48,6 +48,7 @@ class Keeper:
         self.link = ServiceLink(service.wake, service.notify)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.socket.bind(("127.0.0.1", 0))
+        self.socket.setblocking(False)
 
     def serve(self) -> int:
         lock = platform.take_lock(self.runs / KEEPER_LOCK)
@@ -86,20 +87,25 @@ class Keeper:
     def _take_handed_runs(self) -> None:
         for path in self._handed():
             files = RunFiles.of(self.home, int(path.stem))
-            spec = files.read(path)
+            found = files.read(path)
             with suppress(OSError):
                 path.unlink()  # taken: whatever happens to this keeper, it starts once
-            if spec is None:
-                continue  # half written, or gone meanwhile: its service sees it never came
+            try:
+                spec = RecorderSpec(**(found or {}))
+            except TypeError as exc:  # unreadable, or written by another nbrunner version
+                reason = f"the keeper could not read the run's spec {path}: {exc}"
+                record_failure(self.home, files.run_id, self.link, reason)
+                continue
             self.holding.add(files.run_id)
-            threading.Thread(target=self._hold, args=(RecorderSpec(**spec),), daemon=True).start()
+            threading.Thread(target=self._hold, args=(spec,), daemon=True).start()
 
     def _hold(self, spec: RecorderSpec) -> None:
         try:
             record(spec, self.link, shared=self.children)
         except Exception as exc:  # one run's failure must not end the others
             print(f"nbrunner keeper: run {spec.run_id}: {exc!r}", file=sys.stderr, flush=True)
-            record_failure(spec, self.link, f"the keeper could not hold the run: {exc!r}")
+            reason = f"the keeper could not hold the run: {exc!r}"
+            record_failure(spec.home, spec.run_id, self.link, reason)
         finally:  # the loop looks again: at its idle time, at a removed home
             self.holding.discard(spec.run_id)
             with suppress(OSError):
@@ -107,8 +113,8 @@ class Keeper:
 
     def _sleep(self) -> None:
         if select.select([self.socket], [], [], PASS_S)[0]:
-            with suppress(OSError):
-                while self.socket.recv(64, socket.MSG_DONTWAIT):
+            with suppress(OSError):  # BlockingIOError once every datagram is read
+                while self.socket.recv(64):
                     pass
 
 

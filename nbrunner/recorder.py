@@ -501,22 +501,22 @@ def _fail(
     if log is not None:
         log.write(f"nbrunner: {reason}\n".encode())
         log.close()
-    _write_exit(spec, files, {"exit_code": None, "error": reason, "ended_at": time.time()})
-    link.tell(spec.home, started=False)
+    record_failure(spec.home, files.run_id, link, reason)
     return 0
 
 
-def record_failure(spec: RecorderSpec, link: ServiceLink, reason: str) -> None:
-    """What a holder that failed to hold the run says in its exit file, so the run ends."""
-    files = RunFiles.of(spec.home, spec.run_id)
-    _write_exit(spec, files, {"exit_code": None, "error": reason, "ended_at": time.time()})
-    link.tell(spec.home, started=False)
+def record_failure(home: str, run_id: int, link: ServiceLink, reason: str) -> None:
+    """The run ends without its child having run, or without it being held: its exit file
+    says why, and the service is told."""
+    outcome = {"exit_code": None, "error": reason, "ended_at": time.time()}
+    _write_exit(home, RunFiles.of(home, run_id), outcome)
+    link.tell(home, started=False)
 
 
-def _write_exit(spec: RecorderSpec, files: RunFiles, outcome: dict[str, Any]) -> None:
+def _write_exit(home: str, files: RunFiles, outcome: dict[str, Any]) -> None:
     """Retried until written (a full disk frees, a removed runs/ folder is made again),
     unless the home itself is gone: then no one will ever read it."""
-    while Path(spec.home).is_dir():
+    while Path(home).is_dir():
         with suppress(OSError):
             write_atomically(files.exit, outcome, HOME_CHECK_S)
             return
@@ -604,7 +604,7 @@ def _hold(
         outcome["error"] = error
     elif guard is not None and guard.ending is not None:
         outcome["ending"] = guard.ending
-    _write_exit(spec, files, outcome)
+    _write_exit(spec.home, files, outcome)
     link.tell(spec.home, started=False)
     if not drained:  # a kept leftover still writes: it keeps a reader (a closed pipe would
         lock.release()  # kill it with SIGPIPE), and its output keeps going to the log

@@ -3,8 +3,11 @@ process changes. The engine tests of test_service.py run on this path too."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -12,7 +15,7 @@ import pytest
 from helpers.procs import alive, python, wait_until
 
 from nbrunner import Runner, RunStatus, service
-from nbrunner.recorder import RECORDER_ENV
+from nbrunner.recorder import RECORDER_ENV, RunFiles
 
 pytestmark = pytest.mark.posix
 
@@ -76,3 +79,22 @@ def test_a_killed_keeper_loses_its_runs_and_the_next_run_gets_a_new_one(
     assert psutil.Process(pid_in_log(again)).ppid() not in (keeper, serving)
     (tmp_path / "gate").touch()
     assert again.wait(timeout=60).status is RunStatus.SUCCEEDED
+
+
+def test_a_spec_it_cannot_read_ends_that_run_and_no_other(home: Path) -> None:
+    """A spec from another nbrunner version (or none at all): the run it names ends with
+    the reason in its exit file; the keeper itself goes on."""
+    runs = home / "runs"
+    runs.mkdir(mode=0o700)
+    (runs / "7.spec").write_text(json.dumps({"from_a_newer_nbrunner": True}))
+    keeper = subprocess.Popen([sys.executable, "-m", "nbrunner.keeper", str(home)])
+    try:
+        ended = wait_until(lambda: RunFiles.of(home, 7).read(runs / "7.exit"), what="7.exit")
+        assert ended["exit_code"] is None
+        assert "the keeper could not read the run's spec" in ended["error"]
+        assert "from_a_newer_nbrunner" in ended["error"]
+        assert keeper.wait(timeout=60) == 0  # it went on, and left once idle
+    finally:
+        if keeper.poll() is None:
+            keeper.kill()
+            keeper.wait()
