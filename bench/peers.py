@@ -162,6 +162,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Ray gives a starting node a fixed 30 s to register with its GCS; a loaded machine can miss
+# that, and only then is a start tried again.
+NODE_STARTUP_TIMEOUT = "The current node timed out during startup"
+START_ATTEMPTS = 2
+
+
 class RayHead:
     """A local Ray head bound to 127.0.0.1, with its own ports and temp dir.
 
@@ -195,10 +201,16 @@ class RayHead:
             argv += [flag, str(port)]
         self.started = time.perf_counter()
         env = loopback_head_env(self.temp / "home")
-        started = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
-        if started.returncode != 0:
+        for attempt in range(START_ATTEMPTS):
+            started = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+            if started.returncode == 0:
+                break
             said = (started.stderr or started.stdout).strip().splitlines()[-8:]
-            raise RuntimeError(f"ray start exited with {started.returncode}: " + " | ".join(said))
+            self._end_processes()  # what the failed start left, before trying again
+            if attempt == START_ATTEMPTS - 1 or NODE_STARTUP_TIMEOUT not in started.stderr:
+                raise RuntimeError(
+                    f"ray start exited with {started.returncode}: " + " | ".join(said)
+                )
         self.start_seconds = time.perf_counter() - self.started
 
     @property
@@ -209,6 +221,10 @@ class RayHead:
         return ray_processes(str(self.temp))
 
     def stop(self) -> None:
+        self._end_processes()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+    def _end_processes(self) -> None:
         procs = self.processes()
         for process in procs:
             with contextlib.suppress(psutil.Error):
@@ -218,7 +234,6 @@ class RayHead:
             with contextlib.suppress(psutil.Error):
                 process.kill()
         psutil.wait_procs(alive, timeout=10)
-        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def ray_processes(temp_dir: str) -> list[psutil.Process]:
