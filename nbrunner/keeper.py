@@ -22,7 +22,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from . import platform, service, version
+from . import platform, service
 from .recorder import (
     KEEPER_INFO,
     KEEPER_LOCK,
@@ -32,7 +32,6 @@ from .recorder import (
     ServiceLink,
     record,
     record_failure,
-    write_atomically,
 )
 
 IDLE_S = 10.0
@@ -55,16 +54,7 @@ class Keeper:
         if lock is None:
             return 0  # another keeper holds this home's runs
         platform.become_subreaper()
-        pid = os.getpid()
-        write_atomically(
-            self.runs / KEEPER_INFO,
-            {
-                "pid": pid,
-                "marker": platform.start_marker(pid),
-                "port": self.socket.getsockname()[1],
-                "version": version.current(),
-            },
-        )
+        service.announce(self.runs / KEEPER_INFO, self.socket)
         idle_since = time.monotonic()
         while True:
             self._take_handed_runs()

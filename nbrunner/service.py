@@ -154,6 +154,15 @@ def watched_recently(path: Path) -> bool:
         return False
 
 
+def announce(path: Path, wake_socket: socket.socket) -> None:
+    """Who this process is (pid and start marker), where to wake it and its version, for
+    clients and recorders to find: the service's info file, and the keeper's."""
+    pid = os.getpid()
+    found = {"pid": pid, "marker": platform.start_marker(pid)}
+    found |= {"port": wake_socket.getsockname()[1], "started_at": time.time()}
+    write_atomically(path, found | {"version": version.current()})
+
+
 def ensure_running(home: str | Path) -> bool:
     """Start the home's service if none is alive; True if one was started."""
     home = Path(home)
@@ -263,17 +272,7 @@ class Service:
         self._home_id = home_identity(self.home)
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.bind(("127.0.0.1", 0))
-        pid = os.getpid()
-        write_atomically(
-            self.home / INFO_NAME,
-            {
-                "pid": pid,
-                "marker": platform.start_marker(pid),
-                "port": self._socket.getsockname()[1],
-                "started_at": time.time(),
-                "version": version.current(),
-            },
-        )
+        announce(self.home / INFO_NAME, self._socket)
         self._refresh_all()
         sweep_run_files(self.home, set(self.active))
         return True
