@@ -82,7 +82,8 @@ class Runner:
         self.backend = _check_backend(backend) if backend else None
         self.address = address
         self.store = Store(self.home)
-        version.warn_once(self.home, service.info(self.home))  # an upgrade's old service
+        if version.warn_once(self.home, service.info(self.home)):  # an upgrade's old service
+            service.wake(self.home)
         self.modules_file = self._modules_path(modules_file)
         self._modules_cache: tuple[float, dict[str, ModuleSpec]] | None = None
         self._session_modules: dict[str, ModuleSpec] = {}  # register(persist=False)

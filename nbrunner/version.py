@@ -50,28 +50,31 @@ def mismatch_line(service_version: str | None, client_version: str) -> str | Non
     return f"nbrunner: the service of this home runs {running}, this is {client_version}: {then}"
 
 
-def check_service(home: Path, found: dict[str, Any] | None) -> str | None:
+def check_service(home: Path, found: dict[str, Any] | None) -> tuple[str | None, bool]:
     """Compare the living service (`found`: its service.json) with this client: the line to
-    say, if any; a newer client also asks the service to hand over."""
+    say, if any, and whether this newer client asked the service to hand over."""
     if found is None:
-        return None
+        return None, False
     theirs, ours = found.get("version"), current()
     line = mismatch_line(theirs, ours)
-    if line is not None and as_tuple(ours) > as_tuple(theirs or "0"):
+    asked = line is not None and as_tuple(ours) > as_tuple(theirs or "0")
+    if asked:
         from .recorder import write_atomically
 
         write_atomically(home / HANDOVER_NAME, {"version": ours, "python": sys.executable})
-    return line
+    return line, asked
 
 
-def warn_once(home: Path, found: dict[str, Any] | None) -> None:
-    """check_service, said on stderr once per process and home."""
+def warn_once(home: Path, found: dict[str, Any] | None) -> bool:
+    """check_service, said on stderr once per process and home; True if it asked for a
+    handover (the caller wakes the service, or it would wait for its next safety pass)."""
     if home in _warned:
-        return
-    line = check_service(home, found)
+        return False
+    line, asked = check_service(home, found)
     if line is not None:
         _warned.add(home)
         print(line, file=sys.stderr)
+    return asked
 
 
 def successor(home: Path) -> list[str] | None:
