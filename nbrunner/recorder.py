@@ -754,10 +754,13 @@ def hand_to_keeper(spec: RecorderSpec) -> KeeperHandle:
 def start_recorder(
     spec: RecorderSpec, link: ServiceLink
 ) -> ForkedRecorder | subprocess.Popen[bytes] | KeeperHandle:
-    """Start the run's recorder; a handle to poll whether it has ended. A spawned recorder
-    and the keeper make their own link (nbrunner.recording, nbrunner.keeper)."""
-    if os.environ.get(RECORDER_ENV) == "keeper":
-        return hand_to_keeper(spec)
-    if platform.IS_WINDOWS or os.environ.get(RECORDER_ENV) == "spawn":
+    """Hand the run to the home's keeper (POSIX), or start a recorder of its own: an
+    interpreter on Windows until its CI job has run the keeper; `NBRUNNER_RECORDER=fork` or
+    `spawn` for the designs the bench compares. A handle to poll whether it has ended; a
+    spawned recorder and the keeper make their own link (nbrunner.recording, .keeper)."""
+    chosen = os.environ.get(RECORDER_ENV) or ("spawn" if platform.IS_WINDOWS else "keeper")
+    if chosen == "spawn" or (chosen == "fork" and platform.IS_WINDOWS):
         return spawn_recorder(spec)
-    return fork_recorder(spec, link)
+    if chosen == "fork":
+        return fork_recorder(spec, link)
+    return hand_to_keeper(spec)

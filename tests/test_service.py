@@ -33,8 +33,8 @@ from nbrunner.service import Service
 from nbrunner.states import RunStatus
 from nbrunner.store import Store
 
-# the engine tests that start runs take both ways a recorder starts (fork; an interpreter)
-both_recorder_paths = pytest.mark.usefixtures("recorder_path")
+# the engine tests that start runs take every way runs are held (keeper; fork; an interpreter)
+every_recorder_path = pytest.mark.usefixtures("recorder_path")
 
 HOLD_THE_LOCK = (
     "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
@@ -284,7 +284,7 @@ def test_a_slow_hook_does_not_hold_the_next_run(runner: Runner, tmp_path: Path) 
     service.stop(runner.home)  # waits for the hook, bounded by the stop's own patience
 
 
-@both_recorder_paths
+@every_recorder_path
 def test_a_killed_service_stops_no_run_and_loses_no_exit_code(home: Path, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     run = gated_run(home, gate, exit_code=5)
@@ -375,7 +375,7 @@ def test_a_lost_run_never_signals_a_process_that_is_not_its_own(home: Path) -> N
         bystander.wait()
 
 
-@both_recorder_paths
+@every_recorder_path
 def test_a_killed_recorder_makes_the_run_lost_and_its_tree_stopped(runner: Runner) -> None:
     run = runner.submit("count", {"n": 1000, "delay": 0.05})
     wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
@@ -387,7 +387,7 @@ def test_a_killed_recorder_makes_the_run_lost_and_its_tree_stopped(runner: Runne
     wait_until(lambda: not service.is_running(runner.home), what="the service to idle out")
 
 
-@both_recorder_paths
+@every_recorder_path
 def test_a_new_service_adopts_running_runs_without_disturbing_them(home: Path) -> None:
     with Runner(home) as runner:
         run = runner.submit("count", {"n": 40, "delay": 0.05, "label": "kept"})
@@ -405,7 +405,7 @@ LEAVES_A_SLEEPER = "sleep 300 & echo $!; exit 0"
 
 
 @pytest.mark.posix
-@both_recorder_paths
+@every_recorder_path
 def test_a_backgrounded_process_ends_with_its_run(runner: Runner) -> None:
     runner.register("daemonizer", command=["/bin/sh", "-c", LEAVES_A_SLEEPER])
     run = runner.submit("daemonizer")
@@ -415,7 +415,7 @@ def test_a_backgrounded_process_ends_with_its_run(runner: Runner) -> None:
 
 
 @pytest.mark.posix
-@both_recorder_paths
+@every_recorder_path
 def test_grandchildren_of_a_killed_child_end_with_the_run(runner: Runner) -> None:
     code = (
         "import os, signal, subprocess, sys\n"
@@ -431,7 +431,7 @@ def test_grandchildren_of_a_killed_child_end_with_the_run(runner: Runner) -> Non
 
 
 @pytest.mark.posix
-@both_recorder_paths
+@every_recorder_path
 def test_a_module_may_keep_what_it_leaves_behind(runner: Runner) -> None:
     runner.register("daemon", command=["/bin/sh", "-c", LEAVES_A_SLEEPER], keep_leftovers=True)
     runner.register("daemonizer", command=["/bin/sh", "-c", LEAVES_A_SLEEPER])
@@ -447,7 +447,7 @@ def test_a_module_may_keep_what_it_leaves_behind(runner: Runner) -> None:
 
 
 # -- 6. logs are capped, and read in bounded windows ---------------------------------------
-@both_recorder_paths
+@every_recorder_path
 def test_a_runaway_log_keeps_its_head_and_newest_tail_under_the_cap(runner: Runner) -> None:
     runner.config("max_log_size", "64KB")
     runner.register("chatty", command=python("for i in range(200000): print(f'line {i:06d}')"))
@@ -552,7 +552,7 @@ LOCK_IN_BURSTS = (
 )
 
 
-@both_recorder_paths
+@every_recorder_path
 def test_runs_end_at_their_timeout_while_the_store_is_locked_in_long_bursts(home: Path) -> None:
     with Runner(home) as runner:
         runner.config("paused", True)
@@ -626,7 +626,7 @@ def full_runs_folder(home: Path) -> Iterator[Path]:
 
 
 @pytest.mark.posix
-@both_recorder_paths
+@every_recorder_path
 def test_a_run_whose_start_cannot_be_recorded_is_stopped_and_ends_recorded(
     home: Path,
     full_runs_folder: Path,
@@ -661,7 +661,7 @@ def test_a_run_whose_start_cannot_be_recorded_is_stopped_and_ends_recorded(
 
 
 @pytest.mark.posix
-@both_recorder_paths
+@every_recorder_path
 def test_a_kept_leftover_that_writes_to_its_output_lives_on(runner: Runner, tmp_path: Path) -> None:
     pid_file = tmp_path / "leftover.pid"  # not the log: the leftover may tick before the echo
     chatty = f"(while true; do echo tick; sleep 0.05; done) & echo $! > '{pid_file}'; exit 0"
@@ -720,7 +720,7 @@ def test_a_claim_is_requeued_by_how_long_the_service_saw_it_not_by_the_wall_cloc
         assert client.cancel(run.id).status is RunStatus.CANCELLED
 
 
-@both_recorder_paths
+@every_recorder_path
 def test_a_runs_folder_removed_under_a_living_service_is_made_again(runner: Runner) -> None:
     assert runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30).exit_code == 0
     shutil.rmtree(runner.home / "runs")  # a cleanup tool, under the service's feet
@@ -729,7 +729,7 @@ def test_a_runs_folder_removed_under_a_living_service_is_made_again(runner: Runn
 
 
 @pytest.mark.posix  # Windows cannot remove a folder whose files are open
-@both_recorder_paths
+@every_recorder_path
 def test_a_run_that_outlives_its_removed_home_leaves_no_recorder_behind(
     home: Path, tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ from nbrunner.service import Service
 from nbrunner.states import RunStatus
 from nbrunner.store import Store
 
-# Every test here takes both ways a recorder starts: forked, or an interpreter of its own.
+# Every test here takes every way runs are held: the keeper, forked, an interpreter each.
 pytestmark = pytest.mark.usefixtures("recorder_path")
 
 # A child with three grandchildren: one plain, one that ignores SIGTERM, one that left the

@@ -1,6 +1,7 @@
-"""Both ways a run's recorder starts, so the engine tests exercise each on every machine:
-forked from the warm service (POSIX), or started as its own interpreter (Windows; chosen
-on POSIX through the recorder's environment switch)."""
+"""Every way runs are held, so the engine tests exercise each on every machine: the home's
+keeper (the default on POSIX), a recorder forked from the warm service, or one started as
+its own interpreter (Windows' default until the keeper has run there), chosen through the
+recorder's environment switch."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from nbrunner.recorder import RECORDER_ENV
 
-PATHS = ["spawn"] if sys.platform == "win32" else ["fork", "spawn", "keeper"]
+PATHS = ["spawn", "keeper"] if sys.platform == "win32" else ["keeper", "fork", "spawn"]
 
 
 @pytest.fixture(params=PATHS)
