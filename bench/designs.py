@@ -40,7 +40,7 @@ from .harness import (
 
 SLEEPER = ["sleep", "3600"]
 CONCURRENCY = 10
-FORKED = "forked recorder (today, POSIX)"
+FORKED = "forked recorder (NBRUNNER_RECORDER=fork)"
 SPAWNED = "spawned recorder (today, Windows)"
 KEEPER = "one keeper"
 DIRECT = "one keeper, output straight to the log"

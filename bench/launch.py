@@ -44,8 +44,8 @@ SLEEPER = ["sleep", "600"]
 METHOD = """\
 Each batch runs in a fresh process. *runs/s* is runs divided by the wall time from the first
 submit to the last run's end. *CPU outside the child* is the CPU of the submitting process
-plus every descendant (nbrunner's detached service, its forked recorders and the `/bin/sh`
-launcher, the
+plus every descendant (nbrunner's detached service, its keeper or forked recorders and the
+`/bin/sh` launcher, the
 task-spooler server, GNU parallel) over the batch — counted with `getrusage(RUSAGE_CHILDREN)`
 after the measuring process adopted and reaped them as a Linux child subreaper — minus the
 children's own CPU, taken as the floor's median `RUSAGE_CHILDREN` per run. For the floor it
@@ -228,7 +228,7 @@ def _variants(ctx: Context, kind: str, ray_count: int, **kwargs: object) -> dict
     variants: dict[str, Variant] = {
         FLOOR: partial(isolate, f"launch:floor_{kind}", **kwargs),
         "nbrunner": partial(isolate, f"launch:nbrunner_{kind}", **kwargs),
-        KEEPER: partial(isolate, f"launch:nbrunner_{kind}", recorder="keeper", **kwargs),
+        FORKED: partial(isolate, f"launch:nbrunner_{kind}", recorder="fork", **kwargs),
     }
     for peer, label in (("tsp", TSP), ("parallel", "parallel -j10")):
         if ctx.has(peer):
@@ -292,12 +292,13 @@ def _cpu_outside(section: Section, results: dict[str, list[Metrics]], child: str
 
 
 TSP = "tsp -S 10"
-KEEPER = "nbrunner, one keeper (NBRUNNER_RECORDER=keeper)"
+FORKED = "nbrunner, a recorder forked per run (NBRUNNER_RECORDER=fork)"
 CPU_PER_RUN = (
-    "each run pays a fork of the warm service (its recorder), the recorder's own work (a lock "
-    "file, the child's start, its output pump, two small state files, a wake-up datagram) and "
-    "four store transactions (submit, claim, running, ended) with a tick of the service for "
-    "each; task-spooler's server is C and keeps its queue in memory."
+    "each run pays the client's submit, the service's claim and the spec it hands the keeper "
+    "(a file and a datagram), the keeper's recorder thread (a lock file, the child's start, "
+    "its output pump, two small state files, a wake-up datagram) and four store transactions "
+    "(submit, claim, running, ended) with a pass of the service for each; task-spooler's "
+    "server is C and keeps its queue in memory."
 )
 
 
@@ -313,22 +314,19 @@ def _floor_target(rates: dict[str, Figure]) -> Target:
 
 
 def _tsp_target(rates: dict[str, Figure]) -> Target:
+    name = "launch vs task-spooler: Python child ≥ 1.0×, `true` ≥ 0.5×"
     if TSP not in rates["python"].samples:
-        return Target("launch ≥ 1.0× task-spooler (Python child and `true`)", "tsp not found", None)
+        return Target(name, "tsp not found", None)
     ratios = {child: fig.ratio(TSP) for child, fig in rates.items()}
     measured = ", ".join(f"`{child}` {ratio:.2f}×" for child, ratio in ratios.items())
-    return Target(
-        "launch ≥ 1.0× task-spooler (Python child and `true`)",
-        measured,
-        min(ratios.values()) >= 1.0,
-        CPU_PER_RUN,
-    )
+    met = ratios["python"] >= 1.0 and ratios["true"] >= 0.5
+    return Target(name, measured, met, CPU_PER_RUN)
 
 
 def _cpu_target(cpu: dict[str, Figure]) -> Target:
     overhead = cpu["true"].median()
     why = f"{CPU_PER_RUN} The floor pays {cpu['true'].median(FLOOR):.1f} ms and records nothing."
-    return Target("CPU outside the child ≤ 2 ms per run", f"{overhead:.1f} ms", overhead <= 2, why)
+    return Target("CPU outside the child ≤ 3 ms per run", f"{overhead:.1f} ms", overhead <= 3, why)
 
 
 def _ray_target(rates: dict[str, Figure]) -> Target:
@@ -343,12 +341,13 @@ def _latency_target(p50: Figure, p99: Figure) -> Target:
     low, high = p50.median(), p99.median()
     why = (
         "submit (one transaction) → a datagram wakes the service → one claim transaction → "
-        "fork of the service → the recorder starts the child → the child's own interpreter "
+        "the spec file and a datagram to the keeper → its recorder thread starts the child → "
+        "the child's own interpreter "
         f"start, which the floor pays too ({p50.median(FLOOR):.0f} ms p50 there)."
     )
     return Target(
-        "submit → child started: p50 ≤ 30 ms, p99 ≤ 60 ms (9 runs active)",
+        "submit → child started: p50 ≤ 15 ms, p99 ≤ 30 ms (9 runs active)",
         f"p50 {low:.0f} ms, p99 {high:.0f} ms",
-        low <= 30 and high <= 60,
+        low <= 15 and high <= 30,
         why,
     )

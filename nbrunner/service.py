@@ -60,6 +60,7 @@ from .provenance import Capturer
 from .prune import Retention
 from .pruning import Pruner
 from .recorder import (
+    KeeperHandle,
     RecorderSpec,
     RunFiles,
     ServiceLink,
@@ -242,7 +243,7 @@ class Service:
         self._successor: list[str] | None = None  # a newer service to hand over to
         self._keep_awake = KeepAwake(f"runs are active in {self.home}")
         self._recorders: dict[int, Any] = {}  # run id → handle of the recorder started here
-        self._exit_signals: dict[int, int] = {}  # run id → its recorder's pidfd (Linux)
+        self._exit_signals: dict[int, int] = {}  # recorder or keeper pid → its pidfd (Linux)
         self._retry_soon = False  # a step failed: the next pass comes soon, not at a deadline
         self._unlaunched: dict[int, float] = {}  # run id → when first seen claimed, unlaunched
         self._home_id: tuple[int, int] | None = None
@@ -358,7 +359,7 @@ class Service:
         return any(
             not isinstance(watch, LocalWatch)
             or (watch.record.prune and watch.record.sweep)
-            or (run_id in self._recorders and run_id not in self._exit_signals)
+            or (run_id in self._recorders and self._recorders[run_id].pid not in self._exit_signals)
             for run_id, watch in self.watches.items()
         )
 
@@ -438,17 +439,33 @@ class Service:
 
     def _reap(self) -> None:
         """Poll the recorders started here, each by its own handle: a waitpid on any child
-        would take the exit status a hook's subprocess waits for."""
+        would take the exit status a hook's subprocess waits for. A handle on the keeper is
+        let go once its run's end is written: the keeper is no child of ours to reap, and
+        it may hold the home's runs for weeks."""
         for run_id, recorder in list(self._recorders.items()):
-            if recorder.poll() is None:
-                continue
-            del self._recorders[run_id]
-            fd = self._exit_signals.pop(run_id, None)
+            ended = recorder.poll() is not None
+            if ended or (isinstance(recorder, KeeperHandle) and run_id not in self.watches):
+                self._let_go(run_id)
+            else:
+                self._watch_exit(recorder)  # a keeper's pid is known once it holds its lock
+            watch = self.watches.get(run_id)
+            if ended and watch is not None and watch.recorder is recorder:
+                watch.recorder_gone = True
+
+    def _watch_exit(self, recorder: Any) -> None:
+        """Put the end of this recorder (or keeper) in the sleep's select(): one pidfd per
+        process, however many runs it holds."""
+        if recorder.pid and recorder.pid not in self._exit_signals:
+            fd = platform.exit_signal(recorder.pid)
+            if fd is not None:
+                self._exit_signals[recorder.pid] = fd
+
+    def _let_go(self, run_id: int) -> None:
+        pid = self._recorders.pop(run_id).pid
+        if all(other.pid != pid for other in self._recorders.values()):
+            fd = self._exit_signals.pop(pid, None)
             if fd is not None:
                 os.close(fd)
-            watch = self.watches.get(run_id)
-            if watch is not None and watch.recorder is recorder:
-                watch.recorder_gone = True
 
     def _refresh_all(self) -> None:
         self.version = self.store.version()
@@ -837,9 +854,7 @@ class Service:
             spec = self._recorder_spec(record, settings)
             watch.recorder = start_recorder(spec, ServiceLink(wake, notify))
             self._recorders[record.id] = watch.recorder
-            fd = platform.exit_signal(watch.recorder.pid)
-            if fd is not None:
-                self._exit_signals[record.id] = fd
+            self._watch_exit(watch.recorder)
         except Exception as exc:  # one failed launch must not stop the rest
             self._finish(
                 watch,

@@ -1,5 +1,5 @@
-"""One keeper per home holding every run (NBRUNNER_RECORDER=keeper): what sharing one
-process changes. The engine tests of test_service.py run on this path too."""
+"""One keeper per home holding every run (the default on POSIX): what sharing one process
+changes. The engine tests of test_service.py run on this path too."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from helpers.procs import alive, python, wait_until
 
 from nbrunner import Runner, RunStatus, service
 from nbrunner.recorder import RECORDER_ENV, RunFiles
+from nbrunner.service import SAFETY_PASS_S, Service
 
 pytestmark = pytest.mark.posix
 
@@ -98,3 +99,44 @@ def test_a_spec_it_cannot_read_ends_that_run_and_no_other(home: Path) -> None:
         if keeper.poll() is None:
             keeper.kill()
             keeper.wait()
+
+
+def test_the_service_sleeps_on_one_pidfd_for_the_keeper_and_lets_ended_runs_go(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service (here in the test's process) whose runs a keeper holds: no pass a second
+    while they run, one pidfd for the keeper however many runs it holds, and nothing kept
+    of a run once its end is written, though the keeper lives on (for weeks, on a busy
+    home: one handle and pidfd per run ever held would run out of descriptors)."""
+    monkeypatch.delenv(RECORDER_ENV, raising=False)  # the default way
+    owner = Service(home)
+    assert owner._take_over()
+    owner._retention.apply(owner.store)  # applied at the first pass, next in an hour
+    client = Runner(home, start=False)
+    try:
+        client.register("waits", command=[*python(WAITS), str(tmp_path / "gate")])
+        runs = [client.submit("waits") for _ in range(3)]
+
+        def holding() -> bool:
+            owner._tick()
+            return all(run.status is RunStatus.RUNNING for run in runs) and bool(
+                owner._exit_signals
+            )
+
+        wait_until(holding, what="the keeper to hold the runs")
+        keeper = psutil.Process(pid_in_log(runs[0])).ppid()
+        assert list(owner._exit_signals) == [keeper]  # one pidfd for the three runs
+        assert not owner._paced() and owner._sleep_s() > SAFETY_PASS_S - 1
+        (tmp_path / "gate").touch()
+
+        def ended() -> bool:
+            owner._tick()
+            return all(run.status is RunStatus.SUCCEEDED for run in runs)
+
+        wait_until(ended, what="the runs to end")
+        owner._tick()
+        assert owner._recorders == {} and owner._exit_signals == {}
+        assert alive(keeper)  # it lives on (until its idle time), but is nothing of ours
+    finally:
+        client.close()
+        owner._close()

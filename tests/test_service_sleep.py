@@ -41,7 +41,7 @@ def held_by(owner: Service, record: RunRecord, recorder: subprocess.Popen[bytes]
     owner._recorders[record.id] = recorder
     fd = platform.exit_signal(recorder.pid)
     assert fd is not None, "Linux has pidfds"
-    owner._exit_signals[record.id] = fd
+    owner._exit_signals[recorder.pid] = fd
     return watch
 
 
