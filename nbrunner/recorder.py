@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from contextlib import nullcontext, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,10 @@ class RecorderSpec:
     memory_limit: int = 0  # bytes; a Windows job's own limit backs the recorder's
     timeout: float | None = None  # seconds of running time (paused time does not count)
     grace: float = 10.0  # SIGTERM, then this long, then SIGKILL
+
+    def as_json(self) -> dict[str, Any]:
+        """Its fields as they are (all JSON already): asdict() would deep-copy the env."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ def write_atomically(path: Path, data: dict[str, Any], patience: float | None = 
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
-                json.dump(data, out)
+                out.write(json.dumps(data))  # one write; json.dump encodes in pure Python
             os.replace(temporary, path)
             return
         except OSError as exc:
@@ -684,7 +688,7 @@ def spawn_recorder(spec: RecorderSpec) -> subprocess.Popen[bytes]:
         **platform.recorder_popen_kwargs(),
     )
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(asdict(spec)).encode())
+    proc.stdin.write(json.dumps(spec.as_json()).encode())
     proc.stdin.close()
     return proc
 
@@ -693,11 +697,11 @@ class KeeperHandle:
     """The launching service's handle on a run handed to the home's keeper: alive while a
     keeper holds the keeper lock, or, just after one was started, has had no time to."""
 
-    def __init__(self, home: str, started_one: bool) -> None:
+    def __init__(self, home: str, started_one: bool, pid: int = 0) -> None:
         self.lock = Path(home) / "runs" / KEEPER_LOCK
         self.born = time.monotonic() if started_one else None
         self.returncode: int | None = None
-        self.pid = living_keeper(home)  # 0: not known yet (no pidfd; polled)
+        self.pid = pid  # 0: not known yet (no pidfd; polled)
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -711,20 +715,25 @@ class KeeperHandle:
         return self.returncode
 
 
-def living_keeper(home: str) -> int:
+def keeper_info(home: str) -> dict[str, Any]:
+    """What the home's keeper announced (its pid, start marker and port), or {}."""
+    return RunFiles.of(home, 0).read(Path(home) / "runs" / KEEPER_INFO) or {}
+
+
+def living_keeper(home: str, found: dict[str, Any] | None = None) -> int:
     """The pid of the home's keeper, if the one its info file names lives; else 0."""
-    found = RunFiles.of(home, 0).read(Path(home) / "runs" / KEEPER_INFO) or {}
+    found = keeper_info(home) if found is None else found
     pid = int(found.get("pid") or 0)
     return pid if platform.is_same_process(pid, found.get("marker")) else 0
 
 
-def wake_keeper(home: str) -> None:
-    """A datagram to the keeper's port: look at runs/ now (a lost one costs a pass)."""
+def wake_keeper(found: dict[str, Any]) -> None:
+    """A datagram to the port the keeper announced (`found`): look at runs/ now (a lost one
+    costs a pass)."""
     import socket
 
-    found = RunFiles.of(home, 0).read(Path(home) / "runs" / KEEPER_INFO) or {}
     with (
-        suppress(OSError, ValueError, TypeError),
+        suppress(OSError, ValueError, TypeError, KeyError),
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
     ):
         sock.sendto(b"w", ("127.0.0.1", int(found["port"])))
@@ -739,10 +748,11 @@ def hand_to_keeper(spec: RecorderSpec) -> KeeperHandle:
     here is still on its way (it takes every spec it finds). The spec comes first: a keeper
     on its way out looks for specs after letting go of its lock."""
     files = RunFiles.of(spec.home, spec.run_id)
-    write_atomically(files.spec, asdict(spec), CHILD_FILE_PATIENCE_S)
+    write_atomically(files.spec, spec.as_json(), CHILD_FILE_PATIENCE_S)
     if platform.is_locked(files.directory / KEEPER_LOCK):
-        wake_keeper(spec.home)
-        return KeeperHandle(spec.home, started_one=False)
+        found = keeper_info(spec.home)  # read once: where to wake it, and who it is
+        wake_keeper(found)
+        return KeeperHandle(spec.home, False, living_keeper(spec.home, found))
     started_at = _keepers_started.get(spec.home)
     if started_at is None or time.monotonic() - started_at >= KEEPER_START_S:
         argv = [sys.executable, "-m", "nbrunner.keeper", spec.home]

@@ -27,7 +27,7 @@ from .states import RunStatus
 from .store import Transaction, encode_column
 
 # Queued runs read per query while looking for runs that may start.
-PAGE_SIZE = 200
+PAGE_SIZE = 32
 # Blocked shapes left out in SQL; past these, blocked runs are read and skipped in Python.
 MAX_EXCLUDED_SHAPES = 32
 
