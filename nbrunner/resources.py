@@ -32,6 +32,13 @@ class Resources:
     pin: bool = False  # pin the run to `cpus` distinct cores
     gpu_memory_strict: bool = False  # stop a run that goes over its GPU memory share
 
+    @property
+    def fits_any_machine(self) -> bool:
+        """Whether every machine could start it (one CPU at most, whole if pinned, no memory
+        or GPU asked for), so that checking it at submit needs no look at this one."""
+        whole = not self.pin or self.cpus == int(self.cpus)
+        return self.cpus <= 1 and whole and not (self.memory or self.gpus or self.gpu_memory)
+
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> Resources:
         data = dict(data or {})

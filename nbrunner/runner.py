@@ -242,11 +242,12 @@ class Runner:
         ]
         if rows and placement["backend"] == "local":
             needs = Resources.from_mapping(rows[0]["resources"])
-            capacity = machine_capacity(
-                with_gpus=bool(needs.gpus or needs.gpu_memory),
-                gpu_mask=str(self.store.config()["gpus"]),
-            )
-            capacity.check_possible(needs)
+            if not needs.fits_any_machine:  # the machine's facts are worth reading
+                capacity = machine_capacity(
+                    with_gpus=bool(needs.gpus or needs.gpu_memory),
+                    gpu_mask=str(self.store.config()["gpus"]),
+                )
+                capacity.check_possible(needs)
             rows = snapshot.freeze(self.home, spec, rows)  # `snapshot = true`: code as of now
         ids = self.store.insert_runs(rows, service.submitter_environment())
         self._notify()

@@ -174,6 +174,23 @@ def test_impossible_requests_are_rejected_at_submit(
     assert runner.count() == 0
 
 
+@pytest.mark.parametrize(
+    "asked",
+    [{}, {"cpus": 1}, {"cpus": 0.5}, {"cpus": 1, "pin": True}, {"cpus": 1.5}, {"memory": 1},
+     {"gpus": 1}, {"gpu_memory": 1}, {"cpus": 0.5, "pin": True}],
+)  # fmt: skip
+def test_a_request_said_to_fit_any_machine_fits_the_smallest(asked: dict) -> None:
+    """Submit skips reading the machine for what fits anywhere: never for what might not."""
+    needs = Resources.from_mapping(asked)
+    smallest = Capacity(cpus=1, memory_total=0, memory_available=0, cores=(0,))
+    try:
+        smallest.check_possible(needs)
+        fits = True
+    except ResourceRequestError:
+        fits = False
+    assert needs.fits_any_machine == fits
+
+
 def test_a_run_past_its_memory_limit_is_stopped_and_its_neighbour_is_not(
     runner: Runner, tmp_path: Path
 ) -> None:
