@@ -365,6 +365,44 @@ class ModuleSpec:
             head = list(self.command or ())
         return head + params_to_args(self.params, params)
 
+    def run_row(
+        self,
+        params: Mapping[str, Any],
+        priority: int,
+        timeout: float | None,
+        resources: Mapping[str, Any] | None,
+        group: str | None,
+        after: list[int],
+    ) -> dict[str, Any]:
+        """The store row of one submission of this module, every value checked (`after`:
+        run ids the caller found in the store)."""
+        values = self.validate_params(params)
+        priority, timeout, group = (
+            checks.priority(priority),
+            checks.timeout(timeout),
+            checks.group(group),
+        )
+        needs = self.resources.merged(dict(resources) if resources else None)
+        # An empty PYTHONUNBUFFERED turns it off even where the service's own env sets it.
+        env = {"PYTHONUNBUFFERED": "1" if self.unbuffered else "", **self.env}
+        if self.hide_gpus and not (needs.gpus or needs.gpu_memory):
+            env["CUDA_VISIBLE_DEVICES"] = ""  # opted in: a CPU-only run sees no GPU
+        return {
+            "module": self.name,
+            "params": values,
+            "argv": self.argv(values),
+            "env": env,
+            "on_done": list(self.on_done or ()),
+            "cwd": self.cwd,
+            "priority": priority,
+            "timeout": timeout if timeout is not None else self.timeout,
+            "resources": needs.to_dict(),
+            "group": group or self.group,
+            "after": after,
+            "keep_leftovers": self.keep_leftovers,
+            "retry_lost": self.retry_lost,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         target = {key: getattr(self, key) for key in _TARGETS if getattr(self, key)}
         if "command" in target:

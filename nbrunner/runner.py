@@ -17,7 +17,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import math
 import os
 import threading
 import time
@@ -26,19 +25,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from . import checks, demo, service, snapshot, version
-from .backends import BACKENDS
+from .backends import check_backend
 from .config import check_key
 from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileError
+from .history import History, frame
 from .logs import read_text
 from .loopthread import LoopThread
 from .models import RunRecord, again_row
 from .modules import ModuleSpec, build_module, load_modules_file, lookup
-from .ordering import order, parse_sort, sort_values
 from .provenance import code_changes, code_now
 from .pruning import PruneRule
 from .resources import Resources, machine_capacity
 from .run import Run
-from .scalars import Summaries, better
 from .scalars import read as read_scalars
 from .states import RunStatus
 from .store import HistoryFilter, Store
@@ -79,7 +77,7 @@ class Runner:
         `keep_service`: start the home's service if runs are waiting and none is alive.
         """
         self.home = Path(home).expanduser() if home else default_home()
-        self.backend = _check_backend(backend) if backend else None
+        self.backend = check_backend(backend) if backend else None
         self.address = address
         self.store = Store(self.home)
         if version.warn_once(self.home, service.info(self.home)):  # an upgrade's old service
@@ -98,7 +96,7 @@ class Runner:
         self._task: concurrent.futures.Future[None] | None = None
         self._last_service_check = 0.0
         self._closed = False
-        self._summaries = Summaries()
+        self._history = History(self.store)
         if keep_service:
             self._keep_service_alive()
         if start:
@@ -236,8 +234,9 @@ class Runner:
         placement = self._placement(backend) | {"sweep": sweep}
         if prune is not None:  # the sweep's rule, kept on each of its runs
             placement["prune"] = PruneRule.parse(prune).to_dict()
+        waits_for = [self._run_id(a) for a in after]
         rows = [
-            self._run_row(spec, params, priority, timeout, resources, group, after) | placement
+            spec.run_row(params, priority, timeout, resources, group, waits_for) | placement
             for params in params_list
         ]
         if rows and placement["backend"] == "local":
@@ -300,43 +299,6 @@ class Runner:
         """The newest sweeps: (sweep id, module, number of runs), newest first."""
         return self.store.sweeps(limit)
 
-    def _run_row(
-        self,
-        spec: ModuleSpec,
-        params: Mapping[str, Any],
-        priority: int,
-        timeout: float | None,
-        resources: Mapping[str, Any] | None,
-        group: str | None,
-        after: Sequence[int | Run],
-    ) -> dict[str, Any]:
-        values = spec.validate_params(params)
-        priority, timeout, group = (
-            checks.priority(priority),
-            checks.timeout(timeout),
-            checks.group(group),
-        )
-        needs: Resources = spec.resources.merged(dict(resources) if resources else None)
-        # An empty PYTHONUNBUFFERED turns it off even where the service's own env sets it.
-        env = {"PYTHONUNBUFFERED": "1" if spec.unbuffered else "", **spec.env}
-        if spec.hide_gpus and not (needs.gpus or needs.gpu_memory):
-            env["CUDA_VISIBLE_DEVICES"] = ""  # opted in: a CPU-only run sees no GPU
-        return {
-            "module": spec.name,
-            "params": values,
-            "argv": spec.argv(values),
-            "env": env,
-            "on_done": list(spec.on_done or ()),
-            "cwd": spec.cwd,
-            "priority": priority,
-            "timeout": timeout if timeout is not None else spec.timeout,
-            "resources": needs.to_dict(),
-            "group": group or spec.group,
-            "after": [self._run_id(a) for a in after],
-            "keep_leftovers": spec.keep_leftovers,
-            "retry_lost": spec.retry_lost,
-        }
-
     def _placement(self, backend: str | None, address: str | None = None) -> dict[str, Any]:
         """Where submitted runs go: as asked, else this runner's choice, else the settings.
 
@@ -344,7 +306,7 @@ class Runner:
         (nothing is queued) rather than each run.
         """
         settings = self.store.config()
-        chosen = _check_backend(backend or self.backend or str(settings["backend"]))
+        chosen = check_backend(backend or self.backend or str(settings["backend"]))
         if chosen != "ray":
             return {"backend": chosen}
         from .backends.ray import check_cluster
@@ -562,7 +524,7 @@ class Runner:
     def active(self, group: str | Sequence[str] | None = None) -> pd.DataFrame:
         """Queued, starting, running and paused runs (of these groups, if given)."""
         service.watching(self.home)  # its cpu and memory columns are sampled while read
-        return _frame(HistoryFilter.build(group=group).keep_groups(self.store.active()))
+        return frame(HistoryFilter.build(group=group).keep_groups(self.store.active()))
 
     def history(
         self,
@@ -588,10 +550,10 @@ class Runner:
         """
         query = HistoryFilter.build(status, module, since, until, text, group, sweep)
         records, columns = self.history_page(query, limit, offset, metric, best, sort)
-        frame = _frame(records)
+        table = frame(records)
         for column, values in columns.items():
-            frame[column] = values
-        return frame
+            table[column] = values
+        return table
 
     def history_page(
         self,
@@ -603,33 +565,8 @@ class Runner:
         sort: str | None = None,
         strict: bool = False,
     ) -> tuple[list[RunRecord], dict[str, list[float]]]:
-        """The runs of one history page and the metric columns shown beside them; sorting
-        reads every matching run (a sweep's, a group's), then pages. `strict`: an unknown
-        sweep, or a metric no run reported, is an error naming those that exist (a typo, not
-        an empty page or a column of NaN)."""
-        if strict:
-            self.check_sweeps(query.sweeps)
-        for name, value in (("limit", limit), ("offset", offset)):
-            checks.whole_number(value, name, 0, checks.SQLITE_INT_MAX)
-        if sort is None:
-            records = self.store.history(query, limit=limit, offset=offset)
-        else:
-            records = self.store.history(query, limit=checks.SQLITE_INT_MAX)
-        if metric and strict:
-            self._summaries.require(records, metric)
-        columns = self._summaries.columns(records, metric, best) if metric else {}
-        if sort is None:
-            return records, columns
-        name, descending = parse_sort(sort)
-
-        def metric_columns(metric_name: str) -> dict[str, list[float]]:
-            self._summaries.require(records, metric_name)
-            return self._summaries.columns(records, metric_name, best)
-
-        values, added = sort_values(records, name, columns, metric_columns)
-        columns |= added
-        kept = order(values, descending)[offset : offset + limit]
-        return [records[i] for i in kept], {k: [v[i] for i in kept] for k, v in columns.items()}
+        """The runs of one history page and the metric columns beside them (History.page)."""
+        return self._history.page(query, limit, offset, metric, best, sort, strict)
 
     def best(
         self, metric: str, best: str | None = None, **filters: Any
@@ -637,26 +574,11 @@ class Runner:
         """The run whose last reported `metric` is best ("max" or "min", else guessed from
         the name), among the runs `filters` select (history's: sweep=, group=, status=...),
         with that value; None if none of them reported it yet."""
-        if best not in (None, "max", "min"):
-            raise BadInput(f"best is 'max' or 'min', got {best!r}")
-        query = HistoryFilter.build(**filters)
-        self.check_sweeps(query.sweeps)
-        records = self.store.history(query, limit=checks.SQLITE_INT_MAX)
-        if not records:
-            raise BadInput("no run matches; `nbrunner history` lists them")
-        self._summaries.require(records, metric)
-        lasts = self._summaries.columns(records, metric, best)[f"{metric}_last"]
-        ranked = order(lasts, (best or better(metric)) == "max")
-        if not ranked or math.isnan(lasts[ranked[0]]):
-            return None
-        return records[ranked[0]], lasts[ranked[0]]
+        return self._history.best(metric, best, **filters)
 
     def check_sweeps(self, sweeps: Sequence[str]) -> None:
         """An unknown sweep id is a typo, not an empty sweep."""
-        for sweep_id in sweeps:
-            if not self.store.count_history(HistoryFilter.build(sweep=sweep_id)):
-                known = ", ".join(s for s, _, _ in self.sweeps(5)) or "none yet"
-                raise BadInput(f"no sweep {sweep_id!r}; the newest are: {known}")
+        self._history.check_sweeps(sweeps)
 
     def scalars(
         self, run_ids: int | str | Iterable[int | str], names: Iterable[str] | None = None
@@ -784,47 +706,7 @@ def _parse_id(run_id: int | str) -> int:
     return checks.run_id(run_id)
 
 
-def _check_backend(name: str) -> str:
-    if name not in BACKENDS:
-        raise BadInput(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
-    return name
-
-
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidParameter(f"{name} must be a whole number ≥ 1, got {value!r}")
     return value
-
-
-def _frame(records: Sequence[RunRecord]) -> pd.DataFrame:
-    import pandas as pd
-
-    columns = [
-        "id",
-        "module",
-        "status",
-        "exit_code",
-        "reason",
-        "params",
-        "priority",
-        "submitted_at",
-        "started_at",
-        "ended_at",
-        "duration_s",
-        "pid",
-        "gpus",
-        "restart_of",
-        "log_path",
-        "group",
-        "sweep",
-        "backend",
-        "backend_ref",
-        "cpu_time",
-        "peak_rss",
-        "gpu_memory",
-        "warning",
-    ]
-    frame = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in records], columns=columns)
-    for column in ("submitted_at", "started_at", "ended_at"):
-        frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
-    return frame

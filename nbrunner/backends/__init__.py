@@ -8,9 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..errors import BadInput
 from ..states import RunStatus
 
 BACKENDS = ("local", "ray")
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise BadInput(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
+    return name
 
 
 class ChildEnded(Exception):
