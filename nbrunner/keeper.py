@@ -1,6 +1,5 @@
 """The keeper: one process per home that holds every local run, each in a thread running
-the recorder's own `record()` (chosen with NBRUNNER_RECORDER=keeper while it replaces the
-per-run recorders; README, How it works, says why).
+the recorder's own `record()` (the default on POSIX; README, How it works, says why).
 
 The service hands a run over by writing runs/ID.spec and waking the keeper (a datagram to
 the port in runs/keeper.json), or by starting it (`python -m nbrunner.keeper HOME`) when
@@ -9,6 +8,10 @@ starts the run's thread, so no later keeper starts that run again), is every run
 and the subreaper of their orphans, reaps the orphans no thread waits for, and leaves once
 it has held nothing for IDLE_S. Killed, it costs every run it holds: the service finds
 their locks free and no exit files, and they end `lost`.
+
+A keeper lives as long as it holds runs, for days, across an upgrade of nbrunner: the
+service of a newer version hands it runs too. So a spec only ever grows, each new field
+with a default, and a keeper ignores the fields it does not know (RecorderSpec.from_json).
 """
 
 from __future__ import annotations
@@ -81,8 +84,8 @@ class Keeper:
             with suppress(OSError):
                 path.unlink()  # taken: whatever happens to this keeper, it starts once
             try:
-                spec = RecorderSpec(**(found or {}))
-            except TypeError as exc:  # unreadable, or written by another nbrunner version
+                spec = RecorderSpec.from_json(found or {})
+            except TypeError as exc:  # unreadable, or lacking a field this keeper needs
                 reason = f"the keeper could not read the run's spec {path}: {exc}"
                 record_failure(self.home, files.run_id, self.link, reason)
                 continue

@@ -76,6 +76,16 @@ class RecorderSpec:
         """Its fields as they are (all JSON already): asdict() would deep-copy the env."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @classmethod
+    def from_json(cls, found: dict[str, Any]) -> RecorderSpec:
+        """A spec as written by this or a newer nbrunner: fields added since are left out
+        (a keeper started before an upgrade holds the newer service's runs too); one this
+        version needs and does not find is a TypeError."""
+        return cls(**{key: value for key, value in found.items() if key in _SPEC_FIELDS})
+
+
+_SPEC_FIELDS = frozenset(f.name for f in fields(RecorderSpec))
+
 
 @dataclass(frozen=True)
 class RunFiles:

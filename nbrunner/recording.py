@@ -15,7 +15,7 @@ from .recorder import RecorderSpec, ServiceLink, record
 
 
 def main() -> int:
-    spec = RecorderSpec(**json.load(sys.stdin))
+    spec = RecorderSpec.from_json(json.load(sys.stdin))
     return record(spec, ServiceLink(service.wake, service.notify))
 
 
