@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,10 +157,14 @@ class ParallelFeed:
 
 
 # -- Ray ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: each socket stays bound until all are chosen (one closed before
+    the next is bound may be handed out again, and Ray refuses one port given twice)."""
+    with ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 # Ray gives a starting node a fixed 30 s to register with its GCS; a loaded machine can miss
@@ -177,21 +182,16 @@ class RayHead:
 
     def __init__(self, cpus: int) -> None:
         self.temp = Path(tempfile.mkdtemp(prefix="nbb-ray-", dir="/tmp"))
-        self.dashboard_port = free_port()
+        flags = (
+            "--dashboard-port", "--port", "--ray-client-server-port",
+            "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port",
+            "--object-manager-port",
+        )  # fmt: skip
+        ports: dict[str, int] = dict(zip(flags, free_ports(len(flags)), strict=True))
+        self.dashboard_port = ports["--dashboard-port"]
         worker_base = random.randrange(30000, 39000, 200)
-        ports = {
-            "--port": free_port(),
-            "--dashboard-port": self.dashboard_port,
-            "--ray-client-server-port": free_port(),
-            "--dashboard-agent-listen-port": free_port(),
-            "--dashboard-agent-grpc-port": free_port(),
-            "--runtime-env-agent-port": free_port(),
-            "--metrics-export-port": free_port(),
-            "--node-manager-port": free_port(),
-            "--object-manager-port": free_port(),
-            "--min-worker-port": worker_base,
-            "--max-worker-port": worker_base + 199,
-        }
+        ports |= {"--min-worker-port": worker_base, "--max-worker-port": worker_base + 199}
         sibling = Path(sys.executable).with_name("ray")
         ray = str(sibling) if sibling.exists() else shutil.which("ray") or "ray"
         argv = [ray, "start", "--head", "--node-ip-address", "127.0.0.1"]

@@ -15,6 +15,7 @@ import pytest
 
 from bench import BENCHMARKS
 from bench.harness import Figure, Section, Target, interleave, linear_fit, percentile
+from bench.peers import free_ports
 from bench.report import SECTION_MARK, results_markdown
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +40,13 @@ def test_statistics() -> None:
     assert r2 == pytest.approx(1.0)
     assert percentile([5, 1, 3, 2, 4], 50) == 3
     assert percentile(list(range(1, 101)), 99) == 99
+
+
+def test_free_ports_for_a_ray_head_are_distinct() -> None:
+    """Ports picked one socket at a time (each closed before the next) repeat now and then;
+    among 400, almost surely: a Ray head given one port twice refuses to start."""
+    ports = free_ports(400)
+    assert len(set(ports)) == len(ports) == 400
 
 
 def test_report_shows_ratios_and_missed_targets() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench.peers import free_ports
 from nbrunner.backends.ray import loopback_head_env
 
 from .procs import alive, wait_until
@@ -55,7 +56,7 @@ class RayHead:
     """One local head; `start` and `stop` may be called again to restart it on the same ports."""
 
     def __init__(self, num_cpus: int = 2, object_store_bytes: int = 100 * 1024**2) -> None:
-        self.ports = {option: free_port() for option in PORT_OPTIONS}
+        self.ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
         self.num_cpus = num_cpus
         self.object_store_bytes = object_store_bytes
         # Short: Ray puts unix sockets under it, and those paths are limited to ~100 bytes.
