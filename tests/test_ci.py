@@ -62,7 +62,8 @@ def test_the_suite_fails_and_names_a_process_a_test_left_alive(
         copy = shutil.copytree if name == "helpers" else shutil.copy
         copy(REPO / "tests" / name, tmp_path / name)
     (tmp_path / "test_leaves.py").write_text(LEAVES_A_SLEEPER)
-    env = {**os.environ, "NBRUNNER_TEST_SETTLE_S": "2"}
+    # the helpers import the bench's (free ports for a Ray head): the repo stays importable
+    env = {**os.environ, "NBRUNNER_TEST_SETTLE_S": "2", "PYTHONPATH": str(REPO)}
     env.pop("NBRUNNER_TEST_SESSION", None)
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", workers, "-q"]
     done = subprocess.run(

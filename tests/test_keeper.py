@@ -14,7 +14,7 @@ import psutil
 import pytest
 from helpers.procs import alive, python, wait_until
 
-from nbrunner import Runner, RunStatus, service
+from nbrunner import Runner, RunStatus, platform, service
 from nbrunner.recorder import RECORDER_ENV, RecorderSpec, RunFiles
 from nbrunner.service import SAFETY_PASS_S, Service
 
@@ -97,19 +97,28 @@ def test_a_spec_it_cannot_read_ends_that_run_and_a_newer_ones_extra_fields_are_i
         log_path=str(log), max_log_size=0, keep_leftovers=False, cores=[],
     ).as_json() | {"from_a_newer_nbrunner": True}  # fmt: skip
     (runs / "8.spec").write_text(json.dumps(newer))
+    # the home's service lock held here: the keeper, telling of each end, starts no service
+    # (one would sweep away the exit files of runs its store does not have)
+    serving = platform.take_lock(home / service.LOCK_NAME)
     keeper = subprocess.Popen([sys.executable, "-m", "nbrunner.keeper", str(home)])
     try:
-        ended = wait_until(lambda: RunFiles.of(home, 7).read(runs / "7.exit"), what="7.exit")
+        ended = wait_until(
+            lambda: RunFiles.of(home, 7).read(runs / "7.exit"), timeout=60, what="7.exit"
+        )
         assert ended["exit_code"] is None
         assert "the keeper could not read the run's spec" in ended["error"]
         assert "argv" in ended["error"]  # what it lacked
-        ran = wait_until(lambda: RunFiles.of(home, 8).read(runs / "8.exit"), what="8.exit")
+        ran = wait_until(
+            lambda: RunFiles.of(home, 8).read(runs / "8.exit"), timeout=60, what="8.exit"
+        )
         assert ran["exit_code"] == 0 and log.read_text() == "ran\n"
         assert keeper.wait(timeout=60) == 0  # it went on, and left once idle
     finally:
         if keeper.poll() is None:
             keeper.kill()
             keeper.wait()
+        if serving is not None:
+            os.close(serving)
 
 
 def test_the_service_sleeps_on_one_pidfd_for_the_keeper_and_lets_ended_runs_go(
