@@ -179,11 +179,12 @@ def detach_command(
 
     POSIX: a shell backgrounds argv and exits at once, so argv is re-parented to init, in a
     new session away from the kernel's process group. Windows: a short-lived launcher
-    breaks the parent chain that tree-killers walk.
+    breaks the parent chain that tree-killers walk. Either prints the pid it started.
     """
     if windows:
         return [sys.executable, "-m", "nbrunner.platform", *argv], {"creationflags": DETACHED_FLAGS}
-    return ["/bin/sh", "-c", '"$@" &', "sh", *argv], {"start_new_session": True, "close_fds": True}
+    shell = ["/bin/sh", "-c", '"$@" >/dev/null & echo $!', "sh"]
+    return [*shell, *argv], {"start_new_session": True, "close_fds": True}
 
 
 def popen_detached(argv: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
@@ -201,16 +202,19 @@ def popen_detached(argv: Sequence[str], **options: Any) -> subprocess.Popen[byte
     return subprocess.Popen(argv, **options)
 
 
-def spawn_detached(argv: Sequence[str], stderr_path: str) -> None:
-    """Start argv so that it is nobody's descendant and survives this process's death."""
+def spawn_detached(argv: Sequence[str], stderr_path: str) -> int:
+    """Start argv so that it is nobody's descendant and survives this process's death;
+    its pid."""
     command, options = detach_command(argv)
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with open(fd, "ab") as stderr:
         launcher = popen_detached(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, **options
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, **options
         )
-        if launcher.wait():
-            raise subprocess.CalledProcessError(launcher.returncode, command)
+        printed, _ = launcher.communicate()
+    if launcher.returncode:
+        raise subprocess.CalledProcessError(launcher.returncode, command)
+    return int(printed)
 
 
 def signal_group(pid: int, graceful: bool) -> None:
@@ -754,10 +758,11 @@ def shell_command(
 
 
 if __name__ == "__main__":  # pragma: no cover - the Windows launcher of spawn_detached
-    popen_detached(
+    detached = popen_detached(
         sys.argv[1:],
         creationflags=DETACHED_FLAGS,
         close_fds=True,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
     )
+    print(detached.pid)

@@ -78,6 +78,8 @@ log = logging.getLogger("nbrunner.service")
 LOCK_NAME = "service.lock"
 INFO_NAME = "service.json"
 ERR_NAME = "service.log"
+STARTING_NAME = "service.starting"  # the service a client started, until it holds the lock
+STARTING_PATIENCE_S = 60.0  # one that started no sooner than this is stuck: start another
 # Ends and starts wake it at once; this paces what has no event: a queue that waits for
 # room, Ray jobs, sweeps that prune, a store write to try again, recorders without a pidfd.
 ACTIVE_TICK_S = 1.0
@@ -165,13 +167,27 @@ def announce(path: Path, wake_socket: socket.socket) -> None:
 
 
 def ensure_running(home: str | Path) -> bool:
-    """Start the home's service if none is alive; True if one was started."""
+    """Start the home's service if none is alive or on its way; True if one was started."""
     home = Path(home)
-    if is_running(home):
+    if is_running(home) or _on_its_way(home):
         return False
     argv = [sys.executable, "-m", "nbrunner.service", str(home)]
-    platform.spawn_detached(argv, str(home / ERR_NAME))
+    pid = platform.spawn_detached(argv, str(home / ERR_NAME))
+    started = {"pid": pid, "marker": platform.start_marker(pid), "at": time.time()}
+    write_atomically(home / STARTING_NAME, started)
     return True
+
+
+def _on_its_way(home: Path) -> bool:
+    """A service some client started lives and has not taken the lock yet: it will take
+    every run it finds. Starting more meanwhile (each submission of a sweep would) costs an
+    interpreter each, which only finds the lock taken and leaves."""
+    files = RunFiles.of(home, 0)
+    started = files.read(home / STARTING_NAME) or {}
+    served = files.read(home / INFO_NAME) or {}  # then it has had the lock: not on its way
+    recent = 0 <= time.time() - float(started.get("at") or 0) < STARTING_PATIENCE_S
+    alive = platform.is_same_process(started.get("pid"), started.get("marker"))
+    return recent and alive and started.get("pid") != served.get("pid")
 
 
 def wake(home: str | Path) -> None:
@@ -269,7 +285,10 @@ class Service:
     def _take_over(self) -> bool:
         self._lock_fd = platform.take_lock(self.home / LOCK_NAME)
         if self._lock_fd is None:
+            log.warning("another service serves %s already; this one leaves", self.home)
             return False
+        with contextlib.suppress(OSError):
+            (self.home / STARTING_NAME).unlink()  # on its way no more: here
         self._home_id = home_identity(self.home)
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.bind(("127.0.0.1", 0))

@@ -39,15 +39,20 @@ def test_windows_detaches_through_a_launcher_that_breaks_away() -> None:
 
 
 @POSIX_ONLY
-def test_spawn_detached_leaves_no_parent_link_and_keeps_each_word(tmp_path: Path) -> None:
+def test_spawn_detached_leaves_no_parent_link_keeps_each_word_and_says_its_pid(
+    tmp_path: Path,
+) -> None:
     out = tmp_path / "ppid"
     code = (
         "import json, os, sys\n"
-        f"open({str(out)!r}, 'w').write(json.dumps([os.getppid(), os.getsid(0), sys.argv[1:]]))"
+        "said = [os.getpid(), os.getppid(), os.getsid(0), sys.argv[1:]]\n"
+        f"open({str(out)!r}, 'w').write(json.dumps(said))"
     )
-    platform.spawn_detached([sys.executable, "-c", code, "a b", "$HOME"], str(tmp_path / "err"))
+    argv = [sys.executable, "-c", code, "a b", "$HOME"]
+    started = platform.spawn_detached(argv, str(tmp_path / "err"))
     wait_until(lambda: out.exists() and out.read_text(), what="detached child to report")
-    ppid, sid, words = json.loads(out.read_text())
+    pid, ppid, sid, words = json.loads(out.read_text())
+    assert started == pid  # what tells a service on its way from a dead one
     assert ppid != os.getpid() and sid != os.getsid(0)
     assert words == ["a b", "$HOME"]  # no shell read them
 

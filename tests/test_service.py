@@ -337,6 +337,32 @@ def test_one_service_per_home_however_many_clients_start_it(
     assert [p.pid for p in services_of(home)] == [serving]
 
 
+def test_a_burst_of_submissions_starts_one_service_not_one_each(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each submission made while the service was still importing started one more, which
+    # found the lock taken and left: a sweep of 300 runs paid 29 interpreters for nothing.
+    monkeypatch.setenv("NBRUNNER_SERVICE_IDLE_S", "60")
+    with Runner(home) as runner:
+        runs = [runner.submit("count", {"n": 1, "delay": 0}) for _ in range(20)]
+        for run in runs:
+            assert run.wait(timeout=60).status is RunStatus.SUCCEEDED
+    wait_until(lambda: len(services_of(home)) == 1, what="the serving service alone")
+    log = home / service.ERR_NAME
+    assert "this one leaves" not in (log.read_text() if log.exists() else "")
+
+
+def test_a_service_that_died_on_its_way_does_not_hold_back_the_next(home: Path) -> None:
+    Store(home)
+    assert service.ensure_running(home)
+    wait_until(lambda: services_of(home), what="the service started")
+    for starting in services_of(home):
+        starting.kill()  # most likely before it took the lock: still importing
+    with Runner(home) as runner:
+        record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
+    assert record.status is RunStatus.SUCCEEDED
+
+
 def test_an_idle_service_exits_and_the_next_submission_starts_another(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
