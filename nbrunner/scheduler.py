@@ -26,7 +26,9 @@ from .resources import GPU_WAIT, Assignment, Capacity, Ledger, Resources
 from .states import RunStatus
 from .store import Transaction, encode_column
 
-# Queued runs read per query while looking for runs that may start.
+# Queued runs read per query while looking for runs that may start: as many as there are
+# free slots at first (a run's end frees one, and decoding rows is most of a claim's cost),
+# twice as many each page after, up to this.
 PAGE_SIZE = 32
 # Blocked shapes left out in SQL; past these, blocked runs are read and skipped in Python.
 MAX_EXCLUDED_SHAPES = 32
@@ -88,8 +90,13 @@ class Admission:
         self.per_group = Counter(r.group for r in holding if r.group)
 
     @property
+    def room(self) -> int:
+        """Slots still free in this pass."""
+        return self.free - len(self.decision.start)
+
+    @property
     def full(self) -> bool:
-        return len(self.decision.start) >= self.free
+        return self.room <= 0
 
     def offer(self, run: RunRecord, dependencies: dict[int, RunStatus]) -> None:
         verdict = _dependency_verdict(run, dependencies)
@@ -145,6 +152,7 @@ def _pages(tx: Transaction, admission: Admission) -> Iterable[list[RunRecord]]:
     until the queue ends or the free slots are filled (runs further back whose dependency
     failed are cancelled by a later claim)."""
     cursor: tuple[int, int] | None = None
+    size = min(PAGE_SIZE, max(admission.room, 1))
     while True:
         where, params = ["status = 'queued'"], []
         if cursor is not None:
@@ -154,13 +162,14 @@ def _pages(tx: Transaction, admission: Admission) -> Iterable[list[RunRecord]]:
             where.append("NOT (grp IS ? AND resources IS ? AND after IS ? AND backend = ?)")
             params += shape
         page = tx.select(
-            " AND ".join(where), params, tail=f"ORDER BY priority DESC, id LIMIT {PAGE_SIZE}"
+            " AND ".join(where), params, tail=f"ORDER BY priority DESC, id LIMIT {size}"
         )
         if page:
             yield page
-        if len(page) < PAGE_SIZE or admission.full:
+        if len(page) < size or admission.full:
             return
         cursor = (page[-1].priority, page[-1].id)
+        size = min(PAGE_SIZE, 2 * size)
 
 
 def claim(
