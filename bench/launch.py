@@ -49,7 +49,9 @@ plus every descendant (nbrunner's detached service, its keeper or forked recorde
 task-spooler server, GNU parallel) over the batch — counted with `getrusage(RUSAGE_CHILDREN)`
 after the measuring process adopted and reaped them as a Linux child subreaper — minus the
 children's own CPU, taken as the floor's median `RUSAGE_CHILDREN` per run. For the floor it
-is the asyncio process's own CPU. For Ray it is the client's CPU plus the growth of CPU time
+is the asyncio process's own CPU. nbrunner's is also split by process: the client's own, and
+the service's and the keeper's read just before they are stopped.
+For Ray it is the client's CPU plus the growth of CPU time
 of the head's processes alive at the end (processes that exited are missed: a lower bound).
 *Latency*: with 9 `sleep 600` runs active, a probe child prints `time.time()` as it starts;
 latency = that stamp − the time just before the submit call (nbrunner also reports
@@ -98,10 +100,12 @@ def nbrunner_batch(home: Path, argv: list[str], count: int, recorder: str = "") 
             runner.submit(name)
         nbrun.wait_done(runner, timeout=300)
         done = time.perf_counter() - window.wall0
+        helpers = nbrun.helpers_cpu(home)  # both were started inside the window
         runner.close()
         nbrun.stop_service(home)
         wait_for_descendants()
-    return _result(window, count, done)
+    result = _result(window, count, done)
+    return result | {f"{name}_ms": 1000 * cpu / count for name, cpu in helpers.items()}
 
 
 @adopts_orphans
@@ -257,6 +261,7 @@ def run(ctx: Context) -> Section:
             section, results, "runs_per_s", f"runs/s, `{child}`", "runs/s", True
         )
         cpu[child] = _cpu_outside(section, results, child)
+        section.notes.append(_cpu_by_process(results["nbrunner"], child))
     probes = ctx.size(20, 5)
     latency = interleave(_variants(ctx, "latency", ctx.size(3, 0), probes=probes), repeats)
     p50 = figure_from(section, latency, "p50_ms", "submit → child started, p50", "ms")
@@ -291,14 +296,27 @@ def _cpu_outside(section: Section, results: dict[str, list[Metrics]], child: str
     return fig
 
 
+def _cpu_by_process(runs: list[Metrics], child: str) -> str:
+    """Where nbrunner's CPU outside the child goes, per process (medians)."""
+    parts = {
+        "the submitting client": "self_ms",
+        "the service": "service_ms",
+        "the keeper (its children excluded)": "keeper_ms",
+    }
+    shares = ", ".join(f"{name} {median([m[k] for m in runs]):.2f}" for name, k in parts.items())
+    return f"nbrunner's CPU per run, `{child}`, by process (ms, starts included): {shares}."
+
+
 TSP = "tsp -S 10"
 FORKED = "nbrunner, a recorder forked per run (NBRUNNER_RECORDER=fork)"
 CPU_PER_RUN = (
-    "each run pays the client's submit, the service's claim and the spec it hands the keeper "
-    "(a file and a datagram), the keeper's recorder thread (a lock file, the child's start, "
-    "its output pump, two small state files, a wake-up datagram) and four store transactions "
-    "(submit, claim, running, ended) with a pass of the service for each; task-spooler's "
-    "server is C and keeps its queue in memory."
+    "each run pays the client's submit; the service's claim, the spec it hands the keeper (a "
+    "file and a datagram) and three more store transactions (claim, running, ended), each "
+    "returning a decoded row the service also reads back; and the keeper's recorder thread "
+    "(the child's start through subprocess, its output pump, a lock file, two small state "
+    "files, a wake-up datagram, and on kernels without /proc children lists a scan of /proc "
+    "at each run's end). The notes split it by process. task-spooler's server is C and "
+    "keeps its queue in memory."
 )
 
 

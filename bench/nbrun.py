@@ -16,7 +16,7 @@ import psutil
 from nbrunner import Run, Runner, RunStatus, service
 from nbrunner.store import DB_NAME, Store
 
-from .harness import cache_dir, processes, wait_until
+from .harness import cache_dir, cpu_seconds, processes, wait_until
 
 
 def runner(home: Path, max_concurrent: int = 10, recorder: str = "", **settings: Any) -> Runner:
@@ -81,6 +81,15 @@ def owners(home: Path, runs: Sequence[Run]) -> list[psutil.Process]:
         with contextlib.suppress(psutil.Error, TypeError):
             pids.append(psutil.Process(run.record.pid).ppid())
     return processes(pids)
+
+
+def helpers_cpu(home: Path) -> dict[str, float]:
+    """CPU seconds (own, children excluded) the home's living service and keeper have used."""
+    from nbrunner.recorder import living_keeper
+
+    found = service.info(home)
+    helpers = {"service": found["pid"] if found else None, "keeper": living_keeper(str(home))}
+    return {name: cpu_seconds(processes([pid])) for name, pid in helpers.items()}
 
 
 def stop_service(home: Path) -> None:
