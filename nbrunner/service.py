@@ -174,7 +174,8 @@ def ensure_running(home: str | Path) -> bool:
     argv = [sys.executable, "-m", "nbrunner.service", str(home)]
     pid = platform.spawn_detached(argv, str(home / ERR_NAME))
     started = {"pid": pid, "marker": platform.start_marker(pid), "at": time.time()}
-    write_atomically(home / STARTING_NAME, started)
+    with contextlib.suppress(OSError):  # only spares the next clients a start: never wait
+        write_atomically(home / STARTING_NAME, started, patience=0)
     return True
 
 
@@ -285,7 +286,6 @@ class Service:
     def _take_over(self) -> bool:
         self._lock_fd = platform.take_lock(self.home / LOCK_NAME)
         if self._lock_fd is None:
-            log.warning("another service serves %s already; this one leaves", self.home)
             return False
         with contextlib.suppress(OSError):
             (self.home / STARTING_NAME).unlink()  # on its way no more: here
@@ -939,7 +939,8 @@ def main(argv: list[str] | None = None) -> int:
     service = Service(home)
     signal.signal(signal.SIGTERM, service.request_exit)
     with contextlib.suppress(KeyboardInterrupt):
-        service.serve()
+        if not service.serve():
+            log.warning("another service serves %s already; this one leaves", home)
     return 0
 
 

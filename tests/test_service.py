@@ -363,6 +363,17 @@ def test_a_service_that_died_on_its_way_does_not_hold_back_the_next(home: Path) 
     assert record.status is RunStatus.SUCCEEDED
 
 
+@pytest.mark.timeout(60)
+def test_a_home_where_the_starting_note_cannot_be_written_still_starts_its_service(
+    home: Path,
+) -> None:
+    Store(home)
+    (home / f"{service.STARTING_NAME}.tmp").mkdir()  # the note's write fails, every time
+    with Runner(home) as runner:
+        record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
+    assert record.status is RunStatus.SUCCEEDED
+
+
 def test_an_idle_service_exits_and_the_next_submission_starts_another(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
