@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import BENCHMARKS
 from .context import Context
-from .harness import BENCH_DIR, CACHE_ENV, Section, stop_services
+from .harness import BENCH_DIR, CACHE_ENV, Section, compile_nbrunner, stop_services
 from .machine import describe
 from .peers import find_peers
 from .report import (
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peer {peer.name}: {found}", flush=True)
     out_dir = args.output.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    compile_nbrunner()
     cache = Path(tempfile.mkdtemp(prefix="nbb-cache-"))
     os.environ[CACHE_ENV] = str(cache)
     ctx = Context(args.quick, out_dir, peers, use_ray=not args.no_ray)

@@ -189,6 +189,18 @@ def isolate(target: str, timeout: float = 600, **kwargs: Any) -> Metrics:
         return dict(json.loads(out.read_text()))
 
 
+def compile_nbrunner() -> None:
+    """Leave nbrunner's bytecode compiled, as `pip install` does: with
+    PYTHONDONTWRITEBYTECODE set (or a checkout never imported), every service, keeper and
+    client would compile its modules again, and each start would cost twice what it costs a
+    user."""
+    import compileall
+
+    import nbrunner
+
+    compileall.compile_dir(Path(nbrunner.__file__).parent, quiet=2)
+
+
 def stop_services(folder: Path) -> None:
     """Stop the service of every home under `folder` before it is removed: a detached
     service outlives the measurement that started it, and must not outlive its home."""

@@ -75,7 +75,13 @@ class Keeper:
             self._sleep()
 
     def _handed(self) -> list[Path]:
-        return [p for p in self.runs.glob("*.spec") if p.stem.isdigit()]
+        """The specs waiting in runs/ (looked for on every pass: one scandir)."""
+        try:
+            with os.scandir(self.runs) as entries:
+                names = [e.name for e in entries if e.name.endswith(".spec")]
+        except OSError:  # runs/ removed: the next hand-over makes it again
+            return []
+        return [self.runs / name for name in names if name[: -len(".spec")].isdigit()]
 
     def _take_handed_runs(self) -> None:
         for path in self._handed():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from .notebook import notebook_output
 from .states import RunStatus
@@ -72,13 +73,22 @@ class RunRecord:
 
     @classmethod
     def from_row(cls, row: Any) -> RunRecord:
-        data = dict(row)
-        data["group"] = data.pop("grp", None)
-        for key in JSON_FIELDS:
-            data[key] = _decoded(key, data.get(key))
-        data["status"] = RunStatus(data["status"])
-        data["keep_leftovers"] = bool(data.get("keep_leftovers"))
-        return cls(**{k: v for k, v in data.items() if k in _KNOWN})
+        """A store row (sqlite3.Row) as a record. The service decodes several rows for each
+        run it starts, so columns are matched to fields once per column list, and the
+        fields are set without the frozen __init__'s one object.__setattr__ per field
+        (most of a decode's time); RunRecord has no __post_init__ to skip."""
+        columns = tuple(row.keys())
+        plan = _ROW_PLANS.get(columns) or _row_plan(columns)
+        values = dict(zip(plan.names, row, strict=True))
+        for name in plan.dropped:
+            del values[name]
+        for name, convert in plan.converted:
+            values[name] = convert(values[name])
+        for name, make in plan.absent:
+            values[name] = make()
+        record = object.__new__(cls)
+        record.__dict__.update(values)
+        return record
 
     @property
     def duration_s(self) -> float | None:
@@ -108,7 +118,75 @@ class RunRecord:
         return data
 
 
+@dataclass(frozen=True)
+class SlotHolder:
+    """What a claim needs of a run that holds a slot (what it uses, and where): read for
+    every claim, so without decoding the whole row."""
+
+    group: str | None
+    backend: str
+    resources: dict[str, Any]
+    gpus: list[str]
+    cores: list[int]
+
+    COLUMNS = "grp, backend, resources, gpus, cores"
+
+    @classmethod
+    def from_columns(cls, row: Any) -> SlotHolder:
+        group, backend, resources, gpus, cores = row
+        return cls(
+            group,
+            backend,
+            _decoded("resources", resources),
+            _decoded("gpus", gpus),
+            _decoded("cores", cores),
+        )
+
+
 _KNOWN = frozenset(f.name for f in fields(RunRecord))
+
+
+class _RowPlan(NamedTuple):
+    names: tuple[str, ...]  # each column's field name (grp is group)
+    dropped: tuple[str, ...]  # columns no field holds
+    converted: tuple[tuple[str, Callable[[Any], Any]], ...]  # JSON, status, flags
+    absent: tuple[tuple[str, Callable[[], Any]], ...]  # fields an older store lacks
+
+
+_ROW_PLANS: dict[tuple[str, ...], _RowPlan] = {}
+
+
+def _row_plan(columns: tuple[str, ...]) -> _RowPlan:
+    names = tuple("group" if column == "grp" else column for column in columns)
+    absent = []
+    for f in fields(RunRecord):
+        if f.name in names:
+            continue
+        if f.name in JSON_FIELDS:
+            absent.append((f.name, functools.partial(_empty, f.name)))
+        elif f.default_factory is not MISSING:
+            absent.append((f.name, f.default_factory))
+        elif f.default is not MISSING:
+            absent.append((f.name, lambda default=f.default: default))
+        else:
+            raise ValueError(f"a run's row has no {f.name} column: {', '.join(columns)}")
+    plan = _RowPlan(
+        names,
+        tuple(name for name in names if name not in _KNOWN),
+        tuple((name, _converter(name)) for name in names if name in _CONVERTED),
+        tuple(absent),
+    )
+    _ROW_PLANS[columns] = plan
+    return plan
+
+
+_CONVERTED = frozenset(("status", "keep_leftovers", *JSON_FIELDS))
+
+
+def _converter(name: str) -> Callable[[Any], Any]:
+    if name in JSON_FIELDS:
+        return functools.partial(_decoded, name)
+    return RunStatus if name == "status" else bool
 
 
 def _decoded(key: str, text: str | None) -> Any:

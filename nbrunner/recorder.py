@@ -129,9 +129,10 @@ class RunFiles:
         return platform.is_locked(self.lock)
 
     def remove(self) -> None:
-        for path in (self.spec, self.child, self.exit, self.pause, self.lock):
+        stem = os.path.join(self.directory, str(self.run_id))
+        for suffix in (".spec", ".child", ".exit", ".pause", ".lock"):
             with suppress(OSError):
-                path.unlink()
+                os.unlink(stem + suffix)
 
 
 def sweep_run_files(home: str | Path, active: Collection[int]) -> None:
@@ -567,7 +568,8 @@ class HeldLock:
 def _hold(
     spec: RecorderSpec, link: ServiceLink, files: RunFiles, lock: HeldLock, shared: Children | None
 ) -> int:
-    platform.become_subreaper()
+    if shared is None:  # a keeper became the subreaper as it started
+        platform.become_subreaper()
     try:
         log = CappedLog(spec.log_path, spec.max_log_size)
     except OSError as exc:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import GROUP_PREFIX
-from .models import RunRecord
+from .models import RunRecord, SlotHolder
 from .resources import GPU_WAIT, Assignment, Capacity, Ledger, Resources
 from .states import RunStatus
 from .store import Transaction, encode_column
@@ -75,7 +75,9 @@ class Admission:
     are the cluster's, not this machine's.
     """
 
-    def __init__(self, holding: list[RunRecord], cfg: dict[str, Any], capacity: Capacity):
+    def __init__(
+        self, holding: Sequence[RunRecord | SlotHolder], cfg: dict[str, Any], capacity: Capacity
+    ):
         self.cfg = cfg
         self.decision = Decision()
         self.blocked: set[Shape] = set()
@@ -180,7 +182,7 @@ def claim(
     cfg = tx.config()
     if cfg.get("paused"):
         return []
-    holding = tx.holding_slot()
+    holding = tx.slot_holders()
     admission = Admission(holding, cfg, capacity)
     if admission.full:
         return []

@@ -392,3 +392,25 @@ def test_a_childs_exit_comes_with_its_true_cpu_time_and_peak_memory() -> None:
     code, usage = ended
     assert code == 0 and child.returncode == 0
     assert usage["cpu_time"] >= 0.5 and usage["peak_rss"] > 1_000_000
+
+
+@pytest.mark.skipif(not platform.IS_LINUX, reason="/proc")
+def test_children_are_found_from_proc_where_the_kernel_lists_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kernels without CONFIG_PROC_CHILDREN: the parents read from /proc/PID/stat find this
+    process's children, and not its grandchildren."""
+    monkeypatch.setattr(platform, "_PROC_CHILDREN", False)
+    shell = subprocess.Popen(["sh", "-c", "sleep 60 & wait"])
+    try:
+        wait_until(lambda: psutil.Process(shell.pid).children(), what="the grandchild")
+        (grandchild,) = psutil.Process(shell.pid).children()
+        found = platform.direct_children()
+        assert shell.pid in found and grandchild.pid not in found
+        assert os.getppid() not in found and os.getpid() not in found
+    finally:
+        with contextlib.suppress(psutil.Error):
+            for process in psutil.Process(shell.pid).children():
+                process.kill()
+        shell.kill()
+        shell.wait()

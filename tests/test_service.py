@@ -777,3 +777,28 @@ def test_a_run_that_outlives_its_removed_home_leaves_no_recorder_behind(
     shutil.rmtree(home)
     gate.touch()  # it ends with no home to write its end to, and no one to read it
     wait_until(lambda: not alive(child) and not alive(recorder), what="the run and its recorder")
+
+
+def test_the_service_reads_back_none_of_its_own_writes_and_all_of_anyone_elses(
+    home: Path,
+) -> None:
+    """Its own writes are learnt from the transaction, and the change feed then starts
+    after them, but only while nothing else was written in between: a client's cancel
+    between two of its writes is still read."""
+    owner = Service(home)
+    first, second = owner.store.insert_runs(
+        [{"module": "m", "params": {}, "argv": ["true"], "env": {}} for _ in range(2)]
+    )
+    owner._refresh_all()
+    with owner._writing() as tx:
+        tx.transition(first, RunStatus.STARTING)
+    assert owner.version == owner.store.version()  # nothing left to read back
+    assert owner.active[first].status is RunStatus.STARTING
+    Store(home).update(second, control="cancel")  # a client, in between
+    with owner._writing() as tx:
+        tx.transition(first, RunStatus.RUNNING, started_at=1.0)
+    assert owner.version < owner.store.version()  # the client's write is still ahead
+    owner._read_changes()
+    assert owner.active[second].control == "cancel"
+    assert owner.active[first].status is RunStatus.RUNNING
+    assert owner.version == owner.store.version()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nbrunner.errors import BadInput, InvalidConfig, InvalidTransition, UnknownRun
+from nbrunner.models import RunRecord
 from nbrunner.states import TRANSITIONS, RunStatus
 from nbrunner.store import MIGRATIONS, HistoryFilter, Store
 
@@ -43,6 +45,69 @@ def test_the_change_feed_returns_only_what_changed_since_a_version(store: Store)
     assert [r.id for r in changed] == [second] and newer > version
     store.set_config("max_concurrent", 4)
     assert store.version() > newer  # config changes move the version too
+
+
+def test_a_transaction_keeps_what_it_wrote_so_its_writer_need_not_read_it_back(
+    store: Store,
+) -> None:
+    first, second = store.insert_runs(_rows(2))
+    before = store.version()
+    with store.write() as tx:
+        started = tx.transition(first, RunStatus.STARTING)
+    assert (tx.prior, tx.version) == (before, store.version())
+    assert tx.written == {first: started} and not tx.undecoded
+    assert store.changes_since(before)[0] == [started]  # what the feed would have said
+    with store.write() as tx:
+        tx.update(second, priority=5)
+    assert tx.undecoded  # written but not decoded: the feed must be read
+    with store.write() as tx:
+        tx.get(first)
+    assert tx.prior is None and tx.written == {}  # read only
+
+
+def test_a_decoded_row_is_the_record_its_fields_make(store: Store) -> None:
+    """Rows are decoded without RunRecord's __init__: they must still be exactly it."""
+    (run_id,) = store.insert_runs(
+        [
+            {
+                "module": "m",
+                "params": {"lr": 0.1},
+                "argv": ["python", "-c", "pass"],
+                "env": {"A": "1"},
+                "resources": {"gpus": 1},
+                "group": "g",
+            }
+        ]
+    )
+    store.transition(run_id, RunStatus.STARTING, gpus=["0"], cores=[1], claimed_at=1.0)
+    record = store.get(run_id)
+    rebuilt = RunRecord(**{f.name: getattr(record, f.name) for f in dataclasses.fields(record)})
+    assert record == rebuilt and vars(record) == vars(rebuilt)  # no column left over
+    assert (record.status, record.group, record.gpus, record.cores) == (
+        RunStatus.STARTING,
+        "g",
+        ["0"],
+        [1],
+    )
+    assert record.params == {"lr": 0.1} and record.resources["gpus"] == 1
+    assert record.ending is None and record.keep_leftovers is False
+
+
+def test_a_row_without_newer_columns_gets_their_defaults_and_one_without_its_id_is_refused() -> (
+    None
+):
+    conn = sqlite3.connect(":memory:")
+    conn.row_factory = sqlite3.Row
+    known = "7 AS id, 'm' AS module, 'queued' AS status, 1.0 AS submitted_at, 'x.log' AS log_path"
+    row = conn.execute(f"SELECT {known}, 'g' AS grp, 1 AS retired_column").fetchone()
+    record = RunRecord.from_row(row)
+    assert (record.id, record.group, record.status) == (7, "g", RunStatus.QUEUED)
+    assert record.params == {} and record.argv == [] and record.ending is None
+    assert record.priority == 0 and record.backend == "local"
+    assert "retired_column" not in vars(record)
+    without_id = conn.execute("SELECT 'm' AS module, 'queued' AS status").fetchone()
+    with pytest.raises(ValueError, match="no id column"):
+        RunRecord.from_row(without_id)
 
 
 def test_refused_transitions_change_nothing(store: Store) -> None:
