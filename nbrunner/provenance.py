@@ -302,18 +302,22 @@ class Capturer:
         self.store = store
         self.interpreters = Interpreters(Path(store.home))
         self._started: deque[tuple[RunRecord, dict[str, str]]] = deque()
+        self._batch_due = False  # a batch is queued to the thread and has not begun yet
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provenance")
 
     def started(self, record: RunRecord, env: Mapping[str, str]) -> None:
         """The run's recorder has started: capture what it runs, beside the launch path."""
         if record.backend == "local":  # a Ray run's code is the cluster's copy
             self._started.append((record, dict(env)))
-            self._pool.submit(self._capture_started)
+            if not self._batch_due:  # else the batch due takes this run too
+                self._batch_due = True
+                self._pool.submit(self._capture_started)
 
     def _capture_started(self) -> None:
         """Every run started since the thread last looked: one batch, one look at git per
         directory, one write."""
-        looks = SharedLooks()
+        self._batch_due = False  # before the first look: a run added from now on is taken
+        looks = SharedLooks()  # here, or by the batch its start queues
         captured: dict[int, dict[str, Any]] = {}
         while self._started:
             record, env = self._started.popleft()

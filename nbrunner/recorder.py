@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Collection
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -98,30 +99,32 @@ class RunFiles:
     def of(cls, home: str | Path, run_id: int) -> RunFiles:
         return cls(Path(home) / "runs", run_id)
 
-    @property
+    # Made once per run (the service looks at its exit file on every pass)
+    @cached_property
     def lock(self) -> Path:
         return self.directory / f"{self.run_id}.lock"
 
-    @property
+    @cached_property
     def child(self) -> Path:
         return self.directory / f"{self.run_id}.child"
 
-    @property
+    @cached_property
     def exit(self) -> Path:
         return self.directory / f"{self.run_id}.exit"
 
-    @property
+    @cached_property
     def pause(self) -> Path:
         return self.directory / f"{self.run_id}.pause"
 
-    @property
+    @cached_property
     def spec(self) -> Path:
         """The run handed to the home's keeper (NBRUNNER_RECORDER=keeper), until it is taken."""
         return self.directory / f"{self.run_id}.spec"
 
     def read(self, path: Path) -> dict[str, Any] | None:
         try:
-            return json.loads(path.read_text())
+            with open(path, "rb") as found:
+                return json.loads(found.read())
         except (OSError, ValueError):
             return None
 
@@ -753,6 +756,26 @@ def wake_keeper(found: dict[str, Any]) -> None:
 
 # home → when this process started a keeper that no handle has yet seen holding its lock
 _keepers_started: dict[str, float] = {}
+# home → keeper.json's identity (inode, mtime, size), what it says, and the pid of the
+# keeper it names if that one lived when read: a keeper announces itself once, so while
+# the file is the same, so is its keeper.
+_keepers_announced: dict[str, tuple[tuple[int, int, int], dict[str, Any], int]] = {}
+
+
+def _announced_keeper(home: str) -> tuple[dict[str, Any], int]:
+    """Where to wake the home's keeper, and its pid (0: not known), read again only when
+    its info file changed: a burst of runs is handed over every few milliseconds."""
+    try:
+        found = os.stat(Path(home) / "runs" / KEEPER_INFO)
+    except OSError:
+        return {}, 0
+    identity = (found.st_ino, found.st_mtime_ns, found.st_size)
+    known = _keepers_announced.get(home)
+    if known is None or known[0] != identity or not known[2]:
+        info = keeper_info(home)
+        known = (identity, info, living_keeper(home, info))
+        _keepers_announced[home] = known
+    return known[1], known[2]
 
 
 def hand_to_keeper(spec: RecorderSpec) -> KeeperHandle:
@@ -762,9 +785,9 @@ def hand_to_keeper(spec: RecorderSpec) -> KeeperHandle:
     files = RunFiles.of(spec.home, spec.run_id)
     write_atomically(files.spec, spec.as_json(), CHILD_FILE_PATIENCE_S)
     if platform.is_locked(files.directory / KEEPER_LOCK):
-        found = keeper_info(spec.home)  # read once: where to wake it, and who it is
+        found, pid = _announced_keeper(spec.home)
         wake_keeper(found)
-        return KeeperHandle(spec.home, False, living_keeper(spec.home, found))
+        return KeeperHandle(spec.home, False, pid)
     started_at = _keepers_started.get(spec.home)
     if started_at is None or time.monotonic() - started_at >= KEEPER_START_S:
         argv = [sys.executable, "-m", "nbrunner.keeper", spec.home]

@@ -7,9 +7,10 @@ free GPU memory alone is not a safe test: a run that just started has not alloca
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from . import checks
 from .errors import ResourceRequestError
@@ -18,6 +19,12 @@ from .units import format_size, parse_size
 
 # How a queued run's reason starts while others' memory keeps it from a GPU.
 GPU_WAIT = "waits for a GPU: "
+# A cgroup's limits and usage are read at most this often: a burst of submissions is claimed
+# every few milliseconds, and each read walks the cgroup hierarchy (0.2-0.3 ms a controller);
+# a run admitted within the last second has hardly allocated its memory yet anyway.
+CGROUP_FRESH_S = 1.0
+_cgroup_reads: dict[str, tuple[float, Any]] = {}
+T = TypeVar("T")
 _KEYS = ("cpus", "memory", "gpus", "gpu_memory", "pin", "gpu_memory_strict")
 
 
@@ -239,7 +246,7 @@ def machine_capacity(
     from . import platform
 
     cores = platform.usable_cpus()
-    quota = platform.cgroup_cpu_limit()
+    quota = _cgroup_fact("cpu", platform.cgroup_cpu_limit)
     cpus = min(len(cores), max(quota, 1.0)) if quota is not None else len(cores)
     memory_total, memory_available = memory_capacity()
     devices: tuple[Device, ...] = ()
@@ -256,7 +263,18 @@ def memory_capacity() -> tuple[int, int]:
     from . import platform
 
     memory = psutil.virtual_memory()
-    return capped_memory(int(memory.total), int(memory.available), platform.cgroup_memory_limit())
+    cgroup = _cgroup_fact("memory", platform.cgroup_memory_limit)
+    return capped_memory(int(memory.total), int(memory.available), cgroup)
+
+
+def _cgroup_fact(controller: str, read: Callable[[], T]) -> T:
+    """What `read` says of this process's cgroup, read again once CGROUP_FRESH_S passed."""
+    now = time.monotonic()
+    found = _cgroup_reads.get(controller)
+    if found is None or now - found[0] >= CGROUP_FRESH_S:
+        found = (now, read())
+        _cgroup_reads[controller] = found
+    return found[1]  # type: ignore[no-any-return]
 
 
 def capped_memory(

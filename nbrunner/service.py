@@ -243,6 +243,7 @@ class Service:
         # a tick never waits long on a locked store: it tries again next tick
         self.store = Store(self.home, patience=min(default_patience(), SERVICE_PATIENCE_S))
         self.active: dict[int, RunRecord] = {}
+        self._cancels: set[int] = set()  # queued runs a client asked to cancel
         self.watches: dict[int, Any] = {}
         self.version = 0
         self._lock_fd: int | None = None
@@ -491,6 +492,7 @@ class Service:
     def _refresh_all(self) -> None:
         self.version = self.store.version()
         self.active = {r.id: r for r in self.store.active()}
+        self._cancels = {run_id for run_id, r in self.active.items() if _cancel_asked(r)}
 
     def _read_changes(self) -> None:
         changes, self.version = self.store.changes_since(self.version)
@@ -503,6 +505,8 @@ class Service:
             self.active.pop(record.id, None)
         else:
             self.active[record.id] = record
+        if _cancel_asked(record):
+            self._cancels.add(record.id)
         watch = self.watches.get(record.id)
         if watch is not None:
             watch.record = record
@@ -577,18 +581,16 @@ class Service:
 
     # -- cancels of queued runs ------------------------------------------------------------
     def _cancel_queued(self) -> None:
-        """Clients ask; queued runs leave the queue here, where every end runs its hook."""
-        wanted = [
-            r.id
-            for r in self.active.values()
-            if r.status is RunStatus.QUEUED and r.control == "cancel"
-        ]
-        if not wanted or self._store_failed:
+        """Clients ask (noted as the change feed brings each ask, so a deep queue is not
+        looked through every pass); queued runs leave the queue here, where every end runs
+        its hook. An ask stays noted until the transaction that cancels it commits."""
+        self._cancels = {i for i in self._cancels if _cancel_asked(self.active.get(i))}
+        if not self._cancels or self._store_failed:
             return
         cancelled = []
         with self._writing() as tx:
-            for run_id in wanted:
-                if tx.get(run_id).status is RunStatus.QUEUED:
+            for run_id in sorted(self._cancels):
+                if tx.status(run_id) is RunStatus.QUEUED:
                     cancelled.append(
                         tx.transition(
                             run_id,
@@ -597,6 +599,7 @@ class Service:
                             reason="cancelled while queued",
                         )
                     )
+        self._cancels.clear()
         self._ended(cancelled)
 
     def _ended(self, records: list[RunRecord]) -> None:
@@ -936,6 +939,11 @@ class Service:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(record.gpus)
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         return env
+
+
+def _cancel_asked(record: RunRecord | None) -> bool:
+    """A queued run a client asked to cancel."""
+    return record is not None and record.status is RunStatus.QUEUED and record.control == "cancel"
 
 
 def home_identity(home: Path) -> tuple[int, int]:

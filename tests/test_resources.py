@@ -582,3 +582,23 @@ def test_inside_a_memory_limited_cgroup_capacity_is_its_limit_and_bigger_runs_ar
     # outside the cgroup the same run is accepted (this machine has more than 2 GB)
     outside = subprocess.run([sys.executable, "-c", CAPACITY], capture_output=True, text=True)
     assert int(outside.stdout) > 2 * 10**9
+
+
+def test_a_burst_of_claims_reads_the_cgroup_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbrunner import platform, resources
+
+    gb = 1_000_000_000
+    reads: list[int] = []
+
+    def container() -> tuple[int, int]:
+        reads.append(1)
+        return (2 * gb, gb)
+
+    monkeypatch.setattr(platform, "cgroup_memory_limit", container)
+    monkeypatch.setattr(resources, "_cgroup_reads", {})
+    for _ in range(50):
+        assert resources.memory_capacity()[0] == 2 * gb
+    assert len(reads) == 1
+    monkeypatch.setattr(resources, "CGROUP_FRESH_S", 0.0)  # a second later
+    resources.memory_capacity()
+    assert len(reads) == 2

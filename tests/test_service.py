@@ -223,6 +223,8 @@ def test_a_full_disk_keeps_the_run_going_and_its_end_is_written_once_space_frees
         runner.register("writer", command=python(code))
         run = runner.submit("writer")
         wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
+        log = Path(run.record.log_path)  # its first line is written before the disk fills
+        wait_until(lambda: log.read_text().startswith("before\n"), what="the first line")
         filler = tiny_disk / "filler"
         with contextlib.suppress(OSError), open(filler, "ab") as out:  # take every free byte
             while True:
