@@ -204,10 +204,10 @@ def compile_nbrunner() -> None:
 def stop_services(folder: Path) -> None:
     """Stop the service of every home under `folder` before it is removed: a detached
     service outlives the measurement that started it, and must not outlive its home."""
-    from nbrunner import service
+    from nbrunner import contact
 
     for store in folder.rglob("nbrunner.db"):
-        service.stop(store.parent)
+        contact.stop(store.parent)
 
 
 def cache_dir() -> Path:

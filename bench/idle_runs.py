@@ -59,7 +59,7 @@ def wakeups(processes: list[psutil.Process]) -> int:
 
 @adopts_orphans
 def hold_idle_runs(home: Path, count: int, window: float, recorder: str = "") -> Metrics:
-    from nbrunner import service
+    from nbrunner import contact
     from nbrunner.recorder import RECORDER_ENV
 
     if recorder:
@@ -71,7 +71,7 @@ def hold_idle_runs(home: Path, count: int, window: float, recorder: str = "") ->
     nbrun.wait_running(runs, timeout=300)
     time.sleep(SETTLE_S)  # the starts' own passes are over
     owners = nbrun.owners(home, runs)
-    assert service.info(home) is not None, "no service is running"
+    assert contact.info(home) is not None, "no service is running"
     cpu0, wake0, started = cpu_seconds(owners), wakeups(owners), time.monotonic()
     time.sleep(window)
     cpu1, wake1, elapsed = cpu_seconds(owners), wakeups(owners), time.monotonic() - started

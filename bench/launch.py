@@ -310,13 +310,14 @@ def _cpu_by_process(runs: list[Metrics], child: str) -> str:
 TSP = "tsp -S 10"
 FORKED = "nbrunner, a recorder forked per run (NBRUNNER_RECORDER=fork)"
 CPU_PER_RUN = (
-    "each run pays the client's submit; the service's claim, the spec it hands the keeper (a "
-    "file and a datagram) and three more store transactions (claim, running, ended), each "
-    "returning a decoded row the service also reads back; and the keeper's recorder thread "
-    "(the child's start through subprocess, its output pump, a lock file, two small state "
-    "files, a wake-up datagram, and on kernels without /proc children lists a scan of /proc "
-    "at each run's end). The notes split it by process. task-spooler's server is C and "
-    "keeps its queue in memory."
+    "each run pays the client's submit; the service's share of a claim, the spec it hands "
+    "the keeper (a file and a datagram) and two more store transactions (running, ended); "
+    "the keeper's recorder thread (the child's start through subprocess, its output pump "
+    "thread, a lock file, two small state files, two wake-up datagrams, and on kernels "
+    "without /proc children lists a read of every process's /proc stat file at each run's "
+    "end); and the start of the service's and the keeper's interpreters, spread over the "
+    "batch. The notes split it by process. task-spooler's server is C and keeps its queue "
+    "in memory."
 )
 
 

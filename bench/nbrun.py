@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from nbrunner import Run, Runner, RunStatus, service
+from nbrunner import Run, Runner, RunStatus, contact
 from nbrunner.store import DB_NAME, Store
 
 from .harness import cache_dir, cpu_seconds, processes, wait_until
@@ -75,7 +75,7 @@ def cancel_all(runs: Sequence[Run], timeout: float = 60) -> None:
 def owners(home: Path, runs: Sequence[Run]) -> list[psutil.Process]:
     """What nbrunner runs beside the children: the home's service and each run's recorder
     (its child's parent)."""
-    found = service.info(home)
+    found = contact.info(home)
     pids: list[int | None] = [found["pid"] if found else None]
     for run in runs:
         with contextlib.suppress(psutil.Error, TypeError):
@@ -87,7 +87,7 @@ def helpers_cpu(home: Path) -> dict[str, float]:
     """CPU seconds (own, children excluded) the home's living service and keeper have used."""
     from nbrunner.recorder import living_keeper
 
-    found = service.info(home)
+    found = contact.info(home)
     helpers = {"service": found["pid"] if found else None, "keeper": living_keeper(str(home))}
     return {name: cpu_seconds(processes([pid])) for name, pid in helpers.items()}
 
@@ -98,7 +98,7 @@ def stop_service(home: Path) -> None:
     reaped. Called once no run is active."""
     from nbrunner.recorder import living_keeper
 
-    service.stop(home)
+    contact.stop(home)
     keeper = living_keeper(str(home))
     if keeper:
         with contextlib.suppress(OSError):

@@ -590,7 +590,8 @@ def _outcome(record: RunRecord) -> str:
 @verb("worker")
 def _worker(args: argparse.Namespace, runner: Runner) -> int:
     """The home's service in the foreground, printing each change, until Ctrl-C."""
-    from .service import Service, info
+    from .contact import info
+    from .service import Service
 
     print(f"nbrunner worker on {runner.home}; Ctrl-C to stop (runs keep going)", flush=True)
     try:
@@ -609,7 +610,7 @@ def _worker(args: argparse.Namespace, runner: Runner) -> int:
 @verb("service")
 def _service(args: argparse.Namespace, runner: Runner) -> int:
     """Show, start or stop the home's service (runs go on when it stops)."""
-    from . import service
+    from . import contact
 
     if args.action in ("install", "uninstall"):
         from . import autostart
@@ -618,14 +619,14 @@ def _service(args: argparse.Namespace, runner: Runner) -> int:
         print(json.dumps(outcome.__dict__) if args.json else outcome.message)
         return 0
     if args.action == "start":
-        service.ensure_running(runner.home)
+        contact.ensure_running(runner.home)
         _started(runner.home)
     elif args.action == "stop":
-        if not service.stop(runner.home):
+        if not contact.stop(runner.home):
             raise OperationFailed(f"the service of {runner.home} did not stop within 30 s")
         print("stopped")
         return 0
-    found = service.info(runner.home)
+    found = contact.info(runner.home)
     if args.json:
         _print_json({"running": found is not None, **(found or {})})
     elif found is None:
@@ -638,17 +639,17 @@ def _service(args: argparse.Namespace, runner: Runner) -> int:
 
 def _started(home: str | os.PathLike[str], timeout: float = 30.0) -> None:
     """Wait until the service says who it is, so what is printed next is true."""
-    from . import platform, service
+    from . import contact, platform
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = service.info(home)
+        found = contact.info(home)
         if found and platform.is_same_process(found.get("pid"), found.get("marker")):
             return
         time.sleep(0.05)
     raise OperationFailed(
         f"the service of {home} did not start within {timeout:.0f} s; "
-        f"see {os.path.join(home, service.ERR_NAME)}"
+        f"see {os.path.join(home, contact.ERR_NAME)}"
     )
 
 

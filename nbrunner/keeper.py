@@ -25,7 +25,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from . import platform, service
+from . import contact, platform
 from .recorder import (
     KEEPER_INFO,
     KEEPER_LOCK,
@@ -47,7 +47,7 @@ class Keeper:
         self.runs = Path(home) / "runs"
         self.children = Children()
         self.holding: set[int] = set()  # runs whose thread has not ended
-        self.link = ServiceLink(service.wake, service.notify)
+        self.link = ServiceLink(contact.wake, contact.notify)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.socket.bind(("127.0.0.1", 0))
         self.socket.setblocking(False)
@@ -57,7 +57,7 @@ class Keeper:
         if lock is None:
             return 0  # another keeper holds this home's runs
         platform.become_subreaper()
-        service.announce(self.runs / KEEPER_INFO, self.socket)
+        contact.announce(self.runs / KEEPER_INFO, self.socket)
         idle_since = time.monotonic()
         while True:
             self._take_handed_runs()

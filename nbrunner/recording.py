@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import sys
 
-from . import service
+from . import contact
 from .recorder import RecorderSpec, ServiceLink, record
 
 
 def main() -> int:
     spec = RecorderSpec.from_json(json.load(sys.stdin))
-    return record(spec, ServiceLink(service.wake, service.notify))
+    return record(spec, ServiceLink(contact.wake, contact.notify))
 
 
 if __name__ == "__main__":

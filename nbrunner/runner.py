@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from . import checks, demo, service, snapshot, version
+from . import checks, contact, demo, snapshot, version
 from .backends import check_backend
 from .config import check_key
 from .errors import BadInput, InvalidParameter, InvalidTransition, ModulesFileError
@@ -80,8 +80,8 @@ class Runner:
         self.backend = check_backend(backend) if backend else None
         self.address = address
         self.store = Store(self.home)
-        if version.warn_once(self.home, service.info(self.home)):  # an upgrade's old service
-            service.wake(self.home)
+        if version.warn_once(self.home, contact.info(self.home)):  # an upgrade's old service
+            contact.wake(self.home)
         self.modules_file = self._modules_path(modules_file)
         self._modules_cache: tuple[float, dict[str, ModuleSpec]] | None = None
         self._session_modules: dict[str, ModuleSpec] = {}  # register(persist=False)
@@ -248,7 +248,7 @@ class Runner:
                 )
                 capacity.check_possible(needs)
             rows = snapshot.freeze(self.home, spec, rows)  # `snapshot = true`: code as of now
-        ids = self.store.insert_runs(rows, service.submitter_environment())
+        ids = self.store.insert_runs(rows, contact.submitter_environment())
         self._notify()
         return [Run(self, run_id) for run_id in ids]
 
@@ -321,13 +321,13 @@ class Runner:
 
     def _notify(self) -> None:
         """An intent was written: the service must be alive to act on it, and look now."""
-        service.notify(self.home)
+        contact.notify(self.home)
 
     def _keep_service_alive(self) -> None:
         """Runs in the store but no service (it was killed): start one to adopt them."""
         self._last_service_check = time.monotonic()
-        if not service.is_running(self.home) and self.store.active():
-            service.ensure_running(self.home)
+        if not contact.is_running(self.home) and self.store.active():
+            contact.ensure_running(self.home)
 
     # -- one run -------------------------------------------------------------------------------
     def get(self, run_id: int | str) -> Run:
@@ -523,7 +523,7 @@ class Runner:
 
     def active(self, group: str | Sequence[str] | None = None) -> pd.DataFrame:
         """Queued, starting, running and paused runs (of these groups, if given)."""
-        service.watching(self.home)  # its cpu and memory columns are sampled while read
+        contact.watching(self.home)  # its cpu and memory columns are sampled while read
         return frame(HistoryFilter.build(group=group).keep_groups(self.store.active()))
 
     def history(
@@ -616,7 +616,7 @@ class Runner:
 
     def metrics(self) -> dict[str, Any]:
         """Counters: runs by status, queued and running now, mean wait and run time per module."""
-        service.watching(self.home)  # a reader of figures: the runs' trees are sampled
+        contact.watching(self.home)  # a reader of figures: the runs' trees are sampled
         return self.store.metrics()
 
     def prune(self, older_than: str, *, keep_failed: bool = False, dry_run: bool = False) -> Any:

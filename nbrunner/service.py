@@ -4,9 +4,9 @@
                                                   → recorders → children
 
 Clients only write intents to the store (submit, cancel, pause, config) and wake the
-service; `ensure_running` starts one, detached, when none is alive. A file lock in the home
-keeps it single; it exits on its own once nothing has been queued or active for a while, and
-at once when its home is removed or replaced by another folder at the same path.
+service; `contact.ensure_running` starts one, detached, when none is alive. A file lock in
+the home keeps it single; it exits on its own once nothing has been queued or active for a
+while, and at once when its home is removed or replaced by another folder at the same path.
 
 It is level-triggered: each pass compares, for every run that has not ended, what the store
 says with what is true (the recorder's lock or handle, runs/ID.child and runs/ID.exit, the
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -54,6 +53,17 @@ from pathlib import Path
 from typing import Any
 
 from . import platform, retry, version
+from .contact import (
+    ERR_NAME,
+    INFO_NAME,
+    LOCK_NAME,
+    STARTING_NAME,
+    WATCH_NAME,
+    announce,
+    notify,
+    wake,
+    watched_recently,
+)
 from .errors import NbrunnerError, StoreUnavailable
 from .keepawake import KeepAwake
 from .models import RunRecord
@@ -63,12 +73,10 @@ from .pruning import Pruner
 from .recorder import (
     KeeperHandle,
     RecorderSpec,
-    RunFiles,
     ServiceLink,
     mark_paused,
     start_recorder,
     sweep_run_files,
-    write_atomically,
 )
 from .reporting import METRICS_ENV, METRICS_MAX_ENV, metrics_path
 from .states import RunStatus
@@ -77,18 +85,11 @@ from .supervisor import LocalWatch, Outcome, RayWatch, outcome_from_exit, run_ho
 
 log = logging.getLogger("nbrunner.service")
 
-LOCK_NAME = "service.lock"
-INFO_NAME = "service.json"
-ERR_NAME = "service.log"
-STARTING_NAME = "service.starting"  # the service a client started, until it holds the lock
-STARTING_PATIENCE_S = 60.0  # one that started no sooner than this is stuck: start another
 # Ends and starts wake it at once; this paces what has no event: a queue that waits for
 # room, Ray jobs, sweeps that prune, a store write to try again, recorders without a pidfd.
 ACTIVE_TICK_S = 1.0
 IDLE_TICK_S = 2.0  # nothing active: a removed home is noticed this soon, until idle exit
 SAFETY_PASS_S = 30.0  # the longest it sleeps with runs active: the level-triggered backstop
-WATCH_NAME = "watching"  # touched by readers of live figures (dashboard, Runner.metrics)
-WATCH_FRESH_S = 15.0  # runs' trees are sampled while a reader touched it this recently
 ADOPT_EVERY_S = 2.0
 IDLE_EXIT_S = 60.0
 SERVICE_PATIENCE_S = 2.0
@@ -97,133 +98,6 @@ REPEAT_LOG_S = 60.0
 # launch it (forked recorders take it within milliseconds, spawned ones within a second or
 # two): its recorder will never come.
 UNLAUNCHED_CLAIM_S = 15.0
-START_WAIT_S = 10.0
-# Variables that belong to the submitting process, not to the runs it submits: a kernel's
-# connection settings and its inline plotting backend, a debugger's hooks.
-NOISE_PREFIXES = ("JPY_", "PYDEVD_", "NBRUNNER_SERVICE_")
-NOISE_VALUES = {"MPLBACKEND": "module://matplotlib_inline"}
-
-
-# -- client side --------------------------------------------------------------------------
-def submitter_environment() -> dict[str, str]:
-    """This process's environment as a run should get it: without per-process noise."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(NOISE_PREFIXES) and not value.startswith(NOISE_VALUES.get(key, "\0"))
-    }
-
-
-def is_running(home: str | Path) -> bool:
-    return platform.is_locked(Path(home) / LOCK_NAME)
-
-
-def info(home: str | Path) -> dict[str, Any] | None:
-    """What the living service wrote about itself (pid, port, started_at), if one lives.
-    None also between a new service taking the lock and writing its own: the file is then
-    still its dead predecessor's."""
-    if not is_running(home):
-        return None
-    written = RunFiles.of(home, 0).read(Path(home) / INFO_NAME)
-    if written is None or not platform.is_same_process(written.get("pid"), written.get("marker")):
-        return None
-    return written
-
-
-_watched_at: dict[Path, float] = {}  # home → when this process last said it watches
-
-
-def watching(home: str | Path) -> None:
-    """Say that this process reads the runs' live figures (cpu, rss): the service samples
-    their trees while one has said so within WATCH_FRESH_S. Costs a touch of a file every
-    few seconds at most, and a wake when the service had stopped sampling."""
-    home = Path(home)
-    now = time.monotonic()
-    if now - _watched_at.get(home, -WATCH_FRESH_S) < WATCH_FRESH_S / 3:
-        return
-    path = home / WATCH_NAME
-    stale = not watched_recently(path)
-    try:
-        path.touch()
-    except OSError:
-        return  # no home (yet): nothing to sample either
-    _watched_at[home] = now
-    if stale:
-        wake(home)
-
-
-def watched_recently(path: Path) -> bool:
-    try:
-        return time.time() - path.stat().st_mtime < WATCH_FRESH_S
-    except OSError:
-        return False
-
-
-def announce(path: Path, wake_socket: socket.socket) -> None:
-    """Who this process is (pid and start marker), where to wake it and its version, for
-    clients and recorders to find: the service's info file, and the keeper's."""
-    pid = os.getpid()
-    found = {"pid": pid, "marker": platform.start_marker(pid)}
-    found |= {"port": wake_socket.getsockname()[1], "started_at": time.time()}
-    write_atomically(path, found | {"version": version.current()})
-
-
-def ensure_running(home: str | Path) -> bool:
-    """Start the home's service if none is alive or on its way; True if one was started."""
-    home = Path(home)
-    if is_running(home) or _on_its_way(home):
-        return False
-    argv = [sys.executable, "-m", "nbrunner.service", str(home)]
-    pid = platform.spawn_detached(argv, str(home / ERR_NAME))
-    started = {"pid": pid, "marker": platform.start_marker(pid), "at": time.time()}
-    with contextlib.suppress(OSError):  # only spares the next clients a start: never wait
-        write_atomically(home / STARTING_NAME, started, patience=0)
-    return True
-
-
-def _on_its_way(home: Path) -> bool:
-    """A service some client started lives and has not taken the lock yet: it will take
-    every run it finds. Starting more meanwhile (each submission of a sweep would) costs an
-    interpreter each, which only finds the lock taken and leaves."""
-    files = RunFiles.of(home, 0)
-    started = files.read(home / STARTING_NAME) or {}
-    served = files.read(home / INFO_NAME) or {}  # then it has had the lock: not on its way
-    recent = 0 <= time.time() - float(started.get("at") or 0) < STARTING_PATIENCE_S
-    alive = platform.is_same_process(started.get("pid"), started.get("marker"))
-    return recent and alive and started.get("pid") != served.get("pid")
-
-
-def wake(home: str | Path) -> None:
-    """Tell the service to look at the store now (a lost datagram costs one tick)."""
-    try:
-        port = int(json.loads((Path(home) / INFO_NAME).read_text())["port"])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.sendto(b"w", ("127.0.0.1", port))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-
-
-def notify(home: str | Path) -> None:
-    """After writing an intent: make sure a service is alive, and wake it."""
-    if not ensure_running(home):
-        wake(home)
-
-
-def stop(home: str | Path, timeout: float = 30.0) -> bool:
-    """Ask the living service to exit (runs go on); True once it has. One that is starting
-    (its lock taken, its info not yet written) is asked as soon as it says who it is."""
-    deadline = time.monotonic() + timeout
-    asked: set[int] = set()
-    while is_running(home):
-        found = info(home)
-        if found is not None and int(found["pid"]) not in asked:
-            asked.add(int(found["pid"]))
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(found["pid"]), signal.SIGTERM)
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def idle_exit_s() -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from nbrunner import Runner, RunStatus, service
+from nbrunner import Runner, RunStatus, contact
 from nbrunner.recorder import RECORDER_ENV
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
@@ -25,7 +25,7 @@ SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
 
 def holders(home: Path, children: list[int]) -> list[psutil.Process]:
     """The home's service and whatever holds the children (their parents), once each."""
-    pids = {(service.info(home) or {}).get("pid")}
+    pids = {(contact.info(home) or {}).get("pid")}
     for pid in children:
         try:
             pids.add(psutil.Process(pid).ppid())
@@ -54,7 +54,7 @@ def measure(count: int, recorder: str) -> str:
                 run.cancel()
             for run in runs:
                 run.wait(timeout=120)
-        service.stop(home)
+        contact.stop(home)
     return (
         f"{recorder:>7}: {count} runs held by {len(held)} processes, {private:.1f} MB private "
         f"({private / count:.2f} MB per run), {1000 * cpu / count:.0f} ms CPU per run started"

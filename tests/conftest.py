@@ -12,7 +12,7 @@ import pytest
 from helpers.leftovers import left_behind, mark_session, session_start
 from helpers.ray_head import RayHead, require_ray
 
-from nbrunner import Runner, service
+from nbrunner import Runner, contact
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.delenv("NBRUNNER_MODULES", raising=False)
     monkeypatch.delenv("NBRUNNER_GPUS", raising=False)
     yield path
-    service.stop(path)  # runs were stopped by the test; its home's service goes too
+    contact.stop(path)  # runs were stopped by the test; its home's service goes too
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ and no module imports itself round a circle, not even from inside a function."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from helpers.imports import find_cycle, runtime_imports
@@ -18,7 +20,16 @@ def test_the_layered_import_contract_is_kept(capsys) -> None:
 
 def test_no_import_circle_even_through_imports_inside_functions() -> None:
     graph = runtime_imports()
-    assert "nbrunner.service" in graph["nbrunner.recording"]  # the scan sees imports at all
+    assert "nbrunner.contact" in graph["nbrunner.recording"]  # the scan sees imports at all
     assert "nbrunner.ui" in graph["nbrunner.runner"]  # and those inside functions
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " → ".join(cycle or [])
+
+
+def test_the_keeper_starts_without_the_services_machinery() -> None:
+    """The keeper only talks to the service (nbrunner.contact): each keeper start, one per
+    burst of runs, would otherwise import the scheduler, pruning and provenance too."""
+    code = "import sys, nbrunner.keeper; print(sorted(m for m in sys.modules if 'nbrunner' in m))"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert "nbrunner.keeper" in found.stdout and "nbrunner.service" not in found.stdout

@@ -20,7 +20,7 @@ from conftest import stop_everything
 from helpers.cli import cli
 from helpers.procs import python, wait_until
 
-from nbrunner import Runner, service
+from nbrunner import Runner, contact
 from nbrunner.autostart import schtasks_create_argv, schtasks_delete_argv, systemd_unit, task_name
 from nbrunner.states import RunStatus
 from nbrunner.store import Store
@@ -90,14 +90,14 @@ def test_the_units_command_serves_what_was_queued_before_the_reboot(
     Store(home).insert_runs(
         [{"module": "m", "params": {}, "argv": python("print('after the reboot')"), "env": {}}]
     )
-    assert not service.is_running(home)  # nobody is there to start it
+    assert not contact.is_running(home)  # nobody is there to start it
     started = subprocess.Popen(exec_start(systemd_unit(home)), start_new_session=True)
     try:
         store = Store(home)
         wait_until(lambda: store.get(1).status is RunStatus.SUCCEEDED, what="the queued run")
         assert "after the reboot" in Path(store.get(1).log_path).read_text()
     finally:
-        service.stop(home)
+        contact.stop(home)
         started.wait(timeout=30)
 
 

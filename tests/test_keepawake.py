@@ -17,7 +17,7 @@ import pytest
 from conftest import stop_everything
 from helpers.procs import python, wait_until
 
-from nbrunner import Runner, service
+from nbrunner import Runner, contact
 from nbrunner.keepawake import KeepAwake, execution_state, holder_argv, mechanism
 from nbrunner.states import RunStatus
 
@@ -81,7 +81,7 @@ def test_the_service_holds_the_machine_awake_from_the_first_run_to_the_last(
     try:
         first = runner.submit("one")
         wait_until(lambda: lines(fake_inhibit), what="the keep-awake request")
-        pid = service.info(runner.home)["pid"]
+        pid = contact.info(runner.home)["pid"]
         assert lines(fake_inhibit) == [
             f"acquired --what=sleep --who=nbrunner --why=runs are active in {runner.home} "
             f"--mode=block tail --pid={pid} -f /dev/null"
@@ -94,7 +94,7 @@ def test_the_service_holds_the_machine_awake_from_the_first_run_to_the_last(
         (tmp_path / "two").touch()
         assert second.wait(timeout=60).status is RunStatus.SUCCEEDED
         wait_until(lambda: lines(fake_inhibit)[1:] == ["released"], what="the release")
-        assert service.info(runner.home)["pid"] == pid  # the same service let it go
+        assert contact.info(runner.home)["pid"] == pid  # the same service let it go
 
         runner.config("keep_awake", "false")
         third = runner.submit("three")
@@ -113,7 +113,7 @@ def test_a_killed_service_keeps_no_machine_awake(
     try:
         run = runner.submit("waits")
         wait_until(lambda: lines(fake_inhibit), what="the keep-awake request")
-        os.kill(service.info(runner.home)["pid"], signal.SIGKILL)
+        os.kill(contact.info(runner.home)["pid"], signal.SIGKILL)
         wait_until(lambda: "released" in lines(fake_inhibit), what="the holder to end")
         (tmp_path / "go").touch()
         assert run.wait(timeout=60).status is RunStatus.SUCCEEDED  # a new service adopted it

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from helpers.procs import alive, python, wait_until
 
-from nbrunner import Runner, RunStatus, platform, service
+from nbrunner import Runner, RunStatus, contact, platform
 from nbrunner.recorder import RECORDER_ENV, RecorderSpec, RunFiles
 from nbrunner.service import SAFETY_PASS_S, Service
 
@@ -69,13 +69,13 @@ def test_a_killed_keeper_loses_its_runs_and_the_next_run_gets_a_new_one(
     runs = [runner.submit("waits") for _ in range(2)]
     children = [pid_in_log(run) for run in runs]
     keeper = psutil.Process(children[0]).ppid()
-    serving = (service.info(runner.home) or {})["pid"]
+    serving = (contact.info(runner.home) or {})["pid"]
     os.kill(keeper, signal.SIGKILL)
     lost = [run.wait(timeout=60) for run in runs]
     assert [r.status for r in lost] == [RunStatus.LOST] * 2
     assert all("ended without recording how the run ended" in r.reason for r in lost)
     wait_until(lambda: not any(alive(pid) for pid in children), what="the lost runs stopped")
-    assert (service.info(runner.home) or {})["pid"] == serving  # the service lives on
+    assert (contact.info(runner.home) or {})["pid"] == serving  # the service lives on
     again = runner.submit("waits")
     assert psutil.Process(pid_in_log(again)).ppid() not in (keeper, serving)
     (tmp_path / "gate").touch()
@@ -99,7 +99,7 @@ def test_a_spec_it_cannot_read_ends_that_run_and_a_newer_ones_extra_fields_are_i
     (runs / "8.spec").write_text(json.dumps(newer))
     # the home's service lock held here: the keeper, telling of each end, starts no service
     # (one would sweep away the exit files of runs its store does not have)
-    serving = platform.take_lock(home / service.LOCK_NAME)
+    serving = platform.take_lock(home / contact.LOCK_NAME)
     keeper = subprocess.Popen([sys.executable, "-m", "nbrunner.keeper", str(home)])
     try:
         ended = wait_until(

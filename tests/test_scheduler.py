@@ -12,7 +12,7 @@ import pytest
 from helpers.procs import processes_with, python, wait_for_file, wait_until
 from helpers.sampling import MaxSampler
 
-from nbrunner import Runner, service
+from nbrunner import Runner, contact, service
 from nbrunner.recorder import fork_recorder
 from nbrunner.resources import Capacity
 from nbrunner.scheduler import admit
@@ -64,7 +64,7 @@ def test_twelve_runs_of_three_modules_never_exceed_the_limit(runner: Runner, hom
 
 SUBMITTER = """
 import sys
-from nbrunner import Runner, service
+from nbrunner import Runner, contact, service
 from nbrunner.recorder import fork_recorder
 runner = Runner(sys.argv[1], start=False)
 for i in range(30):
@@ -192,7 +192,7 @@ def test_one_failed_launch_leaves_no_run_of_its_batch_claimed_and_unlaunched(
     with Runner(home) as client:
         client.config("paused", True)
         runs = [client.submit("count", {"n": 1, "delay": 0}) for _ in range(3)]
-    assert service.stop(home)
+    assert contact.stop(home)
     Store(home).set_config("paused", False)
     calls = []
 

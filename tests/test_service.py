@@ -28,7 +28,7 @@ from helpers.logs import capped, split_capped
 from helpers.procs import alive, python, services_of, wait_until
 from helpers.recorders import recorder_path  # noqa: F401 (a fixture)
 
-from nbrunner import Runner, platform, service
+from nbrunner import Runner, contact, platform, service
 from nbrunner.service import Service
 from nbrunner.states import RunStatus
 from nbrunner.store import Store
@@ -48,7 +48,7 @@ def record_of(home: Path, run_id: int):
 
 
 def service_pid(home: Path) -> int:
-    found = wait_until(lambda: service.info(home), what="a living service")
+    found = wait_until(lambda: contact.info(home), what="a living service")
     return int(found["pid"])
 
 
@@ -93,18 +93,18 @@ def held_store_lock(home: Path) -> Iterator[threading.Event]:
 def test_a_predecessors_info_is_never_taken_for_the_living_services(runner: Runner) -> None:
     """Between taking the lock and writing its own, a new service's home holds the file of
     the one before it: that pid is dead (or someone else's), never the service's."""
-    service.ensure_running(runner.home)
+    contact.ensure_running(runner.home)
     living = service_pid(runner.home)
-    info_file = runner.home / service.INFO_NAME
+    info_file = runner.home / contact.INFO_NAME
     written = json.loads(info_file.read_text())
     gone = subprocess.Popen(python("pass"))
     gone.wait()
     info_file.write_text(json.dumps({**written, "pid": gone.pid}))
-    assert service.info(runner.home) is None
+    assert contact.info(runner.home) is None
     info_file.write_text(json.dumps({**written, "marker": "0"}))  # the pid, reused
-    assert service.info(runner.home) is None
+    assert contact.info(runner.home) is None
     info_file.write_text(json.dumps(written))
-    assert service.info(runner.home) == written and written["pid"] == living
+    assert contact.info(runner.home) == written and written["pid"] == living
 
 
 def test_stop_waits_for_a_starting_service_to_say_who_it_is(home: Path) -> None:
@@ -116,17 +116,17 @@ def test_stop_waits_for_a_starting_service_to_say_who_it_is(home: Path) -> None:
         "time.sleep(300)"
     )
     holder = subprocess.Popen(
-        [*python(holds_the_lock), str(home / service.LOCK_NAME)], stdout=subprocess.PIPE, text=True
+        [*python(holds_the_lock), str(home / contact.LOCK_NAME)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         stopped: list[bool] = []
-        stopper = threading.Thread(target=lambda: stopped.append(service.stop(home, 60)))
+        stopper = threading.Thread(target=lambda: stopped.append(contact.stop(home, 60)))
         stopper.start()
         stopper.join(1.0)
         assert stopper.is_alive() and stopped == []  # not gone: it holds the lock
         marker = platform.start_marker(holder.pid)
-        (home / service.INFO_NAME).write_text(json.dumps({"pid": holder.pid, "marker": marker}))
+        (home / contact.INFO_NAME).write_text(json.dumps({"pid": holder.pid, "marker": marker}))
         stopper.join(60)
         assert stopped == [True] and holder.wait(10) == -signal.SIGTERM
     finally:
@@ -238,7 +238,7 @@ def test_a_full_disk_keeps_the_run_going_and_its_end_is_written_once_space_frees
     assert (record.status, record.exit_code) == (RunStatus.SUCCEEDED, 0)
     assert record.log_dropped and record.log_dropped > 200_000
     assert Path(record.log_path).read_text().startswith("before\n")
-    service.stop(home)
+    contact.stop(home)
 
 
 # -- 3. the queue never stalls -----------------------------------------------------------
@@ -261,11 +261,11 @@ def test_settings_changed_from_the_cli_start_what_waits(home: Path) -> None:
     ids = [
         int(cli(home, "run", "count", "-p", "n=2000", "-p", "delay=0.1").stdout) for _ in range(2)
     ]
-    assert service.stop(home)  # nobody is alive: only the next CLI call can move the queue
+    assert contact.stop(home)  # nobody is alive: only the next CLI call can move the queue
     cli(home, "config", "paused", "false")
     wait_until(lambda: record_of(home, ids[0]).status is RunStatus.RUNNING, what="first running")
     assert record_of(home, ids[1]).status is RunStatus.QUEUED
-    assert service.stop(home)
+    assert contact.stop(home)
     cli(home, "config", "max_concurrent", "2")
     wait_until(lambda: record_of(home, ids[1]).status is RunStatus.RUNNING, what="second running")
     cli(home, "cancel", "--all")
@@ -283,7 +283,7 @@ def test_a_slow_hook_does_not_hold_the_next_run(runner: Runner, tmp_path: Path) 
     assert second.wait(timeout=20).status is RunStatus.SUCCEEDED
     hook_log = Path(first.log_path).with_suffix(".on_done.log")
     assert "exited" not in hook_log.read_text()  # still sleeping: it held nothing
-    service.stop(runner.home)  # waits for the hook, bounded by the stop's own patience
+    contact.stop(runner.home)  # waits for the hook, bounded by the stop's own patience
 
 
 @every_recorder_path
@@ -293,7 +293,7 @@ def test_a_killed_service_stops_no_run_and_loses_no_exit_code(home: Path, tmp_pa
     child = record_of(home, run.id).pid
     first = service_pid(home)
     psutil.Process(first).kill()
-    wait_until(lambda: not service.is_running(home), what="the service gone")
+    wait_until(lambda: not contact.is_running(home), what="the service gone")
     assert alive(child)
     gate.touch()  # ends while no service lives: its recorder keeps the code, starts one
     record = wait_for_end(home, run.id)
@@ -309,7 +309,7 @@ def test_a_cli_call_restarts_a_dead_service_that_left_queued_runs(home: Path) ->
     cli(home, "config", "paused", "true")
     run_id = int(cli(home, "run", "count", "-p", "n=1", "-p", "delay=0").stdout)
     psutil.Process(service_pid(home)).kill()
-    wait_until(lambda: not service.is_running(home), what="the service gone")
+    wait_until(lambda: not contact.is_running(home), what="the service gone")
     with sqlite3.connect(home / "nbrunner.db") as db:  # the setting changes behind its back
         db.execute("UPDATE config SET value = 'false' WHERE key = 'paused'")
     cli(home, "ps")  # any client that sees runs waiting starts one
@@ -325,7 +325,7 @@ def test_one_service_per_home_however_many_clients_start_it(
         subprocess.Popen(
             [
                 *python(
-                    "import sys; from nbrunner import service; service.ensure_running(sys.argv[1])"
+                    "import sys; from nbrunner import contact; contact.ensure_running(sys.argv[1])"
                 ),
                 str(home),
             ]
@@ -350,13 +350,13 @@ def test_a_burst_of_submissions_starts_one_service_not_one_each(
         for run in runs:
             assert run.wait(timeout=60).status is RunStatus.SUCCEEDED
     wait_until(lambda: len(services_of(home)) == 1, what="the serving service alone")
-    log = home / service.ERR_NAME
+    log = home / contact.ERR_NAME
     assert "this one leaves" not in (log.read_text() if log.exists() else "")
 
 
 def test_a_service_that_died_on_its_way_does_not_hold_back_the_next(home: Path) -> None:
     Store(home)
-    assert service.ensure_running(home)
+    assert contact.ensure_running(home)
     wait_until(lambda: services_of(home), what="the service started")
     for starting in services_of(home):
         starting.kill()  # most likely before it took the lock: still importing
@@ -370,7 +370,7 @@ def test_a_home_where_the_starting_note_cannot_be_written_still_starts_its_servi
     home: Path,
 ) -> None:
     Store(home)
-    (home / f"{service.STARTING_NAME}.tmp").mkdir()  # the note's write fails, every time
+    (home / f"{contact.STARTING_NAME}.tmp").mkdir()  # the note's write fails, every time
     with Runner(home) as runner:
         record = runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
     assert record.status is RunStatus.SUCCEEDED
@@ -382,7 +382,7 @@ def test_an_idle_service_exits_and_the_next_submission_starts_another(
     monkeypatch.setenv("NBRUNNER_SERVICE_IDLE_S", "1")
     with Runner(home) as runner:
         runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30)
-        wait_until(lambda: not service.is_running(home), what="the idle service to leave")
+        wait_until(lambda: not contact.is_running(home), what="the idle service to leave")
         assert runner.submit("count", {"n": 1, "delay": 0}).wait(timeout=30).exit_code == 0
 
 
@@ -395,7 +395,7 @@ def test_a_lost_run_never_signals_a_process_that_is_not_its_own(home: Path) -> N
     record = record_of(home, run.id)
     recorder = psutil.Process(record.pid).ppid()
     psutil.Process(service_pid(home)).kill()
-    wait_until(lambda: not service.is_running(home), what="the service gone")
+    wait_until(lambda: not contact.is_running(home), what="the service gone")
     bystander = subprocess.Popen(python("import time; time.sleep(300)"), start_new_session=True)
     try:
         # The run's pid now names someone else, as after a reboot or a pid wrap.
@@ -404,7 +404,7 @@ def test_a_lost_run_never_signals_a_process_that_is_not_its_own(home: Path) -> N
         child_file.write_text(json.dumps({**started, "pid": bystander.pid}))
         os.kill(recorder, signal.SIGKILL)
         os.kill(record.pid, signal.SIGKILL)
-        service.ensure_running(home)
+        contact.ensure_running(home)
         lost = wait_for_end(home, run.id)
         assert lost.status is RunStatus.LOST
         assert "recorder" in lost.reason and "ended without recording" in lost.reason
@@ -423,7 +423,7 @@ def test_a_killed_recorder_makes_the_run_lost_and_its_tree_stopped(runner: Runne
     record = run.wait(timeout=30)
     assert record.status is RunStatus.LOST
     wait_until(lambda: not alive(child), what="the orphaned child stopped")
-    wait_until(lambda: not service.is_running(runner.home), what="the service to idle out")
+    wait_until(lambda: not contact.is_running(runner.home), what="the service to idle out")
 
 
 @every_recorder_path
@@ -432,8 +432,8 @@ def test_a_new_service_adopts_running_runs_without_disturbing_them(home: Path) -
         run = runner.submit("count", {"n": 40, "delay": 0.05, "label": "kept"})
         wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
         psutil.Process(service_pid(home)).kill()
-        wait_until(lambda: not service.is_running(home), what="the service gone")
-        service.ensure_running(home)
+        wait_until(lambda: not contact.is_running(home), what="the service gone")
+        contact.ensure_running(home)
         record = run.wait(timeout=60)
     assert (record.status, record.exit_code) == (RunStatus.SUCCEEDED, 0)
     assert run.logs().splitlines()[-1] == "kept 40/40"
@@ -546,7 +546,7 @@ def test_a_run_gets_its_submitters_environment_whoever_started_the_service(
     runner.register("envshow", command=python(show))
     monkeypatch.setenv("MY_CONTEXT", "first")
     assert runner.submit("envshow").wait(timeout=30).status is RunStatus.SUCCEEDED
-    assert service.is_running(runner.home)  # started with MY_CONTEXT=first
+    assert contact.is_running(runner.home)  # started with MY_CONTEXT=first
     monkeypatch.setenv("MY_CONTEXT", "second")
     monkeypatch.setenv("JPY_SESSION_NAME", "a kernel's own")  # noise, not the run's
     run = runner.submit("envshow")
@@ -601,7 +601,7 @@ def test_runs_end_at_their_timeout_while_the_store_is_locked_in_long_bursts(home
         [*python(LOCK_IN_BURSTS), str(home / "nbrunner.db"), "3"], stdout=subprocess.PIPE
     )
     try:
-        service.wake(home)
+        contact.wake(home)
         assert locker.wait(timeout=120) == 0
     finally:
         locker.kill()
@@ -618,7 +618,7 @@ def test_a_removed_or_replaced_home_ends_its_service(
 ) -> None:
     monkeypatch.setenv("NBRUNNER_SERVICE_IDLE_S", "600")  # it would not leave for being idle
     Store(home)
-    service.ensure_running(home)
+    contact.ensure_running(home)
     serving = psutil.Process(service_pid(home))
     shutil.rmtree(home)
     if replaced:
@@ -660,7 +660,7 @@ def full_runs_folder(home: Path) -> Iterator[Path]:
             out.write(b"x" * 4096)
             out.flush()
     yield filler
-    service.stop(home)
+    contact.stop(home)
     subprocess.run(["umount", "-l", str(runs)], check=False)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers.procs import python, wait_until
 
-from nbrunner import platform, service
+from nbrunner import contact, platform
 from nbrunner.models import RunRecord
 from nbrunner.service import SAFETY_PASS_S, Service
 from nbrunner.states import RunStatus
@@ -53,9 +53,9 @@ def test_with_nothing_due_the_service_sleeps_until_the_safety_pass(home: Path) -
     try:
         watch = held_by(owner, running(1), recorder)
         assert owner._sleep_s() > SAFETY_PASS_S - 1  # no one reads its figures: no samples
-        service.watching(home)
+        contact.watching(home)
         assert owner._sleep_s() <= RECORD_EVERY_S  # now someone does
-        (home / service.WATCH_NAME).unlink()
+        (home / contact.WATCH_NAME).unlink()
         watch.begin_stop(RunStatus.CANCELLED, "cancelled by request", grace=0.5)
         assert watch.kill_at is not None
         assert owner._sleep_s() <= 0.5  # the kill after the grace period is due first
@@ -105,7 +105,7 @@ def test_a_reader_of_figures_gets_them_sampled(home: Path) -> None:
         run = runner.submit("gated")
     store = Store(home)  # read without a Runner: nothing here says it reads figures
     wait_until(lambda: store.get(run.id).status is RunStatus.RUNNING, what="running")
-    service.watching(home)
+    contact.watching(home)
     wait_until(lambda: store.get(run.id).rss, what="its memory sampled for the reader")
     gate.touch()
     wait_until(lambda: store.get(run.id).is_done, what="the run's end")

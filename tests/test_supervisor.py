@@ -13,7 +13,7 @@ import pytest
 from helpers.procs import alive, python, wait_until
 from helpers.recorders import recorder_path  # noqa: F401 (a fixture)
 
-from nbrunner import Runner, service
+from nbrunner import Runner, contact
 from nbrunner.backends import ChildEnded
 from nbrunner.errors import InvalidTransition
 from nbrunner.service import Service
@@ -158,7 +158,7 @@ def test_the_child_sees_unbuffered_utf8_python_and_the_module_env(runner: Runner
 def test_runs_and_their_service_are_not_descendants_of_the_submitter(runner: Runner) -> None:
     run = runner.submit("count", {"n": 100, "delay": 0.05})
     wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
-    service_pid = int(wait_until(lambda: service.info(runner.home))["pid"])
+    service_pid = int(wait_until(lambda: contact.info(runner.home))["pid"])
     mine = {p.pid for p in psutil.Process().children(recursive=True)}
     assert service_pid not in mine and run.pid not in mine
     assert os.getsid(run.pid) != os.getsid(0) and os.getsid(service_pid) != os.getsid(0)

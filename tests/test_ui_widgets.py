@@ -17,7 +17,7 @@ import pytest
 from helpers.browser import seed_history
 from helpers.procs import wait_until
 
-from nbrunner import Runner, service
+from nbrunner import Runner, contact
 from nbrunner.monitor import SystemSample, SystemSampler, take_sample
 from nbrunner.states import RunStatus
 from nbrunner.ui import Dashboard, text
@@ -313,12 +313,12 @@ def test_each_log_tab_tails_only_its_own_run(dash: Dashboard, runner: Runner) ->
 def test_a_page_with_active_runs_says_it_reads_their_figures(
     dash: Dashboard, runner: Runner
 ) -> None:
-    watching = runner.home / service.WATCH_NAME
+    watching = runner.home / contact.WATCH_NAME
     assert not watching.exists()  # no active run: the service has nothing to sample for it
     runner.config("paused", True)
     queued = runner.submit("sleep", {"n": 60})
     refresh_until(dash, lambda: len(dash.cards.cards) == 1, "a card")
-    assert service.watched_recently(watching)  # its cards show CPU and memory: sampled
+    assert contact.watched_recently(watching)  # its cards show CPU and memory: sampled
     queued.cancel()
 
 

@@ -17,7 +17,7 @@ from helpers.cli import cli, cli_json
 from helpers.procs import python, wait_until
 
 import nbrunner
-from nbrunner import Runner, service
+from nbrunner import Runner, contact
 from nbrunner.states import RunStatus
 from nbrunner.store import MIGRATIONS, NewerStore, Store
 from nbrunner.version import as_tuple, mismatch_line
@@ -57,7 +57,7 @@ def test_an_old_service_hands_over_to_a_newer_client_and_its_runs_go_on(
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until(lambda: (service.info(home) or {}).get("version") == OLD, what="old service")
+        wait_until(lambda: (contact.info(home) or {}).get("version") == OLD, what="old service")
         release = tmp_path / "release"
         with monkeypatch.context() as patch:  # a client as old as the service: no handover
             patch.setattr(nbrunner, "__version__", OLD)
@@ -77,7 +77,7 @@ def test_an_old_service_hands_over_to_a_newer_client_and_its_runs_go_on(
         ]
         old.wait(timeout=60)  # it handed over ...
         wait_until(
-            lambda: (service.info(home) or {}).get("version") == nbrunner.__version__,
+            lambda: (contact.info(home) or {}).get("version") == nbrunner.__version__,
             what="the newer service",
         )
         record = client.get(run.id).record
@@ -165,7 +165,7 @@ def test_runs_started_by_the_previous_release_are_adopted_after_its_service_is_k
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
     runs = dict(pair.split(":") for pair in started.stdout.split())
-    old_service = psutil.Process((service.info(home) or {})["pid"])
+    old_service = psutil.Process((contact.info(home) or {})["pid"])
     assert old_service.environ().get("PYTHONPATH") == str(old_code)
     old_service.kill()  # the upgrade: the old service is gone, its recorders hold the runs
     old_service.wait(30)
@@ -174,7 +174,7 @@ def test_runs_started_by_the_previous_release_are_adopted_after_its_service_is_k
         for run_id, pid in runs.items():
             record = runner.get(int(run_id)).record
             assert (record.status, record.pid) == (RunStatus.RUNNING, int(pid))
-        serving = wait_until(lambda: service.info(home), what="this release's service")
+        serving = wait_until(lambda: contact.info(home), what="this release's service")
         assert psutil.Process(serving["pid"]).environ().get("PYTHONPATH") != str(old_code)
         gate.touch()
         ended = [runner.wait(int(run_id), timeout=60) for run_id in runs]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
-from .. import service
+from .. import contact
 from ..errors import NbrunnerError
 from ..models import RunRecord
 from ..monitor import SystemSampler
@@ -251,7 +251,7 @@ class Dashboard:
             self.history.update(live, now, self.cards.last_lines.get)
             self.summary.update(active, lingering)
         if active:  # the cards show live cpu and memory: the service samples while we read
-            service.watching(self.runner.home)
+            contact.watching(self.runner.home)
         if self.ticks == 0:
             self.widget.add_class(READY_CLASS)
         self.ticks += 1

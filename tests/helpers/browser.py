@@ -400,7 +400,7 @@ def take_screenshots(folder: Path) -> list[Path]:
 
     from playwright.sync_api import expect
 
-    from nbrunner import Runner, service
+    from nbrunner import Runner, contact
 
     folder.mkdir(parents=True, exist_ok=True)
     shots = [folder / "dashboard.png", folder / "dashboard-dark.png"]
@@ -426,7 +426,7 @@ def take_screenshots(folder: Path) -> list[Path]:
                     page.close()
                 for record in runner.store.active():
                     runner.cancel(record.id)
-        service.stop(home)  # the home goes with the folder: so does its service
+        contact.stop(home)  # the home goes with the folder: so does its service
     return shots
 
 
