@@ -132,10 +132,9 @@ class RunFiles:
         return platform.is_locked(self.lock)
 
     def remove(self) -> None:
-        stem = os.path.join(self.directory, str(self.run_id))
-        for suffix in (".spec", ".child", ".exit", ".pause", ".lock"):
+        for path in (self.spec, self.child, self.exit, self.pause, self.lock):
             with suppress(OSError):
-                os.unlink(stem + suffix)
+                os.unlink(path)
 
 
 def sweep_run_files(home: str | Path, active: Collection[int]) -> None:
