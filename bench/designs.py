@@ -4,9 +4,9 @@ Three ways to hold a run (start its child, capture its output, learn its exit), 
 with no store and no scheduler around it, so the figures are the holders' own:
 
 - *forked recorder* (POSIX today): the warm service forks a recorder per run
-  (nbrunner.recorder.fork_recorder, the real code);
+  (nbrunner.launching.fork_recorder, the real code);
 - *spawned recorder* (Windows today, and `NBRUNNER_RECORDER=spawn`): an interpreter per run
-  (nbrunner.recorder.spawn_recorder, the real code);
+  (nbrunner.launching.spawn_recorder, the real code);
 - *one keeper* (a candidate, prototyped here): one process per home starts every child
   (`subprocess`, which uses vfork), reads every output pipe with one selector into the
   run's log and learns exits from pidfds (`os.wait4` for the code and the CPU). Windows
@@ -130,7 +130,8 @@ class Keeper:
 def _holders(home: Path, design: str) -> tuple[Callable[[int, list[str]], Any], Callable[[], None]]:
     """start(run_id, argv) and wait_one() of a per-run recorder design."""
     from nbrunner import service  # noqa: F401  the forking process is the service's size
-    from nbrunner.recorder import RecorderSpec, ServiceLink, fork_recorder, spawn_recorder
+    from nbrunner.launching import fork_recorder, spawn_recorder
+    from nbrunner.recorder import RecorderSpec, ServiceLink
 
     (home / "runs").mkdir(exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)

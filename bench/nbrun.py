@@ -85,7 +85,7 @@ def owners(home: Path, runs: Sequence[Run]) -> list[psutil.Process]:
 
 def helpers_cpu(home: Path) -> dict[str, float]:
     """CPU seconds (own, children excluded) the home's living service and keeper have used."""
-    from nbrunner.recorder import living_keeper
+    from nbrunner.launching import living_keeper
 
     found = contact.info(home)
     helpers = {"service": found["pid"] if found else None, "keeper": living_keeper(str(home))}
@@ -96,7 +96,7 @@ def stop_service(home: Path) -> None:
     """End the home's service, and its keeper if it has one (it would leave after its idle
     time, while the measurement waits), so that the CPU they spent is counted once they are
     reaped. Called once no run is active."""
-    from nbrunner.recorder import living_keeper
+    from nbrunner.launching import living_keeper
 
     contact.stop(home)
     keeper = living_keeper(str(home))

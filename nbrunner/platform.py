@@ -111,6 +111,11 @@ def wait_child(child: subprocess.Popen[bytes], timeout: float | None) -> ChildEx
         return code, _windows_usage(child)
     if timeout is not None and not _exited_within(child.pid, timeout):
         return None
+    return reap_child(child)
+
+
+def reap_child(child: subprocess.Popen[bytes]) -> ChildExit:
+    """POSIX: the exit of a child that has ended (or waited for until it does)."""
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)  # so Popen never waits for it again
     peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes there, KiB here

@@ -1,7 +1,7 @@
 """The spawned recorder's entry point (Windows, and tests elsewhere):
 `python -m nbrunner.recording`, its RecorderSpec as JSON on stdin.
 
-It sits above both nbrunner.recorder and nbrunner.service, so the recorder reaches the
+It sits above both nbrunner.holding and nbrunner.service, so the holder reaches the
 service through the link made here and never imports it.
 """
 
@@ -11,7 +11,8 @@ import json
 import sys
 
 from . import contact
-from .recorder import RecorderSpec, ServiceLink, record
+from .holding import record
+from .recorder import RecorderSpec, ServiceLink
 
 
 def main() -> int:

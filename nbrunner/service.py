@@ -66,18 +66,12 @@ from .contact import (
 )
 from .errors import NbrunnerError, StoreUnavailable
 from .keepawake import KeepAwake
+from .launching import KeeperHandle, start_recorder
 from .models import RunRecord
 from .provenance import Capturer
 from .prune import Retention
 from .pruning import Pruner
-from .recorder import (
-    KeeperHandle,
-    RecorderSpec,
-    ServiceLink,
-    mark_paused,
-    start_recorder,
-    sweep_run_files,
-)
+from .recorder import RecorderSpec, ServiceLink, mark_paused, sweep_run_files
 from .reporting import METRICS_ENV, METRICS_MAX_ENV, metrics_path
 from .states import RunStatus
 from .store import Transaction

@@ -121,6 +121,54 @@ def test_a_spec_it_cannot_read_ends_that_run_and_a_newer_ones_extra_fields_are_i
             os.close(serving)
 
 
+def test_the_keeper_holds_its_runs_in_one_thread_and_a_run_it_cannot_hold_ends_alone(
+    home: Path, tmp_path: Path
+) -> None:
+    """Every run is held by the keeper's one thread (a thread per run cost 53 GIL hand-overs
+    per run); a step of one run that raises (here its log's cap is no number) stops that
+    run, writes why in its exit file, and leaves the keeper holding the others."""
+    runs = home / "runs"
+    runs.mkdir(mode=0o700)
+    gate = tmp_path / "gate"
+
+    def hand_over(run_id: int, argv: list[str], **changes: object) -> None:
+        spec = RecorderSpec(
+            home=str(home), run_id=run_id, argv=argv, cwd=None, env=dict(os.environ),
+            log_path=str(tmp_path / f"{run_id}.log"), max_log_size=0, keep_leftovers=False,
+            cores=[],
+        ).as_json() | changes  # fmt: skip
+        (runs / f"{run_id}.spec").write_text(json.dumps(spec))
+
+    for run_id in (1, 2, 3):
+        hand_over(run_id, [*python(WAITS), str(gate)])
+    hand_over(4, python("print('breaks the log')"), max_log_size="not a size")
+    serving = platform.take_lock(home / contact.LOCK_NAME)  # as above: no service started
+    keeper = subprocess.Popen([sys.executable, "-m", "nbrunner.keeper", str(home)])
+    try:
+        broken = wait_until(
+            lambda: RunFiles.of(home, 4).read(runs / "4.exit"), timeout=60, what="4.exit"
+        )
+        assert broken["exit_code"] is None
+        assert "could not hold the run" in broken["error"] and "TypeError" in broken["error"]
+        held = [RunFiles.of(home, run_id) for run_id in (1, 2, 3)]
+        wait_until(lambda: all(files.read(files.child) for files in held), what="3 starts")
+        assert psutil.Process(keeper.pid).num_threads() == 1
+        assert all(files.recorder_alive() for files in held)
+        gate.touch()
+        ended = [
+            wait_until(lambda f=files: f.read(f.exit), timeout=60, what="an exit")  # type: ignore[misc]
+            for files in held
+        ]
+        assert [e["exit_code"] for e in ended] == [0, 0, 0]
+        assert keeper.wait(timeout=60) == 0
+    finally:
+        if keeper.poll() is None:
+            keeper.kill()
+            keeper.wait()
+        if serving is not None:
+            os.close(serving)
+
+
 def test_the_service_sleeps_on_one_pidfd_for_the_keeper_and_lets_ended_runs_go(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,7 +13,7 @@ from helpers.procs import processes_with, python, wait_for_file, wait_until
 from helpers.sampling import MaxSampler
 
 from nbrunner import Runner, contact, service
-from nbrunner.recorder import fork_recorder
+from nbrunner.launching import fork_recorder
 from nbrunner.resources import Capacity
 from nbrunner.scheduler import admit
 from nbrunner.states import RunStatus
@@ -65,7 +65,7 @@ def test_twelve_runs_of_three_modules_never_exceed_the_limit(runner: Runner, hom
 SUBMITTER = """
 import sys
 from nbrunner import Runner, contact, service
-from nbrunner.recorder import fork_recorder
+from nbrunner.launching import fork_recorder
 runner = Runner(sys.argv[1], start=False)
 for i in range(30):
     runner.submit("nap", {"token": f"{sys.argv[2]}-{i}"})
