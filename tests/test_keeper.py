@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -82,6 +84,23 @@ def test_a_killed_keeper_loses_its_runs_and_the_next_run_gets_a_new_one(
     assert again.wait(timeout=60).status is RunStatus.SUCCEEDED
 
 
+@contextmanager
+def keeper_alone(home: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A keeper started by hand, with the home's service lock held here: telling of each
+    end, it starts no service (one would sweep away the exit files of runs its store does
+    not have)."""
+    serving = platform.take_lock(home / contact.LOCK_NAME)
+    keeper = subprocess.Popen([sys.executable, "-m", "nbrunner.keeper", str(home)])
+    try:
+        yield keeper
+    finally:
+        if keeper.poll() is None:
+            keeper.kill()
+            keeper.wait()
+        if serving is not None:
+            os.close(serving)
+
+
 def test_a_spec_it_cannot_read_ends_that_run_and_a_newer_ones_extra_fields_are_ignored(
     home: Path, tmp_path: Path
 ) -> None:
@@ -97,11 +116,7 @@ def test_a_spec_it_cannot_read_ends_that_run_and_a_newer_ones_extra_fields_are_i
         log_path=str(log), max_log_size=0, keep_leftovers=False, cores=[],
     ).as_json() | {"from_a_newer_nbrunner": True}  # fmt: skip
     (runs / "8.spec").write_text(json.dumps(newer))
-    # the home's service lock held here: the keeper, telling of each end, starts no service
-    # (one would sweep away the exit files of runs its store does not have)
-    serving = platform.take_lock(home / contact.LOCK_NAME)
-    keeper = subprocess.Popen([sys.executable, "-m", "nbrunner.keeper", str(home)])
-    try:
+    with keeper_alone(home) as keeper:
         ended = wait_until(
             lambda: RunFiles.of(home, 7).read(runs / "7.exit"), timeout=60, what="7.exit"
         )
@@ -113,12 +128,6 @@ def test_a_spec_it_cannot_read_ends_that_run_and_a_newer_ones_extra_fields_are_i
         )
         assert ran["exit_code"] == 0 and log.read_text() == "ran\n"
         assert keeper.wait(timeout=60) == 0  # it went on, and left once idle
-    finally:
-        if keeper.poll() is None:
-            keeper.kill()
-            keeper.wait()
-        if serving is not None:
-            os.close(serving)
 
 
 def test_the_keeper_holds_its_runs_in_one_thread_and_a_run_it_cannot_hold_ends_alone(
@@ -142,9 +151,7 @@ def test_the_keeper_holds_its_runs_in_one_thread_and_a_run_it_cannot_hold_ends_a
     for run_id in (1, 2, 3):
         hand_over(run_id, [*python(WAITS), str(gate)])
     hand_over(4, python("print('breaks the log')"), max_log_size="not a size")
-    serving = platform.take_lock(home / contact.LOCK_NAME)  # as above: no service started
-    keeper = subprocess.Popen([sys.executable, "-m", "nbrunner.keeper", str(home)])
-    try:
+    with keeper_alone(home) as keeper:
         broken = wait_until(
             lambda: RunFiles.of(home, 4).read(runs / "4.exit"), timeout=60, what="4.exit"
         )
@@ -161,12 +168,6 @@ def test_the_keeper_holds_its_runs_in_one_thread_and_a_run_it_cannot_hold_ends_a
         ]
         assert [e["exit_code"] for e in ended] == [0, 0, 0]
         assert keeper.wait(timeout=60) == 0
-    finally:
-        if keeper.poll() is None:
-            keeper.kill()
-            keeper.wait()
-        if serving is not None:
-            os.close(serving)
 
 
 def test_the_service_sleeps_on_one_pidfd_for_the_keeper_and_lets_ended_runs_go(
