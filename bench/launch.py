@@ -312,10 +312,10 @@ FORKED = "nbrunner, a recorder forked per run (NBRUNNER_RECORDER=fork)"
 CPU_PER_RUN = (
     "each run pays the client's submit; the service's share of a claim, the spec it hands "
     "the keeper (a file and a datagram) and two more store transactions (running, ended); "
-    "the keeper's recorder thread (the child's start through subprocess, its output pump "
-    "thread, a lock file, two small state files, two wake-up datagrams, and on kernels "
-    "without /proc children lists a read of every process's /proc stat file at each run's "
-    "end); and the start of the service's and the keeper's interpreters, spread over the "
+    "the keeper's share of its one thread's loop (the child's start through subprocess, a "
+    "pidfd and its output pipe in the select(), a lock file, two small state files, two "
+    "wake-up datagrams, and on kernels without /proc children lists a read of every "
+    "process's /proc stat file at each run's end); and the start of the service's and the keeper's interpreters, spread over the "
     "batch. The notes split it by process. task-spooler's server is C and keeps its queue "
     "in memory."
 )
@@ -360,7 +360,7 @@ def _latency_target(p50: Figure, p99: Figure) -> Target:
     low, high = p50.median(), p99.median()
     why = (
         "submit (one transaction) → a datagram wakes the service → one claim transaction → "
-        "the spec file and a datagram to the keeper → its recorder thread starts the child → "
+        "the spec file and a datagram to the keeper → its loop starts the child → "
         "the child's own interpreter "
         f"start, which the floor pays too ({p50.median(FLOOR):.0f} ms p50 there)."
     )

@@ -135,38 +135,44 @@ def test_the_keeper_holds_its_runs_in_one_thread_and_a_run_it_cannot_hold_ends_a
 ) -> None:
     """Every run is held by the keeper's one thread (a thread per run cost 53 GIL hand-overs
     per run); a step of one run that raises (here its log's cap is no number) stops that
-    run, writes why in its exit file, and leaves the keeper holding the others."""
+    run, writes why in its exit file, and leaves the keeper holding the others; a run let
+    go leaves no descriptor behind (a keeper lives for weeks)."""
     runs = home / "runs"
     runs.mkdir(mode=0o700)
-    gate = tmp_path / "gate"
 
-    def hand_over(run_id: int, argv: list[str], **changes: object) -> None:
+    def hand_over(run_id: int, argv: list[str], **changes: object) -> RunFiles:
         spec = RecorderSpec(
             home=str(home), run_id=run_id, argv=argv, cwd=None, env=dict(os.environ),
             log_path=str(tmp_path / f"{run_id}.log"), max_log_size=0, keep_leftovers=False,
             cores=[],
         ).as_json() | changes  # fmt: skip
         (runs / f"{run_id}.spec").write_text(json.dumps(spec))
+        return RunFiles.of(home, run_id)
 
-    for run_id in (1, 2, 3):
-        hand_over(run_id, [*python(WAITS), str(gate)])
-    hand_over(4, python("print('breaks the log')"), max_log_size="not a size")
+    def let_go(held: list[RunFiles]) -> list[int]:
+        ended = [wait_until(lambda f=f: f.read(f.exit), timeout=60, what="an exit") for f in held]  # type: ignore[misc]
+        wait_until(lambda: not any(f.recorder_alive() for f in held), what="the runs let go")
+        return [e["exit_code"] for e in ended]
+
+    gate, last_gate = tmp_path / "gate", tmp_path / "last"
+    held = [hand_over(run_id, [*python(WAITS), str(gate)]) for run_id in (1, 2, 3)]
+    last = hand_over(5, [*python(WAITS), str(last_gate)])  # keeps the keeper from leaving
+    broken = hand_over(4, python("print('breaks the log')"), max_log_size="not a size")
     with keeper_alone(home) as keeper:
-        broken = wait_until(
-            lambda: RunFiles.of(home, 4).read(runs / "4.exit"), timeout=60, what="4.exit"
-        )
-        assert broken["exit_code"] is None
-        assert "could not hold the run" in broken["error"] and "TypeError" in broken["error"]
-        held = [RunFiles.of(home, run_id) for run_id in (1, 2, 3)]
-        wait_until(lambda: all(files.read(files.child) for files in held), what="3 starts")
+        failed = wait_until(lambda: broken.read(broken.exit), timeout=60, what="4.exit")
+        assert failed["exit_code"] is None
+        assert "could not hold the run" in failed["error"] and "TypeError" in failed["error"]
+        wait_until(lambda: all(f.read(f.child) for f in [*held, last]), what="4 starts")
         assert psutil.Process(keeper.pid).num_threads() == 1
-        assert all(files.recorder_alive() for files in held)
+        assert all(f.recorder_alive() for f in held)
         gate.touch()
-        ended = [
-            wait_until(lambda f=files: f.read(f.exit), timeout=60, what="an exit")  # type: ignore[misc]
-            for files in held
-        ]
-        assert [e["exit_code"] for e in ended] == [0, 0, 0]
+        assert let_go(held) == [0, 0, 0]
+        descriptors = psutil.Process(keeper.pid).num_fds()
+        more = [hand_over(run_id, python("print('ran')")) for run_id in (6, 7, 8)]
+        assert let_go(more) == [0, 0, 0]
+        assert psutil.Process(keeper.pid).num_fds() == descriptors
+        last_gate.touch()
+        assert let_go([last]) == [0]
         assert keeper.wait(timeout=60) == 0
 
 
