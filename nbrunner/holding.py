@@ -81,6 +81,7 @@ class Holder:
         self._posted: deque[Callable[[], None]] = deque()
         self._wake_in, self._wake_out = socket.socketpair()
         self._wake_in.setblocking(False)
+        self._wake_out.setblocking(False)  # full: a wake is pending already
         self.watch(self._wake_in, self._drain_wakes)
         platform.become_subreaper()
 
@@ -321,6 +322,8 @@ class HeldRun:
     def _read_output(self) -> None:
         assert self.child is not None and self.child.stdout is not None
         assert self.log is not None
+        if self.child.stdout.closed:  # abandoned in this same pass
+            return
         try:
             data = os.read(self.child.stdout.fileno(), PUMP_CHUNK)
         except BlockingIOError:

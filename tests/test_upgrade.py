@@ -154,6 +154,18 @@ def previous_release(folder: Path) -> Path:
     return folder / "nbrunner-6895f26"
 
 
+def other_services(service: psutil.Process, home: str) -> list[psutil.Process]:
+    """Services of the home other than `service`, and not its forked recorders."""
+    found = []
+    for process in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        argv = process.info["cmdline"] or []
+        if "nbrunner.service" in argv and home in argv and service.pid not in (
+            process.info["pid"], process.info["ppid"]
+        ):  # fmt: skip
+            found.append(process)
+    return found
+
+
 def test_runs_started_by_the_previous_release_are_adopted_after_its_service_is_killed(
     home: Path, tmp_path: Path
 ) -> None:
@@ -167,6 +179,13 @@ def test_runs_started_by_the_previous_release_are_adopted_after_its_service_is_k
     runs = dict(pair.split(":") for pair in started.stdout.split())
     old_service = psutil.Process((contact.info(home) or {})["pid"])
     assert old_service.environ().get("PYTHONPATH") == str(old_code)
+    # each of the old client's submissions may have started a service (that release had no
+    # note of one on its way); one still starting would take the home once its service is
+    # killed, and serve until idle: the upgrade waits until they found the lock taken.
+    wait_until(
+        lambda: not other_services(old_service, str(home)), timeout=60,
+        what="the old release's other services to find the home taken",
+    )  # fmt: skip
     old_service.kill()  # the upgrade: the old service is gone, its recorders hold the runs
     old_service.wait(30)
 
