@@ -101,6 +101,33 @@ def idle_exit_s() -> float:
 
 
 # -- the service --------------------------------------------------------------------------
+class ActiveRuns(dict[int, RunRecord]):
+    """The unfinished runs by id, the queued ones apart from those under way: a pass asks
+    about the runs under way (holding slots, starting), and a queue of thousands must not
+    be looked through to answer."""
+
+    def __init__(self, records: Iterator[RunRecord] | list[RunRecord] = ()) -> None:
+        super().__init__()
+        self.queued: set[int] = set()
+        self.under_way: dict[int, RunRecord] = {}
+        for record in records:
+            self[record.id] = record
+
+    def __setitem__(self, run_id: int, record: RunRecord) -> None:
+        super().__setitem__(run_id, record)
+        if record.status is RunStatus.QUEUED:
+            self.queued.add(run_id)
+            self.under_way.pop(run_id, None)
+        else:
+            self.queued.discard(run_id)
+            self.under_way[run_id] = record
+
+    def pop(self, run_id: int, default: Any = None) -> Any:  # type: ignore[override]
+        self.queued.discard(run_id)
+        self.under_way.pop(run_id, None)
+        return super().pop(run_id, default)
+
+
 class Service:
     def __init__(self, home: str | Path, *, idle_exit: float | None = None, echo: bool = False):
         from .store import Store, default_patience
@@ -110,7 +137,7 @@ class Service:
         self.echo = echo
         # a tick never waits long on a locked store: it tries again next tick
         self.store = Store(self.home, patience=min(default_patience(), SERVICE_PATIENCE_S))
-        self.active: dict[int, RunRecord] = {}
+        self.active = ActiveRuns()
         self._cancels: set[int] = set()  # queued runs a client asked to cancel
         self.watches: dict[int, Any] = {}
         self.version = 0
@@ -235,7 +262,7 @@ class Service:
                 due = watch.next_wake(watched)
                 wakes += [due] if due is not None else []
         unwatched = any(
-            r.status.holds_slot and r.id not in self.watches for r in self.active.values()
+            r.status.holds_slot and r.id not in self.watches for r in self.active.under_way.values()
         )
         if unwatched:  # adopting, or a claim whose recorder never came
             wakes.append(self._next_adopt)
@@ -282,7 +309,7 @@ class Service:
 
     def _stay_awake(self) -> None:
         """Keep the machine from sleeping while runs hold slots (nbrunner.keepawake)."""
-        holding = any(r.status.holds_slot for r in self.active.values())
+        holding = any(r.status.holds_slot for r in self.active.under_way.values())
         self._keep_awake.update(holding, self.store.config)
 
     def _retire_old_runs(self) -> None:
@@ -295,7 +322,7 @@ class Service:
 
     def _hand_over(self) -> None:
         """Exit for a newer nbrunner's service once no run is being started (version)."""
-        starting = any(r.status is RunStatus.STARTING for r in self.active.values())
+        starting = any(r.status is RunStatus.STARTING for r in self.active.under_way.values())
         if not starting and not self._hooks_pending:
             self._successor = version.successor(self.home)
             self._exiting = self._exiting or self._successor is not None
@@ -359,7 +386,7 @@ class Service:
 
     def _refresh_all(self) -> None:
         self.version = self.store.version()
-        self.active = {r.id: r for r in self.store.active()}
+        self.active = ActiveRuns(self.store.active())
         self._cancels = {run_id for run_id, r in self.active.items() if _cancel_asked(r)}
 
     def _read_changes(self) -> None:
@@ -398,7 +425,7 @@ class Service:
             self.version = tx.version
 
     def _queued(self) -> bool:
-        return any(r.status is RunStatus.QUEUED for r in self.active.values())
+        return bool(self.active.queued)
 
     # -- adopting what a previous service left ---------------------------------------------
     def _adopt(self) -> None:
@@ -406,7 +433,7 @@ class Service:
         if now < self._next_adopt:
             return
         self._next_adopt = now + ADOPT_EVERY_S
-        for record in list(self.active.values()):
+        for record in list(self.active.under_way.values()):
             if record.status.holds_slot and record.id not in self.watches:
                 self._adopt_one(record, now)
         for run_id in list(self._unlaunched):

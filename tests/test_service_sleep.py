@@ -7,6 +7,7 @@ figures come when a reader asks for them.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -109,3 +110,19 @@ def test_a_reader_of_figures_gets_them_sampled(home: Path) -> None:
     wait_until(lambda: store.get(run.id).rss, what="its memory sampled for the reader")
     gate.touch()
     wait_until(lambda: store.get(run.id).is_done, what="the run's end")
+
+
+def test_the_runs_under_way_are_kept_apart_from_the_queue(home: Path) -> None:
+    """A pass asks whether anything is queued, starting or holding a slot: answered without
+    a look through the queue, which may be thousands deep, from views kept as runs move."""
+    owner = Service(home)
+    queued = [dataclasses.replace(running(run_id), status=RunStatus.QUEUED) for run_id in (1, 2)]
+    for record in queued:
+        owner.active[record.id] = record
+    assert owner._queued() and not owner.active.under_way
+    owner.active[1] = dataclasses.replace(queued[0], status=RunStatus.STARTING)
+    assert owner.active.queued == {2} and list(owner.active.under_way) == [1]
+    owner.active.pop(2)
+    assert not owner._queued() and set(owner.active) == {1}
+    owner.active.pop(1)
+    assert not owner.active and not owner.active.under_way and not owner.active.queued
