@@ -315,9 +315,9 @@ CPU_PER_RUN = (
     "the keeper's share of its one thread's loop (the child's start through subprocess, a "
     "pidfd and its output pipe in the select(), a lock file, two small state files, two "
     "wake-up datagrams, and on kernels without /proc children lists a read of every "
-    "process's /proc stat file at each run's end); and the start of the service's and the keeper's interpreters, spread over the "
-    "batch. The notes split it by process. task-spooler's server is C and keeps its queue "
-    "in memory."
+    "process's /proc stat file at each run's end); and the start of the service's and "
+    "the keeper's interpreters, spread over the batch. The notes split it by process. "
+    "task-spooler's server is C and keeps its queue in memory."
 )
 
 

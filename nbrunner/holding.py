@@ -404,6 +404,8 @@ class HeldRun:
     def _write_exit(self) -> None:
         assert self.ended is not None and self.log is not None
         self.exit = "writing"
+        if self.drain is not None:
+            self.drain.cancel()
         if not self.output_open:
             self._close_log()
         code, usage = self.ended

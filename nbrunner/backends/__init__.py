@@ -1,5 +1,5 @@
-"""Where a run's work actually happens: a local process tree (started by the run's
-recorder, see nbrunner.recorder), or a Ray job. Both end in the same states, logs, timeouts
+"""Where a run's work actually happens: a local process tree (started by whoever holds
+the run, see nbrunner.holding), or a Ray job. Both end in the same states, logs, timeouts
 and cancellation.
 """
 
