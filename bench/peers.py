@@ -151,8 +151,17 @@ class ParallelFeed:
         return self.proc.stdout.readline()
 
     def close(self) -> None:
+        """parallel puts each job in a process group of its own: its whole tree is killed."""
+        import psutil
+
+        jobs: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error):
+            jobs = psutil.Process(self.proc.pid).children(recursive=True)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        for job in jobs:
+            with contextlib.suppress(psutil.Error):
+                job.kill()
         self.proc.wait()
 
 
