@@ -36,7 +36,7 @@ from .recorder import (
     KEPT_LEFTOVER_DRAIN_S,
     LEFTOVER_GRACE_S,
     PUMP_CHUNK,
-    WRITE_RETRY_MAX_S,
+    Backoff,
     CappedLog,
     Guard,
     RecorderSpec,
@@ -47,7 +47,6 @@ from .recorder import (
 
 CHILD_FILE_PATIENCE_S = 2.0  # then the child, which no one could find or cancel, is stopped
 LEFTOVER_LOOK_S = 0.05  # how often stopped leftovers are looked for until the grace is over
-FIRST_RETRY_S = 0.05
 # Windows' select() takes sockets only, and macOS and old kernels have no pidfd: there a
 # thread per run waits instead. Set to "1", it takes that path anywhere (the tests do).
 THREADS_ENV = "NBRUNNER_HOLD_IN_THREADS"
@@ -201,15 +200,6 @@ class ExitWriter:
                 return
         self.holder.link.tell(self.home, started=False)
         self.then()
-
-
-class Backoff:
-    def __init__(self) -> None:
-        self.delay = FIRST_RETRY_S
-
-    def next(self) -> float:
-        delay, self.delay = self.delay, min(self.delay * 2, WRITE_RETRY_MAX_S)
-        return delay
 
 
 class HeldRun:
@@ -538,33 +528,12 @@ def _pinned(cores: list[int]) -> Iterator[None]:
     if not cores:
         yield
         return
-    before = _affinity()
-    _set_affinity(cores)
+    before = platform.usable_cpus()
+    platform.pin_this_thread(cores)
     try:
         yield
     finally:
-        if before:
-            _set_affinity(before)
-
-
-def _affinity() -> list[int]:
-    with suppress(OSError, AttributeError):
-        return sorted(os.sched_getaffinity(0))  # type: ignore[attr-defined]
-    import psutil  # pragma: no cover - no sched_getaffinity (Windows)
-
-    with suppress(psutil.Error, AttributeError, OSError):  # pragma: no cover
-        return list(psutil.Process().cpu_affinity() or [])
-    return []  # pragma: no cover
-
-
-def _set_affinity(cores: list[int]) -> None:
-    with suppress(OSError, AttributeError, ValueError):
-        os.sched_setaffinity(0, cores)  # type: ignore[attr-defined]
-        return
-    import psutil  # pragma: no cover - no sched_setaffinity (Windows)
-
-    with suppress(psutil.Error, AttributeError, ValueError, OSError):  # pragma: no cover
-        psutil.Process().cpu_affinity(cores)
+        platform.pin_this_thread(before)
 
 
 def _start(spec: RecorderSpec) -> subprocess.Popen[bytes]:

@@ -561,6 +561,18 @@ def usable_cpus() -> tuple[int, ...]:
         return tuple(range(os.cpu_count() or 1))
 
 
+def pin_this_thread(cores: Sequence[int]) -> None:
+    """Run on these CPUs only (Linux: this thread; Windows: this process), as the children
+    started meanwhile will; where the OS cannot, nothing changes."""
+    with suppress(OSError, AttributeError, ValueError):
+        os.sched_setaffinity(0, cores)  # type: ignore[attr-defined]
+        return
+    import psutil  # pragma: no cover - no sched_setaffinity (Windows, macOS)
+
+    with suppress(psutil.Error, AttributeError, ValueError, OSError):  # pragma: no cover
+        psutil.Process().cpu_affinity(list(cores))  # type: ignore[attr-defined]
+
+
 def cgroup_cpu_limit(root: Path = CGROUP_ROOT, membership: str | None = None) -> float | None:
     """The CPU quota (in CPUs) of this process's cgroup or the tightest of its ancestors,
     v2 (`cpu.max`) or v1 (`cpu.cfs_quota_us` / `cpu.cfs_period_us`); None where no quota is

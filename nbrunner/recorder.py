@@ -38,6 +38,7 @@ from . import platform
 PUMP_CHUNK = 64 * 1024
 LEFTOVER_GRACE_S = 2.0  # what a leftover gets to exit on SIGTERM before SIGKILL
 KEPT_LEFTOVER_DRAIN_S = 1.0  # a kept daemon may hold the output pipe open for good
+FIRST_RETRY_S = 0.05
 WRITE_RETRY_MAX_S = 5.0
 PAUSED_CHECK_S = 1.0  # how often a paused run's timeout looks whether it was resumed
 MEMORY_CHECK_S = 1.0
@@ -148,15 +149,25 @@ def write_atomically(path: Path, data: dict[str, Any], patience: float | None = 
     folder is made again) for `patience` seconds, then the last OSError is raised; for good
     when patience is None."""
     deadline = None if patience is None else time.monotonic() + patience
-    delay = 0.05
+    retry = Backoff()
     while True:
         try:
             return try_write_atomically(path, data)
         except OSError:
             if deadline is not None and time.monotonic() >= deadline:
                 raise
-        time.sleep(delay)
-        delay = min(delay * 2, WRITE_RETRY_MAX_S)
+        time.sleep(retry.next())
+
+
+class Backoff:
+    """How long to wait before each next try of a write: doubling, up to WRITE_RETRY_MAX_S."""
+
+    def __init__(self) -> None:
+        self.delay = FIRST_RETRY_S
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.delay * 2, WRITE_RETRY_MAX_S)
+        return delay
 
 
 def try_write_atomically(path: Path, data: dict[str, Any]) -> None:

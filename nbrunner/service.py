@@ -102,13 +102,11 @@ def idle_exit_s() -> float:
 
 # -- the service --------------------------------------------------------------------------
 class ActiveRuns(dict[int, RunRecord]):
-    """The unfinished runs by id, the queued ones apart from those under way: a pass asks
-    about the runs under way (holding slots, starting), and a queue of thousands must not
-    be looked through to answer."""
+    """The unfinished runs by id, those under way (holding slots, starting) also apart:
+    a pass asks about them, and a queue of thousands must not be looked through to answer."""
 
     def __init__(self, records: Iterator[RunRecord] | list[RunRecord] = ()) -> None:
         super().__init__()
-        self.queued: set[int] = set()
         self.under_way: dict[int, RunRecord] = {}
         for record in records:
             self[record.id] = record
@@ -116,16 +114,16 @@ class ActiveRuns(dict[int, RunRecord]):
     def __setitem__(self, run_id: int, record: RunRecord) -> None:
         super().__setitem__(run_id, record)
         if record.status is RunStatus.QUEUED:
-            self.queued.add(run_id)
             self.under_way.pop(run_id, None)
         else:
-            self.queued.discard(run_id)
             self.under_way[run_id] = record
 
     def pop(self, run_id: int, default: Any = None) -> Any:  # type: ignore[override]
-        self.queued.discard(run_id)
         self.under_way.pop(run_id, None)
         return super().pop(run_id, default)
+
+    def any_queued(self) -> bool:
+        return len(self) > len(self.under_way)
 
 
 class Service:
@@ -425,7 +423,7 @@ class Service:
             self.version = tx.version
 
     def _queued(self) -> bool:
-        return bool(self.active.queued)
+        return self.active.any_queued()
 
     # -- adopting what a previous service left ---------------------------------------------
     def _adopt(self) -> None:

@@ -414,3 +414,14 @@ def test_children_are_found_from_proc_where_the_kernel_lists_none(
                 process.kill()
         shell.kill()
         shell.wait()
+
+
+def test_a_holder_is_pinned_only_while_a_child_starts() -> None:
+    """The child inherits the run's cores; the loop, which holds other runs, gets its own
+    CPUs back."""
+    from nbrunner.holding import _pinned
+
+    before = platform.usable_cpus()
+    with _pinned([before[-1]]):
+        assert platform.usable_cpus() == (before[-1],)
+    assert platform.usable_cpus() == before
