@@ -41,8 +41,8 @@ from .recorder import (
     Guard,
     RecorderSpec,
     RunFiles,
+    RunJournal,
     ServiceLink,
-    try_write_atomically,
 )
 
 CHILD_FILE_PATIENCE_S = 2.0  # then the child, which no one could find or cancel, is stopped
@@ -130,23 +130,25 @@ class Holder:
                 pass
 
     # -- runs -----------------------------------------------------------------------------
-    def hold(self, spec: RecorderSpec) -> bool:
-        """Take the run and start its child; False if another recorder has it."""
+    def hold(self, spec: RecorderSpec, journal: RunJournal | None = None) -> bool:
+        """Start the run's child: a run taken with its journal (the keeper's), or one whose
+        journal is made here; False if another recorder has it."""
         files = RunFiles.of(spec.home, spec.run_id)
-        with suppress(OSError):
-            files.directory.mkdir(mode=0o700, exist_ok=True)  # removed under a living service
-        lock = platform.take_lock(files.lock)
-        if lock is None:
-            return False
-        run = HeldRun(self, spec, files, lock)
+        if journal is None:
+            with suppress(OSError):  # removed under a living service
+                files.directory.mkdir(mode=0o700, exist_ok=True)
+            journal = RunJournal.create(files.lock)
+            if journal is None:
+                return False
+        run = HeldRun(self, spec, files, journal)
         self.runs[spec.run_id] = run
         run.safely(run.start)
         return True
 
-    def fail(self, home: str, run_id: int, reason: str) -> None:
-        """A run that will not be held (its spec could not be read): its exit file says why."""
+    def fail(self, home: str, journal: RunJournal, reason: str) -> None:
+        """A run that will not be held (its spec could not be read): its journal says why."""
         outcome = {"exit_code": None, "error": reason, "ended_at": time.time()}
-        ExitWriter(self, home, RunFiles.of(home, run_id), outcome, lambda: None).write()
+        ExitWriter(self, home, journal, outcome, journal.close).write()
 
     def reap_orphans(self) -> None:
         """Reap exited orphans, one syscall when there are none; a run's own child next in
@@ -175,25 +177,26 @@ class Holder:
 
 
 class ExitWriter:
-    """Writes a run's exit file, retried (a full disk frees, a removed runs/ folder is made
-    again) without holding up the loop, until written or until the home itself is gone:
-    then no one will ever read it. Then the service is told, and `then` is called."""
+    """Writes how a run ended into its journal, retried (a full disk frees, a removed runs/
+    folder is made again) without holding up the loop, until written or until the home
+    itself is gone: then no one will ever read it. Then the service is told, and `then` is
+    called."""
 
     def __init__(
         self,
         holder: Holder,
         home: str,
-        files: RunFiles,
+        journal: RunJournal,
         outcome: dict[str, Any],
         then: Callable[[], None],
     ) -> None:
-        self.holder, self.home, self.files = holder, home, files
+        self.holder, self.home, self.journal = holder, home, journal
         self.outcome, self.then = outcome, then
         self.retry = Backoff()
 
     def write(self) -> None:
         try:
-            try_write_atomically(self.files.exit, self.outcome)
+            self.journal.append("exit", self.outcome)
         except OSError:
             if Path(self.home).is_dir():
                 self.holder.later(self.retry.next(), self.write)
@@ -203,22 +206,23 @@ class ExitWriter:
 
 
 class HeldRun:
-    """One run from its child's start to its exit file, moved on by events.
+    """One run from its child's start to its exit record, moved on by events.
 
     Like Slurm's stepd, it starts the child in a session of its own, copies its output into
     the run's log under the size cap (the output is watched before anything may block),
     learns the true exit code, then stops whatever the child left behind, unless the module
-    asked to keep it, and writes the exit file only once the log has all the output.
+    asked to keep it, and records the exit only once the log has all the output.
     """
 
-    def __init__(self, holder: Holder, spec: RecorderSpec, files: RunFiles, lock: int) -> None:
-        self.holder, self.spec, self.files = holder, spec, files
-        self.lock: int | None = lock
+    def __init__(
+        self, holder: Holder, spec: RecorderSpec, files: RunFiles, journal: RunJournal
+    ) -> None:
+        self.holder, self.spec, self.files, self.journal = holder, spec, files, journal
         self.log: CappedLog | None = None
         self.child: subprocess.Popen[bytes] | None = None
         self.guard: Guard | None = None
         self.limits: Timer | None = None
-        self.start_writes: Backoff | None = None  # while its child file is not yet written
+        self.start_writes: Backoff | None = None  # while its start is not yet recorded
         self.start_deadline = 0.0
         self.ended: platform.ChildExit | None = None
         self.ended_at = 0.0
@@ -270,14 +274,14 @@ class HeldRun:
     def _write_start(self) -> None:
         assert self.start_writes is not None and self.child is not None
         try:
-            try_write_atomically(self.files.child, self.started)
+            self.journal.append("child", self.started)
         except OSError as exc:
             if time.monotonic() < self.start_deadline:
                 self.holder.later(self.start_writes.next(), self.on(self._write_start))
                 return
             # no one could find, cancel or adopt this child: stop it now (what it left: below)
             self.error = (
-                f"could not record the run's start in {self.files.child} ({exc}); it was stopped"
+                f"could not record the run's start in {self.journal.path} ({exc}); it was stopped"
             )
             self._note(self.error)
             self.guard = None
@@ -373,10 +377,10 @@ class HeldRun:
 
     # -- the end --------------------------------------------------------------------------
     def advance(self) -> None:
-        """The next step, from what has happened so far: the exit file once the child's
+        """The next step, from what has happened so far: the exit record once the child's
         start is recorded, it has ended, its leftovers are gone and its output is all in the
         log (or a kept leftover has held the output past KEPT_LEFTOVER_DRAIN_S); the run is
-        let go once its exit file is written and its output has ended."""
+        let go once its exit is recorded and its output has ended."""
         if self.start_writes is not None or self.ended is None or self.leftovers is not None:
             return
         if self.exit is None:
@@ -407,16 +411,16 @@ class HeldRun:
             outcome["error"] = self.error
         elif self.guard is not None and self.guard.ending is not None:
             outcome["ending"] = self.guard.ending
-        ExitWriter(self.holder, self.spec.home, self.files, outcome, self._exit_written).write()
+        ExitWriter(self.holder, self.spec.home, self.journal, outcome, self._exit_written).write()
 
     def _exit_written(self) -> None:
         self.exit = "written"
-        self._release()  # a kept leftover may still write: its output keeps going to the log
+        self.journal.close()  # a kept leftover may still write: its output keeps going to the log
         self.advance()
 
     def _let_go(self) -> None:
         self._close_log()
-        self._release()
+        self.journal.close()
         self.holder.runs.pop(self.spec.run_id, None)
 
     def _close_log(self) -> None:
@@ -424,21 +428,16 @@ class HeldRun:
             self.log_closed = True
             self.log.close()
 
-    def _release(self) -> None:
-        if self.lock is not None:
-            os.close(self.lock)
-            self.lock = None
-
     # -- a run that never started, or could not be held ------------------------------------
     def fail(self, reason: str) -> None:
-        """The child never started, or cannot be held: say why in its log and its exit file."""
+        """The child never started, or cannot be held: say why in its log and its journal."""
         self.exit = "failed"  # whatever comes later for this run changes nothing
         self._note(reason)
         outcome = {"exit_code": None, "error": reason, "ended_at": time.time()}
-        ExitWriter(self.holder, self.spec.home, self.files, outcome, self._let_go).write()
+        ExitWriter(self.holder, self.spec.home, self.journal, outcome, self._let_go).write()
 
     def abandon(self, reason: str) -> None:
-        """A step of this run raised: its child is stopped, and its exit file says why (not
+        """A step of this run raised: its child is stopped, and its journal says why (not
         its log, which may be what failed)."""
         if self.child is not None:
             if self.child.stdout is not None:

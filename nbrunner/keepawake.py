@@ -87,7 +87,8 @@ class KeepAwake:
         """Hold the request while `wanted` and the keep_awake setting allow it."""
         self._notice_failure()
         now = time.monotonic()
-        if wanted and (not self.held or now - self._setting_read_at >= SETTING_EVERY_S):
+        stale = now - self._setting_read_at >= SETTING_EVERY_S
+        if wanted and self.kind and (not self.held or stale):  # no way to hold: no need to ask
             self._enabled = bool(settings().get("keep_awake", True))
             self._setting_read_at = now
         if wanted and self._enabled and self.kind and not self.held:

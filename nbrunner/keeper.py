@@ -3,11 +3,11 @@
 
 The service hands a run over by writing runs/ID.spec and waking the keeper (a datagram to
 the port in runs/keeper.json), or by starting it (`python -m nbrunner.keeper HOME`) when
-runs/keeper.lock is free. The keeper takes each spec once (it removes the file as it
-starts the run, so no later keeper starts that run again), is every run's parent and the
-subreaper of their orphans, reaps the orphans no run waits for, and leaves once it has
-held nothing for IDLE_S. Killed, it costs every run it holds: the service finds their
-locks free and no exit files, and they end `lost`.
+runs/keeper.lock is free. The keeper takes each spec once (it renames the file to be the
+run's journal before it starts the run, so no later keeper starts that run again), is
+every run's parent and the subreaper of their orphans, reaps the orphans no run waits
+for, and leaves once it has held nothing for IDLE_S. Killed, it costs every run it
+holds: the service finds their locks free and no exits recorded, and they end `lost`.
 
 A keeper lives as long as it holds runs, for days, across an upgrade of nbrunner: the
 service of a newer version hands it runs too. So a spec only ever grows, each new field
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import contact, platform
 from .holding import Holder
-from .recorder import KEEPER_INFO, KEEPER_LOCK, RecorderSpec, RunFiles, ServiceLink
+from .recorder import KEEPER_INFO, KEEPER_LOCK, RecorderSpec, RunFiles, RunJournal, ServiceLink
 
 IDLE_S = 10.0
 PASS_S = 30.0  # a look at runs/ without a wake: a lost datagram delays a start this long
@@ -78,18 +78,17 @@ class Keeper:
 
     def _take_handed_runs(self) -> None:
         for path in self._handed():
-            files = RunFiles.of(self.home, int(path.stem))
-            found = files.read(path)
-            with suppress(OSError):
-                path.unlink()  # taken: whatever happens to this keeper, it starts once
+            journal = RunJournal.take(path, RunFiles.of(self.home, int(path.stem)).lock)
+            if journal is None:
+                continue  # gone meanwhile
             try:
-                spec = RecorderSpec.from_json(found or {})
-            except TypeError as exc:  # unreadable, or lacking a field this keeper needs
+                spec = RecorderSpec.from_json(journal.spec())
+            except (TypeError, ValueError) as exc:  # not JSON, or lacking a needed field
                 reason = f"the keeper could not read the run's spec {path}: {exc}"
-                self.holder.fail(self.home, files.run_id, reason)
+                self.holder.fail(self.home, journal, reason)
                 continue
             if spec.run_id not in self.holder.runs:
-                self.holder.hold(spec)
+                self.holder.hold(spec, journal)
 
     def _drain_wakes(self) -> None:
         self.woken = True

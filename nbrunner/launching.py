@@ -26,6 +26,7 @@ from .recorder import (
     RECORDER_ENV,
     RecorderSpec,
     RunFiles,
+    RunJournal,
     ServiceLink,
     write_atomically,
 )
@@ -182,7 +183,7 @@ def hand_to_keeper(spec: RecorderSpec) -> KeeperHandle:
     here is still on its way (it takes every spec it finds). The spec comes first: a keeper
     on its way out looks for specs after letting go of its lock."""
     files = RunFiles.of(spec.home, spec.run_id)
-    write_atomically(files.spec, spec.as_json(), CHILD_FILE_PATIENCE_S)
+    write_atomically(files.spec, RunJournal.spec_text(spec), CHILD_FILE_PATIENCE_S)
     if platform.is_locked(files.directory / KEEPER_LOCK):
         found, pid = _announced_keeper(spec.home)
         wake_keeper(found)

@@ -413,11 +413,17 @@ def suspend_group(pid: int, pause: bool) -> None:
         os.killpg(pid, signal.SIGSTOP if pause else signal.SIGCONT)
 
 
-def try_lock(path: Path) -> int | None:
+def try_lock(path: Path, create: bool = True) -> int | None:
     """An exclusive lock on path held through the returned descriptor, or None if another
-    process holds it. The lock ends with the descriptor, or with the process, however it
-    dies; descriptors are not inherited by children (Python's default)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    process holds it (or, with create=False, if there is no such file). The lock ends with
+    the descriptor, or with the process, however it dies; descriptors are not inherited by
+    children (Python's default)."""
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
     try:
         if IS_WINDOWS:  # pragma: no cover - Windows only
             import msvcrt
@@ -459,12 +465,12 @@ def is_locked(path: Path) -> bool:
     return False  # pragma: no cover
 
 
-def take_lock(path: Path, patience: float = LOCK_PATIENCE_S) -> int | None:
+def take_lock(path: Path, patience: float = LOCK_PATIENCE_S, create: bool = True) -> int | None:
     """try_lock, retried for a moment: where a liveness check holds the lock for an instant
     (not Linux), a taker that meets such a check must not give up."""
     deadline = time.monotonic() + patience
     while True:
-        fd = try_lock(path)
+        fd = try_lock(path, create)
         if fd is not None or OFD_LOCKS or time.monotonic() >= deadline:
             return fd
         time.sleep(0.01)  # pragma: no cover - not Linux

@@ -9,7 +9,7 @@ the home keeps it single; it exits on its own once nothing has been queued or ac
 while, and at once when its home is removed or replaced by another folder at the same path.
 
 It is level-triggered: each pass compares, for every run that has not ended, what the store
-says with what is true (the recorder's lock or handle, runs/ID.child and runs/ID.exit, the
+says with what is true (the recorder's lock or handle, its journal runs/ID.lock, the
 child's pid and start marker, the controls asked for) and writes whatever step is missing.
 Nothing depends on seeing an event once: a write that failed is made on a later pass. Each
 pass is a short list of named steps:
@@ -444,9 +444,10 @@ class Service:
             return
         watch = LocalWatch(record, str(self.home))
         files = watch.files
-        if files.recorder_alive() or files.read(files.exit) is not None:
+        ended = watch.look()
+        if files.recorder_alive() or ended is not None:
             self.watches[record.id] = watch  # advanced like any other from now on
-        elif watch.read_child() is not None:
+        elif watch.child is not None:
             self._mark_lost(watch)  # recorded by the next pass's advance
             self.watches[record.id] = watch
         elif now - self._unlaunched.setdefault(record.id, now) > UNLAUNCHED_CLAIM_S:
@@ -531,12 +532,11 @@ class Service:
         """Learn what is true of a local run and act on it; True while it is still going."""
         if watch.ended is not None or watch.lost:
             return False
-        watch.read_child()
-        watch.ended = watch.exit()
+        watch.ended = watch.look()
         if watch.ended is not None:
             return False
         if watch.recorder_dead(now):
-            watch.ended = watch.exit()  # written just before it ended?
+            watch.ended = watch.look()  # written just before it ended?
             if watch.ended is None:
                 self._mark_lost(watch)
             return False

@@ -1,13 +1,13 @@
 """Watching one run from the service: its state, limits, controls and how it ended.
 
 The service holds one watch per run it supervises. A watch learns what is true from the
-recorder's files (runs/ID.child, runs/ID.exit), its lock or its process handle, and the
+recorder's journal (runs/ID.lock), its lock or its process handle, and the
 child's pid with its start marker; the service compares that with the store on every pass
 and writes whatever step is missing (running, started_at, how a stop was meant to end, the
 end itself), so a write that failed once is simply made on a later pass.
 
 What must hold even while no service runs is enforced by the recorder, where the child is
-held: the timeout (paused time excluded) and the memory limit; its exit file says how such
+held: the timeout (paused time excluded) and the memory limit; its exit record says how such
 a stop was meant to end. The service carries out cancels and pauses, GPU memory shares, and
 samples the tree's figures. Stopping never blocks a pass: SIGTERM, then SIGKILL once the
 grace period is over. How a stop was meant to end (`ending`) is kept in memory until the
@@ -96,7 +96,7 @@ def describe_exit(code: int | None) -> str:
 
 
 def outcome_from_exit(record: RunRecord, ended: dict[str, Any]) -> Outcome:
-    """The run's outcome from its recorder's exit file and what the service had asked."""
+    """The run's outcome from its recorder's exit record and what the service had asked."""
     code = ended.get("exit_code")
     if ended.get("error"):
         return Outcome(None, RunStatus.FAILED, str(ended["error"]))
@@ -132,7 +132,7 @@ class LocalWatch:
         self.child: tuple[int, str | None] | None = None
         self.started_at: float | None = None
         self.ending: dict[str, str] | None = None  # a stop this service began (status, reason)
-        self.ended: dict[str, Any] | None = None  # the exit file, once read
+        self.ended: dict[str, Any] | None = None  # the exit record, once read
         self.lost = False
         self.applied: str | None = None  # the last control (pause, resume) carried out
         self.stopping = False
@@ -149,17 +149,15 @@ class LocalWatch:
     def recorder_pid(self) -> int | None:
         return self.recorder.pid if self.recorder is not None else None
 
-    def read_child(self) -> tuple[int, str | None] | None:
-        """The child, once its recorder has written the child file (read until it has)."""
-        if self.child is None:
-            found = self.files.read(self.files.child)
-            if found is not None:
-                self.child = (int(found["pid"]), found.get("marker"))
-                self.started_at = float(found["at"])
-        return self.child
-
-    def exit(self) -> dict[str, Any] | None:
-        return self.files.read(self.files.exit)
+    def look(self) -> dict[str, Any] | None:
+        """Read what its recorder has recorded: the child once started, and how it ended
+        (returned, None while it has not)."""
+        found = self.files.recorded()
+        started = found.get("child")
+        if self.child is None and started is not None:
+            self.child = (int(started["pid"]), started.get("marker"))
+            self.started_at = float(started["at"])
+        return found.get("exit")
 
     def recorder_dead(self, now: float) -> bool:
         """Gone: its handle says so, or (adopted) its lock is free."""

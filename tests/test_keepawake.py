@@ -127,3 +127,6 @@ def test_without_logind_the_request_is_given_up_once_and_runs_go_on() -> None:
     assert holder.held or holder.kind == ""  # started, or failed at once
     wait_until(lambda: (holder.update(True, dict), holder.kind == "")[1], what="a give-up")
     assert not holder.held  # this machine has no logind: not held, not retried
+    asked: list[int] = []
+    holder.update(True, lambda: asked.append(1) or {})
+    assert asked == []  # nor is the setting read on every pass (a store read each)

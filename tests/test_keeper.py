@@ -87,7 +87,7 @@ def test_a_killed_keeper_loses_its_runs_and_the_next_run_gets_a_new_one(
 @contextmanager
 def keeper_alone(home: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A keeper started by hand, with the home's service lock held here: telling of each
-    end, it starts no service (one would sweep away the exit files of runs its store does
+    end, it starts no service (one would sweep away the journals of runs its store does
     not have)."""
     serving = platform.take_lock(home / contact.LOCK_NAME)
     keeper = subprocess.Popen([sys.executable, "-m", "nbrunner.keeper", str(home)])
@@ -105,7 +105,7 @@ def test_a_spec_it_cannot_read_ends_that_run_and_a_newer_ones_extra_fields_are_i
     home: Path, tmp_path: Path
 ) -> None:
     """A spec lacking what this keeper needs (or no JSON at all): the run it names ends
-    with the reason in its exit file, and the keeper goes on. A spec from a newer nbrunner
+    with the reason in its journal, and the keeper goes on. A spec from a newer nbrunner
     (a keeper lives across an upgrade) is run, what this version does not know left out."""
     runs = home / "runs"
     runs.mkdir(mode=0o700)
@@ -118,13 +118,13 @@ def test_a_spec_it_cannot_read_ends_that_run_and_a_newer_ones_extra_fields_are_i
     (runs / "8.spec").write_text(json.dumps(newer))
     with keeper_alone(home) as keeper:
         ended = wait_until(
-            lambda: RunFiles.of(home, 7).read(runs / "7.exit"), timeout=60, what="7.exit"
+            lambda: RunFiles.of(home, 7).recorded().get("exit"), timeout=60, what="7's exit"
         )
         assert ended["exit_code"] is None
         assert "the keeper could not read the run's spec" in ended["error"]
         assert "argv" in ended["error"]  # what it lacked
         ran = wait_until(
-            lambda: RunFiles.of(home, 8).read(runs / "8.exit"), timeout=60, what="8.exit"
+            lambda: RunFiles.of(home, 8).recorded().get("exit"), timeout=60, what="8's exit"
         )
         assert ran["exit_code"] == 0 and log.read_text() == "ran\n"
         assert keeper.wait(timeout=60) == 0  # it went on, and left once idle
@@ -135,7 +135,7 @@ def test_the_keeper_holds_its_runs_in_one_thread_and_a_run_it_cannot_hold_ends_a
 ) -> None:
     """Every run is held by the keeper's one thread (a thread per run cost 53 GIL hand-overs
     per run); a step of one run that raises (here its log's cap is no number) stops that
-    run, writes why in its exit file, and leaves the keeper holding the others; a run let
+    run, writes why in its journal, and leaves the keeper holding the others; a run let
     go leaves no descriptor behind (a keeper lives for weeks)."""
     runs = home / "runs"
     runs.mkdir(mode=0o700)
@@ -150,7 +150,10 @@ def test_the_keeper_holds_its_runs_in_one_thread_and_a_run_it_cannot_hold_ends_a
         return RunFiles.of(home, run_id)
 
     def let_go(held: list[RunFiles]) -> list[int]:
-        ended = [wait_until(lambda f=f: f.read(f.exit), timeout=60, what="an exit") for f in held]  # type: ignore[misc]
+        ended = [
+            wait_until(lambda f=f: f.recorded().get("exit"), timeout=60, what="an exit")
+            for f in held
+        ]  # type: ignore[misc]
         wait_until(lambda: not any(f.recorder_alive() for f in held), what="the runs let go")
         return [e["exit_code"] for e in ended]
 
@@ -159,10 +162,10 @@ def test_the_keeper_holds_its_runs_in_one_thread_and_a_run_it_cannot_hold_ends_a
     last = hand_over(5, [*python(WAITS), str(last_gate)])  # keeps the keeper from leaving
     broken = hand_over(4, python("print('breaks the log')"), max_log_size="not a size")
     with keeper_alone(home) as keeper:
-        failed = wait_until(lambda: broken.read(broken.exit), timeout=60, what="4.exit")
+        failed = wait_until(lambda: broken.recorded().get("exit"), timeout=60, what="4's exit")
         assert failed["exit_code"] is None
         assert "could not hold the run" in failed["error"] and "TypeError" in failed["error"]
-        wait_until(lambda: all(f.read(f.child) for f in [*held, last]), what="4 starts")
+        wait_until(lambda: all("child" in f.recorded() for f in [*held, last]), what="4 starts")
         assert psutil.Process(keeper.pid).num_threads() == 1
         assert all(f.recorder_alive() for f in held)
         gate.touch()

@@ -24,11 +24,13 @@ from pathlib import Path
 import psutil
 import pytest
 from helpers.cli import cli
+from helpers.disk import fill, tmpfs
 from helpers.logs import capped, split_capped
 from helpers.procs import alive, python, services_of, wait_until
 from helpers.recorders import recorder_path  # noqa: F401 (a fixture)
 
 from nbrunner import Runner, contact, platform, service
+from nbrunner.recorder import RunFiles, journal_line
 from nbrunner.service import Service
 from nbrunner.states import RunStatus
 from nbrunner.store import Store
@@ -195,17 +197,8 @@ def _everything():
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MB filesystem, as root can mount one: the full disk of a runaway logger."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True
-    )
-    if result.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must be able to mount a tmpfs: {result.stderr!r}")
-        pytest.skip("mounting a tmpfs needs root")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "tiny", "16m") as mount:
+        yield mount
 
 
 @pytest.mark.posix
@@ -226,10 +219,7 @@ def test_a_full_disk_keeps_the_run_going_and_its_end_is_written_once_space_frees
         log = Path(run.record.log_path)  # its first line is written before the disk fills
         wait_until(lambda: log.read_text().startswith("before\n"), what="the first line")
         filler = tiny_disk / "filler"
-        with contextlib.suppress(OSError), open(filler, "ab") as out:  # take every free byte
-            while True:
-                out.write(b"x" * 4096)
-                out.flush()
+        fill(filler)
         gate.touch()
         with pytest.raises(TimeoutError):
             run.wait(timeout=3)  # its end cannot be written yet, but it is kept
@@ -399,9 +389,12 @@ def test_a_lost_run_never_signals_a_process_that_is_not_its_own(home: Path) -> N
     bystander = subprocess.Popen(python("import time; time.sleep(300)"), start_new_session=True)
     try:
         # The run's pid now names someone else, as after a reboot or a pid wrap.
-        child_file = home / "runs" / f"{run.id}.child"
-        started = json.loads(child_file.read_text())
-        child_file.write_text(json.dumps({**started, "pid": bystander.pid}))
+        journal = RunFiles.of(home, run.id).lock
+        started = RunFiles.of(home, run.id).recorded()["child"]
+        recorded = journal_line("child", started)
+        assert recorded in journal.read_bytes()
+        forged = journal_line("child", {**started, "pid": bystander.pid})
+        journal.write_bytes(journal.read_bytes().replace(recorded, forged))
         os.kill(recorder, signal.SIGKILL)
         os.kill(record.pid, signal.SIGKILL)
         contact.ensure_running(home)
@@ -645,23 +638,11 @@ def test_a_stalled_service_cannot_let_a_run_overrun_its_timeout(home: Path) -> N
 @pytest.fixture
 def full_runs_folder(home: Path) -> Iterator[Path]:
     """The home's runs/ folder on a tiny filesystem, filled up; returns the filler."""
-    runs = home / "runs"
-    runs.mkdir(exist_ok=True)
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(runs)], capture_output=True
-    )
-    if result.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must be able to mount a tmpfs: {result.stderr!r}")
-        pytest.skip("mounting a tmpfs needs root")
-    filler = runs / "filler"
-    with contextlib.suppress(OSError), open(filler, "ab") as out:  # take every free byte
-        while True:
-            out.write(b"x" * 4096)
-            out.flush()
-    yield filler
-    contact.stop(home)
-    subprocess.run(["umount", "-l", str(runs)], check=False)
+    with tmpfs(home / "runs", "64k") as runs:
+        filler = runs / "filler"
+        fill(filler)
+        yield filler
+        contact.stop(home)
 
 
 @pytest.mark.posix
