@@ -184,11 +184,13 @@ def holding_memory(home: Path, design: str, count: int) -> Metrics:
         time.sleep(1.0)
         holders = [psutil.Process()]
     else:
+        from nbrunner.recorder import RunFiles
+
         start, _ = _holders(home, design)
         for run_id in range(count):
             start(run_id, SLEEPER)
-        started = [home / "runs" / f"{run_id}.child" for run_id in range(count)]
-        wait_until(lambda: all(path.exists() for path in started), 120, "every run held")
+        held = [RunFiles.of(home, run_id) for run_id in range(count)]
+        wait_until(lambda: all("child" in f.recorded() for f in held), 120, "every run held")
         holders = psutil.Process().children()  # the recorders; the sleepers are theirs
     pss = sum(p.memory_full_info().pss for p in holders) / 2**20
     for process in psutil.Process().children(recursive=True):

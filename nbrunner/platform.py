@@ -44,6 +44,9 @@ from pathlib import Path
 from typing import Any
 
 IS_WINDOWS = sys.platform == "win32"
+# Windows' C runtime opens a descriptor as text unless told: "\n" would be written "\r\n"
+# (and offsets no longer match lengths), as tempfile knows too.
+O_BINARY = getattr(os, "O_BINARY", 0)
 IS_LINUX = sys.platform.startswith("linux")
 PR_SET_CHILD_SUBREAPER = 36
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -419,7 +422,7 @@ def try_lock(path: Path, create: bool = True) -> int | None:
     the descriptor, or with the process, however it dies; descriptors are not inherited by
     children (Python's default)."""
     try:
-        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+        fd = os.open(path, os.O_RDWR | O_BINARY | (os.O_CREAT if create else 0), 0o600)
     except FileNotFoundError:
         if create:
             raise

@@ -17,7 +17,7 @@ from helpers.procs import python, wait_until
 
 from nbrunner import Runner, RunStatus, contact
 from nbrunner.launching import SPARES_KEPT, Spares
-from nbrunner.recorder import RecorderSpec, RunFiles, RunJournal
+from nbrunner.recorder import RecorderSpec, RunFiles, RunJournal, journal_line
 from nbrunner.store import Store
 
 STARTED = {"pid": 41, "marker": "7", "at": 1.5}
@@ -52,12 +52,15 @@ def test_a_spec_is_taken_once_and_becomes_the_runs_locked_journal(tmp_path: Path
 def test_a_line_still_being_written_is_not_read(tmp_path: Path) -> None:
     files = RunFiles.of(tmp_path, 1)
     files.directory.mkdir()
+    files.lock.write_bytes(b'\n{"home": "a try that never started %s"}\n' % (b"x" * 200))
     journal = RunJournal.create(files.lock)
     assert journal is not None
     journal.append("child", STARTED)
-    with open(files.lock, "ab") as out:  # a line whose newline is not written yet
-        out.write(b'{"exit": {"exit_code": 0}}')
+    ending = b'{"exit": {"exit_code": 0}}'  # a line whose newline is not written yet
+    with open(files.lock, "ab") as out:
+        out.write(ending)
     assert files.recorded() == {"child": STARTED}
+    assert files.lock.read_bytes() == b"\n" + journal_line("child", STARTED) + ending
 
 
 @pytest.mark.posix
@@ -107,6 +110,7 @@ def test_the_journals_of_ended_runs_are_written_again_as_new_specs(tmp_path: Pat
     journals = [RunJournal.create(f.lock) for f in files]
     assert all(journals)
     spares = Spares(files[0].directory)
+    journals[0].append("exit", {"error": "longer than the spec written into it next" * 99})
     journals[0].close()  # ended and let go
     spares.take_back(files[0])
     spares.take_back(files[1])  # still held: its holder is on its way out
