@@ -311,15 +311,15 @@ TSP = "tsp -S 10"
 FORKED = "nbrunner, a recorder forked per run (NBRUNNER_RECORDER=fork)"
 CPU_PER_RUN = (
     "each run pays the client's submit; the service's share of a claim, the spec it hands "
-    "the keeper (written into an ended run's file, renamed, and a datagram) and two more "
-    "store transactions (running, ended); the keeper's share of its one thread's loop (the "
-    "child's start through subprocess, a pidfd and its output pipe in the select(), the "
-    "spec renamed to be the run's journal and two lines appended to it, the run's log file, "
-    "the one file made per run, two wake-up datagrams, and on kernels without /proc "
+    "the keeper (a file, and a datagram) and two more store transactions (running, "
+    "ended); the keeper's share of its one thread's loop (the child's start through "
+    "subprocess, a pidfd and its output pipe in the select(), the spec renamed to be the "
+    "run's journal and two lines appended to it, the run's log file, two wake-up "
+    "datagrams, and on kernels without /proc "
     "children lists a read of every process's /proc stat file at each run's end); and the "
     "start of the service's and the keeper's interpreters, spread over the batch. The notes "
     "split it by process. task-spooler's server is C and keeps its queue in memory; it "
-    "makes one file per job, its output."
+    "makes one file per job, its output, where nbrunner makes two (the spec, the log)."
 )
 
 

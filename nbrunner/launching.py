@@ -6,7 +6,6 @@ warm service or spawned as an interpreter (Windows; and the designs the bench co
 from __future__ import annotations
 
 import gc
-import itertools
 import json
 import os
 import signal
@@ -31,9 +30,6 @@ from .recorder import (
     ServiceLink,
     write_atomically,
 )
-
-SPARE_PREFIX = "spare."
-SPARES_KEPT = 64  # past a burst of more runs handed over at once, files are made
 
 
 def _close_inherited_files() -> None:
@@ -182,57 +178,12 @@ def _announced_keeper(home: str) -> tuple[dict[str, Any], int]:
     return known[1], known[2]
 
 
-class Spares:
-    """The journals of ended runs, written again as the specs of new ones (which the keeper
-    makes their journals): making a file costs 18–340 µs of CPU on ext4 here, by directory,
-    more on NTFS with an antivirus, and writing one again from its start 12 µs (truncated
-    first, 90 µs: its block is freed and taken again). PostgreSQL recycles its WAL segments
-    for the same reason. Only the service hands runs over, so the spares are its own; those
-    an earlier service left are found as it starts."""
-
-    def __init__(self, runs: Path) -> None:
-        self.runs = runs
-        self.kept: list[Path] = []
-        self._names = itertools.count()
-        with suppress(OSError), os.scandir(runs) as entries:
-            self.kept = [Path(e.path) for e in entries if e.name.startswith(SPARE_PREFIX)]
-
-    def take_back(self, files: RunFiles) -> None:
-        """Remove the files of a run that is over, keeping its journal as a spare unless
-        its holder still holds it (on its way out) or enough are kept."""
-        if len(self.kept) < SPARES_KEPT and not files.recorder_alive():
-            spare = self.runs / f"{SPARE_PREFIX}{os.getpid()}.{next(self._names)}"
-            with suppress(OSError):
-                os.replace(files.lock, spare)
-                self.kept.append(spare)
-        files.remove()
-
-    def write(self, path: Path, data: bytes, patience: float) -> None:
-        """`data` at `path`, whole or not at all for readers: written into a spare, then
-        renamed; into a new file when no spare is left (write_atomically, with patience)."""
-        while self.kept:
-            spare = self.kept.pop()
-            try:
-                fd = os.open(spare, os.O_WRONLY | platform.O_BINARY)
-                try:
-                    written = os.write(fd, data)
-                    os.ftruncate(fd, written)  # after: O_TRUNC would free its block first
-                finally:
-                    os.close(fd)
-                if written == len(data):
-                    os.replace(spare, path)
-                    return
-            except OSError:  # gone (a cleanup tool), or a full disk: a later service finds it
-                pass
-        write_atomically(path, data, patience)
-
-
-def hand_to_keeper(spec: RecorderSpec, spares: Spares) -> KeeperHandle:
+def hand_to_keeper(spec: RecorderSpec) -> KeeperHandle:
     """Write the run's spec, then wake the home's keeper, or start one unless one started
     here is still on its way (it takes every spec it finds). The spec comes first: a keeper
     on its way out looks for specs after letting go of its lock."""
     files = RunFiles.of(spec.home, spec.run_id)
-    spares.write(files.spec, RunJournal.spec_text(spec), CHILD_FILE_PATIENCE_S)
+    write_atomically(files.spec, RunJournal.spec_text(spec), CHILD_FILE_PATIENCE_S)
     if platform.is_locked(files.directory / KEEPER_LOCK):
         found, pid = _announced_keeper(spec.home)
         wake_keeper(found)
@@ -246,7 +197,7 @@ def hand_to_keeper(spec: RecorderSpec, spares: Spares) -> KeeperHandle:
 
 
 def start_recorder(
-    spec: RecorderSpec, link: ServiceLink, spares: Spares
+    spec: RecorderSpec, link: ServiceLink
 ) -> ForkedRecorder | subprocess.Popen[bytes] | KeeperHandle:
     """Hand the run to the home's keeper (POSIX), or start a recorder of its own: an
     interpreter on Windows until its CI job has run the keeper; `NBRUNNER_RECORDER=fork` or
@@ -257,4 +208,4 @@ def start_recorder(
         return spawn_recorder(spec)
     if chosen == "fork":
         return fork_recorder(spec, link)
-    return hand_to_keeper(spec, spares)
+    return hand_to_keeper(spec)

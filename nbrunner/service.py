@@ -66,7 +66,7 @@ from .contact import (
 )
 from .errors import NbrunnerError, StoreUnavailable
 from .keepawake import KeepAwake
-from .launching import KeeperHandle, Spares, start_recorder
+from .launching import KeeperHandle, start_recorder
 from .models import RunRecord
 from .provenance import Capturer
 from .prune import Retention
@@ -156,7 +156,6 @@ class Service:
         self._successor: list[str] | None = None  # a newer service to hand over to
         self._keep_awake = KeepAwake(f"runs are active in {self.home}")
         self._recorders: dict[int, Any] = {}  # run id → handle of the recorder started here
-        self._spares = Spares(self.home / "runs")
         self._exit_signals: dict[int, int] = {}  # recorder or keeper pid → its pidfd (Linux)
         self._retry_soon = False  # a step failed: the next pass comes soon, not at a deadline
         self._unlaunched: dict[int, float] = {}  # run id → when first seen claimed, unlaunched
@@ -705,7 +704,7 @@ class Service:
         self.watches.pop(watch.record.id, None)
         self.active.pop(watch.record.id, None)
         if hasattr(watch, "files"):
-            self._spares.take_back(watch.files)
+            watch.files.remove()
         if record.on_done:
             self._run_hook(record)
 
@@ -787,7 +786,7 @@ class Service:
         self.watches[record.id] = watch
         try:
             spec = self._recorder_spec(record, settings)
-            watch.recorder = start_recorder(spec, ServiceLink(wake, notify), self._spares)
+            watch.recorder = start_recorder(spec, ServiceLink(wake, notify))
             self._recorders[record.id] = watch.recorder
             self._watch_exit(watch.recorder)
         except Exception as exc:  # one failed launch must not stop the rest

@@ -16,7 +16,6 @@ from helpers.disk import fill, tmpfs
 from helpers.procs import python, wait_until
 
 from nbrunner import Runner, RunStatus, contact
-from nbrunner.launching import SPARES_KEPT, Spares
 from nbrunner.recorder import RecorderSpec, RunFiles, RunJournal, journal_line
 from nbrunner.store import Store
 
@@ -100,45 +99,6 @@ def test_a_journal_whose_folder_was_removed_is_made_again_whole_and_locked(
     assert files.lock.read_bytes() == journal.content  # the spec line too
     journal.close()
     assert not files.recorder_alive()
-
-
-def test_the_journals_of_ended_runs_are_written_again_as_new_specs(tmp_path: Path) -> None:
-    """A file made costs far more than one written again: the service keeps the journals of
-    ended runs as spares, never one still held, and writes each next spec into one."""
-    files = [RunFiles.of(tmp_path, run_id) for run_id in (1, 2, 3)]
-    files[0].directory.mkdir()
-    journals = [RunJournal.create(f.lock) for f in files]
-    assert all(journals)
-    spares = Spares(files[0].directory)
-    journals[0].append("exit", {"error": "longer than the spec written into it next" * 99})
-    journals[0].close()  # ended and let go
-    spares.take_back(files[0])
-    spares.take_back(files[1])  # still held: its holder is on its way out
-    assert len(spares.kept) == 1 and not files[0].lock.exists()
-    inode = spares.kept[0].stat().st_ino
-    spec = RunJournal.spec_text(spec_for(tmp_path, 4))
-    spares.write(RunFiles.of(tmp_path, 4).spec, spec, patience=0)
-    written = RunFiles.of(tmp_path, 4).spec
-    assert written.read_bytes() == spec and written.stat().st_ino == inode and not spares.kept
-    journals[2].close()
-    spares.take_back(files[2])
-    spares.kept[0].unlink()  # a cleanup tool: the next spec is a new file
-    spares.write(RunFiles.of(tmp_path, 5).spec, spec, patience=0)
-    assert RunFiles.of(tmp_path, 5).spec.read_bytes() == spec and not spares.kept
-    assert sorted(p.name for p in files[0].directory.iterdir()) == ["4.spec", "5.spec"]
-
-
-def test_a_service_finds_the_spares_an_earlier_one_left_and_keeps_no_more_than_enough(
-    tmp_path: Path,
-) -> None:
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    spares = Spares(runs)
-    for run_id in range(SPARES_KEPT + 2):
-        files = RunFiles.of(tmp_path, run_id)
-        files.lock.touch()
-        spares.take_back(files)
-    assert len(Spares(runs).kept) == SPARES_KEPT == len(os.listdir(runs))
 
 
 # What an earlier release's recorder wrote: an empty lock file it holds, and the child's
