@@ -127,15 +127,25 @@ class RunFiles:
 
     def recorded(self) -> dict[str, dict[str, Any]]:
         """What the run's holder has recorded so far: "child" once its child is started,
-        "exit" once it has ended. One read of the journal; the separate files of an
-        earlier release's holder are looked at only for what the journal lacks."""
+        "exit" once it has ended. One read of the journal; where it is empty or missing
+        (an earlier release's holder keeps an empty lock file), that holder's own files."""
         found = read_journal(self.lock)
-        for kind in JOURNAL_KINDS:
-            if kind not in found:
-                legacy = self.read(self.directory / f"{self.run_id}.{kind}")
-                if legacy is not None:
-                    found[kind] = legacy
+        if found is None:
+            legacy = (
+                (kind, self.read(self.directory / f"{self.run_id}.{kind}"))
+                for kind in JOURNAL_KINDS
+            )
+            found = {kind: record for kind, record in legacy if record is not None}
         return found
+
+    def journal_state(self) -> tuple[int, int] | None:
+        """What tells one state of the journal from the next (inode, size: lines are only
+        appended, or cut back to a whole line), None while it does not exist."""
+        try:
+            found = os.stat(self.lock)
+        except OSError:
+            return None
+        return found.st_ino, found.st_size
 
     def recorder_alive(self) -> bool:
         return platform.is_locked(self.lock)
@@ -155,15 +165,19 @@ def journal_line(kind: str, record: dict[str, Any]) -> bytes:
     return json.dumps({kind: record}).encode() + b"\n"
 
 
-def read_journal(path: Path) -> dict[str, dict[str, Any]]:
-    """The records of a journal by kind; a line still being written (no newline yet) and
-    the spec line (never parsed here: it is the biggest) are left out."""
+def read_journal(path: Path) -> dict[str, dict[str, Any]] | None:
+    """The records of a journal by kind, None if it is missing or empty; a line still being
+    written (no newline yet) and the spec line (never parsed here: it is the biggest) are
+    left out."""
     try:
         with open(path, "rb") as journal:
             journal.seek(1)  # byte 0 is Windows' lock
-            lines = journal.read().split(b"\n")[:-1]
+            content = journal.read()
     except OSError:
-        return {}
+        return None
+    if not content:
+        return None
+    lines = content.split(b"\n")[:-1]
     found: dict[str, dict[str, Any]] = {}
     for line in lines:
         if line.startswith(_RECORD_STARTS):

@@ -143,6 +143,8 @@ class LocalWatch:
         self.next_sample = self.next_record = 0.0
         self.next_lock_check = 0.0
         self._tree: ProcessTree | None = None
+        self._journal_seen: tuple[int, int] | None = None  # when last read (journal_state)
+        self._recorded: dict[str, Any] = {}
 
     # -- what the recorder said -----------------------------------------------------------
     @property
@@ -151,8 +153,13 @@ class LocalWatch:
 
     def look(self) -> dict[str, Any] | None:
         """Read what its recorder has recorded: the child once started, and how it ended
-        (returned, None while it has not)."""
-        found = self.files.recorded()
+        (returned, None while it has not). Read again only once the journal has changed:
+        a pass looks at every run, and most have nothing new."""
+        state = self.files.journal_state()
+        if state is None or not state[1] or state != self._journal_seen:
+            self._recorded = self.files.recorded()
+            self._journal_seen = state
+        found = self._recorded
         started = found.get("child")
         if self.child is None and started is not None:
             self.child = (int(started["pid"]), started.get("marker"))

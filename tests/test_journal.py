@@ -16,8 +16,10 @@ from helpers.disk import fill, tmpfs
 from helpers.procs import python, wait_until
 
 from nbrunner import Runner, RunStatus, contact
+from nbrunner.models import RunRecord
 from nbrunner.recorder import RecorderSpec, RunFiles, RunJournal, journal_line
 from nbrunner.store import Store
+from nbrunner.supervisor import LocalWatch
 
 STARTED = {"pid": 41, "marker": "7", "at": 1.5}
 
@@ -99,6 +101,30 @@ def test_a_journal_whose_folder_was_removed_is_made_again_whole_and_locked(
     assert files.lock.read_bytes() == journal.content  # the spec line too
     journal.close()
     assert not files.recorder_alive()
+
+
+def test_a_watch_reads_a_journal_again_only_once_it_has_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass looks at every run, and most have nothing new: a stat, not a read, each."""
+    files = RunFiles.of(tmp_path, 1)
+    files.directory.mkdir()
+    record = RunRecord(
+        id=1, module="m", params={}, status=RunStatus.RUNNING, submitted_at=0.0, log_path=""
+    )
+    watch = LocalWatch(record, str(tmp_path))
+    reads = []
+    read = RunFiles.recorded
+    monkeypatch.setattr(RunFiles, "recorded", lambda self: reads.append(1) or read(self))
+    journal = RunJournal.create(files.lock)
+    assert journal is not None
+    assert watch.look() is None and watch.look() is None
+    assert len(reads) == 2  # an empty journal may be an earlier release's: its files change
+    journal.append("child", STARTED)
+    assert [watch.look() for _ in range(3)] == [None] * 3 and len(reads) == 3
+    assert watch.child == (41, "7")
+    journal.append("exit", {"exit_code": 0})
+    assert watch.look() == {"exit_code": 0} and len(reads) == 4
 
 
 # What an earlier release's recorder wrote: an empty lock file it holds, and the child's
