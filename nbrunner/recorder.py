@@ -131,12 +131,13 @@ class RunFiles:
         (an earlier release's holder keeps an empty lock file), that holder's own files."""
         found = read_journal(self.lock)
         if found is None:
-            legacy = (
-                (kind, self.read(self.directory / f"{self.run_id}.{kind}"))
-                for kind in JOURNAL_KINDS
-            )
+            legacy = ((kind, self.read(self._legacy(kind))) for kind in JOURNAL_KINDS)
             found = {kind: record for kind, record in legacy if record is not None}
         return found
+
+    def _legacy(self, kind: str) -> Path:
+        """Where an earlier release's holder wrote the record of this kind."""
+        return self.directory / f"{self.run_id}.{kind}"
 
     def journal_state(self) -> tuple[int, int] | None:
         """What tells one state of the journal from the next (inode, size: lines are only
@@ -151,7 +152,7 @@ class RunFiles:
         return platform.is_locked(self.lock)
 
     def remove(self) -> None:
-        legacy = (self.directory / f"{self.run_id}.{kind}" for kind in JOURNAL_KINDS)
+        legacy = (self._legacy(kind) for kind in JOURNAL_KINDS)
         for path in (self.spec, *legacy, self.pause, self.lock):
             with suppress(OSError):
                 os.unlink(path)
@@ -244,8 +245,7 @@ class RunJournal:
             line = b"\n" + line  # the first line, or a spec of an earlier release
         try:
             os.lseek(self.fd, len(self.content), os.SEEK_SET)
-            if os.write(self.fd, line) != len(line):
-                raise OSError(errno.ENOSPC, "the disk took part of the line")
+            _write_whole(self.fd, line)
         except OSError:
             with suppress(OSError):
                 os.ftruncate(self.fd, len(self.content))
@@ -259,8 +259,7 @@ class RunJournal:
         if fd is None:
             raise OSError(errno.EEXIST, f"{self.path} is held by another process")
         try:
-            if os.write(fd, self.content) != len(self.content):
-                raise OSError(errno.ENOSPC, "the disk took part of the journal")
+            _write_whole(fd, self.content)
         except OSError:
             os.close(fd)
             with suppress(OSError):
@@ -274,6 +273,12 @@ class RunJournal:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _write_whole(fd: int, data: bytes) -> None:
+    """One write of all of data, or an OSError (a nearly full disk takes part of it)."""
+    if os.write(fd, data) != len(data):
+        raise OSError(errno.ENOSPC, "the disk took only part of the write")
 
 
 def sweep_run_files(home: str | Path, active: Collection[int]) -> None:
