@@ -7,7 +7,6 @@ it (a kernel's Runner, the CLI, the keeper) never imports the service's machiner
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import platform, version
+from . import platform, version, wakes
 from .recorder import RunFiles, write_atomically
 
 LOCK_NAME = "service.lock"
@@ -122,12 +121,7 @@ def _on_its_way(home: Path) -> bool:
 
 def wake(home: str | Path) -> None:
     """Tell the service to look at the store now (a lost datagram costs one tick)."""
-    try:
-        port = int(json.loads((Path(home) / INFO_NAME).read_text())["port"])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.sendto(b"w", ("127.0.0.1", port))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    wakes.wake(Path(home) / INFO_NAME)
 
 
 def notify(home: str | Path) -> None:

@@ -5,6 +5,7 @@ warm service or spawned as an interpreter (Windows; and the designs the bench co
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -16,7 +17,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from . import platform
+from . import platform, wakes
 from .holding import CHILD_FILE_PATIENCE_S, record
 from .recorder import (
     KEEPER_INFO,
@@ -112,19 +113,27 @@ class KeeperHandle:
     """The launching service's handle on a run handed to the home's keeper: alive while a
     keeper holds the keeper lock, or, just after one was started, has had no time to."""
 
-    def __init__(self, home: str, started_one: bool, pid: int = 0) -> None:
-        self.lock = Path(home) / "runs" / KEEPER_LOCK
+    def __init__(self, lock: Path, started_one: bool, pid: int = 0) -> None:
+        self.lock = lock
         self.born = time.monotonic() if started_one else None
         self.returncode: int | None = None
         self.pid = pid  # 0: not known yet (no pidfd; polled)
 
-    def poll(self) -> int | None:
+    def poll(self, locks: dict[Path, bool] | None = None) -> int | None:
+        """None while its keeper holds the lock (or may still come); `locks` keeps what a
+        look at each lock found, for the other handles polled in the same pass."""
         if self.returncode is None:
-            if platform.is_locked(self.lock):
-                self.born = None
-                home = str(self.lock.parent.parent)
-                self.pid = self.pid or living_keeper(home)
-                _keepers_started.pop(home, None)  # it came: the next one may be started
+            locked = (locks or {}).get(self.lock)
+            if locked is None:
+                locked = platform.is_locked(self.lock)
+                if locks is not None:
+                    locks[self.lock] = locked
+            if locked:
+                if self.born is not None or not self.pid:  # seen holding it at last
+                    self.born = None
+                    home = str(self.lock.parent.parent)
+                    self.pid = self.pid or living_keeper(home)
+                    _keepers_started.pop(home, None)  # it came: the next one may be started
             elif self.born is None or time.monotonic() - self.born > KEEPER_START_S:
                 self.returncode = 0
         return self.returncode
@@ -142,58 +151,54 @@ def living_keeper(home: str, found: dict[str, Any] | None = None) -> int:
     return pid if platform.is_same_process(pid, found.get("marker")) else 0
 
 
-def wake_keeper(found: dict[str, Any]) -> None:
-    """A datagram to the port the keeper announced (`found`): look at runs/ now (a lost one
-    costs a pass)."""
-    import socket
-
-    with (
-        suppress(OSError, ValueError, TypeError, KeyError),
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
-    ):
-        sock.sendto(b"w", ("127.0.0.1", int(found["port"])))
-
-
 # home → when this process started a keeper that no handle has yet seen holding its lock
 _keepers_started: dict[str, float] = {}
-# home → keeper.json's identity (inode, mtime, size), what it says, and the pid of the
-# keeper it names if that one lived when read: a keeper announces itself once, so while
-# the file is the same, so is its keeper.
-_keepers_announced: dict[str, tuple[tuple[int, int, int], dict[str, Any], int]] = {}
+# home → keeper.json's identity when the keeper it names was last looked for, and its pid if
+# that one lived: a keeper announces itself once, so while the file is the same, so is its
+# keeper.
+_keeper_pids: dict[str, tuple[tuple[int, int, int], int]] = {}
+
+
+@functools.cache
+def _keeper_files(home: str) -> tuple[Path, Path]:
+    """The home's keeper lock and info file, made once: a burst of runs is handed over
+    every few milliseconds."""
+    runs = Path(home) / "runs"
+    return runs / KEEPER_LOCK, runs / KEEPER_INFO
 
 
 def _announced_keeper(home: str) -> tuple[dict[str, Any], int]:
     """Where to wake the home's keeper, and its pid (0: not known), read again only when
-    its info file changed: a burst of runs is handed over every few milliseconds."""
+    its info file changed."""
     try:
-        found = os.stat(Path(home) / "runs" / KEEPER_INFO)
-    except OSError:
+        identity, info = wakes.announcement(_keeper_files(home)[1])
+    except (OSError, ValueError):
         return {}, 0
-    identity = (found.st_ino, found.st_mtime_ns, found.st_size)
-    known = _keepers_announced.get(home)
-    if known is None or known[0] != identity or not known[2]:
-        info = keeper_info(home)
-        known = (identity, info, living_keeper(home, info))
-        _keepers_announced[home] = known
-    return known[1], known[2]
+    known = _keeper_pids.get(home)
+    if known is None or known[0] != identity or not known[1]:
+        known = (identity, living_keeper(home, info))
+        _keeper_pids[home] = known
+    return info, known[1]
 
 
 def hand_to_keeper(spec: RecorderSpec) -> KeeperHandle:
     """Write the run's spec, then wake the home's keeper, or start one unless one started
     here is still on its way (it takes every spec it finds). The spec comes first: a keeper
     on its way out looks for specs after letting go of its lock."""
-    files = RunFiles.of(spec.home, spec.run_id)
+    lock = _keeper_files(spec.home)[0]
+    files = RunFiles(lock.parent, spec.run_id)
     write_atomically(files.spec, RunJournal.spec_text(spec), CHILD_FILE_PATIENCE_S)
-    if platform.is_locked(files.directory / KEEPER_LOCK):
+    if platform.is_locked(lock):
         found, pid = _announced_keeper(spec.home)
-        wake_keeper(found)
-        return KeeperHandle(spec.home, False, pid)
+        with suppress(OSError, ValueError, TypeError, KeyError):  # a lost wake costs a pass
+            wakes.send(found["port"])
+        return KeeperHandle(lock, False, pid)
     started_at = _keepers_started.get(spec.home)
     if started_at is None or time.monotonic() - started_at >= KEEPER_START_S:
         argv = [sys.executable, "-m", "nbrunner.keeper", spec.home]
         platform.spawn_detached(argv, str(files.directory / KEEPER_LOG))
         _keepers_started[spec.home] = time.monotonic()
-    return KeeperHandle(spec.home, started_one=True)
+    return KeeperHandle(lock, started_one=True)
 
 
 def start_recorder(

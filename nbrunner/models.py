@@ -90,6 +90,18 @@ class RunRecord:
         record.__dict__.update(values)
         return record
 
+    def updated(self, columns: dict[str, Any]) -> RunRecord:
+        """This record with some columns written anew (values as the store keeps them,
+        decoded as from_row decodes them): what a write made of a row it found unchanged."""
+        values = dict(self.__dict__)
+        for column, value in columns.items():
+            name = "group" if column == "grp" else column
+            convert = _CONVERTERS.get(name)
+            values[name] = value if convert is None else convert(value)
+        record = object.__new__(type(self))
+        record.__dict__.update(values)
+        return record
+
     @property
     def duration_s(self) -> float | None:
         """Wall time of the run so far (running) or in all (ended)."""
@@ -173,7 +185,7 @@ def _row_plan(columns: tuple[str, ...]) -> _RowPlan:
     plan = _RowPlan(
         names,
         tuple(name for name in names if name not in _KNOWN),
-        tuple((name, _converter(name)) for name in names if name in _CONVERTED),
+        tuple((name, _CONVERTERS[name]) for name in names if name in _CONVERTED),
         tuple(absent),
     )
     _ROW_PLANS[columns] = plan
@@ -196,6 +208,9 @@ def _decoded(key: str, text: str | None) -> Any:
     if text in ("[]", "{}"):
         return [] if text == "[]" else {}
     return json.loads(text)
+
+
+_CONVERTERS = {name: _converter(name) for name in _CONVERTED}
 
 
 # What a run made again from another keeps of it (a restart, a lost run queued again): the

@@ -306,12 +306,17 @@ class Capturer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provenance")
 
     def started(self, record: RunRecord, env: Mapping[str, str]) -> None:
-        """The run's recorder has started: capture what it runs, beside the launch path."""
+        """The run's recorder has started: its provenance is captured with the other runs
+        started in this pass, once the pass hands them over (flush)."""
         if record.backend == "local":  # a Ray run's code is the cluster's copy
             self._started.append((record, dict(env)))
-            if not self._batch_due:  # else the batch due takes this run too
-                self._batch_due = True
-                self._pool.submit(self._capture_started)
+
+    def flush(self) -> None:
+        """Hand the runs started so far to the thread: one wake of it per pass, not one
+        per run (each wake costs the pass a switch of the interpreter's lock)."""
+        if self._started and not self._batch_due:  # else the batch due takes them too
+            self._batch_due = True
+            self._pool.submit(self._capture_started)
 
     def _capture_started(self) -> None:
         """Every run started since the thread last looked: one batch, one look at git per

@@ -151,9 +151,15 @@ class RunFiles:
     def recorder_alive(self) -> bool:
         return platform.is_locked(self.lock)
 
-    def remove(self) -> None:
-        legacy = (self._legacy(kind) for kind in JOURNAL_KINDS)
-        for path in (self.spec, *legacy, self.pause, self.lock):
+    def remove(self, spec: bool = True, pause: bool = True, legacy: bool = True) -> None:
+        """Remove the journal, and those of the other files that may be there (each look
+        for a missing one costs a failed system call: the caller says which may be)."""
+        maybe = (
+            *([self.spec] if spec else []),
+            *([self.pause] if pause else []),
+            *(self._legacy(kind) for kind in JOURNAL_KINDS if legacy),
+        )
+        for path in (self.lock, *maybe):
             with suppress(OSError):
                 os.unlink(path)
 

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .config import GROUP_PREFIX
 from .models import RunRecord, SlotHolder
@@ -174,18 +174,21 @@ def _pages(tx: Transaction, admission: Admission) -> Iterable[list[RunRecord]]:
         size = min(PAGE_SIZE, 2 * size)
 
 
-def claim(
-    tx: Transaction, capacity: Capacity, doomed: list[RunRecord] | None = None
-) -> list[RunRecord]:
+class Claim(NamedTuple):
+    started: list[RunRecord]  # moved to starting
+    room: bool  # False: the queue is paused or every slot taken, which only a write can change
+
+
+def claim(tx: Transaction, capacity: Capacity, doomed: list[RunRecord] | None = None) -> Claim:
     """Move what may start now to starting; runs that never can (a dependency did not
     succeed) are cancelled, and added to `doomed` for their hooks."""
     cfg = tx.config()
     if cfg.get("paused"):
-        return []
+        return Claim([], room=False)
     holding = tx.slot_holders()
     admission = Admission(holding, cfg, capacity)
     if admission.full:
-        return []
+        return Claim([], room=False)
     for page in _pages(tx, admission):
         wanted = {dep for run in page for dep in run.after}
         dependencies = tx.statuses(wanted) if wanted else {}
@@ -194,15 +197,16 @@ def claim(
     decision = admission.decision
     now = time.time()
     for run, why in decision.doomed:
-        cancelled = tx.transition(run.id, RunStatus.CANCELLED, ended_at=now, reason=why)
+        cancelled = tx.transition(run.id, RunStatus.CANCELLED, known=run, ended_at=now, reason=why)
         if doomed is not None:
             doomed.append(cancelled)
     for shape, why in decision.gpu_waits.items():
         _say_why_it_waits(tx, shape, why)
-    return [
+    started = [
         tx.transition(
             run.id,
             RunStatus.STARTING,
+            known=run,
             claimed_at=now,
             claimed_by=os.getpid(),
             gpus=[str(g) for g in where.gpus],
@@ -211,6 +215,7 @@ def claim(
         )
         for run, where in decision.start
     ]
+    return Claim(started, room=True)
 
 
 def _say_why_it_waits(tx: Transaction, shape: Shape, why: str | None) -> None:

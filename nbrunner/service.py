@@ -50,7 +50,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import platform, retry, version
 from .contact import (
@@ -102,28 +102,50 @@ def idle_exit_s() -> float:
 
 # -- the service --------------------------------------------------------------------------
 class ActiveRuns(dict[int, RunRecord]):
-    """The unfinished runs by id, those under way (holding slots, starting) also apart:
-    a pass asks about them, and a queue of thousands must not be looked through to answer."""
+    """The unfinished runs by id, those under way (holding slots, starting) and those on
+    GPUs also apart: a pass asks about them, and a queue of thousands must not be looked
+    through to answer."""
 
     def __init__(self, records: Iterator[RunRecord] | list[RunRecord] = ()) -> None:
         super().__init__()
         self.under_way: dict[int, RunRecord] = {}
+        self.on_gpus: dict[int, RunRecord] = {}  # local runs asking for GPUs or GPU memory
         for record in records:
             self[record.id] = record
 
     def __setitem__(self, run_id: int, record: RunRecord) -> None:
         super().__setitem__(run_id, record)
-        if record.status is RunStatus.QUEUED:
-            self.under_way.pop(run_id, None)
-        else:
-            self.under_way[run_id] = record
+        _file_under(self.under_way, record, record.status is not RunStatus.QUEUED)
+        _file_under(self.on_gpus, record, _wants_gpus(record))
 
     def pop(self, run_id: int, default: Any = None) -> Any:  # type: ignore[override]
         self.under_way.pop(run_id, None)
+        self.on_gpus.pop(run_id, None)
         return super().pop(run_id, default)
 
     def any_queued(self) -> bool:
         return len(self) > len(self.under_way)
+
+
+def _file_under(index: dict[int, RunRecord], record: RunRecord, belongs: bool) -> None:
+    if belongs:
+        index[record.id] = record
+    else:
+        index.pop(record.id, None)
+
+
+def _wants_gpus(record: RunRecord) -> bool:
+    resources = record.resources
+    return record.backend != "ray" and bool(resources.get("gpus") or resources.get("gpu_memory"))
+
+
+class End(NamedTuple):
+    """A run's end, to be written with the pass's others: its watch, how it ended, and
+    its recorder's exit record (none for a lost run or a Ray job)."""
+
+    watch: Any
+    outcome: Outcome
+    ended: dict[str, Any] | None = None
 
 
 class Service:
@@ -161,6 +183,7 @@ class Service:
         self._unlaunched: dict[int, float] = {}  # run id → when first seen claimed, unlaunched
         self._home_id: tuple[int, int] | None = None
         self._store_failed = False  # a write failed this pass: make no more until the next
+        self._no_room_at: int | None = None  # the store's version when no slot was free
 
     # -- lifecycle ------------------------------------------------------------------------
     def serve(self) -> bool:
@@ -264,7 +287,7 @@ class Service:
         )
         if unwatched:  # adopting, or a claim whose recorder never came
             wakes.append(self._next_adopt)
-        if self._retry_soon or self._queued() or self._paced():
+        if self._retry_soon or self._claim_may_start() or self._paced():
             wakes.append(now + ACTIVE_TICK_S)
         return wakes
 
@@ -357,8 +380,11 @@ class Service:
         would take the exit status a hook's subprocess waits for. A handle on the keeper is
         let go once its run's end is written: the keeper is no child of ours to reap, and
         it may hold the home's runs for weeks."""
+        locks: dict[Path, bool] = {}  # the keeper's lock looked at once, however many it holds
         for run_id, recorder in list(self._recorders.items()):
-            ended = recorder.poll() is not None
+            ended = (
+                recorder.poll(locks) if isinstance(recorder, KeeperHandle) else recorder.poll()
+            ) is not None
             if ended or (isinstance(recorder, KeeperHandle) and run_id not in self.watches):
                 self._let_go(run_id)
             else:
@@ -517,16 +543,19 @@ class Service:
                     self._report(f"run {watch.record.id}", exc)
         if samples_due:
             self._sample(samples_due)
+        ends: list[End] = []
         for watch in list(self.watches.values()):
             if self._store_failed:
                 return  # the store is locked or full: next pass
             try:
                 if isinstance(watch, LocalWatch):
-                    self._record(watch)
+                    ends += self._record(watch)
                 else:
                     self._advance_ray(watch)
             except Exception as exc:
                 self._report(f"run {watch.record.id}", exc)
+        if ends and not self._store_failed:
+            self._finish_all(ends)
 
     def _act(self, watch: LocalWatch, now: float) -> bool:
         """Learn what is true of a local run and act on it; True while it is still going."""
@@ -552,22 +581,22 @@ class Service:
             paused = control == "pause"
             watch.pause(paused)
             mark_paused(watch.files, paused)  # the recorder's timeout stops meanwhile
+            watch.pause_marked = True
             watch.applied = control
 
     def _grace(self) -> float:
         return float(self.store.config()["grace_period"])
 
-    def _record(self, watch: LocalWatch) -> None:
-        """Write what the store lacks of a local run, one step at a time."""
+    def _record(self, watch: LocalWatch) -> list[End]:
+        """Write what the store lacks of a local run, one step at a time; its end, once it
+        has one, is returned to be written with the pass's other ends."""
         if watch.ended is not None:
             record = watch.record
             if watch.ending is not None and not record.ending:  # not in the store yet
                 record = dataclasses.replace(record, ending=watch.ending)
-            self._finish(watch, outcome_from_exit(record, watch.ended), watch.ended)
-            return
+            return [End(watch, outcome_from_exit(record, watch.ended), watch.ended)]
         if watch.lost:
-            self._finish(watch, self._lost_outcome(watch))
-            return
+            return [End(watch, self._lost_outcome(watch))]
         record = watch.record
         if watch.child is not None and (record.status is RunStatus.STARTING or (
             record.status.holds_slot and record.started_at is None
@@ -579,19 +608,21 @@ class Service:
                 watch.record = tx.get(record.id)
         if watch.record.control in ("pause", "resume") and watch.applied == watch.record.control:
             self._record_pause(watch, watch.record.control == "pause")
+        return []
 
     def _record_started(self, watch: LocalWatch) -> None:
         assert watch.child is not None
         pid, started_at = watch.child[0], watch.started_at
         run_id = watch.record.id
         with self._writing() as tx:
-            if tx.status(run_id) is RunStatus.STARTING:
-                current = tx.transition(run_id, RunStatus.RUNNING, pid=pid, started_at=started_at)
-            else:
+            current = tx.fresh(watch.record)
+            if current.status is RunStatus.STARTING:
+                current = tx.transition(
+                    run_id, RunStatus.RUNNING, known=current, pid=pid, started_at=started_at
+                )
+            elif current.status.holds_slot and current.started_at is None:
+                tx.update(run_id, pid=pid, started_at=started_at)
                 current = tx.get(run_id)
-                if current.status.holds_slot and current.started_at is None:
-                    tx.update(run_id, pid=pid, started_at=started_at)
-                    current = tx.get(run_id)
         watch.record = current
 
     def _record_pause(self, watch: LocalWatch, paused: bool) -> None:
@@ -668,43 +699,75 @@ class Service:
     # -- ending runs ------------------------------------------------------------------------
     def _finish(self, watch: Any, outcome: Any, ended: dict[str, Any] | None = None) -> None:
         """Write the run's end; on failure the watch stays and the next pass tries again."""
+        self._finish_all([End(watch, outcome, ended)])
+
+    def _finish_all(self, ends: list[End]) -> None:
+        """Write the ends of runs in one transaction (its commit is much of what a run
+        costs), then let the runs go. If it fails for any reason but the store (locked,
+        full: all wait for the next pass), each end is written alone, so that one run's
+        trouble is not the others'; a run whose end is not written stays watched."""
+        if len(ends) > 1:
+            try:
+                with self._writing() as tx:
+                    written = [self._write_end(tx, end) for end in ends]
+            except StoreUnavailable:
+                raise
+            except Exception:  # written alone below: each failure is said, by run
+                pass
+            else:
+                for end, record in zip(ends, written, strict=True):
+                    self._let_go_of_ended(end.watch, record)
+                return
+        for end in ends:
+            try:
+                with self._writing() as tx:
+                    record = self._write_end(tx, end)
+            except Exception as exc:
+                if len(ends) == 1 or isinstance(exc, StoreUnavailable):
+                    raise
+                self._report(f"run {end.watch.record.id}", exc)
+                continue
+            self._let_go_of_ended(end.watch, record)
+
+    def _write_end(self, tx: Transaction, end: End) -> RunRecord:
+        watch, outcome, ended = end
         status, reason = outcome.decided()
         extra: dict[str, Any] = {}
         if ended is not None and ended.get("log_dropped"):
             extra["log_dropped"] = ended["log_dropped"]
         if hasattr(watch, "final_metrics"):
             extra.update(watch.final_metrics())
-        ended_at = (ended or {}).get("ended_at") or time.time()
-        run_id = watch.record.id
-        with self._writing() as tx:
-            current = tx.status(run_id)
-            if current.is_done:
-                record = tx.get(run_id)
-            else:
-                if current is RunStatus.STARTING and status not in (
-                    RunStatus.FAILED,
-                    RunStatus.CANCELLED,
-                    RunStatus.LOST,
-                ):
-                    started = getattr(watch, "child", None)  # a Ray job has none
-                    tx.transition(
-                        run_id,
-                        RunStatus.RUNNING,
-                        pid=started and started[0],
-                        started_at=getattr(watch, "started_at", None),
-                    )
-                record = tx.transition(
-                    run_id,
-                    status,
-                    exit_code=outcome.exit_code,
-                    ended_at=ended_at,
-                    reason=reason,
-                    **extra,
-                )
-        self.watches.pop(watch.record.id, None)
-        self.active.pop(watch.record.id, None)
-        if hasattr(watch, "files"):
-            watch.files.remove()
+        record = tx.fresh(watch.record)
+        if record.is_done:
+            return record
+        if record.status is RunStatus.STARTING and status not in (
+            RunStatus.FAILED,
+            RunStatus.CANCELLED,
+            RunStatus.LOST,
+        ):
+            started = getattr(watch, "child", None)  # a Ray job has none
+            record = tx.transition(
+                record.id,
+                RunStatus.RUNNING,
+                known=record,
+                pid=started and started[0],
+                started_at=getattr(watch, "started_at", None),
+            )
+        return tx.transition(
+            record.id,
+            status,
+            known=record,
+            exit_code=outcome.exit_code,
+            ended_at=(ended or {}).get("ended_at") or time.time(),
+            reason=reason,
+            **extra,
+        )
+
+    def _let_go_of_ended(self, watch: Any, record: RunRecord) -> None:
+        self.watches.pop(record.id, None)
+        self.active.pop(record.id, None)
+        if isinstance(watch, LocalWatch):
+            watch.remove_files()
         if record.on_done:
             self._run_hook(record)
 
@@ -737,17 +800,18 @@ class Service:
             watch.stop_requested = (RunStatus.CANCELLED, "cancelled by request")
 
     # -- claiming and launching ------------------------------------------------------------
+    def _claim_may_start(self) -> bool:
+        """Whether a claim now might start a run: some are queued, and a slot may be free
+        (a claim found none, and nothing was written since: a run's end, a setting)."""
+        return self._queued() and self._no_room_at != self.version
+
     def _claim(self) -> None:
-        if not self._queued() or self._store_failed:
+        if not self._claim_may_start() or self._store_failed:
             return
         from . import scheduler
         from .resources import machine_capacity
 
-        on_gpus = [
-            r
-            for r in self.active.values()
-            if r.backend != "ray" and (r.resources.get("gpus") or r.resources.get("gpu_memory"))
-        ]
+        on_gpus = self.active.on_gpus.values()
         wants_gpus = bool(on_gpus)
         # whole GPUs and shares alike go only where others' memory leaves room
         shares = any(r.status is RunStatus.QUEUED for r in on_gpus)
@@ -759,7 +823,8 @@ class Service:
         )
         doomed: list[RunRecord] = []  # a dependency did not succeed: cancelled by the claim
         with self._writing() as tx:
-            claimed = scheduler.claim(tx, capacity, doomed)
+            claimed, room = scheduler.claim(tx, capacity, doomed)
+        self._no_room_at = None if room else self.version
         self._ended(doomed)
         for record in claimed:
             self.active[record.id] = record
@@ -768,6 +833,7 @@ class Service:
             except Exception:  # not even its failure could be written: _adopt requeues it
                 self.watches.pop(record.id, None)
                 log.exception("nbrunner service: run %s: launch failed", record.id)
+        self._provenance.flush()
 
     def _run_pids(self) -> set[int]:
         """The processes of the runs watched here, as last sampled."""
@@ -795,7 +861,7 @@ class Service:
                 Outcome(None, RunStatus.FAILED, f"could not start the run's recorder: {exc}"),
             )
             return
-        self._provenance.started(record, spec.env)  # in its own thread: the run has started
+        self._provenance.started(record, spec.env)  # captured beside the queue: flush
 
     def _recorder_spec(self, record: RunRecord, settings: dict[str, Any]) -> RecorderSpec:
         return RecorderSpec(

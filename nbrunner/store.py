@@ -152,6 +152,15 @@ def encode_column(column: str, value: Any) -> Any:
     return value
 
 
+def _assignments(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The SET list of an UPDATE of these fields, and their values by column as stored."""
+    encoded = {}
+    for key, value in values.items():
+        column = _FIELD_TO_COLUMN.get(key, key)
+        encoded[column] = encode_column(column, value)
+    return ", ".join(f"{column} = ?" for column in encoded), encoded
+
+
 class Transaction:
     """One IMMEDIATE transaction; the version is bumped once, on the first write.
 
@@ -202,10 +211,25 @@ class Transaction:
         self.undecoded = True
         self._write(run_id, values)
 
-    def transition(self, run_id: int, target: RunStatus, **values: Any) -> RunRecord:
+    def fresh(self, known: RunRecord) -> RunRecord:
+        """The run as it is now: `known` itself while no one wrote it since (one read of
+        its version; the service's own record of a run usually is), else read anew."""
+        row = self.conn.execute("SELECT version FROM runs WHERE id = ?", (known.id,)).fetchone()
+        return known if row is not None and row[0] == known.version else self.get(known.id)
+
+    def transition(
+        self, run_id: int, target: RunStatus, known: RunRecord | None = None, **values: Any
+    ) -> RunRecord:
         """Move the run to `target`, in one statement that matches only a state `target`
-        may follow; else the error says what the run is and what it may become."""
-        rows = self._write(run_id, {"status": target, **values}, SOURCES[target])
+        may follow; else the error says what the run is and what it may become. Given the
+        run as `known` (its last version), the new record is made from it where the row is
+        still that version, rather than read back."""
+        changes = {"status": target, **values}
+        if known is not None and known.id == run_id and known.status in SOURCES[target]:
+            record = self._write_over(known, changes)
+            if record is not None:
+                return record
+        rows = self._write(run_id, changes, SOURCES[target])
         if not rows:
             check_transition(run_id, self.get(run_id).status, target)  # raises: it says why
             raise AssertionError(f"run {run_id} changed while becoming {target.value}")
@@ -213,18 +237,30 @@ class Transaction:
         self.written[run_id] = record
         return record
 
+    def _write_over(self, known: RunRecord, values: dict[str, Any]) -> RunRecord | None:
+        """Write `values` where the run is still `known`: the record it is now, or None."""
+        assignments, encoded = _assignments(values)
+        row = self.conn.execute(
+            f"UPDATE runs SET {assignments}, version = ? WHERE id = ? AND version = ? "
+            "RETURNING version",
+            (*encoded.values(), self._stamp(), known.id, known.version),
+        ).fetchone()
+        if row is None:
+            return None
+        record = known.updated(encoded | {"version": row[0]})
+        self.written[known.id] = record
+        return record
+
     def _write(
         self, run_id: int, values: dict[str, Any], sources: frozenset[RunStatus] | None = None
     ) -> list[Any]:
-        columns = [_FIELD_TO_COLUMN.get(key, key) for key in values]
-        assignments = ", ".join(f"{c} = ?" for c in columns)
-        encoded = [encode_column(c, v) for c, v in zip(columns, values.values(), strict=True)]
+        assignments, encoded = _assignments(values)
         where, guard = "id = ?", [s.value for s in sources or ()]
         if sources is not None:
             where += f" AND status IN ({', '.join('?' * len(guard))})"
         return self.conn.execute(
             f"UPDATE runs SET {assignments}, version = ? WHERE {where} RETURNING *",
-            (*encoded, self._stamp(), run_id, *guard),
+            (*encoded.values(), self._stamp(), run_id, *guard),
         ).fetchall()
 
     def select(self, where: str, params: Iterable[Any] = (), tail: str = "") -> list[RunRecord]:
@@ -497,14 +533,18 @@ class Store:
         return int(row[0])
 
     def changes_since(self, version: int) -> tuple[list[RunRecord], int]:
-        """Runs written after `version`, and the version to ask from next time."""
+        """Runs written after `version`, and the version to ask from next time: the
+        store's own, which a write that changed no run (a setting) moves too."""
+        now = self.version()
+        if now == version:
+            return [], version
         rows = (
             self._conn()
             .execute("SELECT * FROM runs WHERE version > ? ORDER BY version", (version,))
             .fetchall()
         )
         records = [RunRecord.from_row(r) for r in rows]
-        return records, max((r.version for r in records), default=version)
+        return records, max((now, *(r.version for r in records)))
 
     def active(self) -> list[RunRecord]:
         rows = (

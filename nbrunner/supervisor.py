@@ -145,6 +145,8 @@ class LocalWatch:
         self._tree: ProcessTree | None = None
         self._journal_seen: tuple[int, int] | None = None  # when last read (journal_state)
         self._recorded: dict[str, Any] = {}
+        self.pause_marked = False  # runs/ID.pause was written
+        self.legacy_seen = False  # an earlier release's holder wrote its own files
 
     # -- what the recorder said -----------------------------------------------------------
     @property
@@ -159,12 +161,25 @@ class LocalWatch:
         if state is None or not state[1] or state != self._journal_seen:
             self._recorded = self.files.recorded()
             self._journal_seen = state
+            self.legacy_seen = self.legacy_seen or bool(self._recorded and not (state and state[1]))
         found = self._recorded
         started = found.get("child")
         if self.child is None and started is not None:
             self.child = (int(started["pid"]), started.get("marker"))
             self.started_at = float(started["at"])
         return found.get("exit")
+
+    def remove_files(self) -> None:
+        """Its files, once its end is written: the journal, and what else may be left. A
+        run this service handed over leaves no spec once started, no pause file unless
+        paused, no file of an earlier release unless one was read; of an adopted run
+        nothing is known."""
+        adopted = self.recorder is None
+        self.files.remove(
+            spec=adopted or self.child is None,
+            pause=adopted or self.pause_marked,
+            legacy=adopted or self.legacy_seen,
+        )
 
     def recorder_dead(self, now: float) -> bool:
         """Gone: its handle says so, or (adopted) its lock is free."""

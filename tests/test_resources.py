@@ -285,10 +285,16 @@ def test_cancelling_a_paused_run_stops_it(runner: Runner) -> None:
     wait_until(lambda: run.status is RunStatus.RUNNING, what="running")
     run.pause()
     wait_until(lambda: run.status is RunStatus.PAUSED, what="paused")
+    assert (Path(runner.home) / "runs" / f"{run.id}.pause").exists()  # its timeout stops
     pid = run.pid
     run.cancel()
     assert run.wait(timeout=20).status is RunStatus.CANCELLED
     assert not alive(pid)
+    runs = Path(runner.home) / "runs"
+    wait_until(
+        lambda: not [n for n in os.listdir(runs) if n.startswith(f"{run.id}.")],
+        what="no file of the run left (its journal, its pause file)",
+    )
 
 
 def test_drain_lets_running_runs_finish_and_starts_nothing(runner: Runner) -> None:

@@ -34,6 +34,7 @@ from nbrunner.recorder import RunFiles, journal_line
 from nbrunner.service import Service
 from nbrunner.states import RunStatus
 from nbrunner.store import Store
+from nbrunner.supervisor import LocalWatch, Outcome
 
 # the engine tests that start runs take every way runs are held (keeper; fork; an interpreter)
 every_recorder_path = pytest.mark.usefixtures("recorder_path")
@@ -785,3 +786,34 @@ def test_the_service_reads_back_none_of_its_own_writes_and_all_of_anyone_elses(
     assert owner.active[second].control == "cancel"
     assert owner.active[first].status is RunStatus.RUNNING
     assert owner.version == owner.store.version()
+
+
+def test_the_ends_a_pass_found_are_written_at_once_and_one_that_cannot_be_holds_none_back(
+    home: Path,
+) -> None:
+    """A pass writes every end it found in one transaction; if that fails for one run,
+    the others are still written (each alone), and that one stays watched for the next."""
+    owner = Service(home)
+    rows = [{"module": "m", "params": {}, "argv": ["true"], "env": {}} for _ in range(6)]
+    ids = owner.store.insert_runs(rows)
+    for run_id in ids:
+        owner.store.transition(run_id, RunStatus.STARTING)
+    owner._refresh_all()
+
+    def ends(run_ids: list[int]) -> list[service.End]:
+        for run_id in run_ids:
+            owner.watches[run_id] = LocalWatch(owner.active[run_id], str(home))
+        return [service.End(owner.watches[i], Outcome(0), {"ended_at": 1.0}) for i in run_ids]
+
+    before = owner.store.version()
+    owner._finish_all(ends(ids[:3]))
+    assert owner.store.version() == before + 1  # one transaction for the three
+    assert {record_of(home, i).status for i in ids[:3]} == {RunStatus.SUCCEEDED}
+    assert not set(ids[:3]) & set(owner.watches)
+
+    gone = ids[4]  # its row removed: its end cannot be written
+    with sqlite3.connect(home / "nbrunner.db") as conn:
+        conn.execute("DELETE FROM runs WHERE id = ?", (gone,))
+    owner._finish_all(ends(ids[3:]))
+    assert [record_of(home, i).status for i in (ids[3], ids[5])] == [RunStatus.SUCCEEDED] * 2
+    assert set(owner.watches) == {gone}  # tried again next pass

@@ -127,3 +127,31 @@ def test_the_runs_under_way_are_kept_apart_from_the_queue(home: Path) -> None:
     assert not owner._queued() and set(owner.active) == {1}
     owner.active.pop(1)
     assert not owner.active and not owner.active.under_way and not owner._queued()
+
+
+def test_a_queue_behind_full_slots_is_claimed_again_only_once_the_store_changes(
+    home: Path,
+) -> None:
+    """Only a write (a run's end, a setting) can free a slot: with every slot taken, a
+    pass claims nothing and reads no machine facts, and the service sleeps on, however
+    deep the queue, until one comes."""
+    owner = Service(home)
+    owner.store.set_config("max_concurrent", 1)
+    rows = [{"module": "m", "params": {}, "argv": ["true"], "env": {}} for _ in range(3)]
+    holder, *_ = owner.store.insert_runs(rows)
+    owner.store.transition(holder, RunStatus.STARTING)
+    owner.store.transition(holder, RunStatus.RUNNING, started_at=1.0)
+    owner._refresh_all()
+    owner._retention.apply(owner.store)
+    recorder = subprocess.Popen(SLEEPER)
+    try:
+        held_by(owner, owner.active[holder], recorder)
+        owner._claim()
+        assert owner._no_room_at == owner.version and not owner._claim_may_start()
+        assert owner._sleep_s() > SAFETY_PASS_S - 1  # no tick for the queue
+        owner.store.set_config("max_concurrent", 2)  # a client's write (and its wake)
+        owner._read_changes()
+        assert owner._claim_may_start()  # started end to end: test_resources' drain test
+    finally:
+        recorder.kill()
+        recorder.wait()

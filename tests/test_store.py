@@ -45,6 +45,8 @@ def test_the_change_feed_returns_only_what_changed_since_a_version(store: Store)
     assert [r.id for r in changed] == [second] and newer > version
     store.set_config("max_concurrent", 4)
     assert store.version() > newer  # config changes move the version too
+    # and the feed with it: a reader that waits for "a write since" sees a setting change
+    assert store.changes_since(newer) == ([], store.version())
 
 
 def test_a_transaction_keeps_what_it_wrote_so_its_writer_need_not_read_it_back(
@@ -63,6 +65,35 @@ def test_a_transaction_keeps_what_it_wrote_so_its_writer_need_not_read_it_back(
     with store.write() as tx:
         tx.get(first)
     assert tx.prior is None and tx.written == {}  # read only
+
+
+def test_a_transition_from_a_known_record_makes_what_reading_the_row_back_would(
+    store: Store,
+) -> None:
+    """The service moves runs it already holds: the new record is made from the one it
+    knows while the row is still that version, and read back only once someone wrote it."""
+    first, second = store.insert_runs(_rows(2))
+    queued = store.get(first)
+    with store.write() as tx:
+        assert tx.fresh(queued) is queued  # unchanged: not read again
+        claimed = tx.transition(
+            first, RunStatus.STARTING, known=queued, gpus=["0"], cores=(2, 3), group="g"
+        )
+        running = tx.transition(first, RunStatus.RUNNING, known=claimed, pid=7, started_at=1.5)
+    assert claimed == dataclasses.replace(
+        queued, status=RunStatus.STARTING, gpus=["0"], cores=[2, 3], group="g", version=tx.version
+    )
+    assert running == store.get(first) and tx.written == {first: running}
+
+    stale = store.get(second)
+    store.update(second, control="cancel", reason="asked")  # written by someone else
+    with store.write() as tx:
+        assert tx.fresh(stale) == store.get(second) != stale
+        cancelled = tx.transition(second, RunStatus.CANCELLED, known=stale, ended_at=2.0)
+    assert cancelled == store.get(second)
+    assert (cancelled.control, cancelled.reason) == ("cancel", "asked")  # not the stale record's
+    with pytest.raises(InvalidTransition, match="is cancelled and cannot become running"):
+        store.transition(second, RunStatus.RUNNING, known=stale)
 
 
 def test_a_decoded_row_is_the_record_its_fields_make(store: Store) -> None:
