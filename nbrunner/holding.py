@@ -78,6 +78,7 @@ class Holder:
         self._timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
         self._posted: deque[Callable[[], None]] = deque()
+        self._untold: dict[str, bool] = {}  # home → only starts to tell (else an end too)
         self._wake_in, self._wake_out = socket.socketpair()
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)  # full: a wake is pending already
@@ -86,7 +87,9 @@ class Holder:
 
     # -- the loop -------------------------------------------------------------------------
     def step(self, timeout: float | None) -> None:
-        """Sleep until something happens (or timeout seconds pass), then handle it all."""
+        """Sleep until something happens (or timeout seconds pass), then handle it all;
+        the service hears of what changed before the loop sleeps again."""
+        self._tell_service()  # what was done between two steps (runs taken)
         for key, _ in self.selector.select(self._wait_s(timeout)):
             key.data()
         now = time.monotonic()
@@ -97,6 +100,18 @@ class Holder:
         while self._posted:
             self._posted.popleft()()
         self.reap_orphans()
+        self._tell_service()
+
+    def tell(self, home: str, started: bool) -> None:
+        """A run of `home` started (or ended: `started` False): its service is told once
+        this step is done, once for all the runs it moved (each wake costs both sides a
+        system call and the service a pass)."""
+        self._untold[home] = self._untold.get(home, True) and started
+
+    def _tell_service(self) -> None:
+        while self._untold:
+            home, started = self._untold.popitem()
+            self.link.tell(home, started)
 
     def _wait_s(self, timeout: float | None) -> float | None:
         while self._timers and self._timers[0][2].cancelled:
@@ -201,7 +216,7 @@ class ExitWriter:
             if Path(self.home).is_dir():
                 self.holder.later(self.retry.next(), self.write)
                 return
-        self.holder.link.tell(self.home, started=False)
+        self.holder.tell(self.home, started=False)
         self.then()
 
 
@@ -287,7 +302,7 @@ class HeldRun:
             self.guard = None
             platform.signal_group(self.child.pid, graceful=False)
         else:
-            self.holder.link.tell(self.spec.home, started=True)
+            self.holder.tell(self.spec.home, started=True)
         self.start_writes = None
         self._watch_limits()
         self.advance()

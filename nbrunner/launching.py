@@ -181,17 +181,20 @@ def _announced_keeper(home: str) -> tuple[dict[str, Any], int]:
     return info, known[1]
 
 
+# home → the port of its keeper, handed runs since the last wake_keepers()
+_keepers_to_wake: dict[str, Any] = {}
+
+
 def hand_to_keeper(spec: RecorderSpec) -> KeeperHandle:
-    """Write the run's spec, then wake the home's keeper, or start one unless one started
-    here is still on its way (it takes every spec it finds). The spec comes first: a keeper
-    on its way out looks for specs after letting go of its lock."""
+    """Write the run's spec, then have the home's keeper woken (wake_keepers), or start
+    one unless one started here is still on its way (it takes every spec it finds). The
+    spec comes first: a keeper on its way out looks for specs after letting go of its lock."""
     lock = _keeper_files(spec.home)[0]
     files = RunFiles(lock.parent, spec.run_id)
     write_atomically(files.spec, RunJournal.spec_text(spec), CHILD_FILE_PATIENCE_S)
     if platform.is_locked(lock):
         found, pid = _announced_keeper(spec.home)
-        with suppress(OSError, ValueError, TypeError, KeyError):  # a lost wake costs a pass
-            wakes.send(found["port"])
+        _keepers_to_wake[spec.home] = found.get("port")
         return KeeperHandle(lock, False, pid)
     started_at = _keepers_started.get(spec.home)
     if started_at is None or time.monotonic() - started_at >= KEEPER_START_S:
@@ -199,6 +202,15 @@ def hand_to_keeper(spec: RecorderSpec) -> KeeperHandle:
         platform.spawn_detached(argv, str(files.directory / KEEPER_LOG))
         _keepers_started[spec.home] = time.monotonic()
     return KeeperHandle(lock, started_one=True)
+
+
+def wake_keepers() -> None:
+    """Wake each keeper handed runs since the last call, once however many it was handed
+    (the service calls it when its pass has handed every run over)."""
+    while _keepers_to_wake:
+        _, port = _keepers_to_wake.popitem()
+        with suppress(OSError, ValueError, TypeError):  # a lost wake costs the keeper a pass
+            wakes.send(port)
 
 
 def start_recorder(

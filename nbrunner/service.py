@@ -66,7 +66,7 @@ from .contact import (
 )
 from .errors import NbrunnerError, StoreUnavailable
 from .keepawake import KeepAwake
-from .launching import KeeperHandle, start_recorder
+from .launching import KeeperHandle, start_recorder, wake_keepers
 from .models import RunRecord
 from .provenance import Capturer
 from .prune import Retention
@@ -833,6 +833,7 @@ class Service:
             except Exception:  # not even its failure could be written: _adopt requeues it
                 self.watches.pop(record.id, None)
                 log.exception("nbrunner service: run %s: launch failed", record.id)
+        wake_keepers()
         self._provenance.flush()
 
     def _run_pids(self) -> set[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,16 @@ import pytest
 from helpers.procs import alive, python, wait_until
 
 from nbrunner import Runner, RunStatus, contact, platform
-from nbrunner.recorder import RECORDER_ENV, RecorderSpec, RunFiles
+from nbrunner.holding import Holder
+from nbrunner.launching import hand_to_keeper, wake_keepers
+from nbrunner.recorder import (
+    KEEPER_INFO,
+    KEEPER_LOCK,
+    RECORDER_ENV,
+    RecorderSpec,
+    RunFiles,
+    ServiceLink,
+)
 from nbrunner.service import SAFETY_PASS_S, Service
 
 pytestmark = pytest.mark.posix
@@ -218,3 +228,67 @@ def test_the_service_sleeps_on_one_pidfd_for_the_keeper_and_lets_ended_runs_go(
     finally:
         client.close()
         owner._close()
+
+
+def test_a_step_tells_the_service_once_for_all_the_runs_it_moved(
+    home: Path, tmp_path: Path
+) -> None:
+    """Each wake costs both sides a system call and the service a pass: the runs a step
+    starts or ends are told in one wake (an end among them: the one that also starts a
+    service), and each before the loop sleeps again."""
+    told: list[tuple[str, str]] = []
+    link = ServiceLink(lambda h: told.append(("wake", h)), lambda h: told.append(("notify", h)))
+    holder = Holder(link)
+    gate = tmp_path / "gate"
+    specs = [
+        RecorderSpec(
+            home=str(home),
+            run_id=run_id,
+            argv=[*python(WAITS), str(gate)],
+            cwd=None,
+            env=dict(os.environ),
+            log_path=str(tmp_path / f"{run_id}.log"),
+            max_log_size=0,
+            keep_leftovers=False,
+            cores=[],
+        )
+        for run_id in (1, 2, 3)
+    ]
+    for spec in specs:
+        assert holder.hold(spec)
+    assert told == []  # three starts, not yet told: the loop has not stepped
+    holder.step(0)
+    assert told == [("wake", str(home))]  # once for the three
+    gate.touch()
+    while holder.runs:
+        holder.step(None)
+    assert told[-1] == ("notify", str(home)) and len(told) <= 4  # at most once per step
+    assert all(RunFiles.of(home, s.run_id).recorded()["exit"]["exit_code"] == 0 for s in specs)
+
+
+def test_the_runs_a_pass_hands_over_wake_the_keeper_once(home: Path, tmp_path: Path) -> None:
+    """A claim hands several runs over: their specs are written one by one, and the keeper
+    is woken once, after the last (its pass takes every spec it finds)."""
+    runs = home / "runs"
+    runs.mkdir(mode=0o700, parents=True)
+    lock = platform.take_lock(runs / KEEPER_LOCK)  # this test holds the keeper's place
+    keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    keeper.bind(("127.0.0.1", 0))
+    keeper.settimeout(0.5)
+    try:
+        contact.announce(runs / KEEPER_INFO, keeper)
+        for run_id in (1, 2, 3):
+            spec = RecorderSpec(
+                home=str(home), run_id=run_id, argv=["true"], cwd=None, env={},
+                log_path=str(tmp_path / f"{run_id}.log"), max_log_size=0,
+                keep_leftovers=False, cores=[],
+            )  # fmt: skip
+            hand_to_keeper(spec)
+        assert sorted(p.name for p in runs.glob("*.spec")) == ["1.spec", "2.spec", "3.spec"]
+        wake_keepers()
+        assert keeper.recv(64) == b"w"
+        with pytest.raises(TimeoutError):
+            keeper.recv(64)  # one wake for the three
+    finally:
+        keeper.close()
+        os.close(lock)
