@@ -31,13 +31,26 @@ NOISE_PREFIXES = ("JPY_", "PYDEVD_", "NBRUNNER_SERVICE_")
 NOISE_VALUES = {"MPLBACKEND": "module://matplotlib_inline"}
 
 
+# os.environ as last read, and the environment made of it: reading os.environ decodes every
+# variable (a notebook's kernel has a hundred), once per submit; its raw mapping is
+# compared in one C call. None where the interpreter keeps no raw mapping.
+_environment_read: tuple[dict[Any, Any], dict[str, str]] | None = None
+
+
 def submitter_environment() -> dict[str, str]:
     """This process's environment as a run should get it: without per-process noise."""
-    return {
+    global _environment_read
+    raw = getattr(os.environ, "_data", None)
+    if _environment_read is not None and raw == _environment_read[0]:
+        return dict(_environment_read[1])
+    found = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(NOISE_PREFIXES) and not value.startswith(NOISE_VALUES.get(key, "\0"))
     }
+    if isinstance(raw, dict):
+        _environment_read = (dict(raw), found)
+    return dict(found)
 
 
 def is_running(home: str | Path) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import checks
@@ -78,7 +78,8 @@ class Resources:
         return Resources.from_mapping({**self.to_dict(), **override})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its fields, all scalars: asdict() would deep-copy each, for every run submitted."""
+        return {key: getattr(self, key) for key in _KEYS}
 
     @property
     def shares_a_gpu(self) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -84,6 +85,7 @@ class Runner:
             contact.wake(self.home)
         self.modules_file = self._modules_path(modules_file)
         self._modules_cache: tuple[float, dict[str, ModuleSpec]] | None = None
+        self._registered_built: dict[tuple[str, str], ModuleSpec] = {}
         self._session_modules: dict[str, ModuleSpec] = {}  # register(persist=False)
         self._tick_s = tick
         self._active: dict[int, RunRecord] = {}
@@ -160,11 +162,16 @@ class Runner:
             mtime = -1.0
         if self._modules_cache is None or self._modules_cache[0] != mtime:
             self._modules_cache = (mtime, load_modules_file(self.modules_file))
-        merged = dict(self._modules_cache[1])
-        for name, spec in self.store.registered_modules().items():
+        # each registered spec built once per text: a sweep submits hundreds at a time
+        built = self._registered_built
+        self._registered_built = {
+            (name, text): built.get((name, text))
             # Its files were checked when registered; one gone since fails its run, not all.
-            merged[name] = build_module(name, spec, check_files=False)
-        return merged | self._session_modules
+            or build_module(name, json.loads(text), check_files=False)
+            for name, text in self.store.registered_modules().items()
+        }
+        registered = {name: spec for (name, _), spec in self._registered_built.items()}
+        return dict(self._modules_cache[1]) | registered | self._session_modules
 
     def register(self, name: str, *, persist: bool = True, **spec: Any) -> ModuleSpec:
         """Add a module (the keys of a modules.toml table; cwd defaults to this process's).

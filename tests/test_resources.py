@@ -7,6 +7,7 @@ admission, assignment and CUDA_VISIBLE_DEVICES then run their real code paths.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -608,3 +609,9 @@ def test_a_burst_of_claims_reads_the_cgroup_once_a_second(monkeypatch: pytest.Mo
     monkeypatch.setattr(resources, "CGROUP_FRESH_S", 0.0)  # a second later
     resources.memory_capacity()
     assert len(reads) == 2
+
+
+def test_a_request_as_a_mapping_has_every_field_and_reads_back_the_same() -> None:
+    request = Resources.from_mapping({"cpus": 2, "memory": "1G", "pin": True, "gpu_memory": 5})
+    assert request.to_dict() == dataclasses.asdict(request)  # a field added is a field kept
+    assert Resources.from_mapping(request.to_dict()) == request

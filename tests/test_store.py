@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -253,7 +254,8 @@ def test_bad_config_is_refused_and_nothing_changes(
 
 def test_registered_modules_persist(store: Store) -> None:
     store.save_module("x", {"command": ["true"]})
-    assert Store(store.home).registered_modules() == {"x": {"command": ["true"]}}
+    found = Store(store.home).registered_modules()
+    assert {name: json.loads(text) for name, text in found.items()} == {"x": {"command": ["true"]}}
     assert store.delete_module("x") and not store.delete_module("x")
 
 
