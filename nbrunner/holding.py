@@ -89,7 +89,7 @@ class Holder:
     def step(self, timeout: float | None) -> None:
         """Sleep until something happens (or timeout seconds pass), then handle it all;
         the service hears of what changed before the loop sleeps again."""
-        self._tell_service()  # what was done between two steps (runs taken)
+        self.tell_service()  # what was done between two steps (runs taken)
         for key, _ in self.selector.select(self._wait_s(timeout)):
             key.data()
         now = time.monotonic()
@@ -100,7 +100,7 @@ class Holder:
         while self._posted:
             self._posted.popleft()()
         self.reap_orphans()
-        self._tell_service()
+        self.tell_service()
 
     def tell(self, home: str, started: bool) -> None:
         """A run of `home` started (or ended: `started` False): its service is told once
@@ -108,7 +108,8 @@ class Holder:
         system call and the service a pass)."""
         self._untold[home] = self._untold.get(home, True) and started
 
-    def _tell_service(self) -> None:
+    def tell_service(self) -> None:
+        """Tell the services what the runs did since they were last told."""
         while self._untold:
             home, started = self._untold.popitem()
             self.link.tell(home, started)
@@ -570,4 +571,5 @@ def record(spec: RecorderSpec, link: ServiceLink) -> int:
         return 3
     while holder.runs:
         holder.step(None)
+    holder.tell_service()  # a run that ended as it was taken (no step came)
     return 0

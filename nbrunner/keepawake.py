@@ -6,12 +6,15 @@ when the last run ends (the `keep_awake` setting turns this off):
 
 - Windows: `SetThreadExecutionState(ES_CONTINUOUS | ES_SYSTEM_REQUIRED)` on the service's
   main thread (the one that runs every pass); Windows drops it when the service exits.
-- Linux: a logind inhibitor, `systemd-inhibit --what=sleep ... tail --pid=SERVICE -f
-  /dev/null`, where systemd-inhibit exists and logind answers (not in most containers).
+- Linux: a logind inhibitor, `systemd-inhibit --what=sleep ... cat`, where systemd-inhibit
+  exists and logind answers (not in most containers); `cat` reads a pipe only the service
+  writes to.
 - macOS: `caffeinate -i -w SERVICE`.
 
 The child that holds the request on Linux and macOS ends with the service whatever kills
-it (`tail --pid`, `caffeinate -w`), so a dead service never keeps a machine awake. Which
+it, so a dead service never keeps a machine awake: the pipe's end closes the moment the
+service dies (`tail --pid`, which it replaced, polled, and took a dead service that was not
+yet reaped for a living one); `caffeinate -w` hears of the exit from the kernel. Which
 mechanism and which argv are plain functions of the platform, tested on any machine.
 """
 
@@ -58,10 +61,7 @@ def holder_argv(kind: str, pid: int, why: str) -> list[str]:
             "--who=nbrunner",
             f"--why={why}",
             "--mode=block",
-            "tail",
-            f"--pid={pid}",
-            "-f",
-            "/dev/null",
+            "cat",  # until the service's end of its stdin closes
         ]
     raise ValueError(f"no holder process for {kind!r}")
 
@@ -103,7 +103,7 @@ class KeepAwake:
             try:
                 self._child = subprocess.Popen(
                     holder_argv(self.kind, os.getpid(), self.why),
-                    stdin=subprocess.DEVNULL,
+                    stdin=subprocess.PIPE,  # never written: closed when the service dies
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     start_new_session=True,  # its whole group is stopped at release
@@ -125,8 +125,7 @@ class KeepAwake:
             with contextlib.suppress(OSError):
                 os.killpg(child.pid, signal.SIGTERM)
             child.wait()
-            if child.stderr is not None:
-                child.stderr.close()
+            _close_pipes(child)
 
     def _notice_failure(self) -> None:
         """A holder that ended by itself could not take the request (no logind here)."""
@@ -135,8 +134,7 @@ class KeepAwake:
             return
         detail = (child.stderr.read() if child.stderr else b"").decode(errors="replace")
         self._child, self.held = None, False
-        if child.stderr is not None:
-            child.stderr.close()
+        _close_pipes(child)
         self._give_up(detail.strip() or f"it exited with code {child.returncode}")
 
     def _give_up(self, why: str) -> None:
@@ -147,3 +145,10 @@ class KeepAwake:
             why,
         )
         self.kind = ""
+
+
+def _close_pipes(child: subprocess.Popen[bytes]) -> None:
+    for pipe in (child.stdin, child.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()

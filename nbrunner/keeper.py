@@ -52,6 +52,7 @@ class Keeper:
             if self.woken or time.monotonic() - self.looked_at >= PASS_S:
                 self.woken, self.looked_at = False, time.monotonic()
                 self._take_handed_runs()
+                self.holder.tell_service()  # before it may leave: a spec it could not read
             idle_s = time.monotonic() - idle_since
             if self.holder.runs:
                 idle_since, idle_s = time.monotonic(), 0.0

@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import stop_everything
 from helpers.procs import python, wait_until
@@ -50,7 +53,7 @@ def test_the_holder_ends_with_the_service_and_asks_for_sleep_only() -> None:
         "--why=runs are active",
         "--mode=block",
     ]
-    assert argv[5:] == ["tail", "--pid=42", "-f", "/dev/null"]
+    assert argv[5:] == ["cat"]  # reads the service's pipe: ends the moment the service dies
     assert execution_state(True) == 0x80000001  # ES_CONTINUOUS | ES_SYSTEM_REQUIRED
     assert execution_state(False) == 0x80000000  # ES_CONTINUOUS alone clears the request
 
@@ -84,7 +87,7 @@ def test_the_service_holds_the_machine_awake_from_the_first_run_to_the_last(
         pid = contact.info(runner.home)["pid"]
         assert lines(fake_inhibit) == [
             f"acquired --what=sleep --who=nbrunner --why=runs are active in {runner.home} "
-            f"--mode=block tail --pid={pid} -f /dev/null"
+            "--mode=block cat"
         ]
         second = runner.submit("two")
         wait_until(lambda: second.status is RunStatus.RUNNING, what="the second run")
@@ -130,3 +133,25 @@ def test_without_logind_the_request_is_given_up_once_and_runs_go_on() -> None:
     asked: list[int] = []
     holder.update(True, lambda: asked.append(1) or {})
     assert asked == []  # nor is the setting read on every pass (a store read each)
+
+
+@pytest.mark.posix
+def test_a_dead_service_that_no_one_has_reaped_yet_keeps_nothing_awake(fake_inhibit: Path) -> None:
+    """A killed service stays a zombie until its parent (often init, which may take
+    seconds) reaps it, and a zombie still answers kill(pid, 0): the holder must end on the
+    death itself. Here the test process is that parent, and reaps only afterwards."""
+    holding = (
+        "import time; from nbrunner.keepawake import KeepAwake\n"
+        "k = KeepAwake('test', kind='systemd-inhibit'); k.update(True, dict); print(flush=True)\n"
+        "time.sleep(600)"
+    )
+    service = subprocess.Popen([sys.executable, "-c", holding], stdout=subprocess.PIPE)
+    try:
+        assert service.stdout is not None and service.stdout.readline() == b"\n"
+        wait_until(lambda: lines(fake_inhibit), what="the keep-awake request")
+        os.kill(service.pid, signal.SIGKILL)
+        wait_until(lambda: "released" in lines(fake_inhibit), what="the holder to end")
+        assert psutil.Process(service.pid).status() == psutil.STATUS_ZOMBIE  # still unreaped
+    finally:
+        service.kill()
+        service.wait()
