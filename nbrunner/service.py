@@ -183,7 +183,8 @@ class Service:
         self._unlaunched: dict[int, float] = {}  # run id → when first seen claimed, unlaunched
         self._home_id: tuple[int, int] | None = None
         self._store_failed = False  # a write failed this pass: make no more until the next
-        self._no_room_at: int | None = None  # the store's version when no slot was free
+        # the store's version when a claim found no slot free, and when (monotonic)
+        self._no_room: tuple[int, float] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def serve(self) -> bool:
@@ -801,9 +802,16 @@ class Service:
 
     # -- claiming and launching ------------------------------------------------------------
     def _claim_may_start(self) -> bool:
-        """Whether a claim now might start a run: some are queued, and a slot may be free
-        (a claim found none, and nothing was written since: a run's end, a setting)."""
-        return self._queued() and self._no_room_at != self.version
+        """Whether a claim now might start a run: some are queued, and a slot may be free.
+        A claim that found none is believed until something is written (a run's end, a
+        setting), or for a safety pass at most: a write by hand that moved no version is
+        seen then."""
+        if not self._queued():
+            return False
+        if self._no_room is None:
+            return True
+        version, at = self._no_room
+        return version != self.version or time.monotonic() - at >= SAFETY_PASS_S
 
     def _claim(self) -> None:
         if not self._claim_may_start() or self._store_failed:
@@ -824,7 +832,7 @@ class Service:
         doomed: list[RunRecord] = []  # a dependency did not succeed: cancelled by the claim
         with self._writing() as tx:
             claimed, room = scheduler.claim(tx, capacity, doomed)
-        self._no_room_at = None if room else self.version
+        self._no_room = None if room else (self.version, time.monotonic())
         self._ended(doomed)
         for record in claimed:
             self.active[record.id] = record

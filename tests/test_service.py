@@ -575,6 +575,7 @@ LOCK_IN_BURSTS = (
     "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n"
     "c.execute('BEGIN IMMEDIATE')\n"
     "c.execute(\"UPDATE config SET value = 'false' WHERE key = 'paused'\")\n"
+    "c.execute(\"UPDATE meta SET value = value + 1 WHERE key = 'version'\")\n"  # as all writes
     "c.execute('COMMIT')\n"
     "for burst in range(int(sys.argv[2])):\n"
     "    c.execute('BEGIN IMMEDIATE')\n"

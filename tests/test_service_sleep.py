@@ -147,8 +147,13 @@ def test_a_queue_behind_full_slots_is_claimed_again_only_once_the_store_changes(
     try:
         held_by(owner, owner.active[holder], recorder)
         owner._claim()
-        assert owner._no_room_at == owner.version and not owner._claim_may_start()
+        assert owner._no_room is not None and owner._no_room[0] == owner.version
+        assert not owner._claim_may_start()
         assert owner._sleep_s() > SAFETY_PASS_S - 1  # no tick for the queue
+        owner._no_room = (owner.version, owner._no_room[1] - SAFETY_PASS_S)
+        assert owner._claim_may_start()  # believed for a safety pass at most: a hand's write
+        owner._claim()
+        assert owner._no_room is not None and not owner._claim_may_start()  # still no room
         owner.store.set_config("max_concurrent", 2)  # a client's write (and its wake)
         owner._read_changes()
         assert owner._claim_may_start()  # started end to end: test_resources' drain test
