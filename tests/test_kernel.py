@@ -165,6 +165,10 @@ def test_a_run_outlives_a_killed_jupyter_server_and_its_kernel(
             kernel_id = json.load(response)["id"]
         client = BlockingKernelClient(connection_file=str(runtime / f"kernel-{kernel_id}.json"))
         client.load_connection_file()
+        # No kernel manager here: the client judges the kernel alive by its heartbeat, whose
+        # default 1 s answer time a kernel still importing misses on a busy machine (then
+        # "Kernel died before replying to kernel_info" though it lives).
+        client.hb_channel.time_to_dead = 10.0
         client.start_channels()
         try:
             client.wait_for_ready(timeout=60)
