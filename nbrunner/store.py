@@ -535,16 +535,20 @@ class Store:
     def changes_since(self, version: int) -> tuple[list[RunRecord], int]:
         """Runs written after `version`, and the version to ask from next time: the
         store's own, which a write that changed no run (a setting) moves too."""
-        now = self.version()
-        if now == version:
-            return [], version
+        # one statement, one snapshot: the store's version, beside each run changed since
+        # (a single row of NULLs where none was); a dashboard's tick is this one query
         rows = (
             self._conn()
-            .execute("SELECT * FROM runs WHERE version > ? ORDER BY version", (version,))
+            .execute(
+                "SELECT meta.value AS store_version, runs.* FROM meta "
+                "LEFT JOIN runs ON runs.version > ? WHERE meta.key = 'version' "
+                "ORDER BY runs.version",
+                (version,),
+            )
             .fetchall()
         )
-        records = [RunRecord.from_row(r) for r in rows]
-        return records, max((now, *(r.version for r in records)))
+        records = [RunRecord.from_row(r) for r in rows if r["id"] is not None]
+        return records, int(rows[0]["store_version"])
 
     def active(self) -> list[RunRecord]:
         rows = (
