@@ -66,10 +66,10 @@ class Timer:
 
 class Holder:
     """The loop: runs by id, the descriptors it sleeps on, its timers, and what the seam's
-    threads posted. It is the subreaper of its runs' orphans and reaps those no run waits
-    for (their pids are in `own`)."""
+    threads posted. In a process of its own (the keeper, a recorder), it is the subreaper
+    of its runs' orphans and reaps those no run waits for (their pids are in `own`)."""
 
-    def __init__(self, link: ServiceLink) -> None:
+    def __init__(self, link: ServiceLink, *, own_process: bool = True) -> None:
         self.link = link
         self.in_threads = platform.IS_WINDOWS or os.environ.get(THREADS_ENV) == "1"
         self.runs: dict[int, HeldRun] = {}
@@ -83,7 +83,11 @@ class Holder:
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)  # full: a wake is pending already
         self.watch(self._wake_in, self._drain_wakes)
-        platform.become_subreaper()
+        # Orphans and exit statuses are the whole process's: a holder inside another
+        # program (a test's) must neither adopt that program's orphans nor reap its children.
+        self.reaps = own_process and not platform.IS_WINDOWS  # Windows: no zombies to reap
+        if own_process:
+            platform.become_subreaper()
 
     # -- the loop -------------------------------------------------------------------------
     def step(self, timeout: float | None) -> None:
@@ -169,9 +173,7 @@ class Holder:
     def reap_orphans(self) -> None:
         """Reap exited orphans, one syscall when there are none; a run's own child next in
         line is left to its run (whose exit watch fires in this same pass)."""
-        if platform.IS_WINDOWS:  # pragma: no cover - no zombies to reap there
-            return
-        while True:
+        while self.reaps:
             try:
                 found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from helpers.leftovers import left_behind, mark_session, session_start
+from helpers.procs import is_subreaper
 from helpers.ray_head import RayHead, require_ray
 
 from nbrunner import Runner, contact
@@ -24,6 +25,15 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.delenv("NBRUNNER_GPUS", raising=False)
     yield path
     contact.stop(path)  # runs were stopped by the test; its home's service goes too
+
+
+@pytest.fixture(autouse=True)
+def stays_an_ordinary_parent() -> Iterator[None]:
+    """No test may leave the test process a subreaper: every detached service and keeper of
+    the tests after it would become its descendant, and a test that kills a run's parent
+    could kill the test process itself (a CI worker once crashed so, and the suite hung)."""
+    yield
+    assert not is_subreaper(), "this test made the test process a subreaper of its orphans"
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers.procs import alive, python, wait_until
+from helpers.procs import alive, python, wait_for_file, wait_until
 
 from nbrunner import Runner, RunStatus, contact, platform
 from nbrunner.holding import Holder
@@ -72,6 +72,31 @@ def test_one_process_holds_every_run_and_a_runs_leftovers_go_alone(
     (tmp_path / "gate").touch()
     ended = [run.wait(timeout=60) for run in [*waiting, later]]
     assert [r.status for r in ended] == [RunStatus.SUCCEEDED] * 3
+
+
+def test_a_kept_leftover_is_adopted_by_the_keeper_and_reaped_once_it_ends(
+    keeper_runner: Runner, tmp_path: Path
+) -> None:
+    """The keeper is the subreaper of its runs' orphans: one a run may keep comes to it,
+    and is reaped once it ends (a zombie would hold its pid for as long as the keeper
+    lives, days)."""
+    runner, free = keeper_runner, tmp_path / "free"
+    leaves = f"import subprocess\nkid = subprocess.Popen({python(wait_for_file(free))!r})\n"
+    runner.register("leaves", command=python(leaves + "print(kid.pid, flush=True)"),
+                    keep_leftovers=True)  # fmt: skip
+    runner.register("quick", command=python("pass"))
+    holding = runner.submit("waits")  # the keeper stays while this run waits
+    keeper = psutil.Process(pid_in_log(holding)).ppid()
+    kept = runner.submit("leaves")
+    assert kept.wait(timeout=60).status is RunStatus.SUCCEEDED
+    orphan = psutil.Process(pid_in_log(kept))
+    assert orphan.ppid() == keeper
+    free.touch()
+    wait_until(lambda: not alive(orphan.pid), what="the orphan to end")  # a zombie, or reaped
+    assert runner.submit("quick").wait(timeout=60).status is RunStatus.SUCCEEDED  # a step
+    wait_until(lambda: not orphan.is_running(), what="the keeper to reap the orphan")
+    (tmp_path / "gate").touch()
+    assert holding.wait(timeout=60).status is RunStatus.SUCCEEDED
 
 
 def test_a_killed_keeper_loses_its_runs_and_the_next_run_gets_a_new_one(
@@ -238,7 +263,7 @@ def test_a_step_tells_the_service_once_for_all_the_runs_it_moved(
     service), and each before the loop sleeps again."""
     told: list[tuple[str, str]] = []
     link = ServiceLink(lambda h: told.append(("wake", h)), lambda h: told.append(("notify", h)))
-    holder = Holder(link)
+    holder = Holder(link, own_process=False)  # inside this test's process
     gate = tmp_path / "gate"
     specs = [
         RecorderSpec(
