@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.leftovers import left_behind, mark_session, session_start
+from helpers.leftovers import folders_left, left_behind, mark_session, session_start
 from helpers.procs import is_subreaper
 from helpers.ray_head import RayHead, require_ray
 
@@ -88,17 +88,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if a service, recorder, Voila, kernel or Ray head a test started is
-    still alive once every fixture has cleaned up."""
+    still alive once every fixture has cleaned up, or a scratch folder is still there."""
     config = session.config
+    marker, since = config.stash[SESSION]
     if config.pluginmanager.hasplugin("dsession"):
         # xdist's controller runs no test: its workers checked their own and told it
-        culprits = config.stash.get(LEFT_BEHIND, [])
+        culprits = config.stash.get(LEFT_BEHIND, []) + folders_left(since)
+    elif hasattr(config, "workeroutput"):
+        culprits = left_behind(marker, since)  # folders: once all workers are done
+        config.workeroutput["left_behind"] = culprits
     else:
-        marker, since = config.stash[SESSION]
-        culprits = left_behind(marker, since)
-        config.stash[LEFT_BEHIND] = culprits
-        if hasattr(config, "workeroutput"):
-            config.workeroutput["left_behind"] = culprits
+        culprits = left_behind(marker, since) + folders_left(since)
+    config.stash[LEFT_BEHIND] = culprits
     if culprits and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -112,7 +113,7 @@ def pytest_testnodedown(node: Any, error: object) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     culprits = terminalreporter.config.stash.get(LEFT_BEHIND, [])
     if culprits:
-        terminalreporter.section("processes left behind", red=True)
+        terminalreporter.section("processes and folders left behind", red=True)
         for line in culprits:
             terminalreporter.write_line(line)
         terminalreporter.write_line("the run fails: stop what a test starts before it ends")

@@ -1,4 +1,5 @@
-"""Processes a test session leaves behind: services, recorders, Voila, kernels, Ray heads.
+"""Processes a test session leaves behind: services, recorders, Voila, kernels, Ray heads;
+and the scratch folders nbrunner, its notebooks and its tests make in the temp folder.
 
 Every process the session starts inherits a marker in its environment (detached services
 and their recorders, Voila's kernels, Ray's workers alike), so the session can find exactly
@@ -8,6 +9,7 @@ its own, even beside other sessions on the same machine, and name what is still 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import uuid
 from contextlib import suppress
@@ -71,3 +73,15 @@ def left_behind(marker: str, since: float, settle: float = SETTLE_S) -> list[str
 def session_start() -> float:
     """Now, as psutil states create times (a little early: its clock ticks are coarse)."""
     return time.time() - 1.0
+
+
+def folders_left(since: float) -> list[str]:
+    """nbrunner-* folders made in the temp folder since `since` that are still there (a
+    notebook's scratch home, a dashboard's private config, a kernel's sockets)."""
+    found = []
+    with os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            with suppress(OSError):
+                if entry.name.startswith("nbrunner-") and entry.stat().st_ctime >= since:
+                    found.append(f"folder {entry.path}")
+    return sorted(found)
