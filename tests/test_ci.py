@@ -41,11 +41,14 @@ def test_ci_run_runs_exactly_the_readme_command() -> None:
 
 
 LEAVES_A_SLEEPER = """
-import subprocess, sys
+import subprocess, sys, tempfile
 
 def test_forgets_its_child():
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
                      start_new_session=True)
+
+def test_forgets_its_scratch_folder():
+    tempfile.mkdtemp(prefix="nbrunner-scratch-")
 
 def test_cleans_up():
     subprocess.run([sys.executable, "-c", "pass"], check=True)
@@ -53,23 +56,30 @@ def test_cleans_up():
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_the_suite_fails_and_names_a_process_a_test_left_alive(
-    tmp_path: Path, workers: str
-) -> None:
-    """The session-end check, with and without xdist workers: a planted leftover fails a run
-    whose every test passed, is named, and is stopped."""
+def test_the_suite_fails_and_names_what_a_test_left_behind(tmp_path: Path, workers: str) -> None:
+    """The session-end check, with and without xdist workers: a planted leftover process
+    and scratch folder fail a run whose every test passed, and are named."""
     for name in ("conftest.py", "helpers"):
         copy = shutil.copytree if name == "helpers" else shutil.copy
         copy(REPO / "tests" / name, tmp_path / name)
     (tmp_path / "test_leaves.py").write_text(LEAVES_A_SLEEPER)
-    # the helpers import the bench's (free ports for a Ray head): the repo stays importable
-    env = {**os.environ, "NBRUNNER_TEST_SETTLE_S": "2", "PYTHONPATH": str(REPO)}
+    temp = tmp_path / "temp"  # the planted folder's, out of this session's sight
+    temp.mkdir()
+    env = {
+        **os.environ,
+        "NBRUNNER_TEST_SETTLE_S": "2",
+        # the helpers import the bench's (free ports for a Ray head): the repo stays importable
+        "PYTHONPATH": str(REPO),
+        "TMPDIR": str(temp),
+    }
     env.pop("NBRUNNER_TEST_SESSION", None)
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", workers, "-q"]
     done = subprocess.run(
         [*argv, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
     )
     out = done.stdout + done.stderr
-    assert "2 passed" in out, out
+    assert "3 passed" in out, out
     assert done.returncode == 1, out
-    assert "processes left behind" in out and "time.sleep(600)" in out, out
+    assert "processes and folders left behind" in out and "time.sleep(600)" in out, out
+    (planted,) = temp.glob("nbrunner-scratch-*")
+    assert f"folder {planted}" in out, out

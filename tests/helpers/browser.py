@@ -340,7 +340,13 @@ _CONTRAST_JS = """
 
 
 def contrast_ratios(page: Any, wanted: dict[str, float]) -> dict[str, tuple[float, float]]:
-    """(measured, wanted) contrast per selector; a selector that matches nothing fails."""
+    """(measured, wanted) contrast per selector; a selector that matches nothing fails once
+    it has had the expect timeout to show up (a run card's chart comes with its
+    run's first reported points, a tick or two after its progress)."""
+    from playwright.sync_api import expect
+
+    for selector in wanted:
+        expect(page.locator(selector).first).to_be_attached()
     measured = page.evaluate(_CONTRAST_JS, list(wanted))
     missing = [selector for selector, ratio in measured.items() if ratio is None]
     assert not missing, f"nothing matches {missing}"
