@@ -48,7 +48,9 @@ class Resources:
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> Resources:
-        data = dict(data or {})
+        if not data:  # most runs ask for nothing; a claim reads every slot holder's
+            return NOTHING
+        data = dict(data)
         unknown = set(data) - set(_KEYS)
         if unknown:
             raise ResourceRequestError(
@@ -123,6 +125,9 @@ class Capacity:
             problems.append(f"pinning to {need.cpus:g} CPUs: pinned runs need whole CPUs")
         if problems:
             raise ResourceRequestError("this run asks for " + "; ".join(problems))
+
+
+NOTHING = Resources()
 
 
 @dataclass(frozen=True)

@@ -819,11 +819,16 @@ class Service:
         from . import scheduler
         from .resources import machine_capacity
 
+        settings = self.store.config()  # one read serves the claim and every launch
+        if settings["paused"] or len(self.active.under_way) >= int(settings["max_concurrent"]):
+            # what the feed and this pass's own writes say: no slot is free (a run's start
+            # moves the version, and frees none), so neither facts nor a write are needed
+            self._no_room = (self.version, time.monotonic())
+            return
         on_gpus = self.active.on_gpus.values()
         wants_gpus = bool(on_gpus)
         # whole GPUs and shares alike go only where others' memory leaves room
         shares = any(r.status is RunStatus.QUEUED for r in on_gpus)
-        settings = self.store.config()  # one read serves the claim and every launch
         capacity = machine_capacity(  # facts first, then the claim
             with_gpus=wants_gpus,
             gpu_mask=str(settings["gpus"]),

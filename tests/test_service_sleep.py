@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers.procs import python, wait_until
 
-from nbrunner import contact, platform
+from nbrunner import contact, platform, resources
 from nbrunner.models import RunRecord
 from nbrunner.service import SAFETY_PASS_S, Service
 from nbrunner.states import RunStatus
@@ -160,3 +160,37 @@ def test_a_queue_behind_full_slots_is_claimed_again_only_once_the_store_changes(
     finally:
         recorder.kill()
         recorder.wait()
+
+
+def test_a_start_with_every_slot_taken_is_followed_by_no_claim_write(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's start moves the store's version and frees no slot: the claim of the pass it
+    wakes sees every slot taken in what the service already knows, and neither reads the
+    machine's facts nor writes (behind full slots, every start cost a claim transaction).
+    A setting that frees a slot is read by the next claim."""
+    owner = Service(home)
+    owner.store.set_config("max_concurrent", 1)
+    rows = [{"module": "m", "params": {}, "argv": ["true"], "env": {}} for _ in range(2)]
+    holder, waiting = owner.store.insert_runs(rows)
+    owner.store.transition(holder, RunStatus.STARTING)
+    owner._refresh_all()
+    owner.store.transition(holder, RunStatus.RUNNING, started_at=1.0)  # its start
+    owner._read_changes()
+    assert owner._claim_may_start()  # the version moved
+
+    def refused(*_: object, **__: object) -> None:
+        raise AssertionError("a claim with every slot taken read facts or wrote")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(resources, "machine_capacity", refused)
+        patched.setattr(owner.store, "write", refused)
+        owner._claim()
+    assert owner._no_room is not None and not owner._claim_may_start()
+    launched: list[int] = []
+    monkeypatch.setattr(owner, "_launch", lambda record, settings: launched.append(record.id))
+    owner.store.set_config("max_concurrent", 2)
+    owner._read_changes()
+    owner._claim()
+    assert launched == [waiting]
+    assert owner.store.get(waiting).status is RunStatus.STARTING
