@@ -823,7 +823,7 @@ class Service:
         if settings["paused"] or len(self.active.under_way) >= int(settings["max_concurrent"]):
             # what the feed and this pass's own writes say: no slot is free (a run's start
             # moves the version, and frees none), so neither facts nor a write are needed
-            self._no_room = (self.version, time.monotonic())
+            self._found_room(False)
             return
         on_gpus = self.active.on_gpus.values()
         wants_gpus = bool(on_gpus)
@@ -837,7 +837,7 @@ class Service:
         doomed: list[RunRecord] = []  # a dependency did not succeed: cancelled by the claim
         with self._writing() as tx:
             claimed, room = scheduler.claim(tx, capacity, doomed)
-        self._no_room = None if room else (self.version, time.monotonic())
+        self._found_room(room)
         self._ended(doomed)
         for record in claimed:
             self.active[record.id] = record
@@ -848,6 +848,10 @@ class Service:
                 log.exception("nbrunner service: run %s: launch failed", record.id)
         wake_keepers()
         self._provenance.flush()
+
+    def _found_room(self, room: bool) -> None:
+        """What a claim found, believed as _claim_may_start says."""
+        self._no_room = None if room else (self.version, time.monotonic())
 
     def _run_pids(self) -> set[int]:
         """The processes of the runs watched here, as last sampled."""

@@ -33,14 +33,15 @@ def alive(pid: int) -> bool:
 
 
 PR_GET_CHILD_SUBREAPER = 37
+_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None  # asked after each test
 
 
 def is_subreaper() -> bool:
     """Linux: whether this process adopts its descendants' orphans (False elsewhere)."""
-    if not sys.platform.startswith("linux"):
+    if _LIBC is None:
         return False
     flag = ctypes.c_int(0)
-    ctypes.CDLL(None).prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0)
+    _LIBC.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0)
     return bool(flag.value)
 
 
