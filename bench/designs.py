@@ -3,14 +3,14 @@
 Three ways to hold a run (start its child, capture its output, learn its exit), each alone,
 with no store and no scheduler around it, so the figures are the holders' own:
 
-- *forked recorder* (POSIX today): the warm service forks a recorder per run
-  (nbrunner.launching.fork_recorder, the real code);
-- *spawned recorder* (Windows today, and `NBRUNNER_RECORDER=spawn`): an interpreter per run
+- *forked recorder* (POSIX's before the keeper; `NBRUNNER_RECORDER=fork`): the warm service
+  forks a recorder per run (nbrunner.launching.fork_recorder, the real code);
+- *spawned recorder* (Windows' today; `NBRUNNER_RECORDER=spawn`): an interpreter per run
   (nbrunner.launching.spawn_recorder, the real code);
-- *one keeper* (a candidate, prototyped here): one process per home starts every child
-  (`subprocess`, which uses vfork), reads every output pipe with one selector into the
-  run's log and learns exits from pidfds (`os.wait4` for the code and the CPU). Windows
-  would wait on process handles on the Proactor's completion port instead;
+- *one keeper* (prototyped here before nbrunner.keeper was built): one process per home
+  starts every child (`subprocess`, which uses vfork), reads every output pipe with one
+  selector into the run's log and learns exits from pidfds (`os.wait4` for the code and
+  the CPU). Windows would wait on process handles on the Proactor's completion port instead;
 - *one keeper, output straight to the log*: the same, but the child writes its log file
   itself (pueue's and task-spooler's way): nothing to read, only exits to learn.
 """

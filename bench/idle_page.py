@@ -1,8 +1,8 @@
 """11. Watching idle runs: one Voila dashboard page open in headless Chromium, 10 sleeping
 runs, nothing changing but the clocks.
 
-Measured from outside with psutil: the CPU of nbrunner's processes (the home's service, the
-recorders, `nbrunner dashboard` with Voila and the page's kernel) and of Chromium's
+Measured from outside with psutil: the CPU of nbrunner's processes (the home's service, its
+keeper, `nbrunner dashboard` with Voila and the page's kernel) and of Chromium's
 processes over a window, as % of one core. Then how fresh the page stays while it sleeps:
 a run submitted from another process, from the submit call to its card in the page.
 """
@@ -34,7 +34,7 @@ FRESH_S = 0.5
 BEFORE = (2.37, 7.40, 310)
 PARTS = {
     "service": "the home's service",
-    "recorders": f"{ACTIVE} recorders",
+    "keeper": "the home's keeper",
     "voila": "`nbrunner dashboard` and Voila",
     "kernel": "the page's kernel",
 }
@@ -42,8 +42,8 @@ METHOD = f"""\
 A home with {ACTIVE} `sleep 600` runs (all running); `nbrunner dashboard` serves it through
 Voila and one headless Chromium page (1280×800) shows it. Once the page is built and has
 settled (5 s), the CPU (user + system, psutil `cpu_times`) of every process is summed over the
-window and divided by its length: % of one core. *nbrunner* is the home's service, the
-{ACTIVE} recorders, and `nbrunner dashboard` with all its descendants (Voila, the page's
+window and divided by its length: % of one core. *nbrunner* is the home's service, its
+keeper (the runs' parent), and `nbrunner dashboard` with all its descendants (Voila, the page's
 kernel); *Chromium* is every browser process. *Freshness*: then a run is submitted from
 the measuring process (as the CLI would) and the time until its card (past 12 runs: its row
 of the folded table) is in the page's DOM is taken, as Playwright's wait sees it."""
@@ -108,7 +108,7 @@ def idle_page(home: Path, seconds: float, rounds: int) -> dict[str, list[Metrics
                 "nbrunner": [*owners, *server_procs],
                 "chromium": _chromium(),
                 "service": owners[:1],
-                "recorders": owners[1:],
+                "keeper": owners[1:],
                 "voila": [p for p in server_procs if p not in kernels],
                 "kernel": kernels,
             }
@@ -128,11 +128,11 @@ def idle_page(home: Path, seconds: float, rounds: int) -> dict[str, list[Metrics
 
 
 WHY = (
-    "the page itself is quiet: Voila {voila:.2f} %, the page's kernel {kernel:.2f} % (of which "
-    "~0.2 % is the runner's 5 Hz change-feed poll that keeps a CLI change within 0.5 s); the "
-    "home's service takes {service:.2f} % on its own (a pass every second, and every run's "
-    "tree sampled every 3 s). 0.5 % needs the service to sample idle runs less often and a "
-    "change notification instead of the poll: outside the dashboard."
+    "the page itself is quiet: Voila {voila:.2f} %, the page's kernel {kernel:.2f} % (its "
+    "runner reads the change feed when a commit rings it and every 2 s, the page wakes every "
+    "5 s for its clocks and gauges); the home's service takes {service:.2f} %: while a page "
+    "watches, it samples every run's tree every 3 s and writes the figures in one commit, "
+    "which rings the page's runner; the keeper {keeper:.2f} %."
 )
 
 
@@ -167,7 +167,7 @@ def run(ctx: Context) -> Section:
             f"idle page: nbrunner's processes ≤ {NBRUNNER_PCT} % of one core",
             f"{nbr.median():.2f} %",
             nbr.median() <= NBRUNNER_PCT,
-            WHY.format(**{k: part(section, k) for k in ("voila", "kernel", "service")}),
+            WHY.format(**{k: part(section, k) for k in PARTS}),
         ),
         Target(
             f"idle page: Chromium ≤ {CHROMIUM_PCT} % of one core",

@@ -147,7 +147,7 @@ def _fit(by_count: dict[int, list[Metrics]], repeat: int, key: str) -> tuple[flo
 
 def _plot(ctx: Context, points: dict[int, list[Metrics]], ray: dict[int, list[Metrics]]) -> str:
     series = {
-        f"nbrunner runner + service + recorders ({kind.upper()})": [
+        f"nbrunner runner + service + keeper ({kind.upper()})": [
             (n, median([m[f"total_{kind}"] for m in runs])) for n, runs in points.items()
         ]
         for kind in MEMORY_KINDS

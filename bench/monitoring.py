@@ -1,4 +1,4 @@
-"""5. Monitoring cost: CPU of the runner's process, the service and the recorders with 10
+"""5. Monitoring cost: CPU of the runner's process, the service and the keeper with 10
 active runs.
 
 Windows without and with a dashboard refreshing (its own refresh thread, as in a notebook)
@@ -30,14 +30,14 @@ from .harness import (
 )
 
 ACTIVE = 10
-BARE = "runner + service + recorders"
+BARE = "runner + service + keeper"
 WITH_UI = "… + one dashboard refreshing"
 METHOD = """\
 One process holds a runner with 10 `sleep 600` runs (all running). Over each window the
 CPU (user + system, psutil `cpu_times`) of the runner's process — every thread: the
 runner's tick, and in the dashboard windows the dashboard's refresh thread and the system
-sampler — and of the home's service and the 10 recorders (their own CPU, not their
-children's) is summed and divided
+sampler — and of the home's service and its keeper (the runs' parent; their own CPU, not
+their children's) is summed and divided
 by the window's length: % of one core. Windows without and with a dashboard
 (`nbrunner.ui.Dashboard(runner)`, built before the window, closed after it) alternate."""
 
@@ -88,9 +88,9 @@ def run(ctx: Context) -> Section:
     section = Section("monitoring", "5. Monitoring cost", METHOD)
     results = isolate("monitoring:monitoring", bare_s=bare_s, ui_s=ui_s, rounds=rounds)
     for key, label in (
-        ("total_pct", "runner + service + recorders"),
+        ("total_pct", "runner + service + keeper"),
         ("runner_pct", "runner's process"),
-        ("service_pct", "service + 10 recorders"),
+        ("service_pct", "service + keeper"),
     ):
         figure_from(section, results, key, f"CPU, {label}", "% of one core")
     subject = WITH_UI if WITH_UI in results else BARE
@@ -108,11 +108,11 @@ def run(ctx: Context) -> Section:
     sups = section.figures[2].median()
     runner_share = section.figures[1].median()
     why = (
-        f"the service and recorders take {sups:.2f} % of it: the service ticks twice a "
-        "second while runs are active (one change-feed query, a look at each run's files) "
-        "and samples the trees every 3 s in one pass; recorders sleep in waitpid and read. "
-        f"The runner's process takes {runner_share:.2f} %: its tick (5 Hz), the dashboard's "
-        "refresh (4 Hz) and the system sampler (1 Hz)."
+        f"the service and keeper take {sups:.2f} % of it: both sleep until something "
+        "happens; while a dashboard watches, the service samples the runs' trees every 3 s "
+        "and writes the figures in one commit. The runner's process takes "
+        f"{runner_share:.2f} %: its change-feed read when a commit rings it and every 2 s, "
+        "the dashboard's wake every 5 s (clocks, gauges) and the system sampler's (5 s)."
     )
     section.targets.append(
         Target(

@@ -8,7 +8,9 @@ loses nothing it submitted.
 Each process has one asyncio loop in a daemon thread of its own (a Proactor loop on Windows),
 never the kernel's loop: a cell running blocking code must not stall it, and kernels
 disagree about loop types. A runner's tick on that loop reads every change since the last
-tick in one store query, resolves waiters and feeds listeners (the dashboard).
+tick in one store query, resolves waiters and feeds listeners (the dashboard). While a wait
+or a listener is there, every commit to the store rings the tick (nbrunner.wakes); else, and
+in case a ring is lost, it reads every TICK_S.
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ from .states import RunStatus
 from .store import HistoryFilter, Store
 from .sweep import Sweep, grid_points, new_id, random_points
 from .waiters import Waiters, poll_until_done
+from .wakes import ChangeBell
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.2
+# how often a runner reads the change feed unrung: what a lost ring delays a change by, and
+# how stale the active runs of a runner nothing waits on may be (it listens only for waits
+# and subscribers: a script submitting a batch is not woken by every commit)
+TICK_S = 2.0
 SERVICE_CHECK_S = 5.0  # while runs are active, a dead service is restarted this soon
 QUEUED_CANCEL_WAIT_S = 10.0  # how long cancel() waits for the service to take a queued run out
 Listener = Callable[[list[RunRecord]], None]
@@ -470,6 +476,7 @@ class Runner:
     # -- waiting -------------------------------------------------------------------------------
     def _done_future(self, run_id: int) -> concurrent.futures.Future[RunRecord]:
         future = self._waiters.add(run_id)
+        self._kick()  # the tick listens for changes from now on
         record = self.store.get(run_id)  # after registering, so no ending slips between
         if record.is_done:
             self._waiters.resolve(record)
@@ -526,6 +533,7 @@ class Runner:
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call listener(changed_records) from the runner's loop; returns an unsubscribe."""
         self._listeners.append(listener)
+        self._kick()  # the tick listens for changes from now on
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def active(self, group: str | Sequence[str] | None = None) -> pd.DataFrame:
@@ -667,15 +675,41 @@ class Runner:
 
     async def _tick_forever(self) -> None:
         self._wake = asyncio.Event()
-        while not self._closed:
-            try:
-                self._tick()
-            except Exception:  # a locked store or a bug must not end the loop for good
-                log.exception("nbrunner: the runner's tick failed; trying again")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._tick_s)
-            self._wake.clear()
-        self.store.close()
+        bell = ChangeBell(self.home)
+        hearing = asyncio.ensure_future(self._hear(bell))
+        try:
+            while not self._closed:
+                bell.want(self._wants_changes())  # before the read: no change slips between
+                try:
+                    self._tick()
+                except Exception:  # a locked store or a bug must not end the loop for good
+                    log.exception("nbrunner: the runner's tick failed; trying again")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._tick_s)
+                self._wake.clear()
+        finally:
+            hearing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hearing  # its socket leaves the loop before it is closed
+            bell.close()
+            self.store.close()
+
+    async def _hear(self, bell: ChangeBell) -> None:
+        """Each ring (a commit to the store) wakes the tick."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await loop.sock_recv(bell.socket, 64)
+                bell.drain()
+                assert self._wake is not None
+                self._wake.set()
+        except Exception:  # a loop or socket that cannot: the tick's own pace is left
+            log.warning("nbrunner: changes are not heard; read every %s s", self._tick_s)
+
+    def _wants_changes(self) -> bool:
+        """Whether anything here follows the store's changes as they come: a subscriber
+        (a dashboard) or a wait."""
+        return bool(self._listeners) or self._waiters.pending()
 
     def _tick(self) -> None:
         """Apply the change feed; now and then make sure active runs have a service."""

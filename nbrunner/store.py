@@ -27,7 +27,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import checks
+from . import checks, wakes
 from . import config as config_mod
 from .errors import (
     BadInput,
@@ -353,6 +353,7 @@ class Store:
         self.logs_dir = self.home / "logs"
         self.runs_dir = self.home / "runs"
         self.path = self.home / DB_NAME
+        self.listeners = self.home / wakes.LISTENERS
         _refuse_newer(self.path, _header_schema(self.path))  # before anything is written
         try:
             for directory in (self.logs_dir, self.runs_dir, self.home):
@@ -392,7 +393,8 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:
-        """One IMMEDIATE transaction; StoreUnavailable if it cannot be had or kept."""
+        """One IMMEDIATE transaction; StoreUnavailable if it cannot be had or kept. Once
+        committed, the clients listening for changes are rung."""
         conn = self._conn()
         self._begin(conn)
         try:
@@ -404,6 +406,7 @@ class Store:
             if isinstance(exc, sqlite3.OperationalError):
                 raise self._unavailable(exc) from None
             raise
+        wakes.ring(self.listeners)
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """Take the write lock, retrying with backoff for the store's patience."""

@@ -39,6 +39,10 @@ class Waiters:
             if not waiting:
                 self._futures.pop(run_id, None)
 
+    def pending(self) -> bool:
+        """Whether any wait is waiting."""
+        return bool(self._futures)
+
     def resolve(self, record: RunRecord) -> None:
         """The run has ended: every wait on it gets its record."""
         with self._lock:

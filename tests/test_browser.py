@@ -450,7 +450,8 @@ def test_jupyterlab_dark_theme_is_readable(
 ) -> None:
     from playwright.sync_api import expect
 
-    run = runner.submit("train", {"epochs": 1, "steps": 100, "step_time": 0.2})
+    # running until cancelled below: the checks may outlast a short run on a busy machine
+    run = runner.submit("train", {"epochs": 1, "steps": 3000, "step_time": 0.2})
     dark = open_dashboard(browser, server.url + "&theme=dark")
     try:
         expect(dark.locator(f".nbr-run-{run.id} .nbr-progress")).to_contain_text("%")

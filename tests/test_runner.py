@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import stop_everything
+from helpers.procs import wait_until
 
 import nbrunner
-from nbrunner import Runner
+from nbrunner import Runner, wakes
 from nbrunner.errors import BadInput, InvalidParameter, UnknownModule, UnknownRun
 from nbrunner.states import RunStatus
 
@@ -106,8 +113,6 @@ def test_snapshot_and_subscribe_follow_the_change_feed(runner: Runner) -> None:
         lambda changes: seen.extend((r.id, r.status.value) for r in changes)
     )
     run = runner.submit("count", {"n": 5, "delay": 0.1})
-    from helpers.procs import wait_until
-
     wait_until(lambda: any(r.id == run.id for r in runner.snapshot()), what="in snapshot")
     run.wait(timeout=30)
     wait_until(lambda: (run.id, "succeeded") in seen, what="succeeded event")
@@ -222,3 +227,112 @@ def test_a_session_only_module_stays_in_its_runner(runner: Runner, home: Path) -
     assert record.status is RunStatus.SUCCEEDED
     assert Path(record.log_path).read_text() == "scratch\n"
     assert runner.unregister("scratch") and "scratch" not in runner.modules()
+
+
+# -- hearing changes: rung by every commit while something waits, not polled ----------------------
+def listeners_of(home: Path) -> list[str]:
+    folder = home / wakes.LISTENERS
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def test_a_subscriber_hears_another_process_commit_without_polling(home: Path) -> None:
+    with Runner(home, tick=3600) as runner:  # its own reads: at start, then hourly
+        runner.config("paused", True)
+        run = runner.submit("count", {"n": 1})
+        heard: list[int] = []
+        runner.subscribe(lambda changes: heard.extend(r.priority for r in changes))
+        wait_until(lambda: listeners_of(home), what="the runner announced as a listener")
+        code = (
+            f"from nbrunner.store import Store; Store({str(home)!r}).update({run.id}, priority=7)"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True)
+        wait_until(lambda: 7 in heard, timeout=30, what="the other process's commit heard")
+        stop_everything(runner)
+    assert listeners_of(home) == []  # closed while subscribed: withdrawn
+
+
+def test_a_wait_is_rung_by_the_services_commits(home: Path) -> None:
+    with Runner(home, tick=3600) as runner:
+        run = runner.submit("count", {"n": 1, "delay": 0})
+        assert run.wait(timeout=60).status is RunStatus.SUCCEEDED
+
+
+def test_a_runner_listens_only_while_something_waits_on_its_changes(home: Path) -> None:
+    with Runner(home, tick=0.05) as runner:
+        runner.config("paused", True)
+        run = runner.submit("count", {"n": 1})
+        # a tick has read the run: it listened only if something waited (a batch is not rung)
+        wait_until(runner.snapshot, what="a tick since the submit")
+        assert listeners_of(home) == []
+        unsubscribe = runner.subscribe(lambda changes: None)
+        (entry,) = wait_until(lambda: listeners_of(home), what="a subscriber's listener")
+        assert entry.startswith(f"{os.getpid()}-")
+        unsubscribe()
+        wait_until(lambda: not listeners_of(home), what="the listener withdrawn")
+        waiting = threading.Thread(target=run.wait, kwargs={"timeout": 60})
+        waiting.start()
+        wait_until(lambda: listeners_of(home), what="a wait's listener")
+        runner.config("paused", False)
+        waiting.join(timeout=90)
+        wait_until(lambda: not listeners_of(home), what="the listener withdrawn after the wait")
+    assert listeners_of(home) == []
+
+
+def test_listeners_left_by_dead_processes_are_swept_when_another_announces(home: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    folder = home / wakes.LISTENERS
+    folder.mkdir()
+    (folder / f"{gone.stdout.strip()}-40000").touch()
+    (folder / "notes.txt").touch()  # not a listener: neither rung nor removed
+    assert wakes.listener_ports(folder) == (40000,)
+    with Runner(home) as runner:
+        runner.subscribe(lambda changes: None)
+        wait_until(
+            lambda: listeners_of(home) == sorted([runner_entry(home), "notes.txt"]),
+            what="the dead listener swept",
+        )
+
+
+def runner_entry(home: Path) -> str:
+    return next(n for n in listeners_of(home) if n.startswith(f"{os.getpid()}-"))
+
+
+def test_a_listener_added_within_the_folders_clock_step_is_rung(tmp_path: Path) -> None:
+    folder = tmp_path / wakes.LISTENERS
+    folder.mkdir()
+    (folder / "1-40001").touch()
+    step = time.time_ns()  # the coarse clock: both changes in one step leave the same mtime
+    os.utime(folder, ns=(step, step))
+    assert wakes.listener_ports(folder) == (40001,)
+    (folder / "2-40002").touch()
+    os.utime(folder, ns=(step, step))
+    assert sorted(wakes.listener_ports(folder)) == [40001, 40002]
+
+
+@pytest.mark.posix
+def test_a_forked_child_rings_from_a_socket_of_its_own(tmp_path: Path) -> None:
+    """A service that rang forks a recorder, which closes every file it inherited: its
+    rings and wakes must not go to whatever file then takes the parent socket's number."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(30)
+    port = receiver.getsockname()[1]
+    wakes.send(port)
+    inherited = wakes._sender.fileno()  # type: ignore[union-attr]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's verdict is its exit status
+        status = 1
+        try:
+            os.close(inherited)  # as a forked recorder does with what it inherited
+            taker = os.open(tmp_path / "takes-the-number", os.O_CREAT | os.O_WRONLY, 0o600)
+            wakes.send(port)
+            os.fstat(taker)  # still open: the send neither wrote to it nor closed it
+            status = 0 if os.path.getsize(tmp_path / "takes-the-number") == 0 else 2
+        finally:
+            os._exit(status)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert [receiver.recv(8), receiver.recv(8)] == [b"w", b"w"]  # the parent's, the child's
+    wakes.send(port)  # the parent's socket is still the parent's
+    assert receiver.recv(8) == b"w"
+    receiver.close()

@@ -78,6 +78,13 @@ def refresh_until(dash: Dashboard, predicate: Callable[[], T], what: str) -> T:
     return wait_until(tick, timeout=20, what=what)
 
 
+def quiet_refresh(dash: Dashboard) -> bool:
+    """Whether the next refresh sends nothing (what a change asked to reload is done)."""
+    dash.stats.reset()
+    dash.refresh()
+    return dash.stats.updates == 0
+
+
 # -- launcher ------------------------------------------------------------------------------------
 def test_form_is_generated_from_the_module_parameters(dash: Dashboard) -> None:
     launcher = dash.launcher
@@ -613,12 +620,14 @@ def test_seconds_of_sleep_between_clock_steps_send_nothing(
     dash: Dashboard, runner: Runner, clock: FakeClock
 ) -> None:
     runner.config("paused", True)
+    heard: list[int] = []  # subscribed after the dashboard: called after it, too
+    runner.subscribe(lambda changes: heard.extend(r.id for r in changes))
     run = runner.submit("sleep", {"n": 60})
-    refresh_until(dash, lambda: run.id in dash.cards.cards, "a card")
+    refresh_until(dash, lambda: run.id in dash.cards.cards and run.id in heard, "a card")
     # a minute after its submission, the start of a clock step: the card counts from when it
     # was submitted (a busy machine may submit seconds after the clock was made)
     clock.now = run.record.submitted_at + 60
-    dash.refresh()
+    wait_until(lambda: quiet_refresh(dash), timeout=20, what="the reloads the new run asked for")
     dash.stats.reset()
     for _ in range(4):  # four seconds within the step: the card's text stays the same
         clock.now += 1

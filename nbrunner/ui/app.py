@@ -14,7 +14,7 @@ sends only changed values, and makes at most one reload from the store (the hist
 or the summary), and only when the user asked or runs changed.
 
 The page sleeps while nothing changes. The thread wakes when the runner's change feed
-brings a new store version (a CLI change shows within the runner's tick), when the user
+brings a new store version (a commit in any process rings the runner), when the user
 acts, and otherwise every CLOCK_S: live clocks are coarse (`text.clock`, 5 s steps then
 minutes) and gauges move at that pace, so an idle page costs a wake-up every few seconds
 and sends nothing when no text changed. Only while a log tab or a Compare line follows a
