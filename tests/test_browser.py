@@ -610,6 +610,15 @@ def test_toasts_float_and_text_is_readable_light_and_dark(
             shown.close()
 
 
+def buttons_beside_rows(layout: dict[str, Any]) -> dict[str, Any] | None:
+    """The layout, if each row's buttons sit beside it; else None."""
+    rows, centres = layout["rows"], layout["actionCentres"]
+    beside = len(rows) == len(centres) and all(
+        top <= centre <= bottom for (top, bottom), centre in zip(rows, centres, strict=True)
+    )
+    return layout if beside else None
+
+
 def test_history_at_1024_by_768_cuts_no_id_header_or_badge(browser: Any, server: Server) -> None:
     from playwright.sync_api import expect
 
@@ -622,10 +631,13 @@ def test_history_at_1024_by_768_cuts_no_id_header_or_badge(browser: Any, server:
             expect(shown.locator(".nbr-hrow")).to_have_count(25)
             expect(shown.locator(".nbr-hrow").first).to_contain_text("succeeded")
             assert shown.evaluate(_CELLS_JS) == []
-            layout = history_layout(shown)
+            # the table and its buttons are two widgets: a reload (a run of another test
+            # ended) moves one a message before the other, so the page is measured settled
+            layout = wait_until(
+                lambda page=shown: buttons_beside_rows(history_layout(page)),
+                what="each row's buttons beside it",
+            )
             assert layout["scrollers"] == [] and not layout["truncatedButtons"]
-            for (top, bottom), centre in zip(layout["rows"], layout["actionCentres"], strict=True):
-                assert top <= centre <= bottom, "each row's buttons sit beside it"
         finally:
             shown.close()
 
