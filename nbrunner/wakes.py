@@ -98,7 +98,8 @@ def listener_ports(folder: Path) -> tuple[int, ...]:
 
 
 def ring(folder: Path) -> None:
-    """Tell every listening client that the store changed (after each commit)."""
+    """Tell every listening client that the store changed (after each commit: it never
+    raises, so a committed write never looks failed)."""
     for port in listener_ports(folder):
         with suppress(OSError):
             send(port)
@@ -114,7 +115,9 @@ def _names(folder: Path) -> list[str]:
 def _listener(name: str) -> tuple[int, int] | None:
     """(pid, port) of a listener's file name, None for anything else."""
     pid, _, port = name.partition("-")
-    return (int(pid), int(port)) if pid.isdigit() and port.isdigit() else None
+    if not (pid.isdigit() and port.isdigit() and 0 < int(port) < 65536):
+        return None
+    return int(pid), int(port)
 
 
 class ChangeBell:

@@ -336,3 +336,15 @@ def test_a_forked_child_rings_from_a_socket_of_its_own(tmp_path: Path) -> None:
     wakes.send(port)  # the parent's socket is still the parent's
     assert receiver.recv(8) == b"w"
     receiver.close()
+
+
+def test_nonsense_in_the_listeners_folder_never_fails_a_write(home: Path) -> None:
+    folder = home / wakes.LISTENERS
+    folder.mkdir()
+    for name in ("1-99999", "1-0", "x-1", "1-", "-5", "12", "1-2-3"):
+        (folder / name).touch()
+    (folder / "2-40003").mkdir()  # a folder where a listener's file would be: still rung
+    assert wakes.listener_ports(folder) == (40003,)
+    with Runner(home, start=False) as runner:
+        runner.config("max_concurrent", 3)  # a commit, rung to the one sane port
+        assert runner.config("max_concurrent") == 3
