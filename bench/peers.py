@@ -199,7 +199,10 @@ class RayHead:
         )  # fmt: skip
         ports: dict[str, int] = dict(zip(flags, free_ports(len(flags)), strict=True))
         self.dashboard_port = ports["--dashboard-port"]
-        worker_base = random.randrange(30000, 39000, 200)
+        # between Ray's default worker ports (10002-19999: another head, the tests') and the
+        # ports the system hands out (Linux's from 32768, as free_ports got above): a worker
+        # range that takes in one of those makes `ray start` refuse
+        worker_base = random.randrange(20000, 32600, 200)
         ports |= {"--min-worker-port": worker_base, "--max-worker-port": worker_base + 199}
         sibling = Path(sys.executable).with_name("ray")
         ray = str(sibling) if sibling.exists() else shutil.which("ray") or "ray"
