@@ -796,7 +796,10 @@ class Service:
             return
         record = watch.record
         if watch.running and record.status is RunStatus.STARTING:
-            self.store.transition(record.id, RunStatus.RUNNING, started_at=time.time())
+            # kept as written: a pass before the change feed brings it must not write it again
+            watch.record = self.store.transition(
+                record.id, RunStatus.RUNNING, started_at=time.time()
+            )
         if record.control == "cancel" and watch.stop_requested is None:
             watch.stop_requested = (RunStatus.CANCELLED, "cancelled by request")
 

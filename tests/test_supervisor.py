@@ -239,6 +239,19 @@ def test_a_ray_job_that_ends_before_it_was_seen_running_is_recorded(
     assert (ended.status, ended.exit_code) == (RunStatus.SUCCEEDED, 0)
 
 
+def test_two_passes_before_the_change_feed_record_a_ray_jobs_start_once(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner, watch = watched_ray_run(home, monkeypatch, StubbornRayJob())
+    wait_until(lambda: watch.running, what="the job seen running")
+    owner._advance_ray(watch)
+    owner._advance_ray(watch)  # no change feed read between: the start is not written again
+    assert owner.store.get(watch.record.id).status is RunStatus.RUNNING
+    owner.store.update(watch.record.id, control="cancel")
+    watch.record = owner.store.get(watch.record.id)
+    assert advance_until_ended(owner, watch).status is RunStatus.LOST
+
+
 def test_a_ray_job_that_would_not_stop_keeps_its_lost_status_and_reason(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
