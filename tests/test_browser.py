@@ -619,6 +619,22 @@ def buttons_beside_rows(layout: dict[str, Any]) -> dict[str, Any] | None:
     return layout if beside else None
 
 
+def settled_history_layout(page: Any, timeout: float = 60.0) -> dict[str, Any]:
+    """History's layout once each row's buttons sit beside it; else a failure that shows
+    where the rows and the buttons were last seen."""
+    seen: list[dict[str, Any]] = []
+
+    def settled() -> dict[str, Any] | None:
+        seen[:] = [history_layout(page)]
+        return buttons_beside_rows(seen[0])
+
+    try:
+        return wait_until(settled, timeout=timeout, what="each row's buttons beside it")
+    except AssertionError as failed:
+        rows, centres = seen[0]["rows"], seen[0]["actionCentres"]
+        raise AssertionError(f"{failed}; rows (top, bottom): {rows}; buttons: {centres}") from None
+
+
 def test_history_at_1024_by_768_cuts_no_id_header_or_badge(browser: Any, server: Server) -> None:
     from playwright.sync_api import expect
 
@@ -633,10 +649,7 @@ def test_history_at_1024_by_768_cuts_no_id_header_or_badge(browser: Any, server:
             assert shown.evaluate(_CELLS_JS) == []
             # the table and its buttons are two widgets: a reload (a run of another test
             # ended) moves one a message before the other, so the page is measured settled
-            layout = wait_until(
-                lambda page=shown: buttons_beside_rows(history_layout(page)),
-                what="each row's buttons beside it",
-            )
+            layout = settled_history_layout(shown)
             assert layout["scrollers"] == [] and not layout["truncatedButtons"]
         finally:
             shown.close()
