@@ -32,7 +32,7 @@ nbrunner adds the store, the service, a recorder and its executor process, paper
 The floor is a process that has already imported nbclient executing the notebook (its
 parameters cell edited in memory) with `NotebookClient(nb).execute()`, the kernel killed at
 the end as nbrunner's executor does: kernel start-up and execution alone. nbrunner's
-executor leaves out one import (`rfc3987_syntax`, ~0.9 s here), see nbrunner/notebook."""
+executor leaves out one import (`rfc3987_syntax`, ~0.9 s here), see src/nbrunner/notebook.py."""
 
 
 def write_notebook(path: Path) -> Path:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "nbrunner"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "nbrunner"
 
 
 def module_name(path: Path, package: Path = PACKAGE) -> str:
