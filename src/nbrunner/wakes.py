@@ -22,8 +22,6 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 LISTENERS = "listeners"  # the home's folder of PID-PORT files, one per listening client
 
 # info file → its identity (inode, mtime, size) and what it said then: a process announces
@@ -142,6 +140,8 @@ class ChangeBell:
     def _announce(self) -> None:
         """Announce this port, and remove what clients that died without withdrawing left
         (each would cost every commit a datagram); on failure the client only polls."""
+        import psutil  # here: the keeper and the service ring, and never pay its import
+
         with suppress(OSError):
             self.folder.mkdir(mode=0o700, exist_ok=True)
             self.entry.touch(mode=0o600)
