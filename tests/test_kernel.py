@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers.browser import free_port, wait_for_port
+from helpers.browser import free_port, start_on_free_port
 from helpers.procs import alive, wait_for_file, wait_until
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.manager import start_new_kernel
@@ -111,18 +112,16 @@ SAID = re.compile(r"run (\d+) from kernel (\d+)")
 
 @contextmanager
 def server(command: list[str], env: dict[str, str], log: Path) -> Iterator[int]:
-    """A Jupyter server or Voila in a session of its own, listening on the port it yields."""
-    port = free_port()
+    """A Jupyter server or Voila (told port_retries=0) in a session of its own, listening on
+    the port it yields."""
     with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [*command, f"--port={port}", "--no-browser"],
+        process, port = start_on_free_port(
+            lambda port: [*command, f"--port={port}", "--no-browser"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
         try:
-            wait_for_port(port, process)
             yield port
             os.killpg(process.pid, signal.SIGKILL)  # the test's kill: no shutdown, no cleanup
             process.wait(timeout=10)
@@ -147,12 +146,39 @@ def assert_run_goes_on_to_succeed(home: Path, run_id: int, gate: Path) -> None:
     assert Path(record.log_path).read_text() == "1\n"
 
 
+def test_a_server_whose_port_another_program_took_is_started_on_another(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """free_port() lets its port go before the server binds it; a program beside the tests
+    (another test's server, a Ray worker) that takes it meanwhile must not be the server a
+    test talks to, as when a JupyterLab moved to the next port and the browser reached
+    whatever held the first."""
+    import helpers.browser as browser
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        monkeypatch.setattr(browser, "free_port", lambda: next(ports, None) or free_port())
+        command = [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1"]
+        command += [
+            "--allow-root",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.root_dir={tmp_path}",
+        ]
+        with server(command, dict(os.environ), tmp_path / "server.log") as port:
+            assert port != taken.getsockname()[1]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=60) as answer:
+                assert "version" in json.load(answer)
+
+
 def test_a_run_outlives_a_killed_jupyter_server_and_its_kernel(
     kernel_env, home: Path, tmp_path: Path
 ) -> None:
     runtime, token, gate = tmp_path / "runtime", "test-token", tmp_path / "gate"
     env = {**kernel_env, "JUPYTER_RUNTIME_DIR": str(runtime)}
     command = [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1", "--allow-root"]
+    command += ["--ServerApp.port_retries=0"]
     command += [f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}"]
     with server(command, env, tmp_path / "server.log") as port:
         request = urllib.request.Request(
@@ -187,6 +213,7 @@ def test_a_run_outlives_a_killed_voila_and_its_page_kernel(
     notebook = {"cells": [{**cell, "source": submit_and_say(gate)}], "metadata": {}}
     page.write_text(json.dumps({**notebook, "nbformat": 4, "nbformat_minor": 5}))
     command = [sys.executable, "-m", "voila", str(page), "--Voila.ip=127.0.0.1"]
+    command += ["--Voila.port_retries=0"]
     with server(command, kernel_env, tmp_path / "voila.log") as port:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=120) as response:
             html = response.read().decode()

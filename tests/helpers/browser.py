@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,7 +204,7 @@ def jupyterlab_server(
     notebooks = root / "notebooks"
     notebooks.mkdir()
     (notebooks / "dashboard.ipynb").write_text(json.dumps(_notebook(cells)))
-    token, port = secrets.token_hex(16), free_port()
+    token = secrets.token_hex(16)
     env = dict(
         os.environ,
         JUPYTER_TOKEN=token,
@@ -217,16 +217,15 @@ def jupyterlab_server(
         "jupyterlab",
         "--no-browser",
         "--allow-root",
-        f"--port={port}",
         "--ServerApp.ip=127.0.0.1",
+        "--ServerApp.port_retries=0",
         f"--ServerApp.root_dir={notebooks}",
     ]
     with open(root / "jupyterlab.log", "wb") as log:
-        process = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        process, port = start_on_free_port(
+            lambda port: [*command, f"--port={port}"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            wait_for_port(port, process)
             yield f"http://127.0.0.1:{port}/lab/tree/dashboard.ipynb?token={token}"
         finally:
             stop_server(process)
@@ -251,16 +250,54 @@ def _notebook(cells: list[str]) -> dict[str, Any]:
     }
 
 
+class ServerExited(AssertionError):
+    """The server ended before it listened (with port_retries=0: the port was taken)."""
+
+
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Until `process` itself listens on `port`: a connect alone would also reach another
+    program that took the port after free_port() let it go."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"the server exited with status {process.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+            raise ServerExited(f"the server exited with status {process.returncode}")
+        if _listens(process.pid, port):
+            return
         time.sleep(0.1)
     raise AssertionError(f"the server did not listen on port {port} in {timeout} s")
+
+
+def _listens(pid: int, port: int) -> bool:
+    with suppress(psutil.Error):
+        found = psutil.Process(pid)
+        sockets = getattr(found, "net_connections", None) or found.connections  # psutil < 6
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            for c in sockets(kind="tcp")
+        )
+    return False
+
+
+def start_on_free_port(
+    argv_for: Callable[[int], list[str]], attempts: int = 3, **popen: Any
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A server started on a port that was free a moment ago, once it listens there. Told
+    not to try other ports (port_retries=0), it exits if another program took the port
+    meanwhile (tests and Ray run side by side): it is then started on another."""
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        process = subprocess.Popen(argv_for(port), start_new_session=True, **popen)
+        try:
+            wait_for_port(port, process)
+        except ServerExited:
+            if attempt == attempts:
+                raise
+            continue
+        except BaseException:
+            stop_server(process)
+            raise
+        return process, port
+    raise AssertionError("unreachable")
 
 
 def run_cell(page: Any, index: int) -> None:
