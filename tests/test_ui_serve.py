@@ -11,7 +11,10 @@ import http.cookiejar
 import json
 import re
 import signal
+import socket
 import stat
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,7 +26,8 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers.browser import Server, dashboard_server
+from helpers.browser import Server, dashboard_server, printed_url, stop_server
+from helpers.cli import cli
 from helpers.procs import alive, wait_until
 
 from nbrunner.ui.serve import (
@@ -34,6 +38,7 @@ from nbrunner.ui.serve import (
     private_config,
     url_for,
     voila_config,
+    wait_until_listening,
 )
 from nbrunner.ui.voila_app import check_host, host_name
 
@@ -245,3 +250,59 @@ def test_ctrl_c_ends_a_page_kernel_that_does_not_answer(tmp_path: Path) -> None:
         finally:
             with contextlib.suppress(psutil.Error):
                 kernel.kill()
+
+
+# -- the port -------------------------------------------------------------------------------------
+def test_a_port_another_program_holds_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """Voila would find the port taken and give up, after we had printed (and opened) a URL
+    that reached the other program."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli(
+            tmp_path / "home", "dashboard", "--port", str(port), "--no-browser", check=False
+        )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == (
+        f"nbrunner: error: port {port} on 127.0.0.1 is taken by another program: choose "
+        "another with --port (0: any free port)"
+    )
+
+
+def test_the_url_names_only_a_port_the_dashboards_own_voila_listens_on() -> None:
+    """A connect would be answered by whatever listens on the port; Voila's own sockets are
+    what counts, and with --port 0 they say which port the system gave it."""
+    listener = "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()"
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        quiet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        serving = subprocess.Popen([sys.executable, "-c", listener + "; time.sleep(60)"])
+        try:
+            assert wait_until_listening(other.getsockname()[1], quiet, timeout=2) is None
+            port = wait_until_listening(0, serving, timeout=60)
+            assert port is not None and port != other.getsockname()[1]
+            assert wait_until_listening(port, serving, timeout=60) == port
+        finally:
+            for process in (quiet, serving):
+                process.kill()
+                process.wait()
+
+
+def test_port_0_serves_on_a_free_port_and_prints_it(tmp_path: Path) -> None:
+    out_file = tmp_path / "dashboard.out"
+    command = [sys.executable, "-m", "nbrunner", "dashboard", "--port", "0", "--no-browser"]
+    with open(out_file, "wb") as out:
+        process = subprocess.Popen(
+            [*command, "--home", str(tmp_path / "home")],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        url = printed_url(out_file, process)
+        assert re.fullmatch(r"http://127\.0\.0\.1:[1-9]\d*/\?token=[\w-]{40,}", url)
+        assert get(url.split("?")[0]) == 302  # Voila answers there (to the login page)
+    finally:
+        stop_server(process)

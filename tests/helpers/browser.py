@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from nbrunner.store import Store
+from nbrunner.ui.serve import listening_ports
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium floods a closed network with retries.
@@ -117,6 +118,10 @@ class Server:
         return found
 
 
+class ServerExited(AssertionError):
+    """The server ended before it listened (with port_retries=0: the port was taken)."""
+
+
 def printed_url(out_file: Path, process: subprocess.Popen[bytes], timeout: float = 120) -> str:
     """The URL `nbrunner dashboard` prints once Voila listens."""
     deadline = time.monotonic() + timeout
@@ -125,17 +130,41 @@ def printed_url(out_file: Path, process: subprocess.Popen[bytes], timeout: float
             if line.startswith("http://"):
                 return line.strip()
         if process.poll() is not None:
-            raise AssertionError(f"the dashboard server exited with status {process.returncode}")
+            raise ServerExited(f"the dashboard server exited with status {process.returncode}")
         time.sleep(0.1)
     raise AssertionError(f"the dashboard server printed no URL in {timeout} s")
 
 
 @contextmanager
-def dashboard_server(home: Path, log_dir: Path) -> Iterator[Server]:
-    """`nbrunner dashboard` on a free port; stops it with SIGTERM to that process alone
-    (it must stop Voila and the page kernels), then sweeps its group if anything is left."""
-    port = free_port()
-    command = [
+def dashboard_server(home: Path, log_dir: Path, attempts: int = 3) -> Iterator[Server]:
+    """`nbrunner dashboard` on a free port (started again on another if a program took it
+    meanwhile: Voila is told not to move); stops it with SIGTERM to that process alone (it
+    must stop Voila and the page kernels), then sweeps its group if anything is left."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        out_file = log_dir / f"dashboard-{port}.out"
+        err_file = log_dir / f"dashboard-{port}.log"
+        with open(out_file, "wb") as out, open(err_file, "wb") as log:
+            process = subprocess.Popen(
+                _dashboard_argv(home, port), stdout=out, stderr=log, start_new_session=True
+            )
+            try:
+                url = printed_url(out_file, process)
+            except BaseException as failed:
+                stop_server(process)
+                if isinstance(failed, ServerExited) and attempt < attempts:
+                    continue
+                raise
+            try:
+                yield Server(process, port, url, (out_file, err_file))
+            finally:
+                stop_server(process)
+            return
+
+
+def _dashboard_argv(home: Path, port: int) -> list[str]:
+    return [
         sys.executable,
         "-c",
         # as from a terminal, whatever started the tests: Ctrl-C interrupts (a background
@@ -150,15 +179,6 @@ def dashboard_server(home: Path, log_dir: Path) -> Iterator[Server]:
         str(port),
         "--no-browser",
     ]
-    log_dir.mkdir(parents=True, exist_ok=True)
-    out_file = log_dir / f"dashboard-{port}.out"
-    err_file = log_dir / f"dashboard-{port}.log"
-    with open(out_file, "wb") as out, open(err_file, "wb") as log:
-        process = subprocess.Popen(command, stdout=out, stderr=log, start_new_session=True)
-        try:
-            yield Server(process, port, printed_url(out_file, process), (out_file, err_file))
-        finally:
-            stop_server(process)
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
@@ -250,10 +270,6 @@ def _notebook(cells: list[str]) -> dict[str, Any]:
     }
 
 
-class ServerExited(AssertionError):
-    """The server ended before it listened (with port_retries=0: the port was taken)."""
-
-
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
     """Until `process` itself listens on `port`: a connect alone would also reach another
     program that took the port after free_port() let it go."""
@@ -261,21 +277,10 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServerExited(f"the server exited with status {process.returncode}")
-        if _listens(process.pid, port):
+        if port in listening_ports(process.pid):
             return
         time.sleep(0.1)
     raise AssertionError(f"the server did not listen on port {port} in {timeout} s")
-
-
-def _listens(pid: int, port: int) -> bool:
-    with suppress(psutil.Error):
-        found = psutil.Process(pid)
-        sockets = getattr(found, "net_connections", None) or found.connections  # psutil < 6
-        return any(
-            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-            for c in sockets(kind="tcp")
-        )
-    return False
 
 
 def start_on_free_port(

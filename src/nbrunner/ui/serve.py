@@ -31,6 +31,10 @@ from importlib import resources as package_files
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from ..errors import BadInput
+
 NOTEBOOK = "dashboard.ipynb"
 CULL_IDLE_TIMEOUT_S = 30
 CULL_INTERVAL_S = 10
@@ -109,17 +113,49 @@ def private_config(config: dict[str, Any]) -> Iterator[Path]:
         yield path
 
 
+def port_taken(ip: str, port: int) -> bool:
+    """Whether another program holds the port: Voila, told not to move, could not serve
+    there (port 0 asks the system for a free one)."""
+    if port == 0:
+        return False
+    family, kind, proto, _, address = socket.getaddrinfo(
+        ip or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, kind, proto) as probe:
+        if os.name != "nt":  # as Voila binds: a port in TIME_WAIT is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            return True
+    return False
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports the process itself listens on (none if it cannot be looked at)."""
+    with contextlib.suppress(psutil.Error):
+        found = psutil.Process(pid)
+        sockets = getattr(found, "net_connections", None) or found.connections  # psutil < 6
+        return {
+            c.laddr.port for c in sockets(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr
+        }
+    return set()
+
+
 def wait_until_listening(
-    ip: str, port: int, process: subprocess.Popen[bytes], timeout: float = LISTEN_TIMEOUT_S
-) -> bool:
-    """A TCP connect only: an HTTP request would start a kernel."""
-    host = "127.0.0.1" if ip in WILDCARDS else ip
+    port: int, process: subprocess.Popen[bytes], timeout: float = LISTEN_TIMEOUT_S
+) -> int | None:
+    """The port Voila's own process listens on (the system's choice for port 0), once it
+    does; None if it ended first. Its sockets are looked at, not connected to: a connect
+    would also reach another program on the port (and an HTTP request would start a
+    kernel)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
-            return True
+        ports = listening_ports(process.pid)
+        if port in ports or (port == 0 and ports):
+            return port or min(ports)
         time.sleep(0.1)
-    return False
+    return None
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
@@ -154,6 +190,11 @@ def serve(
     env = dict(os.environ, NBRUNNER_HOME=str(Path(home).expanduser().resolve()))
     if modules_file:
         env["NBRUNNER_MODULES"] = str(Path(modules_file).expanduser().resolve())
+    if port_taken(ip, port):
+        raise BadInput(
+            f"port {port} on {ip or 'every address'} is taken by another program: choose "
+            "another with --port (0: any free port)"
+        )
     token = secrets.token_urlsafe(32)
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
@@ -175,8 +216,9 @@ def _watch(
     process: subprocess.Popen[bytes], ip: str, port: int, token: str, open_browser: bool
 ) -> int:
     try:
-        if wait_until_listening(ip, port, process):
-            url = url_for(ip, port, token)
+        listening = wait_until_listening(port, process)
+        if listening is not None:
+            url = url_for(ip, listening, token)
             print(url, flush=True)
             if open_browser:
                 webbrowser.open(url)
