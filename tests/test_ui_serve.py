@@ -280,14 +280,38 @@ def test_the_url_names_only_a_port_the_dashboards_own_voila_listens_on() -> None
         quiet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         serving = subprocess.Popen([sys.executable, "-c", listener + "; time.sleep(60)"])
         try:
-            assert wait_until_listening(other.getsockname()[1], quiet, timeout=2) is None
-            port = wait_until_listening(0, serving, timeout=60)
+            assert (
+                wait_until_listening("127.0.0.1", other.getsockname()[1], quiet, timeout=2) is None
+            )
+            port = wait_until_listening("127.0.0.1", 0, serving, timeout=60)
             assert port is not None and port != other.getsockname()[1]
-            assert wait_until_listening(port, serving, timeout=60) == port
+            assert wait_until_listening("127.0.0.1", port, serving, timeout=60) == port
         finally:
             for process in (quiet, serving):
                 process.kill()
                 process.wait()
+
+
+def test_where_sockets_cannot_be_looked_at_a_connect_tells(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nbrunner.ui import serve
+
+    def denied(pid: int) -> None:
+        raise psutil.AccessDenied(pid)
+
+    monkeypatch.setattr(serve.psutil, "Process", denied)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            assert serve.listening_ports(sleeper.pid) is None
+            assert wait_until_listening("0.0.0.0", port, sleeper, timeout=10) == port
+        finally:
+            sleeper.kill()
+            sleeper.wait()
 
 
 def test_port_0_serves_on_a_free_port_and_prints_it(tmp_path: Path) -> None:

@@ -277,7 +277,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServerExited(f"the server exited with status {process.returncode}")
-        if port in listening_ports(process.pid):
+        if port in (listening_ports(process.pid) or ()):
             return
         time.sleep(0.1)
     raise AssertionError(f"the server did not listen on port {port} in {timeout} s")

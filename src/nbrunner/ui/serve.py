@@ -131,19 +131,23 @@ def port_taken(ip: str, port: int) -> bool:
     return False
 
 
-def listening_ports(pid: int) -> set[int]:
-    """The TCP ports the process itself listens on (none if it cannot be looked at)."""
-    with contextlib.suppress(psutil.Error):
+def listening_ports(pid: int) -> set[int] | None:
+    """The TCP ports the process itself listens on; None where the system does not let us
+    look (then only a connect can tell)."""
+    try:
         found = psutil.Process(pid)
         sockets = getattr(found, "net_connections", None) or found.connections  # psutil < 6
         return {
             c.laddr.port for c in sockets(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr
         }
-    return set()
+    except psutil.AccessDenied:
+        return None
+    except psutil.Error:  # it ended
+        return set()
 
 
 def wait_until_listening(
-    port: int, process: subprocess.Popen[bytes], timeout: float = LISTEN_TIMEOUT_S
+    ip: str, port: int, process: subprocess.Popen[bytes], timeout: float = LISTEN_TIMEOUT_S
 ) -> int | None:
     """The port Voila's own process listens on (the system's choice for port 0), once it
     does; None if it ended first. Its sockets are looked at, not connected to: a connect
@@ -152,10 +156,19 @@ def wait_until_listening(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         ports = listening_ports(process.pid)
-        if port in ports or (port == 0 and ports):
+        if ports is None and port and _accepts(ip, port):
+            return port
+        if ports and (port in ports or port == 0):
             return port or min(ports)
         time.sleep(0.1)
     return None
+
+
+def _accepts(ip: str, port: int) -> bool:
+    host = "127.0.0.1" if ip in WILDCARDS else ip
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
@@ -216,7 +229,7 @@ def _watch(
     process: subprocess.Popen[bytes], ip: str, port: int, token: str, open_browser: bool
 ) -> int:
     try:
-        listening = wait_until_listening(port, process)
+        listening = wait_until_listening(ip, port, process)
         if listening is not None:
             url = url_for(ip, listening, token)
             print(url, flush=True)
