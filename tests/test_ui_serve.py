@@ -270,6 +270,22 @@ def test_a_port_another_program_holds_is_refused_with_what_to_do(tmp_path: Path)
     )
 
 
+@pytest.mark.parametrize(
+    ("ip", "said"),
+    [
+        ("192.0.2.1", "cannot serve on 192.0.2.1 port 8866: "),  # a documentation address
+        ("no such host!", "--ip 'no such host!' is no address of this machine ("),
+    ],
+)
+def test_an_address_that_cannot_be_served_on_is_refused_in_one_line(
+    tmp_path: Path, ip: str, said: str
+) -> None:
+    result = cli(tmp_path / "home", "dashboard", "--ip", ip, "--no-browser", check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("nbrunner: error: " + said)
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_the_url_names_only_a_port_the_dashboards_own_voila_listens_on() -> None:
     """A connect would be answered by whatever listens on the port; Voila's own sockets are
     what counts, and with --port 0 they say which port the system gave it."""

@@ -16,6 +16,7 @@ Runs are not affected by any of this: they live in their recorders, under the ho
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -113,22 +114,27 @@ def private_config(config: dict[str, Any]) -> Iterator[Path]:
         yield path
 
 
-def port_taken(ip: str, port: int) -> bool:
-    """Whether another program holds the port: Voila, told not to move, could not serve
-    there (port 0 asks the system for a free one)."""
-    if port == 0:
-        return False
-    family, kind, proto, _, address = socket.getaddrinfo(
-        ip or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+def check_port(ip: str, port: int) -> None:
+    """Refuse, in one line, an address Voila could not serve on: it is told not to move, and
+    would give up only after starting (port 0 asks the system for a free port)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            ip or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise BadInput(f"--ip {ip!r} is no address of this machine ({exc.strerror})") from None
     with socket.socket(family, kind, proto) as probe:
         if os.name != "nt":  # as Voila binds: a port in TIME_WAIT is free
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
-        except OSError:
-            return True
-    return False
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise BadInput(
+                    f"port {port} on {ip or 'every address'} is taken by another program: "
+                    "choose another with --port (0: any free port)"
+                ) from None
+            raise BadInput(f"cannot serve on {ip} port {port}: {exc.strerror}") from None
 
 
 def listening_ports(pid: int) -> set[int] | None:
@@ -203,11 +209,7 @@ def serve(
     env = dict(os.environ, NBRUNNER_HOME=str(Path(home).expanduser().resolve()))
     if modules_file:
         env["NBRUNNER_MODULES"] = str(Path(modules_file).expanduser().resolve())
-    if port_taken(ip, port):
-        raise BadInput(
-            f"port {port} on {ip or 'every address'} is taken by another program: choose "
-            "another with --port (0: any free port)"
-        )
+    check_port(ip, port)
     token = secrets.token_urlsafe(32)
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
