@@ -619,7 +619,7 @@ def buttons_beside_rows(layout: dict[str, Any]) -> dict[str, Any] | None:
     return layout if beside else None
 
 
-def settled_history_layout(page: Any, timeout: float = 60.0) -> dict[str, Any]:
+def settled_history_layout(page: Any, shots: Path, timeout: float = 60.0) -> dict[str, Any]:
     """History's layout once each row's buttons sit beside it; else a failure that shows
     where the rows and the buttons were last seen."""
     seen: list[dict[str, Any]] = []
@@ -631,11 +631,18 @@ def settled_history_layout(page: Any, timeout: float = 60.0) -> dict[str, Any]:
     try:
         return wait_until(settled, timeout=timeout, what="each row's buttons beside it")
     except AssertionError as failed:
-        rows, centres = seen[0]["rows"], seen[0]["actionCentres"]
-        raise AssertionError(f"{failed}; rows (top, bottom): {rows}; buttons: {centres}") from None
+        rows, centres, strangers = (seen[0][k] for k in ("rows", "actionCentres", "strangers"))
+        shot = shots / "history-unsettled.png"
+        page.screenshot(path=str(shot), full_page=True)
+        raise AssertionError(
+            f"{failed}; rows (top, bottom): {rows}; buttons: {centres}; the button column's "
+            f"other children (class, height, text): {strangers}; the page: {shot}"
+        ) from None
 
 
-def test_history_at_1024_by_768_cuts_no_id_header_or_badge(browser: Any, server: Server) -> None:
+def test_history_at_1024_by_768_cuts_no_id_header_or_badge(
+    browser: Any, server: Server, shots: Path
+) -> None:
     from playwright.sync_api import expect
 
     for theme in ("", "&theme=dark"):
@@ -649,7 +656,7 @@ def test_history_at_1024_by_768_cuts_no_id_header_or_badge(browser: Any, server:
             assert shown.evaluate(_CELLS_JS) == []
             # the table and its buttons are two widgets: a reload (a run of another test
             # ended) moves one a message before the other, so the page is measured settled
-            layout = settled_history_layout(shown)
+            layout = settled_history_layout(shown, shots)
             assert layout["scrollers"] == [] and not layout["truncatedButtons"]
         finally:
             shown.close()

@@ -411,6 +411,9 @@ _HISTORY_LAYOUT_JS = """
     headerWidths: all('.nbr-htable th').map((th) => box(th).width),
     rows: all('.nbr-htable tbody tr').map((tr) => [box(tr).top, box(tr).bottom]),
     actionCentres: all('.nbr-hactions-row').map((a) => (box(a).top + box(a).bottom) / 2),
+    // what else the button column holds (a child that is no row of buttons: what it says)
+    strangers: all('.nbr-hactions > *').filter((c) => !c.classList.contains('nbr-hactions-row'))
+      .map((c) => [c.className, Math.round(box(c).height), c.textContent.trim().slice(0, 300)]),
   };
 }
 """
