@@ -43,6 +43,7 @@ WIDGET_MESSAGES = ("comm_open", "comm_msg", "comm_close")
 LISTEN_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 20
 WILDCARDS = ("", "0.0.0.0", "::")
+WSAEADDRINUSE = 10048  # what Windows says of a taken port
 
 
 def untracked_messages() -> list[str]:
@@ -129,7 +130,7 @@ def check_port(ip: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
+            if exc.errno == errno.EADDRINUSE or getattr(exc, "winerror", None) == WSAEADDRINUSE:
                 raise BadInput(
                     f"port {port} on {ip or 'every address'} is taken by another program: "
                     "choose another with --port (0: any free port)"
