@@ -116,10 +116,13 @@ def server(command: list[str], env: dict[str, str], log: Path) -> Iterator[int]:
     the port it yields."""
     with open(log, "wb") as out:
         process, port = start_on_free_port(
-            lambda port: [*command, f"--port={port}", "--no-browser"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            lambda port: subprocess.Popen(
+                [*command, f"--port={port}", "--no-browser"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         )
         try:
             yield port

@@ -136,31 +136,28 @@ def printed_url(out_file: Path, process: subprocess.Popen[bytes], timeout: float
 
 
 @contextmanager
-def dashboard_server(home: Path, log_dir: Path, attempts: int = 3) -> Iterator[Server]:
+def dashboard_server(home: Path, log_dir: Path) -> Iterator[Server]:
     """`nbrunner dashboard` on a free port (started again on another if a program took it
     meanwhile: Voila is told not to move); stops it with SIGTERM to that process alone (it
     must stop Voila and the page kernels), then sweeps its group if anything is left."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, attempts + 1):
-        port = free_port()
-        out_file = log_dir / f"dashboard-{port}.out"
-        err_file = log_dir / f"dashboard-{port}.log"
+
+    def printed(port: int) -> tuple[Path, Path]:
+        return log_dir / f"dashboard-{port}.out", log_dir / f"dashboard-{port}.log"
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        out_file, err_file = printed(port)
         with open(out_file, "wb") as out, open(err_file, "wb") as log:
-            process = subprocess.Popen(
-                _dashboard_argv(home, port), stdout=out, stderr=log, start_new_session=True
-            )
-            try:
-                url = printed_url(out_file, process)
-            except BaseException as failed:
-                stop_server(process)
-                if isinstance(failed, ServerExited) and attempt < attempts:
-                    continue
-                raise
-            try:
-                yield Server(process, port, url, (out_file, err_file))
-            finally:
-                stop_server(process)
-            return
+            argv = _dashboard_argv(home, port)
+            return subprocess.Popen(argv, stdout=out, stderr=log, start_new_session=True)
+
+    process, port = start_on_free_port(
+        start, ready=lambda port, process: printed_url(printed(port)[0], process)
+    )
+    try:
+        yield Server(process, port, printed_url(printed(port)[0], process), printed(port))
+    finally:
+        stop_server(process)
 
 
 def _dashboard_argv(home: Path, port: int) -> list[str]:
@@ -243,7 +240,13 @@ def jupyterlab_server(
     ]
     with open(root / "jupyterlab.log", "wb") as log:
         process, port = start_on_free_port(
-            lambda port: [*command, f"--port={port}"], env=env, stdout=log, stderr=subprocess.STDOUT
+            lambda port: subprocess.Popen(
+                [*command, f"--port={port}"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         )
         try:
             yield f"http://127.0.0.1:{port}/lab/tree/dashboard.ipynb?token={token}"
@@ -284,25 +287,25 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 
 def start_on_free_port(
-    argv_for: Callable[[int], list[str]], attempts: int = 3, **popen: Any
+    start: Callable[[int], subprocess.Popen[bytes]],
+    ready: Callable[[int, subprocess.Popen[bytes]], object] = wait_for_port,
+    attempts: int = 3,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """A server started on a port that was free a moment ago, once it listens there. Told
-    not to try other ports (port_retries=0), it exits if another program took the port
-    meanwhile (tests and Ray run side by side): it is then started on another."""
+    """A server started on a port that was free a moment ago, once `ready` says it serves
+    there. Told not to try other ports (port_retries=0), it exits if another program took
+    the port meanwhile (tests and Ray run side by side): it is then started on another."""
     for attempt in range(1, attempts + 1):
         port = free_port()
-        process = subprocess.Popen(argv_for(port), start_new_session=True, **popen)
+        process = start(port)
         try:
-            wait_for_port(port, process)
-        except ServerExited:
-            if attempt == attempts:
-                raise
-            continue
-        except BaseException:
+            ready(port, process)
+        except BaseException as failed:
             stop_server(process)
+            if isinstance(failed, ServerExited) and attempt < attempts:
+                continue
             raise
         return process, port
-    raise AssertionError("unreachable")
+    raise ValueError(f"attempts must be at least 1, got {attempts}")
 
 
 def run_cell(page: Any, index: int) -> None:
