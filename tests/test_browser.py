@@ -28,6 +28,7 @@ from helpers.browser import (
     chromium,
     contrast_ratios,
     dashboard_server,
+    error_boxes,
     history_layout,
     jupyterlab_server,
     launch,
@@ -98,8 +99,10 @@ def browser(server: Server) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def page(browser: Any, server: Server) -> Any:
-    return open_dashboard(browser, server.url)
+def page(browser: Any, server: Server) -> Iterator[Any]:
+    shown = open_dashboard(browser, server.url)
+    yield shown
+    assert error_boxes(shown) == []  # after every test of the module has used the page
 
 
 @pytest.fixture(scope="module")
@@ -658,6 +661,7 @@ def test_history_at_1024_by_768_cuts_no_id_header_or_badge(
             # ended) moves one a message before the other, so the page is measured settled
             layout = settled_history_layout(shown, shots)
             assert layout["scrollers"] == [] and not layout["truncatedButtons"]
+            assert error_boxes(shown) == []
         finally:
             shown.close()
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -223,3 +226,74 @@ def test_a_run_outlives_a_killed_voila_and_its_page_kernel(
         run_id, kernel_pid = map(int, SAID.findall(html)[0])
     kill_kernel(kernel_pid)
     assert_run_goes_on_to_succeed(home, run_id, gate)
+
+
+# Kernel code: a dashboard, and a widget that, while the kernel answers a page's request for
+# every widget's state, has the dashboard's refresh thread make a widget (as a run that ends
+# makes a toast) and gives it a second to do so.
+MAKES_A_WIDGET_DURING_THE_ANSWER = """
+import threading
+import ipywidgets as widgets
+from nbrunner import Runner
+from nbrunner.ui import Dashboard
+
+dashboard = Dashboard(Runner())
+made = threading.Event()
+
+class Probe(widgets.Widget):
+    armed = False
+
+    def get_state(self, key=None, drop_defaults=False):
+        if self.armed and key is None:
+            self.armed = False
+            dashboard._request(lambda: (widgets.HTML("made by a tick"), made.set()))
+            made.wait(1.0)
+        return super().get_state(key, drop_defaults)
+
+probe = Probe()
+probe.armed = True
+"""
+
+
+def ask_every_widget_state(client: BlockingKernelClient, timeout: float) -> dict | None:
+    """What a page loading does: open the widgets' control comm and ask for every widget's
+    state; the states, or None if no answer came."""
+    from ipywidgets._version import __control_protocol_version__
+
+    comm_id = uuid.uuid4().hex
+    version = {"version": __control_protocol_version__}
+    opening = {"comm_id": comm_id, "target_name": "jupyter.widget.control", "data": {}}
+    client.shell_channel.send(client.session.msg("comm_open", opening, metadata=version))
+    asking = {"comm_id": comm_id, "data": {"method": "request_states"}}
+    client.shell_channel.send(client.session.msg("comm_msg", asking))
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            message = client.get_iopub_msg(timeout=left)
+        except queue.Empty:
+            break
+        content = message["content"]
+        ours = message["msg_type"] == "comm_msg" and content.get("comm_id") == comm_id
+        if ours and content["data"].get("method") == "update_states":
+            return content["data"]["states"]
+    return None
+
+
+def test_a_page_asking_for_every_widget_state_gets_a_whole_answer_while_the_dashboard_ticks(
+    kernel_env,
+) -> None:
+    """ipywidgets walks its registry of widgets to answer; a widget made meanwhile by the
+    refresh thread ended the walk and no answer came (the page then fell back to asking widget
+    by widget and drew error boxes). The answer is made between two ticks."""
+    manager, client = start_new_kernel(env=kernel_env)
+    try:
+        execute(client, MAKES_A_WIDGET_DURING_THE_ANSWER)
+        states = ask_every_widget_state(client, timeout=30)
+        assert states is not None, "no answer to the page's request for every widget's state"
+        named = set(re.findall(r"IPY_MODEL_([0-9a-f]{32})", json.dumps(states)))
+        assert named <= set(states), f"the answer names widgets it lacks: {named - set(states)}"
+        said = execute(client, "print(made.wait(30), probe.armed)")
+        assert said.split() == ["True", "False"]  # the tick made its widget after the answer
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)

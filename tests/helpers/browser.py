@@ -332,6 +332,18 @@ def open_dashboard(browser: Any, url: str) -> Any:
     return page
 
 
+def error_boxes(page: Any) -> list[str]:
+    """Where the widget manager drew a box for a widget it could not build (a model named a
+    child it never learnt of, say), by the classes of the widget holding it: none should."""
+    return list(page.evaluate(_ERROR_BOXES_JS))
+
+
+_ERROR_BOXES_JS = """
+() => [...document.querySelectorAll('.jupyter-widgets-error-widget')]
+  .map((e) => e.parentElement.closest('[class*="nbr-"]')?.className ?? 'outside the dashboard')
+"""
+
+
 def launch(page: Any, module: str, copies: int = 1, **params: object) -> list[int]:
     """Fill the launcher form and press Run; returns the ids the launcher reports."""
     from playwright.sync_api import expect

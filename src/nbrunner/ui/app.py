@@ -8,6 +8,9 @@ Threads and who touches what:
   form widgets, and hand any change to a live view to the refresh thread as a request.
 - The runner's listener runs on the runner's loop; it only queues ended runs and wakes the
   refresh thread.
+- A page that loads (Voila, or a notebook opened or reloaded) asks the kernel for every
+  widget's state at once; the kernel's thread answers between two ticks (`sync.TICK_LOCK`),
+  so the answer never meets a widget half made or closed.
 
 One tick reads the runner's in-memory snapshot (no query), tails open logs by byte offset,
 sends only changed values, and makes at most one reload from the store (the history page
@@ -46,7 +49,7 @@ from .history import HistoryView
 from .launcher import Launcher
 from .logview import LogTabs
 from .summary import SummaryView
-from .sync import Sync, SyncStats, close_tree
+from .sync import TICK_LOCK, Sync, SyncStats, answer_pages_between_ticks, close_tree
 from .theme import stylesheet
 from .toasts import TOAST_S, ToastsView
 
@@ -121,6 +124,7 @@ class Dashboard:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.sampler = (sampler or GaugeSampler.shared()).acquire()
+        answer_pages_between_ticks()  # before the page this dashboard is shown in asks
         self._build(page_size)
         self._unsubscribe = runner.subscribe(self._on_changes)
         _replace_predecessor(self)
@@ -203,7 +207,8 @@ class Dashboard:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                self.refresh()
+                with TICK_LOCK:
+                    self.refresh()
             except Exception as exc:  # a bad tick must not end the dashboard
                 self.last_error = exc
                 log.exception("dashboard refresh failed")

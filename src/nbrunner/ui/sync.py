@@ -9,10 +9,21 @@ many updates (and roughly how many bytes of values) a refresh sent.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import ipywidgets as widgets
+
+# The refresh thread makes, changes and closes widgets while the kernel's own thread may be
+# answering a page that asks for every widget's state at once (a Voila page loading, a
+# notebook opened or reloaded). ipywidgets answers by walking its registry of widgets: one
+# made or closed meanwhile ends the walk ("dictionary changed size during iteration") and no
+# answer is sent. After 4 s the page asks widget by widget instead, and a box whose child was
+# made or closed between two of those answers is drawn as an error box, for good. The kernel
+# answers under the lock each refresh tick holds.
+TICK_LOCK = threading.Lock()
+ANSWER_PATIENCE_S = 2.0  # a tick stuck longer is not waited for: the page gives up at 4 s
 
 
 @dataclass
@@ -52,6 +63,26 @@ class Sync:
         updated = [c for c in current if wanted.get(c, True)]
         updated += [c for c, on in wanted.items() if on and c not in updated]
         self.set(widget, _dom_classes=tuple(updated))
+
+
+def answer_pages_between_ticks() -> None:
+    """Have the kernel answer a page's request for every widget's state between two refresh
+    ticks (see TICK_LOCK). Idempotent; nothing to do where ipywidgets has no such answer."""
+    answer = getattr(widgets.Widget, "_handle_control_comm_msg", None)
+    if answer is None or getattr(answer, "between_ticks", False):
+        return
+    unguarded = answer.__func__
+
+    def between_ticks(cls: type[widgets.Widget], msg: dict[str, Any]) -> Any:
+        locked = TICK_LOCK.acquire(timeout=ANSWER_PATIENCE_S)
+        try:
+            return unguarded(cls, msg)
+        finally:
+            if locked:
+                TICK_LOCK.release()
+
+    between_ticks.between_ticks = True  # type: ignore[attr-defined]
+    widgets.Widget._handle_control_comm_msg = classmethod(between_ticks)  # type: ignore[assignment]
 
 
 def close_tree(widget: widgets.Widget) -> None:
