@@ -30,7 +30,7 @@ from ..models import RunRecord, differing_params, params_text
 from ..scalars import ScalarFollower, Series, Summaries
 from ..store import HistoryFilter
 from . import text
-from .sync import Sync, close_tree
+from .sync import TICK_LOCK, Sync, answer_pages_between_ticks, close_tree
 
 if TYPE_CHECKING:  # the runner imports the dashboard, not the other way round
     from ..runner import Runner
@@ -453,7 +453,12 @@ def _preferred_first(name: str) -> tuple[int, str]:
 
 
 def _refresh_until_closed(view: CompareView, interval: float) -> None:
-    view.refresh()
-    while view.widget.comm is not None:
+    """Ticks between the kernel's answers to pages asking for every widget (sync.TICK_LOCK):
+    a tick makes and closes plot marks."""
+    answer_pages_between_ticks()
+    while True:
+        with TICK_LOCK:
+            view.refresh()
+        if view.widget.comm is None:
+            return
         time.sleep(interval)
-        view.refresh()
