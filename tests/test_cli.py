@@ -65,6 +65,10 @@ def test_run_with_wait_exits_with_the_outcome(home: Path) -> None:
         home, "run", "count", "-p", "delay=1", "--timeout", "0.3", "--wait", check=False
     )
     assert timed_out.returncode == 1 and "timed_out" in timed_out.stderr
+    # a whole number of seconds past what SQLite's integers hold is still a timeout
+    patient = cli(home, "run", "count", "-p", "n=1", "--timeout", "9" * 20, "--wait")
+    shown = json.loads(cli(home, "show", patient.stdout.strip(), "--json").stdout)
+    assert (shown["status"], shown["timeout"]) == ("succeeded", float("9" * 20))
 
 
 def test_follow_streams_until_the_run_ends(home: Path) -> None:
@@ -138,7 +142,23 @@ BAD_INPUTS = [
     (["config", "nonsense", "1"], "unknown config key 'nonsense'"),
     (["history", "--limit", "-1"], "limit must be a whole number ≥ 0, got -1"),
     (["history", "--status", "finished"], "unknown status 'finished'"),
+    (
+        ["sweep", "count", "-p", "n=1,2", "--random", "0"],
+        "argument --random: the number of points must be a whole number ≥ 1, got 0",
+    ),
+    # bytes that are not UTF-8, as a terminal passes them
+    (["history", "--text", "caf\udce9"], "search text must be UTF-8, got b'caf\\xe9'"),
+    (["ps", "--group", "\udcff"], "group must be UTF-8, got b'\\xff'"),
 ]
+
+
+def test_cancel_all_with_nothing_active_is_no_error(home: Path) -> None:
+    quiet = cli(home, "cancel", "--all")
+    assert (quiet.stdout, quiet.stderr) == ("", "no active runs; nothing to cancel\n")
+    assert json.loads(cli(home, "cancel", "--all", "--json").stdout) == {
+        "cancelled": [],
+        "refused": [],
+    }
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_INPUTS)

@@ -79,6 +79,12 @@ def test_where_the_code_of_each_kind_of_module_is(repo: Path) -> None:
     assert code_path([python, "-c", "print(1)"], cwd, {}) is None  # python's own directory
     elsewhere = {"PYTHONPATH": str(repo)}
     assert code_path([python, "-m", "pkg.train"], "/", elsewhere) == repo / "pkg"
+    # an installed package: on the interpreter's own path, after the cwd and PYTHONPATH
+    assert code_path([python, "-m", "pkg.train"], "/", {}, [str(repo)]) == repo / "pkg"
+    shadow = repo / "shadow"
+    (shadow / "pkg").mkdir(parents=True)
+    (shadow / "pkg" / "__init__.py").write_text("")
+    assert code_path([python, "-m", "pkg"], str(shadow), {}, [str(repo)]) == shadow / "pkg"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a POSIX shell script counts the calls")
@@ -92,13 +98,15 @@ def test_packages_are_listed_once_per_interpreter_until_its_path_changes(
     extra = tmp_path / "extra"
     extra.mkdir()
     env = {**os.environ, "PYTHONPATH": str(extra)}
-    first = Interpreters(tmp_path).describe(str(python), env)
-    assert first["python_version"] == sys.version.split()[0]
-    assert first["packages"] > 0 and len(first["packages_sha256"]) == 64
-    assert Interpreters(tmp_path).describe(str(python), env) == first  # from the home's cache
+    first = Interpreters(tmp_path).facts(str(python), env)
+    assert first is not None and first["version"] == sys.version.split()[0]
+    assert first["count"] > 0 and len(first["sha256"]) == 64
+    assert str(extra) in first["paths"]  # where its modules are found, for their code path
+    assert Interpreters(tmp_path).facts(str(python), env) == first  # from the home's cache
     assert calls.read_text().count("x") == 1
     (extra / "newpkg").mkdir()  # an install: a directory on its path changed
-    assert Interpreters(tmp_path).describe(str(python), env)["packages"] == first["packages"]
+    again = Interpreters(tmp_path).facts(str(python), env)
+    assert again is not None and again["count"] == first["count"]
     assert calls.read_text().count("x") == 2
 
 
@@ -121,6 +129,18 @@ def test_a_run_records_the_commit_and_diff_it_started_with(
     text = cli(home, "show", str(run.id)).stdout
     assert f"provenance      git {found['git_commit'][:12]} (dirty, diff sha256" in text
     assert provenance_lines(found)[0] == f"code {repo / 'pkg'}"
+
+
+def test_a_run_of_an_installed_package_records_that_package_as_its_code(
+    runner: Runner, tmp_path: Path
+) -> None:
+    """Found on the interpreter's own path, not taken for the run's directory."""
+    import nbrunner
+
+    runner.register("installed", python_module="nbrunner.demo.count", cwd=str(tmp_path))
+    run = runner.submit("installed")  # argparse defaults: a few short steps
+    assert run.wait(timeout=RUN_TIMEOUT_S).status is RunStatus.SUCCEEDED
+    assert wait_for_provenance(runner, run.id)["code_path"] == str(Path(nbrunner.__file__).parent)
 
 
 def test_a_queued_run_records_the_code_of_its_start_and_restart_says_it_changed(

@@ -91,6 +91,9 @@ def test_wait_times_out_with_a_clear_error(runner: Runner) -> None:
     run = runner.submit("count", {"n": 100, "delay": 0.1})
     with pytest.raises(TimeoutError, match=f"run {run.id} still not ended after 0.2 s"):
         run.wait(timeout=0.2)
+    # many runs: the time given for them all, not the float left of it for the one late
+    with pytest.raises(TimeoutError, match=rf"^run {run.id} still not ended after 0.2 s$"):
+        runner.wait([run, run], timeout=0.2)
     run.cancel()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -201,6 +202,18 @@ def test_a_bad_point_queues_nothing(train: Runner) -> None:
     with pytest.raises(BadInput, match="either grid"):
         train.sweep("train")
     assert train.count() == 0
+
+
+def test_a_sweep_name_in_use_is_refused_and_queues_nothing(train: Runner, home: Path) -> None:
+    first = train.sweep("train", grid={"lr": [0.1, 0.9]}, params={"steps": 3}, name="lr-search")
+    said = "a sweep named 'lr-search' exists already (2 runs): give another name, or none"
+    with pytest.raises(InvalidParameter, match=re.escape(said)):
+        train.sweep("train", grid={"lr": [0.5]}, name="lr-search")  # a cell run again
+    again = cli(home, "sweep", "count", "-p", "n=1,2", "--name", "lr-search", check=False)
+    assert (again.returncode, again.stdout) == (2, "")
+    assert again.stderr == f"nbrunner: error: {said} for a new id\n"
+    assert train.count(sweep="lr-search") == 2 and train.count() == 2
+    assert train.wait(first.ids, timeout=RUN_TIMEOUT_S)
 
 
 def test_the_cli_sweeps_a_grid_and_a_seeded_sample(train: Runner, home: Path) -> None:

@@ -73,7 +73,7 @@ def timeout(value: Any) -> float | None:
     """None (no timeout of its own) or a finite number of seconds > 0."""
     if value is not None and not (is_number(value) and value > 0):
         raise InvalidParameter(f"timeout must be a positive number of seconds, got {value!r}")
-    return value
+    return None if value is None else float(value)  # an int past 2**63 is too big for SQLite
 
 
 def group(value: Any) -> str | None:

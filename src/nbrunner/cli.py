@@ -418,9 +418,13 @@ def _cancel(args: argparse.Namespace, runner: Runner) -> int:
             raise BadInput(f"group {args.group!r} has no active runs; nothing to cancel")
         if args.sweep:
             raise BadInput(f"sweep {args.sweep!r} has no active runs; nothing to cancel")
-        raise BadInput(
-            "name the runs to cancel (nbrunner cancel ID [ID ...]), or use --group NAME or --all"
-        )
+        if not args.all:
+            raise BadInput(
+                "name the runs to cancel (nbrunner cancel ID [ID ...]), "
+                "or use --group NAME or --all"
+            )
+        if not args.json:  # --all asks for a state, which is already so
+            print("no active runs; nothing to cancel", file=sys.stderr)
     done, refused = [], []
     for run_id in ids:
         try:
@@ -711,8 +715,10 @@ def _number_or_text(text: str) -> int | float | str:
     return text
 
 
-def _count(what: str, maximum: int = checks.SQLITE_INT_MAX) -> Callable[[str], int]:
-    return _checked(lambda value: checks.whole_number(value, what, 0, maximum))
+def _count(
+    what: str, maximum: int = checks.SQLITE_INT_MAX, minimum: int = 0
+) -> Callable[[str], int]:
+    return _checked(lambda value: checks.whole_number(value, what, minimum, maximum))
 
 
 def _path(flag: str) -> Callable[[str], str]:
@@ -863,7 +869,10 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("module", help="the module to run (`nbrunner modules` lists them)")
     _add_param_option(sweep, "a parameter and its values, comma-separated (-p lr=1e-3,1e-4)")
     sweep.add_argument(
-        "--random", type=_count("random"), metavar="N", help="N points drawn from the values"
+        "--random",
+        type=_count("the number of points", minimum=1),
+        metavar="N",
+        help="N points drawn from the values",
     )
     sweep.add_argument("--seed", type=int, help="seed of --random: the same seed, the same points")
     sweep.add_argument("--name", help="the sweep id (default: MODULE-xxxxxx)")

@@ -60,15 +60,18 @@ def is_python(argv: Sequence[str]) -> bool:
     return (len(argv) >= 3 and argv[1] == "-m") or (len(argv) >= 2 and argv[1].endswith(".py"))
 
 
-def code_path(argv: Sequence[str], cwd: str | None, env: Mapping[str, str]) -> Path | None:
+def code_path(
+    argv: Sequence[str], cwd: str | None, env: Mapping[str, str], site: Sequence[str] = ()
+) -> Path | None:
     """The file or directory holding a run's code: the notebook, the module's package, the
     script (for a command, its program or first argument, when that is a file); None for
-    a command of the system (`make all`), whose code is not the project's."""
+    a command of the system (`make all`), whose code is not the project's. `site`: the
+    interpreter's own path after PYTHONPATH, where installed packages are found."""
     base = Path(cwd or os.getcwd())
     if len(argv) >= 4 and argv[1:3] == ["-m", EXECUTOR]:
         return base / argv[3]  # the notebook
     if len(argv) >= 3 and argv[1] == "-m":
-        return _module_path(argv[2], base, env) or base
+        return _module_path(argv[2], base, env, site) or base
     if len(argv) >= 2 and argv[1].endswith(".py"):
         return base / argv[1]
     program = argv[:1] if argv and not os.path.isabs(argv[0]) else []  # ./train.sh, not /bin/sh
@@ -76,9 +79,12 @@ def code_path(argv: Sequence[str], cwd: str | None, env: Mapping[str, str]) -> P
     return next((base / a for a in [*program, *first] if (base / a).is_file()), None)
 
 
-def _module_path(module: str, base: Path, env: Mapping[str, str]) -> Path | None:
-    """Where `python -m module` finds its top package, on the run's path (nothing imported)."""
-    paths = [str(base), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+def _module_path(
+    module: str, base: Path, env: Mapping[str, str], site: Sequence[str]
+) -> Path | None:
+    """Where `python -m module` finds its top package, on the run's path in its order
+    (nothing imported)."""
+    paths = [str(base), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep)), *site]
     spec = PathFinder.find_spec(module.split(".")[0], paths)
     if spec is None:
         return None
@@ -214,7 +220,9 @@ class Interpreters:
         self.path = home / CACHE_NAME
         self._lock = threading.Lock()
 
-    def describe(self, python: str, env: Mapping[str, str]) -> dict[str, Any]:
+    def facts(self, python: str, env: Mapping[str, str]) -> dict[str, Any] | None:
+        """What the interpreter says of itself (version, packages, its path), or None if
+        it could not say."""
         key = f"{os.path.realpath(python)}|{env.get('PYTHONPATH', '')}"
         with self._lock:
             cache = self._load()
@@ -222,15 +230,10 @@ class Interpreters:
             if found is None or not _unchanged(found["paths"]):
                 found = _describe(python, env)
                 if found is None:
-                    return {"python": python}
+                    return None
                 cache[key] = found
                 self._save(cache)
-        return {
-            "python": python,
-            "python_version": found["version"],
-            "packages": found["count"],
-            "packages_sha256": found["sha256"],
-        }
+        return found
 
     def _load(self) -> dict[str, Any]:
         try:
@@ -244,6 +247,17 @@ class Interpreters:
         with contextlib.suppress(OSError):
             temporary.write_text(json.dumps(cache))
             os.replace(temporary, self.path)
+
+
+def _summary(python: str, found: dict[str, Any] | None) -> dict[str, Any]:
+    if found is None:
+        return {"python": python}
+    return {
+        "python": python,
+        "python_version": found["version"],
+        "packages": found["count"],
+        "packages_sha256": found["sha256"],
+    }
 
 
 def _describe(python: str, env: Mapping[str, str]) -> dict[str, Any] | None:
@@ -286,12 +300,14 @@ def capture(
     git: Callable[[Path, Path], dict[str, Any]] = git_state,
 ) -> dict[str, Any]:
     """The provenance of a run starting now, with the environment it starts with."""
-    where = code_path(record.argv, record.cwd, env)
+    python = interpreters.facts(record.argv[0], env) if is_python(record.argv) else None
+    site = list(python["paths"]) if python else []
+    where = code_path(record.argv, record.cwd, env, site)
     found: dict[str, Any] = {"code_path": where and str(where), "captured_at": time.time()}
     if where is not None:
         found |= git(where, diff_path(record.log_path))
     if is_python(record.argv):
-        found |= interpreters.describe(record.argv[0], env)
+        found |= _summary(record.argv[0], python)
     return found
 
 

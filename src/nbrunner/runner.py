@@ -44,7 +44,7 @@ from .scalars import read as read_scalars
 from .states import RunStatus
 from .store import HistoryFilter, Store
 from .sweep import Sweep, grid_points, new_id, random_points
-from .waiters import Waiters, poll_until_done
+from .waiters import NotEnded, Waiters, poll_until_done
 from .wakes import ChangeBell
 
 if TYPE_CHECKING:
@@ -294,11 +294,7 @@ class Runner:
             points = grid_points(grid)
         else:
             points = random_points(space or {}, count if count is not None else 0, seed)
-        sweep_id = (
-            checks.text(name, "name", 'a sweep name like "lr-search"', InvalidParameter)
-            if name
-            else new_id(module)
-        )
+        sweep_id = self._new_sweep_name(name) if name else new_id(module)
         runs = self.submit_many(
             module,
             [{**(params or {}), **p} for p in points],
@@ -307,6 +303,18 @@ class Runner:
             **options,
         )
         return Sweep(sweep_id, runs)
+
+    def _new_sweep_name(self, name: str) -> str:
+        """A name no sweep has: re-running a cell would otherwise fold a second sweep into
+        the first, and `best` would rank the two together."""
+        checks.text(name, "name", 'a sweep name like "lr-search"', InvalidParameter)
+        taken = self.count(sweep=name)
+        if taken:
+            raise InvalidParameter(
+                f"a sweep named {name!r} exists already ({taken} runs): give another name, "
+                "or none for a new id"
+            )
+        return name
 
     def sweeps(self, limit: int = 50) -> list[tuple[str, str, int]]:
         """The newest sweeps: (sweep id, module, number of runs), newest first."""
@@ -498,10 +506,15 @@ class Runner:
         seconds in all."""
         if not isinstance(run_id, int | str | Run):
             deadline = None if timeout is None else time.monotonic() + timeout
-            return [
-                self.wait(one, None if deadline is None else max(deadline - time.monotonic(), 0))
-                for one in list(run_id)
-            ]
+            try:
+                return [
+                    self.wait(
+                        one, None if deadline is None else max(deadline - time.monotonic(), 0)
+                    )
+                    for one in list(run_id)
+                ]
+            except NotEnded as late:  # said with the time given for all, not what was left
+                raise NotEnded(late.run_id, timeout) from None
         run_id = run_id.id if isinstance(run_id, Run) else _parse_id(run_id)
         if not self.running:
             return poll_until_done(self.store, run_id, timeout)
@@ -510,7 +523,7 @@ class Runner:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             self._waiters.drop(run_id, future)
-            raise TimeoutError(f"run {run_id} still not ended after {timeout} s") from None
+            raise NotEnded(run_id, timeout) from None
 
     async def wait_async(self, run_id: int | str, timeout: float | None = None) -> RunRecord:
         """Await the run's end from any event loop (a notebook cell's included)."""
@@ -522,7 +535,7 @@ class Runner:
             return await asyncio.wait_for(asyncio.wrap_future(done), timeout)
         except asyncio.TimeoutError:
             self._waiters.drop(run_id, done)
-            raise TimeoutError(f"run {run_id} still not ended after {timeout} s") from None
+            raise NotEnded(run_id, timeout) from None
 
     # -- listings ------------------------------------------------------------------------------
     def snapshot(self) -> list[RunRecord]:

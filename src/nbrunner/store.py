@@ -739,7 +739,7 @@ class HistoryFilter:
         group: str | Sequence[str] | None = None,
         sweep: str | Sequence[str] | None = None,
     ) -> HistoryFilter:
-        statuses = _as_tuple(status)
+        statuses = _as_tuple(status, "status")
         for name in statuses:
             try:
                 RunStatus(name)
@@ -748,12 +748,12 @@ class HistoryFilter:
                 raise BadInput(f"unknown status {name!r}; use one of {known}") from None
         return cls(
             statuses,
-            _as_tuple(module),
+            _as_tuple(module, "module"),
             _timestamp(since, "since"),
             _timestamp(until, "until"),
-            text or None,
-            _as_tuple(group),
-            _as_tuple(sweep),
+            _utf8(text, "search text") or None,
+            _as_tuple(group, "group"),
+            _as_tuple(sweep, "sweep"),
         )
 
     def keep_groups(self, records: Iterable[RunRecord]) -> list[RunRecord]:
@@ -809,12 +809,24 @@ def _environment_id(tx: Transaction, environment: dict[str, str]) -> int:
     return int(row[0])
 
 
-def _as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:
+def _as_tuple(value: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
     if isinstance(value, str):
-        return tuple(v.strip() for v in value.split(",") if v.strip())
-    return tuple(value)
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    return tuple(_utf8(v, what) for v in value)
+
+
+def _utf8(value: str | None, what: str) -> str | None:
+    """Text SQLite can take: bytes a terminal passed that are not UTF-8 (Python keeps them
+    as lone surrogates) would fail deep in the query."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            given = value.encode(errors="surrogateescape")
+            raise BadInput(f"{what} must be UTF-8, got {given!r}") from None
+    return value
 
 
 def _timestamp(value: Any, name: str) -> float | None:

@@ -52,6 +52,14 @@ class Waiters:
                 future.set_result(record)
 
 
+class NotEnded(TimeoutError):
+    """A wait ran out of time: which run had not ended, after the time the caller gave."""
+
+    def __init__(self, run_id: int, timeout: float | None) -> None:
+        super().__init__(f"run {run_id} still not ended after {round(timeout or 0, 1):g} s")
+        self.run_id = run_id
+
+
 def poll_until_done(store: Store, run_id: int, timeout: float | None) -> RunRecord:
     """The run's record once it has ended, read from the store; TimeoutError after
     `timeout` seconds."""
@@ -61,5 +69,5 @@ def poll_until_done(store: Store, run_id: int, timeout: float | None) -> RunReco
         if record.is_done:
             return record
         if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(f"run {run_id} still not ended after {timeout} s")
+            raise NotEnded(run_id, timeout)
         time.sleep(POLL_S)
