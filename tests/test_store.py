@@ -296,3 +296,15 @@ def test_the_per_run_supervisors_columns_are_gone_from_old_and_new_stores(
         rows = Store(home)._conn().execute("PRAGMA table_info(runs)").fetchall()
         columns = {row[1] for row in rows}
         assert "status" in columns and not {"supervisor_pid", "taken_at"} & columns
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [("caf\udce9", "b'caf\\xe9'"), ("\ud800x", "'\\ud800x'")],  # from a terminal; from Python
+)
+def test_a_filter_that_is_not_utf8_is_one_clear_error(given: str, shown: str) -> None:
+    for field, what in (("text", "search text"), ("module", "module"), ("sweep", "sweep")):
+        with pytest.raises(BadInput) as refused:
+            HistoryFilter.build(**{field: given})
+        assert str(refused.value) == f"{what} must be UTF-8, got {shown}"
+    assert HistoryFilter.build(text="café").text == "café"

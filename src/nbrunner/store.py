@@ -751,7 +751,7 @@ class HistoryFilter:
             _as_tuple(module, "module"),
             _timestamp(since, "since"),
             _timestamp(until, "until"),
-            _utf8(text, "search text") or None,
+            _utf8(text, "search text") if text else None,
             _as_tuple(group, "group"),
             _as_tuple(sweep, "sweep"),
         )
@@ -817,14 +817,17 @@ def _as_tuple(value: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
     return tuple(_utf8(v, what) for v in value)
 
 
-def _utf8(value: str | None, what: str) -> str | None:
+def _utf8(value: str, what: str) -> str:
     """Text SQLite can take: bytes a terminal passed that are not UTF-8 (Python keeps them
     as lone surrogates) would fail deep in the query."""
-    if isinstance(value, str) and not value.isascii():
+    if not value.isascii():
         try:
             value.encode()
         except UnicodeEncodeError:
-            given = value.encode(errors="surrogateescape")
+            try:  # bytes a terminal passed, shown as they came
+                given: object = value.encode(errors="surrogateescape")
+            except UnicodeEncodeError:  # a lone surrogate made in Python
+                given = value
             raise BadInput(f"{what} must be UTF-8, got {given!r}") from None
     return value
 
