@@ -304,6 +304,10 @@ def test_each_log_tab_tails_only_its_own_run(dash: Dashboard, runner: Runner) ->
     tab.follow.value = False
     settle(dash)
     assert "nbr-nofollow" in tab.body._dom_classes
+    parts = tab.widget.children[:-1]  # toolbar and provenance line
+    tab.follow.value = True  # a new body, scrolled to its end; the rest of the tab stays
+    settle(dash)
+    assert tab.widget.children == (*parts, tab.body) and "nbr-nofollow" not in tab.body._dom_classes
 
     tab.widget.children[0].children[2].click()  # Full log
     settle(dash)

@@ -180,7 +180,7 @@ class LogTab:
         if view[1] and self._rendered_for is not None and not self._rendered_for[1]:
             close_tree(self.body)  # a new view: scrolled to its end, whatever was scrolled
             self.body = self._new_body()
-            sync.set(self.widget, children=(self.widget.children[0], self.body))
+            sync.set(self.widget, children=(*self.widget.children[:-1], self.body))
         if (grew and view[1]) or view != self._rendered_for:
             self._rendered_for = view
             self._unseen = 0
