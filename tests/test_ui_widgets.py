@@ -560,8 +560,13 @@ def test_invalid_fields_are_highlighted(dash: Dashboard) -> None:
     assert launcher.submit() == []
     assert "nbr-invalid" in launcher.fields["n"].row._dom_classes
     assert "nbr-invalid" not in launcher.fields["delay"].row._dom_classes
+    launcher.copies.input.value = "0"
+    assert "nbr-invalid" in launcher.copies.row._dom_classes
     launcher.fields["n"].input.value = "3"
     assert "nbr-invalid" not in launcher.fields["n"].row._dom_classes
+    assert "nothing was submitted" in launcher.message.value  # Copies is still wrong
+    launcher.copies.input.value = "1"  # the last one fixed: the note asking for it goes
+    assert launcher.message.value == ""
 
 
 def test_one_long_run_does_not_flatten_the_short_ones() -> None:

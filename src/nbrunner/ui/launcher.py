@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the runner imports the dashboard, not the other way round
 MAX_COPIES = 100
 FIELD_WIDTH = "290px"  # the input's own label (80 px or more) included
 SEED = "seed"
+FIX_FIELDS = "Fix the highlighted fields; nothing was submitted."
 
 
 def field_row(
@@ -185,6 +186,8 @@ class Launcher:
         self.form = widgets.VBox()
         self.priority = NumberField("Priority", 0, checks.priority, "nbr-priority")
         self.copies = NumberField("Copies", 1, _copies, "nbr-copies")
+        for number in (self.priority, self.copies):
+            self._forget_fixed_fields_on_change(number)
         self.vary_seed = widgets.Checkbox(
             value=False,
             description="vary seed",
@@ -240,6 +243,7 @@ class Launcher:
         self.fields = {p.name: ParamField(p, spec.name) for p in spec.params} if spec else {}
         for field in self.fields.values():
             field.many = self.sweep.value
+            self._forget_fixed_fields_on_change(field)
         self.form.children = tuple(f.widget for f in self.fields.values())
         self.form._dom_classes = ("nbr-form", f"nbr-form-{spec.name}") if spec else ("nbr-form",)
         about = spec.description if spec else "no modules: add some to modules.toml"
@@ -297,7 +301,7 @@ class Launcher:
         """Validate every field, then queue the copies; returns the new run ids (none on error)."""
         checked = [*self.fields.values(), self.priority, self.copies]
         if not all([f.check() for f in checked]):  # a list: check every field
-            self._say("error", "Fix the highlighted fields; nothing was submitted.")
+            self._say("error", FIX_FIELDS)
             return []
         spec = self.modules[self.module.value]
         try:
@@ -330,6 +334,19 @@ class Launcher:
 
     def _say(self, kind: str, message: str) -> None:
         self.message.value = f'<div class="nbr-{kind}">{text.escape(message)}</div>'
+
+    def _forget_fixed_fields_on_change(self, field: ParamField | NumberField) -> None:
+        """Once no field is highlighted, the note asking to fix them goes (after the field's
+        own check, which observes first)."""
+
+        def forget(_: object) -> None:
+            fields = [*self.fields.values(), self.priority, self.copies]
+            if FIX_FIELDS in self.message.value and not any(
+                "nbr-invalid" in f.row._dom_classes for f in fields
+            ):
+                self.message.value = ""
+
+        field.input.observe(forget, names="value")
 
 
 def _mtime(path: os.PathLike[str] | str) -> float:
