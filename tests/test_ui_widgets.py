@@ -378,7 +378,7 @@ def test_history_filters_by_module_status_and_text(dash: Dashboard, runner: Runn
     history.status.value = ""
     history.search.value = '"i": 4'
     settle(dash)
-    assert history.total == 1
+    assert history.total == 1 and history.page_label.value == "page 1 of 1 · 1 run"
 
 
 def test_history_row_actions_view_and_restart(dash: Dashboard, runner: Runner) -> None:

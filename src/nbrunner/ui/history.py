@@ -371,7 +371,8 @@ class HistoryView:
         shown = tuple(a.widget for a in self.actions[: len(self.runs)])
         self.sync.set(self.action_column, children=shown)
         pages = page_count(self.total, size)
-        self.sync.set(self.page_label, value=f"page {self.page + 1} of {pages} · {self.total} runs")
+        runs = f"{self.total} run{'' if self.total == 1 else 's'}"
+        self.sync.set(self.page_label, value=f"page {self.page + 1} of {pages} · {runs}")
         self.sync.set(self.prev_button, disabled=self.page == 0)
         self.sync.set(self.next_button, disabled=self.page + 1 >= pages)
         self.sync.show(self.grid, bool(self.runs))
