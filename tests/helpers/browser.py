@@ -422,7 +422,8 @@ _HISTORY_LAYOUT_JS = """
       .map((e) => e.className),
     tableRight: box(document.querySelector('.nbr-htable')).right,
     buttonsLeft: Math.min(...buttons.map((b) => box(b).left)),
-    truncatedButtons: buttons.some((b) => b.scrollWidth > b.clientWidth + 1),
+    truncatedButtons: buttons.some((b) => b.scrollWidth > b.clientWidth + 1
+      || b.scrollHeight > b.clientHeight + 1),
     headerWidths: all('.nbr-htable th').map((th) => box(th).width),
     rows: all('.nbr-htable tbody tr').map((tr) => [box(tr).top, box(tr).bottom]),
     actionCentres: all('.nbr-hactions-row').map((a) => (box(a).top + box(a).bottom) / 2),

@@ -172,7 +172,7 @@ CSS = f"""
   text-overflow: ellipsis; }}
 .nbr-hactions {{ flex: 0 0 auto; margin: 0; padding-top: {ROW_PX}px; }}
 .nbr-hactions-row {{ height: {ROW_PX}px; align-items: center; gap: 4px; margin: 0; }}
-.nbr-hactions-row .widget-button {{ height: 22px; margin: 0; }}
+.nbr-hactions-row .widget-button {{ height: 22px; line-height: 22px; margin: 0; }}
 .nbr-hactions-row .nbr-hview {{ width: 48px; }}
 .nbr-hactions-row .nbr-hrestart {{ width: 62px; }}
 .nbr-chips span {{ margin: 0 6px 4px 0; white-space: nowrap; }}
