@@ -149,6 +149,7 @@ BAD_INPUTS = [
     # bytes that are not UTF-8, as a terminal passes them
     (["history", "--text", "caf\udce9"], "search text must be UTF-8, got b'caf\\xe9'"),
     (["ps", "--group", "\udcff"], "group must be UTF-8, got b'\\xff'"),
+    (["run", "count", "--group", "\udcff"], "group must be UTF-8, got b'\\xff'"),
 ]
 
 

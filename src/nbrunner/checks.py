@@ -25,11 +25,27 @@ def is_number(value: Any) -> bool:
 
 
 def text(value: Any, what: str, form: str, error: type[BadInput] = BadInput) -> str:
-    """A non-empty string without NUL bytes (the OS refuses them in argv, env and paths)."""
+    """A non-empty UTF-8 string without NUL bytes (the OS refuses them in argv, env and
+    paths)."""
     if not isinstance(value, str) or not value:
         raise error(f"{what} must be {form}, got {value!r}")
     if "\0" in value:
         raise error(f"{what} must not contain NUL bytes (\\0), got {value!r}")
+    return utf8(value, what, error)
+
+
+def utf8(value: str, what: str, error: type[BadInput] = BadInput) -> str:
+    """Text the store can keep: bytes a terminal passed that are not UTF-8 (Python holds
+    them as lone surrogates) would fail deep in a query."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            try:  # bytes a terminal passed, shown as they came
+                given: object = value.encode(errors="surrogateescape")
+            except UnicodeEncodeError:  # a lone surrogate made in Python
+                given = value
+            raise error(f"{what} must be UTF-8, got {given!r}") from None
     return value
 
 

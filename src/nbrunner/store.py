@@ -751,7 +751,7 @@ class HistoryFilter:
             _as_tuple(module, "module"),
             _timestamp(since, "since"),
             _timestamp(until, "until"),
-            _utf8(text, "search text") if text else None,
+            checks.utf8(text, "search text") if text else None,
             _as_tuple(group, "group"),
             _as_tuple(sweep, "sweep"),
         )
@@ -814,22 +814,7 @@ def _as_tuple(value: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
-    return tuple(_utf8(v, what) for v in value)
-
-
-def _utf8(value: str, what: str) -> str:
-    """Text SQLite can take: bytes a terminal passed that are not UTF-8 (Python keeps them
-    as lone surrogates) would fail deep in the query."""
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            try:  # bytes a terminal passed, shown as they came
-                given: object = value.encode(errors="surrogateescape")
-            except UnicodeEncodeError:  # a lone surrogate made in Python
-                given = value
-            raise BadInput(f"{what} must be UTF-8, got {given!r}") from None
-    return value
+    return tuple(checks.utf8(v, what) for v in value)
 
 
 def _timestamp(value: Any, name: str) -> float | None:
